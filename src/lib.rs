@@ -1,0 +1,23 @@
+//! entra-rotator rotates the Microsoft Entra ID client secret behind an SMTP relay
+//! credential (Azure Communication Services Email) before it expires.
+//!
+//! The crate is laid out by responsibility:
+//! - [`domain`]: value types shared by everyone (applications, credentials, secret values).
+//! - [`engine`]: decides whether to rotate and sequences mint → store → verify → revoke.
+//!   It only knows the small traits in [`engine::ports`], so it runs without a network.
+//! - [`adapters`]: the production implementations of those traits (Microsoft Graph,
+//!   Key Vault, Kubernetes Secrets, the SMTP relay). They hold every wire detail.
+//! - [`standins`]: faithful local servers speaking the wire formats of Graph, the Entra
+//!   token endpoint, Key Vault, the Kubernetes API (Secrets) and the ACS SMTP relay, used by
+//!   the tests and by `entra-rotator demo`.
+//! - [`config`]: the YAML configuration of `entra-rotator run`, validated before anything runs.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod adapters;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod standins;
+pub mod template;
