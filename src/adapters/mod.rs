@@ -1,1 +1,2 @@
-//! placeholder
+//! Production implementations of the engine's ports. Every wire detail lives here.
+pub mod http;

@@ -1,1 +1,11 @@
-//! placeholder
+//! Local stand-ins for the services entra-rotator talks to, speaking their real wire
+//! formats over real sockets: Microsoft Graph and the Entra token endpoint, Azure Key
+//! Vault's secrets API, the Kubernetes API (Secrets), and an SMTP relay that behaves like
+//! Azure Communication Services. The tests and `entra-rotator demo` point the production
+//! clients at them by endpoint configuration only.
+//!
+//! They share one [`tenant::Tenant`]: the relay and the token endpoint accept exactly the
+//! secrets the Graph stand-in has minted, after a configurable propagation delay.
+
+pub mod tenant;
+pub mod tls;

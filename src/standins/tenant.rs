@@ -1,0 +1,203 @@
+//! The in-memory Entra tenant shared by the stand-ins: application registrations with
+//! their password credentials, the tokens issued, and Entra's replication delay.
+
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// One password credential as the stand-in keeps it, value included.
+#[derive(Clone, Debug)]
+pub struct StandinPassword {
+    pub key_id: Uuid,
+    pub display_name: Option<String>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub hint: String,
+    /// The value; only the stand-in keeps it, real Entra keeps a hash.
+    pub secret_text: String,
+    /// When it was minted, to model Entra's replication delay.
+    pub minted_at: Instant,
+}
+
+/// One application registration.
+#[derive(Clone, Debug)]
+pub struct StandinApp {
+    pub object_id: Uuid,
+    pub app_id: Uuid,
+    pub display_name: String,
+    pub passwords: Vec<StandinPassword>,
+}
+
+/// Why the tenant refused a client secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No application has that client id.
+    UnknownClient,
+    /// The secret matches no live credential of the application.
+    InvalidSecret,
+    /// The secret exists but Entra has not replicated it yet.
+    NotYetReplicated,
+    /// The secret matched a credential past its endDateTime.
+    Expired,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    apps: HashMap<Uuid, StandinApp>,
+    /// Issued bearer tokens: token → (client id, audience, expiry).
+    tokens: HashMap<String, IssuedToken>,
+    propagation_delay: Duration,
+}
+
+/// A bearer token the token endpoint issued.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub client_id: Uuid,
+    /// The scope it was issued for, e.g. `https://graph.microsoft.com/.default`.
+    pub scope: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The shared tenant. Cheap to clone; every clone sees the same state.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub tenant_id: Uuid,
+    state: Arc<Mutex<State>>,
+}
+
+impl Tenant {
+    pub fn new() -> Self {
+        Self { tenant_id: Uuid::new_v4(), state: Arc::default() }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock only happens in a failing test; keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers an application and returns it.
+    pub fn register_app(&self, display_name: &str) -> StandinApp {
+        let app = StandinApp {
+            object_id: Uuid::new_v4(),
+            app_id: Uuid::new_v4(),
+            display_name: display_name.to_string(),
+            passwords: Vec::new(),
+        };
+        self.state().apps.insert(app.object_id, app.clone());
+        app
+    }
+
+    /// A snapshot of the application with this object id.
+    pub fn app(&self, object_id: Uuid) -> Option<StandinApp> {
+        self.state().apps.get(&object_id).cloned()
+    }
+
+    /// A snapshot of the application with this appId (client id).
+    pub fn app_by_client_id(&self, app_id: Uuid) -> Option<StandinApp> {
+        self.state().apps.values().find(|a| a.app_id == app_id).cloned()
+    }
+
+    /// Snapshots of every application, in no particular order.
+    pub fn apps(&self) -> Vec<StandinApp> {
+        self.state().apps.values().cloned().collect()
+    }
+
+    /// Mints a password credential the way `addPassword` does and returns it (value included).
+    /// `None` when no application has that object id.
+    pub fn add_password(
+        &self,
+        object_id: Uuid,
+        display_name: Option<String>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Option<StandinPassword> {
+        let secret_text = generate_secret_text();
+        let password = StandinPassword {
+            key_id: Uuid::new_v4(),
+            display_name,
+            start,
+            end,
+            hint: secret_text.chars().take(3).collect(),
+            secret_text,
+            minted_at: Instant::now(),
+        };
+        let mut state = self.state();
+        let app = state.apps.get_mut(&object_id)?;
+        app.passwords.push(password.clone());
+        Some(password)
+    }
+
+    /// Removes a password credential; `false` when the app or the keyId is unknown.
+    pub fn remove_password(&self, object_id: Uuid, key_id: Uuid) -> bool {
+        let mut state = self.state();
+        let Some(app) = state.apps.get_mut(&object_id) else { return false };
+        let before = app.passwords.len();
+        app.passwords.retain(|p| p.key_id != key_id);
+        app.passwords.len() != before
+    }
+
+    /// How long a newly minted secret is refused before it authenticates.
+    pub fn set_propagation_delay(&self, delay: Duration) {
+        self.state().propagation_delay = delay;
+    }
+
+    /// Checks a client secret the way Entra does at sign-in.
+    pub fn authenticate(&self, client_id: Uuid, secret: &str) -> Result<(), AuthFailure> {
+        let state = self.state();
+        let app = state
+            .apps
+            .values()
+            .find(|a| a.app_id == client_id)
+            .ok_or(AuthFailure::UnknownClient)?;
+        let password = app
+            .passwords
+            .iter()
+            .find(|p| constant_time_eq(p.secret_text.as_bytes(), secret.as_bytes()))
+            .ok_or(AuthFailure::InvalidSecret)?;
+        let now = Utc::now();
+        if password.end <= now {
+            return Err(AuthFailure::Expired);
+        }
+        if password.minted_at.elapsed() < state.propagation_delay {
+            return Err(AuthFailure::NotYetReplicated);
+        }
+        Ok(())
+    }
+
+    /// Issues a bearer token for `client_id` and `scope`, valid for `lifetime`.
+    pub fn issue_token(&self, client_id: Uuid, scope: &str, lifetime: Duration) -> String {
+        let token = format!("standin.{}", Uuid::new_v4().simple());
+        let issued = IssuedToken {
+            client_id,
+            scope: scope.to_string(),
+            expires_at: Utc::now() + lifetime,
+        };
+        self.state().tokens.insert(token.clone(), issued);
+        token
+    }
+
+    /// The token's grant if it was issued here and has not expired.
+    pub fn token(&self, bearer: &str) -> Option<IssuedToken> {
+        let state = self.state();
+        let issued = state.tokens.get(bearer)?;
+        (issued.expires_at > Utc::now()).then(|| issued.clone())
+    }
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A value shaped like Entra's: 40 characters from its alphabet, including `~` and `.`.
+fn generate_secret_text() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789~._-";
+    (0..40).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
