@@ -7,5 +7,7 @@
 //! They share one [`tenant::Tenant`]: the relay and the token endpoint accept exactly the
 //! secrets the Graph stand-in has minted, after a configurable propagation delay.
 
+pub mod faults;
+pub mod https;
 pub mod tenant;
 pub mod tls;
