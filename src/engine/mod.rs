@@ -1,3 +1,378 @@
 //! The rotation engine: decides whether an application's secret must rotate and
 //! sequences observe → mint → store → verify → revoke.
+//!
+//! It keeps no state of its own: every run starts from what Graph and the stores say, so
+//! a run killed at any point is finished (or undone) by the next one. The decision is the
+//! pure [`policy::plan`]; this module carries it out through the [`ports`].
+
+pub mod events;
+pub mod policy;
 pub mod ports;
+pub mod reasons;
+
+use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore, StoredSecret};
+use chrono::{DateTime, Utc};
+use events::{Event, EventSink};
+use policy::{Decision, Observed, Plan, Timing};
+use ports::{Clock, Directory, GraphError, SecretStore, StoreError, Verifier, VerifyError};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// One configured rotation and the outside world it acts on.
+pub struct Rotation {
+    /// Unique per application; part of the marker in the secrets' displayName.
+    pub name: String,
+    pub app: AppRef,
+    pub timing: Timing,
+    pub directory: Arc<dyn Directory>,
+    /// Where consumers read the secret, in the order they are written.
+    pub stores: Vec<Arc<dyn SecretStore>>,
+    /// `None` when verification is switched off.
+    pub verifier: Option<Arc<dyn Verifier>>,
+    pub verify_retry: VerifyRetry,
+}
+
+/// How long verification keeps trying while Entra replicates a new secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyRetry {
+    /// Give up after this much time has passed since the first attempt.
+    pub budget: Duration,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for VerifyRetry {
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_secs(300),
+            initial_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a run was asked to behave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Rotate now even if the current secret is far from expiry.
+    pub force: bool,
+    /// Decide and report, change nothing.
+    pub dry_run: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Dry run: this is what would happen.
+    Planned(Plan),
+    /// Nothing was due.
+    UpToDate { key_id: Uuid, expires: Option<DateTime<Utc>>, renew_at: DateTime<Utc> },
+    /// Another runner is mid-rotation; nothing was done.
+    InFlight { key_id: Uuid, stale_at: DateTime<Utc> },
+    /// The current secret is stored everywhere and verified; `revoked` were removed and
+    /// `pending` will be once the grace period ends at `revoke_at`.
+    Settled {
+        key_id: Uuid,
+        minted: bool,
+        expires: Option<DateTime<Utc>>,
+        revoked: Vec<Uuid>,
+        pending: Vec<Uuid>,
+        revoke_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// Why a run stopped. Every variant leaves a state the next run can finish.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the new secret (keyId {key_id}) is stored but failed verification after {attempts} attempt(s); the old secret was kept. Last failure: {last}")]
+    Verification { key_id: Uuid, attempts: u32, last: VerifyError },
+    #[error("{store} should hold keyId {key_id} but holds {found}; will retry from what the stores say on the next run")]
+    StoreChanged { store: String, key_id: Uuid, found: String },
+}
+
+impl EngineError {
+    /// A short stable word for metrics labels and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            EngineError::Graph(_) => "GraphFailed",
+            EngineError::Store(_) => "StoreFailed",
+            EngineError::Verification { .. } => "VerificationFailed",
+            EngineError::StoreChanged { .. } => "StoreChanged",
+        }
+    }
+
+    /// Whether the next run can succeed with nobody changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Graph(e) => e.is_transient(),
+            EngineError::Store(e) => e.is_transient(),
+            EngineError::Verification { last, .. } => last.is_retryable(),
+            EngineError::StoreChanged { .. } => true,
+        }
+    }
+}
+
+/// Carries out plans; holds the clock and where events go.
+pub struct Engine {
+    clock: Arc<dyn Clock>,
+    events: Arc<dyn EventSink>,
+}
+
+/// What one store held when observed (value included, to resume or re-verify).
+struct Observation {
+    app: Application,
+    stored: Vec<Option<StoredSecret>>,
+}
+
+impl Engine {
+    pub fn new(clock: Arc<dyn Clock>, events: Arc<dyn EventSink>) -> Self {
+        Self { clock, events }
+    }
+
+    fn emit(&self, rotation: &Rotation, event: Event) {
+        self.events.record(&rotation.name, &event);
+    }
+
+    /// Runs one rotation once: observe, decide, act.
+    pub async fn run(&self, rotation: &Rotation, options: RunOptions) -> Result<Outcome, EngineError> {
+        let observation = self.observe(rotation).await?;
+        let keys: Vec<_> = observation.stored.iter().map(policy::stored_key).collect();
+        let now = self.clock.now();
+        let plan = policy::plan(&Observed {
+            rotation: &rotation.name,
+            app: &observation.app,
+            stored: &keys,
+            now,
+            forced: options.force,
+            timing: &rotation.timing,
+        });
+        let current = match &plan.decision {
+            Decision::UpToDate { key_id, .. }
+            | Decision::RevokeOld { key_id, .. }
+            | Decision::CompleteStores { key_id, .. } => Some(*key_id),
+            Decision::Rotate(_) | Decision::InFlight { .. } => None,
+        };
+        self.emit(rotation, Event::Observed {
+            current,
+            expires: current.and_then(|id| observation.app.credential(id)).and_then(|c| c.end),
+            credentials: observation.app.password_credentials.len(),
+        });
+        if options.dry_run {
+            return Ok(Outcome::Planned(plan));
+        }
+        self.execute(rotation, observation, plan).await
+    }
+
+    async fn observe(&self, rotation: &Rotation) -> Result<Observation, EngineError> {
+        let app = rotation.directory.application(&rotation.app).await?;
+        let mut stored = Vec::with_capacity(rotation.stores.len());
+        for store in &rotation.stores {
+            stored.push(store.read().await?);
+        }
+        Ok(Observation { app, stored })
+    }
+
+    async fn execute(
+        &self,
+        rotation: &Rotation,
+        mut observation: Observation,
+        plan: Plan,
+    ) -> Result<Outcome, EngineError> {
+        let object_id = observation.app.object_id;
+        for key_id in &plan.remove_orphans {
+            rotation.directory.remove_password(object_id, *key_id).await?;
+            self.emit(rotation, Event::OrphanRemoved { key_id: *key_id });
+        }
+        observation.app.password_credentials.retain(|c| !plan.remove_orphans.contains(&c.key_id));
+        match plan.decision {
+            Decision::UpToDate { key_id, expires, renew_at } => {
+                Ok(Outcome::UpToDate { key_id, expires, renew_at })
+            }
+            Decision::InFlight { key_id, stale_at } => {
+                self.emit(rotation, Event::Decided {
+                    reason: reasons::ROTATION_IN_FLIGHT,
+                    message: format!("keyId {key_id} was minted moments ago by another run and is not stored yet; waiting until {}", stale_at.to_rfc3339()),
+                });
+                Ok(Outcome::InFlight { key_id, stale_at })
+            }
+            Decision::Rotate(trigger) => {
+                self.emit(rotation, Event::Decided { reason: trigger.reason, message: trigger.message });
+                self.rotate(rotation, &observation.app).await
+            }
+            Decision::CompleteStores { key_id, missing } => {
+                self.emit(rotation, Event::Decided {
+                    reason: reasons::STORES_OUT_OF_SYNC,
+                    message: format!("keyId {key_id} is missing from {} store(s); completing", missing.len()),
+                });
+                let value = value_held(&observation.stored, key_id)
+                    .expect("the plan only completes a keyId some store holds");
+                let credential = observation.app.credential(key_id).cloned();
+                let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
+                for index in missing {
+                    self.store_one(rotation, &rotation.stores[index], key_id, &value, start, end).await?;
+                }
+                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app).await
+            }
+            Decision::RevokeOld { key_id, old, revoke_at } => {
+                let credential = observation.app.credential(key_id).cloned();
+                let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
+                if self.clock.now() < revoke_at {
+                    return Ok(Outcome::Settled {
+                        key_id,
+                        minted: false,
+                        expires: end,
+                        revoked: Vec::new(),
+                        pending: old,
+                        revoke_at: Some(revoke_at),
+                    });
+                }
+                let value = value_held(&observation.stored, key_id)
+                    .expect("the plan only revokes around a keyId every store holds");
+                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app).await
+            }
+        }
+    }
+
+    /// Mint → store everywhere → verify → revoke what is due.
+    async fn rotate(&self, rotation: &Rotation, app: &Application) -> Result<Outcome, EngineError> {
+        let expires = self.clock.now() + rotation.timing.lifetime;
+        let minted = rotation
+            .directory
+            .add_password(app.object_id, &marker_for(&rotation.name), expires)
+            .await?;
+        let key_id = minted.credential.key_id;
+        let (start, end) = (minted.credential.start, minted.credential.end);
+        self.emit(rotation, Event::Minted { key_id, expires: end });
+        for store in &rotation.stores {
+            self.store_one(rotation, store, key_id, &minted.value, start, end).await?;
+        }
+        let mut app = app.clone();
+        app.password_credentials.push(minted.credential.clone());
+        self.settle(rotation, app.object_id, key_id, &minted.value, true, start, end, &app).await
+    }
+
+    async fn store_one(
+        &self,
+        rotation: &Rotation,
+        store: &Arc<dyn SecretStore>,
+        key_id: Uuid,
+        value: &SecretString,
+        not_before: Option<DateTime<Utc>>,
+        expires: Option<DateTime<Utc>>,
+    ) -> Result<(), EngineError> {
+        store
+            .write(&SecretToStore { app: &rotation.app, key_id, value, not_before, expires })
+            .await?;
+        self.emit(rotation, Event::Stored { key_id, store: store.describe() });
+        Ok(())
+    }
+
+    /// Verifies `key_id`, then revokes the older secrets of ours whose grace period is over.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        rotation: &Rotation,
+        object_id: Uuid,
+        key_id: Uuid,
+        value: &SecretString,
+        minted: bool,
+        start: Option<DateTime<Utc>>,
+        expires: Option<DateTime<Utc>>,
+        app: &Application,
+    ) -> Result<Outcome, EngineError> {
+        self.verify(rotation, key_id, value).await?;
+        let old: Vec<Uuid> = app
+            .password_credentials
+            .iter()
+            .filter(|c| c.is_minted_by(&rotation.name) && c.key_id != key_id)
+            .map(|c| c.key_id)
+            .collect();
+        let revoke_at = start.unwrap_or_else(|| self.clock.now()) + rotation.timing.revoke_grace;
+        if old.is_empty() {
+            return Ok(Outcome::Settled { key_id, minted, expires, revoked: old, pending: Vec::new(), revoke_at: None });
+        }
+        if self.clock.now() < revoke_at {
+            self.emit(rotation, Event::RevocationScheduled { key_ids: old.clone(), at: revoke_at });
+            return Ok(Outcome::Settled { key_id, minted, expires, revoked: Vec::new(), pending: old, revoke_at: Some(revoke_at) });
+        }
+        self.confirm_stores_hold(rotation, key_id).await?;
+        for old_key in &old {
+            rotation.directory.remove_password(object_id, *old_key).await?;
+            self.emit(rotation, Event::Revoked { key_id: *old_key });
+        }
+        Ok(Outcome::Settled { key_id, minted, expires, revoked: old, pending: Vec::new(), revoke_at: None })
+    }
+
+    /// Re-reads every store right before revoking: if anything changed the stored keyId
+    /// since we wrote it (another runner, a person), revoking could break consumers.
+    async fn confirm_stores_hold(&self, rotation: &Rotation, key_id: Uuid) -> Result<(), EngineError> {
+        for store in &rotation.stores {
+            let held = store.read().await?.and_then(|s| s.key_id);
+            if held != Some(key_id) {
+                return Err(EngineError::StoreChanged {
+                    store: store.describe(),
+                    key_id,
+                    found: held.map(|id| format!("keyId {id}")).unwrap_or_else(|| "no secret of ours".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries the secret through the verifier, retrying while Entra replicates it.
+    async fn verify(&self, rotation: &Rotation, key_id: Uuid, value: &SecretString) -> Result<(), EngineError> {
+        let Some(verifier) = &rotation.verifier else {
+            self.emit(rotation, Event::VerificationSkipped { key_id });
+            return Ok(());
+        };
+        let started = self.clock.now();
+        let policy = &rotation.verify_retry;
+        let mut delay = policy.initial_delay;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match verifier.verify(&rotation.app, value).await {
+                Ok(()) => {
+                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via: verifier.describe() });
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            let elapsed = (self.clock.now() - started).to_std().unwrap_or_default();
+            let wait = jittered(delay);
+            let retry = error.is_retryable() && elapsed + wait <= policy.budget;
+            self.emit(rotation, Event::VerificationAttemptFailed {
+                attempt,
+                retry_in: retry.then_some(wait),
+                message: error.to_string(),
+            });
+            if !retry {
+                return Err(EngineError::Verification { key_id, attempts: attempt, last: error });
+            }
+            self.clock.sleep(wait).await;
+            delay = (delay * 2).min(policy.max_delay);
+        }
+    }
+}
+
+/// The value a store holds for `key_id`, if any.
+fn value_held(stored: &[Option<StoredSecret>], key_id: Uuid) -> Option<SecretString> {
+    stored
+        .iter()
+        .flatten()
+        .find(|s| s.key_id == Some(key_id))
+        .map(|s| s.value.clone())
+}
+
+/// ±20 % jitter so many rotations retrying together spread out.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+#[cfg(test)]
+mod tests;

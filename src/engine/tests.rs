@@ -1,0 +1,478 @@
+//! Engine tests over in-memory fakes: one per decision and per failure class.
+
+use super::ports::*;
+use super::*;
+use crate::domain::{ExposeSecret, MintedSecret, PasswordCredential};
+use async_trait::async_trait;
+use chrono::Duration as Days;
+use events::RecordingSink;
+use std::sync::Mutex;
+
+const ROTATION: &str = "dify-smtp";
+
+struct FakeClock(Mutex<DateTime<Utc>>);
+
+impl FakeClock {
+    fn advance(&self, by: chrono::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+#[async_trait]
+impl Clock for FakeClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+    async fn sleep(&self, duration: Duration) {
+        self.advance(chrono::Duration::from_std(duration).unwrap());
+    }
+}
+
+/// Graph as a list of credentials plus the values it minted.
+struct FakeDirectory {
+    clock: Arc<FakeClock>,
+    app: Mutex<Application>,
+    minted_values: Mutex<Vec<String>>,
+    writes: Mutex<u32>,
+    refuse_add: Mutex<Option<u16>>,
+}
+
+impl FakeDirectory {
+    fn credentials(&self) -> Vec<PasswordCredential> {
+        self.app.lock().unwrap().password_credentials.clone()
+    }
+    fn has(&self, key_id: Uuid) -> bool {
+        self.credentials().iter().any(|c| c.key_id == key_id)
+    }
+    fn writes(&self) -> u32 {
+        *self.writes.lock().unwrap()
+    }
+    /// A credential minted by someone else (or by a run that crashed before storing).
+    fn add_existing(&self, display_name: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> Uuid {
+        let key_id = Uuid::new_v4();
+        self.app.lock().unwrap().password_credentials.push(PasswordCredential {
+            key_id,
+            display_name: Some(display_name.into()),
+            start: Some(start),
+            end: Some(end),
+            hint: Some("abc".into()),
+        });
+        key_id
+    }
+}
+
+fn graph_error(status: u16) -> GraphError {
+    GraphError::Api {
+        operation: "addPassword".into(),
+        status,
+        code: "Authorization_RequestDenied".into(),
+        message: "Insufficient privileges to complete the operation.".into(),
+        request_id: None,
+    }
+}
+
+#[async_trait]
+impl Directory for FakeDirectory {
+    async fn application(&self, _app: &AppRef) -> Result<Application, GraphError> {
+        Ok(self.app.lock().unwrap().clone())
+    }
+    async fn add_password(&self, _object_id: Uuid, display_name: &str, end: DateTime<Utc>) -> Result<MintedSecret, GraphError> {
+        if let Some(status) = *self.refuse_add.lock().unwrap() {
+            return Err(graph_error(status));
+        }
+        *self.writes.lock().unwrap() += 1;
+        let value = format!("s3cr3t-{}", Uuid::new_v4().simple());
+        let credential = PasswordCredential {
+            key_id: Uuid::new_v4(),
+            display_name: Some(display_name.into()),
+            start: Some(self.clock.now()),
+            end: Some(end),
+            hint: Some(value[..3].into()),
+        };
+        self.app.lock().unwrap().password_credentials.push(credential.clone());
+        self.minted_values.lock().unwrap().push(value.clone());
+        Ok(MintedSecret { credential, value: SecretString::from(value) })
+    }
+    async fn remove_password(&self, _object_id: Uuid, key_id: Uuid) -> Result<(), GraphError> {
+        *self.writes.lock().unwrap() += 1;
+        let mut app = self.app.lock().unwrap();
+        let before = app.password_credentials.len();
+        app.password_credentials.retain(|c| c.key_id != key_id);
+        if app.password_credentials.len() == before {
+            return Err(graph_error(404));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeStore {
+    name: String,
+    held: Mutex<Option<(Option<Uuid>, String)>>,
+    fail_writes: Mutex<Option<StoreErrorKind>>,
+}
+
+impl FakeStore {
+    fn named(name: &str) -> Arc<Self> {
+        Arc::new(Self { name: name.into(), ..Default::default() })
+    }
+    fn key_id(&self) -> Option<Uuid> {
+        self.held.lock().unwrap().as_ref().and_then(|h| h.0)
+    }
+    fn value(&self) -> Option<String> {
+        self.held.lock().unwrap().as_ref().map(|h| h.1.clone())
+    }
+    fn put(&self, key_id: Uuid, value: &str) {
+        *self.held.lock().unwrap() = Some((Some(key_id), value.into()));
+    }
+}
+
+#[async_trait]
+impl SecretStore for FakeStore {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+    async fn read(&self) -> Result<Option<StoredSecret>, StoreError> {
+        Ok(self.held.lock().unwrap().as_ref().map(|(key_id, value)| StoredSecret {
+            key_id: *key_id,
+            value: SecretString::from(value.clone()),
+        }))
+    }
+    async fn write(&self, secret: &SecretToStore<'_>) -> Result<(), StoreError> {
+        if let Some(kind) = *self.fail_writes.lock().unwrap() {
+            return Err(StoreError { store: self.name.clone(), kind, message: "refused".into() });
+        }
+        self.put(secret.key_id, secret.value.expose_secret());
+        Ok(())
+    }
+}
+
+/// Accepts only secrets the directory minted, failing the first `refusals` attempts.
+struct FakeVerifier {
+    directory: Arc<FakeDirectory>,
+    refusals: Mutex<Vec<VerifyFailureKind>>,
+    attempts: Mutex<u32>,
+}
+
+#[async_trait]
+impl Verifier for FakeVerifier {
+    fn describe(&self) -> String {
+        "fake relay".into()
+    }
+    async fn verify(&self, _app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+        *self.attempts.lock().unwrap() += 1;
+        let fail = |kind| Err(VerifyError { target: "fake relay".into(), kind, message: "refused".into() });
+        if let Some(kind) = self.refusals.lock().unwrap().pop() {
+            return fail(kind);
+        }
+        let known = self.directory.minted_values.lock().unwrap().iter().any(|v| v == secret.expose_secret());
+        if known { Ok(()) } else { fail(VerifyFailureKind::BadCredentials) }
+    }
+}
+
+struct World {
+    clock: Arc<FakeClock>,
+    directory: Arc<FakeDirectory>,
+    vault: Arc<FakeStore>,
+    secret: Arc<FakeStore>,
+    verifier: Arc<FakeVerifier>,
+    sink: Arc<RecordingSink>,
+    rotation: Rotation,
+    engine: Engine,
+}
+
+fn world(revoke_grace: chrono::Duration) -> World {
+    let clock = Arc::new(FakeClock(Mutex::new("2026-11-23T12:00:00Z".parse().unwrap())));
+    let app = Application {
+        object_id: Uuid::new_v4(),
+        app_id: Uuid::new_v4(),
+        display_name: "dify-mail".into(),
+        password_credentials: Vec::new(),
+    };
+    let directory = Arc::new(FakeDirectory {
+        clock: clock.clone(),
+        app: Mutex::new(app.clone()),
+        minted_values: Mutex::default(),
+        writes: Mutex::default(),
+        refuse_add: Mutex::default(),
+    });
+    let vault = FakeStore::named("Key Vault kv/smtp");
+    let secret = FakeStore::named("Secret dify/smtp");
+    let verifier = Arc::new(FakeVerifier { directory: directory.clone(), refusals: Mutex::default(), attempts: Mutex::default() });
+    let sink = Arc::new(RecordingSink::default());
+    let rotation = Rotation {
+        name: ROTATION.into(),
+        app: AppRef { tenant_id: Uuid::new_v4(), client_id: app.app_id, object_id: Some(app.object_id) },
+        timing: Timing {
+            lifetime: Days::days(180),
+            renew_before: Days::days(60),
+            revoke_grace,
+            orphan_grace: Days::minutes(10),
+        },
+        directory: directory.clone(),
+        stores: vec![vault.clone(), secret.clone()],
+        verifier: Some(verifier.clone()),
+        verify_retry: VerifyRetry::default(),
+    };
+    let engine = Engine::new(clock.clone(), sink.clone());
+    World { clock, directory, vault, secret, verifier, sink, rotation, engine }
+}
+
+impl World {
+    async fn run(&self) -> Result<Outcome, EngineError> {
+        self.engine.run(&self.rotation, RunOptions::default()).await
+    }
+    fn reasons(&self) -> Vec<&'static str> {
+        self.sink
+            .events()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                Event::Decided { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+    /// Rotates once from empty stores and returns the keyId everyone holds.
+    async fn settled(&self) -> Uuid {
+        match self.run().await.unwrap() {
+            Outcome::Settled { key_id, .. } => key_id,
+            other => panic!("expected a settled rotation, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn first_run_mints_stores_everywhere_and_verifies() {
+    let w = world(Days::zero());
+    let outcome = w.run().await.unwrap();
+    let Outcome::Settled { key_id, minted: true, revoked, pending, .. } = outcome else {
+        panic!("unexpected {outcome:?}");
+    };
+    assert!(revoked.is_empty() && pending.is_empty());
+    assert_eq!(w.vault.key_id(), Some(key_id));
+    assert_eq!(w.secret.key_id(), Some(key_id));
+    assert_eq!(w.vault.value(), w.directory.minted_values.lock().unwrap().first().cloned());
+    assert_eq!(w.reasons(), vec![reasons::STORED_SECRET_MISSING]);
+    let minted = w.directory.credentials();
+    assert_eq!(minted[0].display_name.as_deref(), Some("entra-rotator:dify-smtp"));
+    assert_eq!(minted[0].end, Some(w.clock.now() + Days::days(180)));
+}
+
+#[tokio::test]
+async fn up_to_date_run_writes_nothing_and_names_the_renewal_time() {
+    let w = world(Days::zero());
+    let key_id = w.settled().await;
+    let writes = w.directory.writes();
+    let Outcome::UpToDate { key_id: current, renew_at, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(current, key_id);
+    assert_eq!(w.directory.writes(), writes, "an idle run must not write to Graph");
+    let expiry = w.clock.now() + Days::days(180);
+    assert!(renew_at <= expiry - Days::days(60) && renew_at >= expiry - Days::days(66), "{renew_at}");
+}
+
+#[tokio::test]
+async fn nearing_expiry_rotates_and_revokes_the_old_secret_after_verification() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    w.clock.advance(Days::days(125));
+    let Outcome::Settled { key_id, minted: true, revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_ne!(key_id, old);
+    assert_eq!(revoked, vec![old]);
+    assert!(!w.directory.has(old) && w.directory.has(key_id));
+    assert_eq!(w.vault.key_id(), Some(key_id));
+    assert_eq!(w.reasons().last(), Some(&reasons::CREDENTIAL_NEARING_EXPIRY));
+}
+
+#[tokio::test]
+async fn grace_period_delays_revocation_to_a_later_run() {
+    let w = world(Days::hours(1));
+    let old = w.settled().await;
+    let Outcome::Settled { key_id, pending, revoke_at: Some(at), .. } =
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(pending, vec![old]);
+    assert_eq!(at, w.clock.now() + Days::hours(1));
+    assert!(w.directory.has(old), "old secret kept during the grace period");
+    // Before the grace ends, another run changes nothing.
+    let attempts = *w.verifier.attempts.lock().unwrap();
+    assert!(matches!(w.run().await.unwrap(), Outcome::Settled { pending, .. } if pending == vec![old]));
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts);
+    w.clock.advance(Days::hours(1));
+    let Outcome::Settled { key_id: current, revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!((current, revoked), (key_id, vec![old]));
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1, "re-verified right before revoking");
+    assert!(!w.directory.has(old));
+}
+
+#[tokio::test]
+async fn stored_secret_deleted_out_of_band_is_replaced() {
+    let w = world(Days::zero());
+    let key_id = w.settled().await;
+    w.directory.app.lock().unwrap().password_credentials.clear();
+    let Outcome::Settled { key_id: new, minted: true, .. } = w.run().await.unwrap() else { panic!() };
+    assert_ne!(new, key_id);
+    assert_eq!(w.reasons().last(), Some(&reasons::STORED_SECRET_NOT_LIVE));
+}
+
+#[tokio::test]
+async fn expired_secret_is_replaced() {
+    let w = world(Days::zero());
+    w.settled().await;
+    w.clock.advance(Days::days(181));
+    w.run().await.unwrap();
+    assert_eq!(w.reasons().last(), Some(&reasons::CREDENTIAL_EXPIRED));
+}
+
+#[tokio::test]
+async fn minted_but_unstored_secret_waits_for_its_runner_then_is_removed() {
+    let w = world(Days::zero());
+    let current = w.settled().await;
+    // A run minted this and died before storing it.
+    let orphan = w.directory.add_existing("entra-rotator:dify-smtp", w.clock.now(), w.clock.now() + Days::days(180));
+    let Outcome::InFlight { key_id, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(key_id, orphan);
+    assert_eq!(w.directory.credentials().len(), 2, "no second mint while one is in flight");
+    w.clock.advance(Days::minutes(10));
+    let Outcome::UpToDate { key_id, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(key_id, current);
+    assert!(!w.directory.has(orphan), "the unusable secret is removed");
+}
+
+#[tokio::test]
+async fn crash_between_stores_is_completed_from_the_store_that_has_it() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    let old_value = w.secret.value().unwrap();
+    // The previous run minted `new`, wrote it to the vault, and died.
+    let new = w.directory.add_existing("entra-rotator:dify-smtp", w.clock.now(), w.clock.now() + Days::days(180));
+    w.directory.minted_values.lock().unwrap().push("new-value".into());
+    w.vault.put(new, "new-value");
+    let Outcome::Settled { key_id, minted: false, revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!((key_id, revoked), (new, vec![old]));
+    assert_eq!(w.secret.value().as_deref(), Some("new-value"));
+    assert_ne!(old_value, "new-value");
+    assert_eq!(w.reasons().last(), Some(&reasons::STORES_OUT_OF_SYNC));
+}
+
+#[tokio::test]
+async fn store_failure_stops_before_verification_and_the_next_run_resumes() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.secret.fail_writes.lock().unwrap() = Some(StoreErrorKind::Transient);
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    assert!(matches!(err, EngineError::Store(_)) && err.is_transient(), "{err}");
+    assert!(w.directory.has(old), "old secret kept");
+    assert_eq!(w.secret.key_id(), Some(old), "consumers of the failed store keep the old secret");
+    *w.secret.fail_writes.lock().unwrap() = None;
+    let Outcome::Settled { key_id, revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(revoked, vec![old]);
+    assert_eq!(w.secret.key_id(), Some(key_id));
+    assert_eq!(w.directory.credentials().len(), 1);
+}
+
+#[tokio::test]
+async fn verification_retries_through_propagation_delay() {
+    let w = world(Days::zero());
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::BadCredentials; 3];
+    let start = w.clock.now();
+    w.settled().await;
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), 4);
+    assert!(w.clock.now() > start, "waited between attempts");
+    let verified = w.sink.events().into_iter().any(|(_, e)| matches!(e, Event::Verified { attempts: 4, .. }));
+    assert!(verified);
+}
+
+#[tokio::test]
+async fn permanent_verification_failure_keeps_the_old_secret() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::MechanismRejected];
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    let EngineError::Verification { attempts: 1, .. } = &err else { panic!("{err:?}") };
+    assert!(!err.is_transient());
+    assert!(w.directory.has(old), "never revoke before verification");
+    assert!(err.to_string().contains("the old secret was kept"), "{err}");
+}
+
+#[tokio::test]
+async fn propagation_longer_than_the_budget_fails_without_revoking() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::BadCredentials; 1000];
+    let start = w.clock.now();
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    let EngineError::Verification { attempts, .. } = err else { panic!() };
+    assert!(attempts > 3);
+    assert!(w.clock.now() - start <= Days::seconds(300), "stays within the budget");
+    assert!(w.directory.has(old));
+    // Once the secret works, the next run verifies it and revokes the old one.
+    w.verifier.refusals.lock().unwrap().clear();
+    let Outcome::Settled { revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(revoked, vec![old]);
+}
+
+#[tokio::test]
+async fn graph_refusal_changes_nothing() {
+    let w = world(Days::zero());
+    *w.directory.refuse_add.lock().unwrap() = Some(403);
+    let err = w.run().await.unwrap_err();
+    assert!(matches!(err, EngineError::Graph(_)) && !err.is_transient());
+    assert!(err.to_string().contains("Application.ReadWrite.OwnedBy"), "{err}");
+    assert_eq!(w.vault.key_id(), None);
+}
+
+#[tokio::test]
+async fn secrets_we_did_not_mint_are_never_touched() {
+    let w = world(Days::zero());
+    let now = w.clock.now();
+    let theirs = w.directory.add_existing("created by hand", now - Days::days(700), now + Days::days(1));
+    let other_rotation = w.directory.add_existing("entra-rotator:other", now, now + Days::days(1));
+    w.settled().await;
+    w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap();
+    assert!(w.directory.has(theirs) && w.directory.has(other_rotation));
+    assert_eq!(w.directory.credentials().len(), 3);
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing() {
+    let w = world(Days::zero());
+    let outcome = w.engine.run(&w.rotation, RunOptions { force: false, dry_run: true }).await.unwrap();
+    let Outcome::Planned(plan) = outcome else { panic!() };
+    assert_eq!(plan.decision.reason(), reasons::STORED_SECRET_MISSING);
+    assert_eq!(w.directory.writes(), 0);
+    assert_eq!(w.vault.key_id(), None);
+}
+
+#[tokio::test]
+async fn a_store_changed_behind_our_back_blocks_revocation() {
+    let w = world(Days::hours(1));
+    let old = w.settled().await;
+    w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap();
+    w.clock.advance(Days::hours(1));
+    w.secret.put(old, "someone restored the old value");
+    let outcome = w.run().await.unwrap();
+    // The stores disagree now: the newest keyId is copied back, then the old one goes.
+    assert!(matches!(outcome, Outcome::Settled { ref revoked, .. } if revoked == &vec![old]), "{outcome:?}");
+    assert_eq!(w.secret.key_id(), w.vault.key_id());
+}
+
+#[tokio::test]
+async fn events_and_errors_never_carry_the_secret_value() {
+    let w = world(Days::zero());
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::BadCredentials];
+    let outcome = w.run().await.unwrap();
+    let err = {
+        *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::SenderRejected];
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err()
+    };
+    let mut text = format!("{outcome:?}\n{err}\n{err:?}\n");
+    for (_, event) in w.sink.events() {
+        text.push_str(&format!("{event}\n{event:?}\n"));
+    }
+    for value in w.directory.minted_values.lock().unwrap().iter() {
+        assert!(!text.contains(value.as_str()), "secret value leaked into:\n{text}");
+    }
+    assert!(text.contains("minted keyId"));
+}
