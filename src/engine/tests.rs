@@ -232,12 +232,15 @@ impl World {
             })
             .collect()
     }
-    /// Rotates once from empty stores and returns the keyId everyone holds.
+    /// Rotates once from empty stores and returns the keyId everyone holds; a minute
+    /// passes afterwards, as it would between two real runs.
     async fn settled(&self) -> Uuid {
-        match self.run().await.unwrap() {
+        let key_id = match self.run().await.unwrap() {
             Outcome::Settled { key_id, .. } => key_id,
             other => panic!("expected a settled rotation, got {other:?}"),
-        }
+        };
+        self.clock.advance(Days::minutes(1));
+        key_id
     }
 }
 
