@@ -1,1 +1,406 @@
-//! placeholder
+//! The configuration file of `entra-rotator run`: which applications to rotate, where
+//! their secrets go, how to verify them, and how the rotator authenticates itself.
+//!
+//! Loading checks everything before anything runs; a bad file is reported with every
+//! problem found, each naming the field, and changes nothing.
+
+pub mod duration;
+
+use crate::domain::MAX_SECRET_LIFETIME_DAYS;
+use crate::template::Template;
+use duration::HumanDuration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use url::Url;
+use uuid::Uuid;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub azure: AzureSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    // Stores and verification are written `- keyVault: {...}`, not as YAML tags.
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub rotations: Vec<RotationConfig>,
+}
+
+/// Which cloud, and how the rotator itself signs in.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureSettings {
+    #[serde(default = "default_authority_host")]
+    pub authority_host: Url,
+    #[serde(default = "default_graph_url")]
+    pub graph_url: Url,
+    #[serde(default)]
+    pub credential: CredentialConfig,
+}
+
+impl Default for AzureSettings {
+    fn default() -> Self {
+        Self {
+            authority_host: default_authority_host(),
+            graph_url: default_graph_url(),
+            credential: CredentialConfig::default(),
+        }
+    }
+}
+
+fn default_authority_host() -> Url {
+    Url::parse("https://login.microsoftonline.com").expect("constant URL")
+}
+
+fn default_graph_url() -> Url {
+    Url::parse("https://graph.microsoft.com").expect("constant URL")
+}
+
+/// The rotator's own identity. Secrets are never written in this file: a client secret is
+/// read from an environment variable or a file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum CredentialConfig {
+    /// Azure workload identity on Kubernetes: reads AZURE_TENANT_ID, AZURE_CLIENT_ID and
+    /// AZURE_FEDERATED_TOKEN_FILE unless given here.
+    #[serde(rename_all = "camelCase")]
+    WorkloadIdentity {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        token_file: Option<PathBuf>,
+    },
+    /// A managed identity (system-assigned, or user-assigned by client id).
+    #[serde(rename_all = "camelCase")]
+    ManagedIdentity { client_id: Option<String> },
+    /// An app registration's client secret, read from `secretEnv` or `secretFile`.
+    #[serde(rename_all = "camelCase")]
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret_env: Option<String>,
+        secret_file: Option<PathBuf>,
+    },
+    /// The signed-in Azure CLI (`az login`), for people running it by hand.
+    #[serde(rename_all = "camelCase")]
+    AzureCli { tenant_id: Option<String> },
+}
+
+impl Default for CredentialConfig {
+    fn default() -> Self {
+        CredentialConfig::WorkloadIdentity { tenant_id: None, client_id: None, token_file: None }
+    }
+}
+
+/// Extra trust for TLS-inspecting proxies and private endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM files whose certificates are trusted in addition to the system's.
+    #[serde(default)]
+    pub extra_root_certificates: Vec<PathBuf>,
+}
+
+/// One application's rotation.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotationConfig {
+    /// Unique per application; marks the secrets this rotation mints.
+    pub name: String,
+    pub application: ApplicationConfig,
+    #[serde(default = "default_lifetime")]
+    pub lifetime: HumanDuration,
+    /// Defaults to a third of the lifetime.
+    pub renew_before: Option<HumanDuration>,
+    #[serde(default = "default_revoke_grace")]
+    pub revoke_grace_period: HumanDuration,
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_grace_period: HumanDuration,
+    pub targets: Vec<TargetConfig>,
+    pub verification: VerificationConfig,
+}
+
+fn default_lifetime() -> HumanDuration {
+    HumanDuration::days(180)
+}
+
+fn default_revoke_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(3600))
+}
+
+fn default_orphan_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
+}
+
+impl RotationConfig {
+    pub fn renew_before(&self) -> HumanDuration {
+        self.renew_before.unwrap_or(HumanDuration(self.lifetime.0 / 3))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplicationConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub object_id: Option<String>,
+}
+
+/// Where the secret is written. Each entry names exactly one kind of store.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum TargetConfig {
+    KeyVault(KeyVaultTarget),
+    KubernetesSecret(KubernetesSecretTarget),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyVaultTarget {
+    pub vault_url: Url,
+    pub secret_name: String,
+    /// Whether Key Vault's authentication challenge must name the vault's own domain.
+    #[serde(default = "yes")]
+    pub verify_challenge_resource: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSecretTarget {
+    pub namespace: String,
+    pub name: String,
+    /// Secret keys and their templates; exactly one is `{{secret}}`.
+    pub keys: BTreeMap<String, Template>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum VerificationConfig {
+    /// Send a test mail through the SMTP relay with the new secret.
+    Smtp(SmtpConfig),
+    /// No verification: old secrets are revoked after the grace period without proof.
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SmtpConfig {
+    #[serde(default = "default_smtp_host")]
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub auth_mechanism: SmtpAuthMechanism,
+    /// `<ACS resource>|{{clientId}}|{{tenantId}}`, its dotted form, or a custom SMTP username.
+    pub username: Template,
+    pub from: String,
+    pub to: String,
+    /// How long to keep retrying while Entra replicates a new secret.
+    #[serde(default = "default_verify_budget")]
+    pub retry_budget: HumanDuration,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_smtp_host() -> String {
+    "smtp.azurecomm.net".into()
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_verify_budget() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_smtp_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (port 587 or 25), as ACS expects.
+    #[default]
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SmtpAuthMechanism {
+    /// The only mechanism ACS accepts.
+    #[default]
+    Login,
+    Plain,
+}
+
+/// Every problem found in a file, each naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid configuration: {detail}")]
+    Syntax { path: PathBuf, detail: String },
+    #[error("{path} has {} problem(s); nothing was changed:\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.rotations.is_empty() {
+            problems.push("rotations: list at least one application to rotate".into());
+        }
+        for url in [&self.azure.authority_host, &self.azure.graph_url] {
+            if url.scheme() != "https" {
+                problems.push(format!("azure: {url} must use https"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, rotation) in self.rotations.iter().enumerate() {
+            let at = format!("rotations[{index}] ({})", rotation.name);
+            if !names.insert(rotation.name.as_str()) {
+                problems.push(format!("{at}.name: used twice; each rotation needs its own name"));
+            }
+            rotation.check(&at, &mut problems);
+        }
+        problems
+    }
+}
+
+impl RotationConfig {
+    fn check(&self, at: &str, problems: &mut Vec<String>) {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            problems.push(format!(
+                "{at}.name: {:?} must be 1-63 characters of a-z, 0-9 and '-'",
+                self.name
+            ));
+        }
+        check_guid(&format!("{at}.application.tenantId"), &self.application.tenant_id, problems);
+        check_guid(&format!("{at}.application.clientId"), &self.application.client_id, problems);
+        if let Some(object_id) = &self.application.object_id {
+            check_guid(&format!("{at}.application.objectId"), object_id, problems);
+        }
+        let max = HumanDuration::days(MAX_SECRET_LIFETIME_DAYS as u64);
+        if self.lifetime > max || self.lifetime.0.is_zero() {
+            problems.push(format!(
+                "{at}.lifetime: {} is outside 1s..730d; Entra client secrets live at most 2 years",
+                self.lifetime
+            ));
+        }
+        if self.renew_before() >= self.lifetime {
+            problems.push(format!(
+                "{at}.renewBefore: {} must be shorter than lifetime {}, or every run would rotate",
+                self.renew_before(),
+                self.lifetime
+            ));
+        }
+        if self.targets.is_empty() {
+            problems.push(format!("{at}.targets: name at least one store (keyVault or kubernetesSecret)"));
+        }
+        for (index, target) in self.targets.iter().enumerate() {
+            target.check(&format!("{at}.targets[{index}]"), problems);
+        }
+        if let VerificationConfig::Smtp(smtp) = &self.verification {
+            smtp.check(&format!("{at}.verification.smtp"), problems);
+        }
+    }
+}
+
+impl TargetConfig {
+    fn check(&self, at: &str, problems: &mut Vec<String>) {
+        match self {
+            TargetConfig::KeyVault(vault) => {
+                if vault.vault_url.scheme() != "https" {
+                    problems.push(format!("{at}.keyVault.vaultUrl: {} must use https", vault.vault_url));
+                }
+                let name_ok = (1..=127).contains(&vault.secret_name.len())
+                    && vault.secret_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !name_ok {
+                    problems.push(format!(
+                        "{at}.keyVault.secretName: {:?} must be 1-127 characters of letters, digits and '-'",
+                        vault.secret_name
+                    ));
+                }
+            }
+            TargetConfig::KubernetesSecret(secret) => {
+                let exact: Vec<&String> =
+                    secret.keys.iter().filter(|(_, t)| t.source().trim() == "{{secret}}").map(|(k, _)| k).collect();
+                if exact.len() != 1 {
+                    problems.push(format!(
+                        "{at}.kubernetesSecret.keys: exactly one key must be \"{{{{secret}}}}\" (found {}), so the rotator can read the value back",
+                        exact.len()
+                    ));
+                }
+                for key in secret.keys.keys() {
+                    let key_ok = !key.is_empty()
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+                    if !key_ok {
+                        problems.push(format!("{at}.kubernetesSecret.keys: {key:?} is not a valid Secret key"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SmtpConfig {
+    fn check(&self, at: &str, problems: &mut Vec<String>) {
+        for (field, address) in [("from", &self.from), ("to", &self.to)] {
+            if address.parse::<lettre::Address>().is_err() {
+                problems.push(format!("{at}.{field}: {address:?} is not an email address"));
+            }
+        }
+        if self.username.uses("secret") {
+            problems.push(format!("{at}.username: must not contain {{{{secret}}}}"));
+        }
+        if self.auth_mechanism == SmtpAuthMechanism::Plain && self.host.ends_with("azurecomm.net") {
+            problems.push(format!(
+                "{at}.authMechanism: the ACS relay accepts AUTH LOGIN only (PLAIN gets 504 5.7.4)"
+            ));
+        }
+    }
+}
+
+fn check_guid(field: &str, value: &str, problems: &mut Vec<String>) {
+    if Uuid::try_parse(value).is_err() {
+        problems.push(format!(
+            "{field}: {value:?} is not a GUID (expected the form 00000000-0000-0000-0000-000000000000)"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;

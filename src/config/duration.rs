@@ -1,0 +1,63 @@
+//! Durations written the way operators write them: `180d`, `36h`, `90m`, `1h 30m`.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+/// A non-negative duration parsed from text such as `30d` or `1h 30m`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl HumanDuration {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text.trim()).map(Self).map_err(|e| {
+            format!("{text:?} is not a duration ({e}); write it like 180d, 36h, 90m or 1h 30m")
+        })
+    }
+
+    pub fn chrono(self) -> chrono::Duration {
+        chrono::Duration::from_std(self.0).unwrap_or(chrono::Duration::MAX)
+    }
+
+    pub fn days(days: u64) -> Self {
+        Self(std::time::Duration::from_secs(days * 86_400))
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The largest whole unit, as people wrote it: 180d, not "5months 27days 13h".
+        let secs = self.0.as_secs();
+        match secs {
+            s if s > 0 && s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
+            s if s > 0 && s % 3_600 == 0 => write!(f, "{}h", s / 3_600),
+            s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_operator_durations() {
+        assert_eq!(HumanDuration::parse("180d").unwrap(), HumanDuration::days(180));
+        assert_eq!(HumanDuration::parse("1h 30m").unwrap().0.as_secs(), 5400);
+        let err = HumanDuration::parse("six months").unwrap_err();
+        assert!(err.contains("write it like 180d"), "{err}");
+    }
+}

@@ -1,0 +1,74 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("rotator.yaml"))
+}
+
+fn example() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rotator.yaml")).unwrap()
+}
+
+fn problems(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("accepted a bad configuration:\n{text}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let config = parse(&example()).unwrap();
+    let rotation = &config.rotations[0];
+    assert_eq!(rotation.lifetime, HumanDuration::days(180));
+    assert_eq!(rotation.renew_before(), HumanDuration::days(60));
+    assert_eq!(rotation.targets.len(), 2);
+    assert!(matches!(&rotation.verification, VerificationConfig::Smtp(s) if s.port == 587));
+}
+
+#[test]
+fn renew_before_defaults_to_a_third_of_the_lifetime() {
+    let text = example().replace("    renewBefore: 60d                   # default: a third of the lifetime\n", "").replace("lifetime: 180d", "lifetime: 90d");
+    assert_eq!(parse(&text).unwrap().rotations[0].renew_before(), HumanDuration::days(30));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field() {
+    let text = example()
+        .replace("clientId: 0b5e2f3c-9d0a-4f6e-8a53-1e0b9c7d2a11", "clientId: not-a-guid")
+        .replace("lifetime: 180d", "lifetime: 1000d")
+        .replace("renewBefore: 60d", "renewBefore: 2000d")
+        .replace("secretName: dify-smtp-password", "secretName: dify_smtp")
+        .replace("SMTP_PASSWORD: \"{{secret}}\"", "SMTP_PASSWORD: \"pw={{secret}}\"");
+    let message = problems(&text);
+    for expected in [
+        "rotations[0] (dify-smtp).application.clientId: \"not-a-guid\" is not a GUID",
+        "lifetime: 1000d is outside 1s..730d",
+        "renewBefore: 2000d must be shorter than lifetime",
+        "secretName: \"dify_smtp\" must be 1-127 characters",
+        "exactly one key must be \"{{secret}}\"",
+        "nothing was changed",
+    ] {
+        assert!(message.contains(expected), "missing {expected:?} in:\n{message}");
+    }
+}
+
+#[test]
+fn unknown_store_kinds_and_fields_are_refused() {
+    let text = example().replace("- keyVault:", "- s3Bucket:");
+    assert!(problems(&text).contains("unknown variant `s3Bucket`, expected `keyVault` or `kubernetesSecret`"));
+    let text = example().replace("renewBefore: 60d", "renewBefor: 60d");
+    assert!(problems(&text).contains("unknown field `renewBefor`"));
+}
+
+#[test]
+fn bad_durations_and_templates_explain_themselves() {
+    assert!(problems(&example().replace("lifetime: 180d", "lifetime: six months")).contains("write it like 180d"));
+    let text = example().replace("\"{{smtpHost}}\"", "\"{{smtp_host}}\"");
+    assert!(problems(&text).contains("unknown variable {{smtp_host}}"));
+}
+
+#[test]
+fn plain_auth_against_acs_is_refused_before_anything_runs() {
+    let text = example().replace("        port: 587\n", "        port: 587\n        authMechanism: PLAIN\n");
+    assert!(problems(&text).contains("accepts AUTH LOGIN only"));
+}
