@@ -1,2 +1,4 @@
 //! Production implementations of the engine's ports. Every wire detail lives here.
+pub mod graph;
 pub mod http;
+pub mod identity;

@@ -8,6 +8,7 @@
 //! secrets the Graph stand-in has minted, after a configurable propagation delay.
 
 pub mod faults;
+pub mod graph;
 pub mod https;
 pub mod tenant;
 pub mod tls;

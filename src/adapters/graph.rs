@@ -1,0 +1,579 @@
+//! [`Directory`] over Microsoft Graph's application endpoints (`GET /applications`,
+//! `addPassword`, `removePassword`), authenticated with the rotator's own credential.
+//!
+//! Retries: HTTP 429 waits for `Retry-After`; 5xx, timeouts and connection failures back off
+//! exponentially with jitter; all bounded by [`RetryPolicy`]. The loop is written by hand
+//! because reqwest has no retry policy that honours `Retry-After`, and because `addPassword`
+//! is not idempotent: it is retried only when Graph certainly did not act on it (429, or the
+//! connection never opened), so a lost answer never mints a second secret. `removePassword`
+//! is idempotent: a keyId the application no longer has counts as removed.
+
+use crate::domain::{AppRef, Application, MintedSecret, PasswordCredential, SecretString};
+use crate::engine::ports::{Directory, GraphError};
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+use uuid::Uuid;
+
+/// Graph's public endpoint.
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+const SELECT_APPLICATION: &str = "$select=id,appId,displayName,passwordCredentials";
+/// Graph's answer to `removePassword` for a keyId the application does not have.
+const NO_SUCH_PASSWORD: &str = "No password credential found with keyId";
+
+/// How hard to retry a Graph call that failed transiently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles each time, with jitter.
+    pub base_delay: Duration,
+    /// Longest wait between attempts. A `Retry-After` longer than this is not waited out:
+    /// the call fails as throttled (a transient error) and the caller tries again later.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where Graph is and how to retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GraphConfig {
+    /// Graph's base URL without the version, e.g. `https://graph.microsoft.us` for US Gov.
+    pub base_url: Url,
+    pub retry: RetryPolicy,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        let base_url =
+            Url::parse(DEFAULT_GRAPH_URL).unwrap_or_else(|_| unreachable!("constant URL is valid"));
+        Self {
+            base_url,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The Graph configuration cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "graph base URL {url} {problem}. Use the Graph endpoint of your cloud, e.g. {DEFAULT_GRAPH_URL}"
+)]
+pub struct GraphSetupError {
+    pub url: String,
+    pub problem: &'static str,
+}
+
+/// Microsoft Graph client for one tenant's applications.
+pub struct GraphClient {
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
+    /// `{base}/v1.0/`.
+    api: Url,
+    scope: String,
+    retry: RetryPolicy,
+}
+
+impl fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("api", &self.api.as_str())
+            .field("scope", &self.scope)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    /// `credential` is the rotator's own (see [`super::identity::rotator_credential`]);
+    /// `http` comes from [`super::http::http_client`]. Tokens are requested for
+    /// `{origin of base_url}/.default`.
+    pub fn new(
+        config: GraphConfig,
+        credential: Arc<dyn TokenCredential>,
+        http: reqwest::Client,
+    ) -> Result<Self, GraphSetupError> {
+        let base = config.base_url;
+        let problem = |problem| GraphSetupError {
+            url: base.to_string(),
+            problem,
+        };
+        if base.scheme() != "https" {
+            return Err(problem(
+                "is not https:// (the rotator's token must not travel in clear text)",
+            ));
+        }
+        if base.host_str().is_none() {
+            return Err(problem("has no host"));
+        }
+        let scope = format!("{}/.default", base.origin().ascii_serialization());
+        let mut with_slash = base.clone();
+        if !with_slash.path().ends_with('/') {
+            with_slash.set_path(&format!("{}/", with_slash.path()));
+        }
+        let api = with_slash
+            .join("v1.0/")
+            .map_err(|_| problem("cannot be extended with /v1.0/"))?;
+        Ok(Self {
+            http,
+            credential,
+            api,
+            scope,
+            retry: config.retry,
+        })
+    }
+
+    /// The token scope used for Graph, e.g. `https://graph.microsoft.com/.default`.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    fn url(&self, path: &str, operation: &str) -> Result<Url, GraphError> {
+        self.api.join(path).map_err(|e| GraphError::Protocol {
+            operation: operation.to_string(),
+            detail: format!("cannot build the request URL: {e}"),
+        })
+    }
+
+    async fn bearer(&self) -> Result<String, GraphError> {
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| GraphError::Auth {
+                detail: e.to_string(),
+            })?;
+        Ok(token.token.secret().to_string())
+    }
+
+    /// Sends one Graph request, retrying as `mode` allows; returns the body of a 2xx answer.
+    async fn send(&self, call: &Call<'_>) -> Result<Vec<u8>, GraphError> {
+        let client_request_id = Uuid::new_v4().to_string();
+        let mut attempt = 1;
+        loop {
+            let outcome = self.attempt(call, &client_request_id).await?;
+            let (error, wait) = match outcome {
+                Attempt::Success(body) => return Ok(body),
+                Attempt::Failed { error, wait } => (error, wait),
+            };
+            let wait = wait
+                .filter(|_| attempt < self.retry.max_attempts)
+                .and_then(|w| w.resolve(&self.retry, attempt));
+            let Some(wait) = wait else {
+                return Err(error);
+            };
+            tracing::debug!(operation = call.operation, attempt, wait_ms = wait.as_millis() as u64, %error, "retrying Microsoft Graph call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        client_request_id: &str,
+    ) -> Result<Attempt, GraphError> {
+        let bearer = self.bearer().await?;
+        let mut request = self
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .bearer_auth(bearer)
+            .header("client-request-id", client_request_id);
+        if let Some(body) = &call.body {
+            request = request.json(body);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Ok(transport_failure(call, &error)),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = match response.bytes().await {
+            Ok(body) => body.to_vec(),
+            Err(error) => return Ok(transport_failure(call, &error)),
+        };
+        if status.is_success() {
+            return Ok(Attempt::Success(body));
+        }
+        let error = api_error(call.operation, status, &headers, &body);
+        let wait = if status == StatusCode::TOO_MANY_REQUESTS {
+            Some(retry_after(&headers).map_or(Wait::Backoff, Wait::RetryAfter))
+        } else if status.is_server_error() && call.mode == RetryMode::Always {
+            Some(Wait::Backoff)
+        } else {
+            None
+        };
+        Ok(Attempt::Failed { error, wait })
+    }
+}
+
+/// One logical Graph call.
+struct Call<'a> {
+    operation: &'a str,
+    method: Method,
+    url: Url,
+    body: Option<serde_json::Value>,
+    mode: RetryMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RetryMode {
+    /// Safe to repeat: retry throttling, 5xx, timeouts and connection faults.
+    Always,
+    /// Repeating could act twice: retry only when Graph certainly did not act
+    /// (429, or the connection was never established).
+    OnlyIfNotActedOn,
+}
+
+enum Attempt {
+    Success(Vec<u8>),
+    /// `wait`: `None` when retrying cannot help or is not safe.
+    Failed {
+        error: GraphError,
+        wait: Option<Wait>,
+    },
+}
+
+enum Wait {
+    RetryAfter(Duration),
+    Backoff,
+}
+
+impl Wait {
+    /// How long to wait before attempt `attempt + 1`; `None` when Graph asks for longer
+    /// than the policy allows (the caller then reports the throttling instead of waiting).
+    fn resolve(self, policy: &RetryPolicy, attempt: u32) -> Option<Duration> {
+        match self {
+            Wait::RetryAfter(asked) => (asked <= policy.max_delay).then_some(asked),
+            Wait::Backoff => Some(jittered_backoff(policy, attempt)),
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": between half and all of `base * 2^(attempt-1)`.
+fn jittered_backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    let ceiling = policy
+        .base_delay
+        .saturating_mul(1 << exponent)
+        .min(policy.max_delay);
+    let half = ceiling / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((when - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+}
+
+fn transport_failure(call: &Call<'_>, error: &reqwest::Error) -> Attempt {
+    let retryable = match call.mode {
+        RetryMode::Always => {
+            error.is_timeout() || error.is_connect() || error.is_request() || error.is_body()
+        }
+        RetryMode::OnlyIfNotActedOn => error.is_connect(),
+    };
+    let error = GraphError::Transport {
+        operation: call.operation.to_string(),
+        detail: describe_transport(error),
+    };
+    Attempt::Failed {
+        error,
+        wait: retryable.then_some(Wait::Backoff),
+    }
+}
+
+/// reqwest's message plus its causes (TLS and connection details live in the sources).
+fn describe_transport(error: &reqwest::Error) -> String {
+    let mut detail = if error.is_timeout() {
+        "timed out".to_string()
+    } else {
+        error.to_string()
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    detail
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+    inner_error: Option<InnerError>,
+}
+
+#[derive(Deserialize)]
+struct InnerError {
+    #[serde(rename = "request-id")]
+    request_id: Option<String>,
+}
+
+/// Graph's error answer as [`GraphError::Api`]; a body that is not Graph's error shape
+/// (a proxy's HTML page, say) still yields the status.
+fn api_error(operation: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GraphError {
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .map(|e| e.error);
+    let header_request_id = headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (code, message, body_request_id) = match parsed {
+        Some(error) => (
+            error.code.unwrap_or_else(|| "UnknownError".into()),
+            error.message.unwrap_or_default(),
+            error.inner_error.and_then(|inner| inner.request_id),
+        ),
+        None => (
+            "UnknownError".into(),
+            format!("no Graph error body ({} bytes)", body.len()),
+            None,
+        ),
+    };
+    GraphError::Api {
+        operation: operation.to_string(),
+        status: status.as_u16(),
+        code,
+        message,
+        request_id: header_request_id.or(body_request_id),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplicationJson {
+    id: Uuid,
+    app_id: Uuid,
+    display_name: Option<String>,
+    #[serde(default)]
+    password_credentials: Vec<PasswordCredentialJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PasswordCredentialJson {
+    key_id: Uuid,
+    display_name: Option<String>,
+    start_date_time: Option<DateTime<Utc>>,
+    end_date_time: Option<DateTime<Utc>>,
+    hint: Option<String>,
+    /// Only `addPassword` fills it in.
+    secret_text: Option<String>,
+}
+
+impl PasswordCredentialJson {
+    fn into_parts(self) -> (PasswordCredential, Option<String>) {
+        let credential = PasswordCredential {
+            key_id: self.key_id,
+            display_name: self.display_name,
+            start: self.start_date_time,
+            end: self.end_date_time,
+            hint: self.hint,
+        };
+        (credential, self.secret_text)
+    }
+}
+
+#[async_trait]
+impl Directory for GraphClient {
+    async fn application(&self, app: &AppRef) -> Result<Application, GraphError> {
+        let operation = format!("reading {app}");
+        let path = match app.object_id {
+            Some(object_id) => format!("applications/{object_id}"),
+            None => format!("applications(appId='{}')", app.client_id),
+        };
+        let mut url = self.url(&path, &operation)?;
+        url.set_query(Some(SELECT_APPLICATION));
+        let call = Call {
+            operation: &operation,
+            method: Method::GET,
+            url,
+            body: None,
+            mode: RetryMode::Always,
+        };
+        let body = self.send(&call).await?;
+        let parsed: ApplicationJson =
+            serde_json::from_slice(&body).map_err(|e| GraphError::Protocol {
+                operation: operation.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(Application {
+            object_id: parsed.id,
+            app_id: parsed.app_id,
+            display_name: parsed.display_name.unwrap_or_default(),
+            password_credentials: parsed
+                .password_credentials
+                .into_iter()
+                .map(|c| c.into_parts().0)
+                .collect(),
+        })
+    }
+
+    async fn add_password(
+        &self,
+        object_id: Uuid,
+        display_name: &str,
+        end: DateTime<Utc>,
+    ) -> Result<MintedSecret, GraphError> {
+        let operation = format!("addPassword on application object {object_id}");
+        let url = self.url(&format!("applications/{object_id}/addPassword"), &operation)?;
+        let body = json!({
+            "passwordCredential": {
+                "displayName": display_name,
+                "endDateTime": end.to_rfc3339_opts(SecondsFormat::Secs, true),
+            }
+        });
+        let call = Call {
+            operation: &operation,
+            method: Method::POST,
+            url,
+            body: Some(body),
+            mode: RetryMode::OnlyIfNotActedOn,
+        };
+        let answer = self.send(&call).await?;
+        // The answer holds the secret: a parse error must not quote it, so only say where it failed.
+        let parsed: PasswordCredentialJson =
+            serde_json::from_slice(&answer).map_err(|e| GraphError::Protocol {
+                operation: operation.clone(),
+                detail: format!(
+                    "the answer is not a passwordCredential ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            })?;
+        let (credential, secret_text) = parsed.into_parts();
+        let value = secret_text.filter(|s| !s.is_empty()).ok_or_else(|| GraphError::Protocol {
+            operation: operation.clone(),
+            detail: format!("the answer has no secretText for keyId {}; remove that credential, it cannot be used", credential.key_id),
+        })?;
+        Ok(MintedSecret {
+            credential,
+            value: SecretString::from(value),
+        })
+    }
+
+    async fn remove_password(&self, object_id: Uuid, key_id: Uuid) -> Result<(), GraphError> {
+        let operation =
+            format!("removePassword of keyId {key_id} on application object {object_id}");
+        let url = self.url(
+            &format!("applications/{object_id}/removePassword"),
+            &operation,
+        )?;
+        let body = json!({ "keyId": key_id });
+        let call = Call {
+            operation: &operation,
+            method: Method::POST,
+            url,
+            body: Some(body),
+            mode: RetryMode::Always,
+        };
+        match self.send(&call).await {
+            Ok(_) => Ok(()),
+            // Removal is idempotent: the goal is that no such credential exists, and an earlier
+            // attempt whose answer was lost may already have removed it.
+            Err(error) if is_unknown_key_id(&error) => {
+                tracing::info!(%object_id, %key_id, "the credential to remove was already gone");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Whether `error` is Graph saying the application has no credential with that keyId.
+fn is_unknown_key_id(error: &GraphError) -> bool {
+    matches!(error, GraphError::Api { status: 400 | 404, message, .. } if message.contains(NO_SUCH_PASSWORD))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_within_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+        };
+        for attempt in 1..10 {
+            let wait = jittered_backoff(&policy, attempt);
+            let ceiling = Duration::from_millis(100 * (1 << (attempt - 1))).min(policy.max_delay);
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "attempt {attempt}: {wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_longer_than_the_cap_is_not_waited_out() {
+        let policy = RetryPolicy {
+            max_delay: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            Wait::RetryAfter(Duration::from_secs(2)).resolve(&policy, 1),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            Wait::RetryAfter(Duration::from_secs(120)).resolve(&policy, 1),
+            None
+        );
+    }
+
+    #[test]
+    fn scope_follows_the_base_url_and_plain_http_is_refused() {
+        let credential: Arc<dyn TokenCredential> =
+            azure_identity::AzureCliCredential::new(None).expect("builds");
+        let config = GraphConfig {
+            base_url: Url::parse("https://graph.microsoft.us/").expect("url"),
+            ..GraphConfig::default()
+        };
+        let client =
+            GraphClient::new(config, credential.clone(), reqwest::Client::new()).expect("valid");
+        assert_eq!(client.scope(), "https://graph.microsoft.us/.default");
+        assert_eq!(client.api.as_str(), "https://graph.microsoft.us/v1.0/");
+
+        let plain = GraphConfig {
+            base_url: Url::parse("http://graph.local").expect("url"),
+            ..GraphConfig::default()
+        };
+        let error =
+            GraphClient::new(plain, credential, reqwest::Client::new()).expect_err("http refused");
+        assert!(error.to_string().contains("not https://"), "{error}");
+    }
+}

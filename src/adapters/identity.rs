@@ -1,0 +1,150 @@
+//! The rotator's own identity: turns the configured kind of credential into an
+//! `azure_core` [`TokenCredential`] from `azure_identity`.
+//!
+//! Every credential that talks HTTP sends through the shared client of [`super::http`], so
+//! extra trusted roots (proxies, private clouds, the stand-ins) apply to the token endpoint
+//! too. A custom authority host (sovereign or private cloud, the stand-ins) goes in through
+//! `azure_core`'s custom cloud configuration. `azure_identity` caches each token until five
+//! minutes before it expires, so callers simply ask for a token before every request.
+
+use super::http::azure_client_options;
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::http::ClientOptions;
+use azure_identity::{
+    AzureCliCredential, AzureCliCredentialOptions, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
+};
+use secrecy::{ExposeSecret, SecretString};
+use std::path::PathBuf;
+use std::sync::Arc;
+use url::Url;
+
+/// How the rotator proves who it is to Entra.
+#[derive(Clone, Debug)]
+pub enum RotatorCredential {
+    /// Kubernetes workload identity federation: a projected service-account token file
+    /// exchanged for an Entra token (the `azure.workload.identity/use` pod label sets
+    /// `AZURE_FEDERATED_TOKEN_FILE`).
+    WorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        token_file: PathBuf,
+    },
+    /// The managed identity of the VM or App Service; `client_id` picks a user-assigned one.
+    ManagedIdentity { client_id: Option<String> },
+    /// An app registration's client secret (for machines without a managed identity).
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret: SecretString,
+    },
+    /// Whoever is logged in with `az login` (for people running the CLI by hand).
+    AzureCli { tenant_id: Option<String> },
+}
+
+impl RotatorCredential {
+    /// A short name for messages, e.g. `client secret`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::WorkloadIdentity { .. } => "workload identity",
+            Self::ManagedIdentity { .. } => "managed identity",
+            Self::ClientSecret { .. } => "client secret",
+            Self::AzureCli { .. } => "Azure CLI",
+        }
+    }
+}
+
+/// The credential could not be set up (before any token was requested).
+#[derive(Debug, thiserror::Error)]
+#[error("could not set up the rotator's {kind} credential: {detail}. {advice}")]
+pub struct IdentityError {
+    pub kind: &'static str,
+    pub detail: String,
+    pub advice: &'static str,
+}
+
+/// Builds the rotator's credential. `authority_host` is the Entra login endpoint, e.g.
+/// `https://login.microsoftonline.us`; `None` means Azure public cloud (or the
+/// `AZURE_AUTHORITY_HOST` environment variable). `http` is the client from
+/// [`super::http::http_client`].
+pub fn rotator_credential(
+    credential: &RotatorCredential,
+    authority_host: Option<&Url>,
+    http: reqwest::Client,
+) -> Result<Arc<dyn TokenCredential>, IdentityError> {
+    let client_options = client_options(authority_host, http);
+    let fail = |error: azure_core::Error| IdentityError {
+        kind: credential.kind(),
+        detail: error.to_string(),
+        advice: advice(credential),
+    };
+    let built: Arc<dyn TokenCredential> = match credential {
+        RotatorCredential::WorkloadIdentity {
+            tenant_id,
+            client_id,
+            token_file,
+        } => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+            credential_options: ClientAssertionCredentialOptions { client_options },
+            client_id: Some(client_id.clone()),
+            tenant_id: Some(tenant_id.clone()),
+            token_file_path: Some(token_file.clone()),
+        }))
+        .map_err(fail)?,
+        RotatorCredential::ManagedIdentity { client_id } => {
+            ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                client_options,
+            }))
+            .map_err(fail)?
+        }
+        RotatorCredential::ClientSecret {
+            tenant_id,
+            client_id,
+            secret,
+        } => ClientSecretCredential::new(
+            tenant_id,
+            client_id.clone(),
+            Secret::new(secret.expose_secret().to_string()),
+            Some(ClientSecretCredentialOptions { client_options }),
+        )
+        .map_err(fail)?,
+        RotatorCredential::AzureCli { tenant_id } => {
+            AzureCliCredential::new(Some(AzureCliCredentialOptions {
+                tenant_id: tenant_id.clone(),
+                ..Default::default()
+            }))
+            .map_err(fail)?
+        }
+    };
+    Ok(built)
+}
+
+fn client_options(authority_host: Option<&Url>, http: reqwest::Client) -> ClientOptions {
+    let mut options = azure_client_options(http);
+    if let Some(host) = authority_host {
+        let mut cloud = CustomConfiguration::default();
+        cloud.authority_host = host.as_str().trim_end_matches('/').to_string();
+        options.cloud = Some(Arc::new(CloudConfiguration::from(cloud)));
+    }
+    options
+}
+
+fn advice(credential: &RotatorCredential) -> &'static str {
+    match credential {
+        RotatorCredential::WorkloadIdentity { .. } => {
+            "Check the tenant id and client id (GUIDs) and that the service-account token file is mounted"
+        }
+        RotatorCredential::ManagedIdentity { .. } => {
+            "Run on an Azure VM, VM scale set or App Service with a managed identity, or choose another identity kind"
+        }
+        RotatorCredential::ClientSecret { .. } => {
+            "Check the tenant id and client id (GUIDs) and that the secret is not empty"
+        }
+        RotatorCredential::AzureCli { .. } => {
+            "Check the tenant id, install the Azure CLI and run `az login`"
+        }
+    }
+}

@@ -1,0 +1,894 @@
+//! A stand-in for Microsoft Graph's application endpoints and the Entra token endpoint
+//! (`/{tenant}/oauth2/v2.0/token`), served together over HTTPS on one loopback port.
+//!
+//! It speaks the real wire formats: Graph's JSON shapes and `$select`, its error body
+//! (`error.code`, `error.message`, `error.innerError` with `request-id` and `date`), the
+//! `request-id`/`client-request-id` headers, and the token endpoint's OAuth error bodies with
+//! `AADSTS` codes. Tokens and secrets come from the shared [`Tenant`].
+//!
+//! Routes and their names for [`Faults`]: `token`, `getApplication`, `addPassword`,
+//! `removePassword`.
+
+// Helpers short-circuit with a ready axum `Response`; its size does not matter in a stand-in.
+#![allow(clippy::result_large_err)]
+
+use super::faults::{DropConnectionMark, Faults};
+use super::https::serve_tls;
+use super::tenant::{AuthFailure, StandinPassword, Tenant};
+use super::tls::TestPki;
+use crate::domain::MAX_SECRET_LIFETIME_DAYS;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use url::Url;
+use uuid::Uuid;
+
+/// Fault route name of the token endpoint.
+pub const ROUTE_TOKEN: &str = "token";
+/// Fault route name of `GET /v1.0/applications/...`.
+pub const ROUTE_GET_APPLICATION: &str = "getApplication";
+/// Fault route name of `POST .../addPassword`.
+pub const ROUTE_ADD_PASSWORD: &str = "addPassword";
+/// Fault route name of `POST .../removePassword`.
+pub const ROUTE_REMOVE_PASSWORD: &str = "removePassword";
+
+/// Graph's own application id; tokens for `{it}/.default` are Graph tokens too.
+const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
+const TOKEN_LIFETIME_SECONDS: u64 = 3599;
+const SELECTABLE: &[&str] = &[
+    "id",
+    "appId",
+    "displayName",
+    "passwordCredentials",
+    "keyCredentials",
+    "signInAudience",
+];
+
+/// A running Graph + token endpoint stand-in; stops when dropped.
+pub struct GraphStandin {
+    address: SocketAddr,
+    tenant: Tenant,
+    faults: Faults,
+    server: JoinHandle<()>,
+}
+
+impl Drop for GraphStandin {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    tenant: Tenant,
+    faults: Faults,
+}
+
+/// What the stand-in knows about each request before a handler runs: Graph's ids, which it
+/// stamps on the response and repeats in error bodies, and the base URL it was called at.
+#[derive(Clone, Debug)]
+struct RequestContext {
+    request_id: String,
+    client_request_id: String,
+    /// `https://{Host}`: Graph answers `@odata.context` in terms of the host it was called at.
+    base: String,
+}
+
+impl GraphStandin {
+    /// Starts serving on `127.0.0.1` on a free port, with TLS from `pki`.
+    pub async fn start(tenant: Tenant, pki: &TestPki) -> anyhow::Result<Self> {
+        let faults = Faults::with_error_body(graph_fault_body);
+        let state = AppState {
+            tenant: tenant.clone(),
+            faults: faults.clone(),
+        };
+        let (address, server) = serve_tls(router(state), pki).await?;
+        Ok(Self {
+            address,
+            tenant,
+            faults,
+            server,
+        })
+    }
+
+    /// The authority host for the token endpoint, e.g. `https://127.0.0.1:41234`.
+    pub fn authority_host(&self) -> Url {
+        self.base_url()
+    }
+
+    /// The Graph base URL, e.g. `https://127.0.0.1:41234`; clients append `/v1.0`.
+    pub fn graph_url(&self) -> Url {
+        self.base_url()
+    }
+
+    /// The fault queues and request counts, keyed by the `ROUTE_*` names.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The tenant this stand-in serves.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    fn base_url(&self) -> Url {
+        let text = format!("https://{}", self.address);
+        Url::parse(&text)
+            .unwrap_or_else(|_| unreachable!("a socket address always forms a valid URL"))
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/v1.0/applications/{id}", get(get_application))
+        .route("/v1.0/applications/{id}/addPassword", post(add_password))
+        .route(
+            "/v1.0/applications/{id}/removePassword",
+            post(remove_password),
+        )
+        .route("/v1.0/{key}", get(get_application_by_key))
+        .route("/v1.0/{key}/addPassword", post(add_password_by_key))
+        .route("/v1.0/{key}/removePassword", post(remove_password_by_key))
+        .fallback(not_found)
+        .layer(from_fn(stamp_request_ids))
+        .with_state(state)
+}
+
+/// Gives each request Graph's `request-id` and echoes (or creates) `client-request-id`.
+async fn stamp_request_ids(mut request: Request, next: Next) -> Response {
+    let request_id = Uuid::new_v4().to_string();
+    let client_request_id = request
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| request_id.clone(), str::to_string);
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("graph.microsoft.com");
+    let ids = RequestContext {
+        request_id,
+        client_request_id,
+        base: format!("https://{host}"),
+    };
+    request.extensions_mut().insert(ids.clone());
+    let mut response = next.run(request).await;
+    for (name, value) in [
+        ("request-id", &ids.request_id),
+        ("client-request-id", &ids.client_request_id),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint
+// ---------------------------------------------------------------------------------------------
+
+async fn token(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(fault) = intercept(&state, ROUTE_TOKEN, &ids).await {
+        return fault;
+    }
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    match grant_token(&state.tenant, &tenant, &form) {
+        Ok(access_token) => Json(json!({
+            "token_type": "Bearer",
+            "expires_in": TOKEN_LIFETIME_SECONDS,
+            "ext_expires_in": TOKEN_LIFETIME_SECONDS,
+            "access_token": access_token,
+        }))
+        .into_response(),
+        Err(refusal) => refusal.into_response(&ids),
+    }
+}
+
+/// Why the token endpoint refused a request, as Entra words it.
+struct TokenRefusal {
+    status: StatusCode,
+    error: &'static str,
+    code: u32,
+    description: String,
+}
+
+impl TokenRefusal {
+    fn new(status: StatusCode, error: &'static str, code: u32, description: String) -> Self {
+        Self {
+            status,
+            error,
+            code,
+            description,
+        }
+    }
+
+    fn into_response(self, ids: &RequestContext) -> Response {
+        let body = aad_error_body(self.error, self.code, &self.description, ids);
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn grant_token(
+    tenant: &Tenant,
+    tenant_in_path: &str,
+    form: &HashMap<String, String>,
+) -> Result<String, TokenRefusal> {
+    if !tenant_in_path.eq_ignore_ascii_case(&tenant.tenant_id.to_string()) {
+        return Err(TokenRefusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            format!(
+                "AADSTS90002: Tenant '{tenant_in_path}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
+        ));
+    }
+    let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let grant_type = field("grant_type").ok_or_else(|| missing_parameter("grant_type"))?;
+    if grant_type != "client_credentials" {
+        return Err(TokenRefusal::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            format!("AADSTS70003: The app requested an unsupported grant type '{grant_type}'."),
+        ));
+    }
+    let client_id = field("client_id").ok_or_else(|| missing_parameter("client_id"))?;
+    let scope = field("scope").ok_or_else(|| {
+        TokenRefusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90014,
+            "AADSTS90014: The required field 'scope' is missing from the credential. Ensure that you have all the necessary parameters for the login request.".into(),
+        )
+    })?;
+    if !scope.ends_with("/.default") || scope.contains(' ') {
+        return Err(TokenRefusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            format!(
+                "AADSTS1002012: The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
+        ));
+    }
+    let secret = field("client_secret").ok_or_else(|| {
+        TokenRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
+        )
+    })?;
+    let Ok(client_uuid) = client_id.parse::<Uuid>() else {
+        return Err(unknown_client(client_id, tenant));
+    };
+    match tenant.authenticate(client_uuid, secret) {
+        Ok(()) => Ok(tenant.issue_token(
+            client_uuid,
+            scope,
+            Duration::from_secs(TOKEN_LIFETIME_SECONDS),
+        )),
+        Err(AuthFailure::UnknownClient) => Err(unknown_client(client_id, tenant)),
+        Err(AuthFailure::InvalidSecret | AuthFailure::NotYetReplicated) => Err(TokenRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+            ),
+        )),
+        Err(AuthFailure::Expired) => Err(TokenRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000222,
+            format!(
+                "AADSTS7000222: The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds."
+            ),
+        )),
+    }
+}
+
+fn missing_parameter(name: &str) -> TokenRefusal {
+    TokenRefusal::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        900144,
+        format!("AADSTS900144: The request body must contain the following parameter: '{name}'."),
+    )
+}
+
+fn unknown_client(client_id: &str, tenant: &Tenant) -> TokenRefusal {
+    TokenRefusal::new(
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+        700016,
+        format!(
+            "AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.",
+            tenant.tenant_id
+        ),
+    )
+}
+
+/// Entra's OAuth error body; the description ends with the trace and correlation ids.
+fn aad_error_body(error: &str, code: u32, description: &str, ids: &RequestContext) -> Value {
+    let now = Utc::now();
+    let timestamp = now.format("%Y-%m-%d %H:%M:%SZ").to_string();
+    json!({
+        "error": error,
+        "error_description": format!(
+            "{description} Trace ID: {} Correlation ID: {} Timestamp: {timestamp}",
+            ids.request_id, ids.client_request_id
+        ),
+        "error_codes": [code],
+        "timestamp": timestamp,
+        "trace_id": ids.request_id,
+        "correlation_id": ids.client_request_id,
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph application endpoints
+// ---------------------------------------------------------------------------------------------
+
+/// How the request named the application.
+enum AppAddress {
+    ObjectId(String),
+    AppId(String),
+}
+
+impl AppAddress {
+    /// Parses the `applications(appId='…')` alternate-key segment.
+    fn from_key_segment(segment: &str) -> Option<Self> {
+        let inner = segment.strip_prefix("applications(")?.strip_suffix(')')?;
+        let value = inner.strip_prefix("appId=")?;
+        let value = value.strip_prefix('\'')?.strip_suffix('\'')?;
+        Some(Self::AppId(value.to_string()))
+    }
+
+    fn raw(&self) -> &str {
+        match self {
+            Self::ObjectId(id) | Self::AppId(id) => id,
+        }
+    }
+
+    /// Finds the application's object id, or the Graph error to answer.
+    fn resolve(&self, tenant: &Tenant, ids: &RequestContext) -> Result<Uuid, Response> {
+        let Ok(id) = self.raw().parse::<Uuid>() else {
+            let message = format!("Invalid object identifier '{}'.", self.raw());
+            return Err(graph_error(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                &message,
+                ids,
+            ));
+        };
+        let found = match self {
+            Self::ObjectId(_) => tenant.app(id),
+            Self::AppId(_) => tenant.app_by_client_id(id),
+        };
+        found.map(|app| app.object_id).ok_or_else(|| {
+            let message = format!(
+                "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+            );
+            graph_error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", &message, ids)
+        })
+    }
+}
+
+/// Everything a Graph handler needs before doing its work.
+struct GraphCall {
+    state: AppState,
+    ids: RequestContext,
+    object_id: Uuid,
+}
+
+/// Counts and faults the route, checks the bearer token, then resolves the application.
+async fn begin(
+    state: AppState,
+    ids: RequestContext,
+    route: &str,
+    headers: &HeaderMap,
+    address: AppAddress,
+) -> Result<GraphCall, Response> {
+    if let Some(fault) = intercept(&state, route, &ids).await {
+        return Err(fault);
+    }
+    check_bearer(&state, headers, &ids)?;
+    let object_id = address.resolve(&state.tenant, &ids)?;
+    Ok(GraphCall {
+        state,
+        ids,
+        object_id,
+    })
+}
+
+fn check_bearer(
+    state: &AppState,
+    headers: &HeaderMap,
+    ids: &RequestContext,
+) -> Result<(), Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(bearer) = bearer else {
+        return Err(unauthorized("Access token is empty.", ids));
+    };
+    let Some(grant) = state.tenant.token(bearer) else {
+        return Err(unauthorized("Access token validation failure.", ids));
+    };
+    let graph_scopes = [
+        "https://graph.microsoft.com/.default".to_string(),
+        format!("{GRAPH_APP_ID}/.default"),
+        format!("{}/.default", ids.base),
+    ];
+    if !graph_scopes.contains(&grant.scope) {
+        return Err(unauthorized(
+            "Access token validation failure. Invalid audience.",
+            ids,
+        ));
+    }
+    Ok(())
+}
+
+fn unauthorized(message: &str, ids: &RequestContext) -> Response {
+    let mut response = graph_error(
+        StatusCode::UNAUTHORIZED,
+        "InvalidAuthenticationToken",
+        message,
+        ids,
+    );
+    let challenge = format!(
+        "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"{GRAPH_APP_ID}\""
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+async fn get_application(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    read_application(state, ids, &headers, AppAddress::ObjectId(id), &query).await
+}
+
+async fn get_application_by_key(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    match AppAddress::from_key_segment(&key) {
+        Some(address) => read_application(state, ids, &headers, address, &query).await,
+        None => unknown_segment(&key, &ids),
+    }
+}
+
+async fn read_application(
+    state: AppState,
+    ids: RequestContext,
+    headers: &HeaderMap,
+    address: AppAddress,
+    query: &HashMap<String, String>,
+) -> Response {
+    let call = match begin(state, ids, ROUTE_GET_APPLICATION, headers, address).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    let select = match parse_select(query.get("$select").map(String::as_str), &call.ids) {
+        Ok(select) => select,
+        Err(response) => return response,
+    };
+    let Some(app) = call.state.tenant.app(call.object_id) else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            "The application was deleted.",
+            &call.ids,
+        );
+    };
+    let full = json!({
+        "id": app.object_id,
+        "appId": app.app_id,
+        "displayName": app.display_name,
+        "signInAudience": "AzureADMyOrg",
+        "keyCredentials": [],
+        "passwordCredentials": app.passwords.iter().map(password_json).collect::<Vec<_>>(),
+    });
+    let context = match &select {
+        Some(fields) => format!(
+            "{}/v1.0/$metadata#applications({})/$entity",
+            call.ids.base,
+            fields.join(",")
+        ),
+        None => format!("{}/v1.0/$metadata#applications/$entity", call.ids.base),
+    };
+    let mut body = Map::new();
+    body.insert("@odata.context".into(), Value::String(context));
+    if let Value::Object(fields) = full {
+        for (name, value) in fields {
+            if select.as_ref().is_none_or(|s| s.contains(&name)) {
+                body.insert(name, value);
+            }
+        }
+    }
+    Json(Value::Object(body)).into_response()
+}
+
+/// The `$select` fields, or Graph's error for a property applications do not have.
+fn parse_select(
+    select: Option<&str>,
+    ids: &RequestContext,
+) -> Result<Option<Vec<String>>, Response> {
+    let Some(select) = select else {
+        return Ok(None);
+    };
+    let fields: Vec<String> = select
+        .split(',')
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if let Some(unknown) = fields.iter().find(|f| !SELECTABLE.contains(&f.as_str())) {
+        let message = format!(
+            "Could not find a property named '{unknown}' on type 'microsoft.graph.application'."
+        );
+        return Err(graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            &message,
+            ids,
+        ));
+    }
+    Ok(Some(fields))
+}
+
+fn password_json(password: &StandinPassword) -> Value {
+    json!({
+        "customKeyIdentifier": null,
+        "displayName": password.display_name,
+        "endDateTime": graph_time(password.end),
+        "hint": password.hint,
+        "keyId": password.key_id,
+        "secretText": null,
+        "startDateTime": graph_time(password.start),
+    })
+}
+
+fn graph_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AddPasswordBody {
+    password_credential: Option<NewPasswordCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewPasswordCredential {
+    display_name: Option<String>,
+    start_date_time: Option<DateTime<Utc>>,
+    end_date_time: Option<DateTime<Utc>>,
+}
+
+async fn add_password(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    mint(state, ids, &headers, AppAddress::ObjectId(id), &body).await
+}
+
+async fn add_password_by_key(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match AppAddress::from_key_segment(&key) {
+        Some(address) => mint(state, ids, &headers, address, &body).await,
+        None => unknown_segment(&key, &ids),
+    }
+}
+
+async fn mint(
+    state: AppState,
+    ids: RequestContext,
+    headers: &HeaderMap,
+    address: AppAddress,
+    body: &[u8],
+) -> Response {
+    let call = match begin(state, ids, ROUTE_ADD_PASSWORD, headers, address).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    let request: AddPasswordBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => return bad_body(&error.to_string(), &call.ids),
+    };
+    let credential = request
+        .password_credential
+        .unwrap_or(NewPasswordCredential {
+            display_name: None,
+            start_date_time: None,
+            end_date_time: None,
+        });
+    let start = credential.start_date_time.unwrap_or_else(Utc::now);
+    // Graph's default lifetime for addPassword without endDateTime is two years.
+    let end = credential
+        .end_date_time
+        .unwrap_or(start + chrono::Duration::days(MAX_SECRET_LIFETIME_DAYS));
+    if let Err(response) = check_lifetime(start, end, &call.ids) {
+        return response;
+    }
+    let Some(minted) =
+        call.state
+            .tenant
+            .add_password(call.object_id, credential.display_name, start, end)
+    else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            "The application was deleted.",
+            &call.ids,
+        );
+    };
+    let mut body = password_json(&minted);
+    body["secretText"] = Value::String(minted.secret_text);
+    body["@odata.context"] = Value::String(format!(
+        "{}/v1.0/$metadata#microsoft.graph.passwordCredential",
+        call.ids.base
+    ));
+    Json(body).into_response()
+}
+
+/// The tenant's app-management policy: a secret ends after it starts, at most two years later.
+fn check_lifetime(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    ids: &RequestContext,
+) -> Result<(), Response> {
+    if end <= start {
+        let message = "Invalid value specified for property 'endDateTime' of resource 'PasswordCredential'. endDateTime must be later than startDateTime.";
+        return Err(graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            message,
+            ids,
+        ));
+    }
+    if end - start > chrono::Duration::days(MAX_SECRET_LIFETIME_DAYS) {
+        let message = format!(
+            "Credential lifetime exceeds the max value allowed as per assigned policy '{}'.",
+            default_policy_id()
+        );
+        return Err(graph_error(
+            StatusCode::BAD_REQUEST,
+            "CredentialInvalidLifetimeAsPerAppPolicy",
+            &message,
+            ids,
+        ));
+    }
+    Ok(())
+}
+
+/// The id of the tenant-default app management policy (a fixed, recognisable value).
+fn default_policy_id() -> Uuid {
+    Uuid::from_u128(0x730)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RemovePasswordBody {
+    key_id: Option<String>,
+}
+
+async fn remove_password(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    revoke(state, ids, &headers, AppAddress::ObjectId(id), &body).await
+}
+
+async fn remove_password_by_key(
+    State(state): State<AppState>,
+    Extension(ids): Extension<RequestContext>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match AppAddress::from_key_segment(&key) {
+        Some(address) => revoke(state, ids, &headers, address, &body).await,
+        None => unknown_segment(&key, &ids),
+    }
+}
+
+async fn revoke(
+    state: AppState,
+    ids: RequestContext,
+    headers: &HeaderMap,
+    address: AppAddress,
+    body: &[u8],
+) -> Response {
+    let call = match begin(state, ids, ROUTE_REMOVE_PASSWORD, headers, address).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    let request: RemovePasswordBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => return bad_body(&error.to_string(), &call.ids),
+    };
+    let Some(key_id) = request.key_id else {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            "A value is required for property 'keyId' of resource 'removePassword'.",
+            &call.ids,
+        );
+    };
+    let removed = key_id
+        .parse::<Uuid>()
+        .is_ok_and(|key| call.state.tenant.remove_password(call.object_id, key));
+    if !removed {
+        let message = format!("No password credential found with keyId {key_id}.");
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "Request_BadRequest",
+            &message,
+            &call.ids,
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn bad_body(detail: &str, ids: &RequestContext) -> Response {
+    let message = format!("Invalid request body: {detail}");
+    graph_error(StatusCode::BAD_REQUEST, "BadRequest", &message, ids)
+}
+
+fn unknown_segment(segment: &str, ids: &RequestContext) -> Response {
+    let message = format!("Resource not found for the segment '{segment}'.");
+    graph_error(StatusCode::BAD_REQUEST, "BadRequest", &message, ids)
+}
+
+async fn not_found(Extension(ids): Extension<RequestContext>) -> Response {
+    graph_error(StatusCode::NOT_FOUND, "UnknownError", "", &ids)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and faults
+// ---------------------------------------------------------------------------------------------
+
+/// Graph's error body: `{"error":{"code","message","innerError":{...}}}`.
+fn graph_error(status: StatusCode, code: &str, message: &str, ids: &RequestContext) -> Response {
+    let body = json!({
+        "error": { "code": code, "message": message, "innerError": inner_error(ids) }
+    });
+    (status, Json(body)).into_response()
+}
+
+fn inner_error(ids: &RequestContext) -> Value {
+    json!({
+        "date": Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+        "request-id": ids.request_id,
+        "client-request-id": ids.client_request_id,
+    })
+}
+
+/// The body Graph sends for an injected status (without the per-request `innerError`).
+fn graph_fault_body(status: u16) -> Value {
+    let (code, message) = match status {
+        400 => ("Request_BadRequest", "Invalid request."),
+        401 => (
+            "InvalidAuthenticationToken",
+            "Access token validation failure.",
+        ),
+        403 => (
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+        ),
+        404 => (
+            "Request_ResourceNotFound",
+            "Resource does not exist or one of its queried reference-property objects are not present.",
+        ),
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please retry after the time given in Retry-After.",
+        ),
+        503 => (
+            "serviceNotAvailable",
+            "Service is unavailable, please retry later.",
+        ),
+        504 => ("GatewayTimeout", "The gateway timed out."),
+        s if s >= 500 => ("generalException", "An internal server error occurred."),
+        _ => ("UnknownError", "The request failed."),
+    };
+    json!({ "error": { "code": code, "message": message } })
+}
+
+/// Plays a queued fault and dresses its body the way the route's real service would:
+/// Entra's OAuth error for the token endpoint, Graph's `innerError` ids elsewhere.
+async fn intercept(state: &AppState, route: &str, ids: &RequestContext) -> Option<Response> {
+    let response = state.faults.intercept(route).await?;
+    if response.status().is_success() || response.extensions().get::<DropConnectionMark>().is_some()
+    {
+        return Some(response);
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let mut value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if route == ROUTE_TOKEN {
+        if value.get("error_codes").is_none() {
+            value = transient_aad_error(parts.status, ids);
+        }
+    } else if let Some(error) = value.get_mut("error").and_then(Value::as_object_mut) {
+        error
+            .entry("innerError")
+            .or_insert_with(|| inner_error(ids));
+    }
+    let mut dressed = (parts.status, Json(value)).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
+            dressed.headers_mut().insert(name, value.clone());
+        }
+    }
+    Some(dressed)
+}
+
+fn transient_aad_error(status: StatusCode, ids: &RequestContext) -> Value {
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        aad_error_body(
+            "temporarily_unavailable",
+            90033,
+            "AADSTS90033: A transient error has occurred. Please try again.",
+            ids,
+        )
+    } else {
+        aad_error_body(
+            "invalid_request",
+            90000,
+            "AADSTS90000: The request was refused.",
+            ids,
+        )
+    }
+}

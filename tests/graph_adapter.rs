@@ -1,0 +1,471 @@
+//! The production Graph client and the rotator's client-secret credential against the Graph
+//! and token endpoint stand-in, over real HTTPS sockets.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use entra_rotator::adapters::graph::{GraphClient, GraphConfig, RetryPolicy};
+use entra_rotator::adapters::http::{TlsTrust, http_client};
+use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
+use entra_rotator::domain::{AppRef, ExposeSecret, SecretString, marker_for};
+use entra_rotator::engine::ports::{Directory, GraphError};
+use entra_rotator::standins::faults::Fault;
+use entra_rotator::standins::graph::{
+    GraphStandin, ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD, ROUTE_TOKEN,
+};
+use entra_rotator::standins::tenant::{StandinApp, Tenant};
+use entra_rotator::standins::tls::TestPki;
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Env {
+    tenant: Tenant,
+    graph: GraphStandin,
+    http: reqwest::Client,
+    rotator: StandinApp,
+    rotator_secret: String,
+    target: StandinApp,
+    existing_key: Uuid,
+}
+
+async fn env() -> Env {
+    let pki = TestPki::generate().unwrap();
+    let tenant = Tenant::new();
+    let now = Utc::now();
+    let rotator = tenant.register_app("entra-rotator");
+    let rotator_secret = tenant
+        .add_password(
+            rotator.object_id,
+            Some("rotator".into()),
+            now - ChronoDuration::minutes(1),
+            now + ChronoDuration::days(30),
+        )
+        .unwrap()
+        .secret_text;
+    let target = tenant.register_app("dify-smtp");
+    let existing_key = tenant
+        .add_password(
+            target.object_id,
+            Some("made by hand".into()),
+            now - ChronoDuration::days(300),
+            now + ChronoDuration::days(65),
+        )
+        .unwrap()
+        .key_id;
+    let graph = GraphStandin::start(tenant.clone(), &pki).await.unwrap();
+    let trust = TlsTrust {
+        extra_root_pems: vec![pki.ca_pem().to_string()],
+    };
+    let http = http_client(&trust, Duration::from_secs(10)).unwrap();
+    Env {
+        tenant,
+        graph,
+        http,
+        rotator,
+        rotator_secret,
+        target,
+        existing_key,
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(2),
+    }
+}
+
+fn rotator_identity(env: &Env, secret: &str) -> RotatorCredential {
+    RotatorCredential::ClientSecret {
+        tenant_id: env.tenant.tenant_id.to_string(),
+        client_id: env.rotator.app_id.to_string(),
+        secret: SecretString::from(secret.to_string()),
+    }
+}
+
+fn client_with_secret(env: &Env, secret: &str) -> GraphClient {
+    let credential = rotator_credential(
+        &rotator_identity(env, secret),
+        Some(&env.graph.authority_host()),
+        env.http.clone(),
+    )
+    .unwrap();
+    let config = GraphConfig {
+        base_url: env.graph.graph_url(),
+        retry: fast_retry(),
+    };
+    GraphClient::new(config, credential, env.http.clone()).unwrap()
+}
+
+fn client(env: &Env) -> GraphClient {
+    client_with_secret(env, &env.rotator_secret)
+}
+
+fn target_ref(env: &Env, with_object_id: bool) -> AppRef {
+    AppRef {
+        tenant_id: env.tenant.tenant_id,
+        client_id: env.target.app_id,
+        object_id: with_object_id.then_some(env.target.object_id),
+    }
+}
+
+#[tokio::test]
+async fn reads_the_application_by_object_id_and_by_app_id() {
+    let env = env().await;
+    let graph = client(&env);
+
+    let by_object = graph.application(&target_ref(&env, true)).await.unwrap();
+    let by_app_id = graph.application(&target_ref(&env, false)).await.unwrap();
+
+    assert_eq!(by_object, by_app_id);
+    assert_eq!(by_object.object_id, env.target.object_id);
+    assert_eq!(by_object.app_id, env.target.app_id);
+    assert_eq!(by_object.display_name, "dify-smtp");
+    let existing = by_object
+        .credential(env.existing_key)
+        .expect("the hand-made secret is listed");
+    assert_eq!(existing.display_name.as_deref(), Some("made by hand"));
+    assert_eq!(existing.hint.as_ref().map(String::len), Some(3));
+    assert!(existing.end.is_some_and(|end| end > Utc::now()));
+    assert_eq!(env.graph.faults().count(ROUTE_GET_APPLICATION), 2);
+}
+
+#[tokio::test]
+async fn adds_then_removes_a_password() {
+    let env = env().await;
+    let graph = client(&env);
+    let end = Utc::now() + ChronoDuration::days(180);
+
+    let minted = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), end)
+        .await
+        .unwrap();
+
+    let stored = env.tenant.app(env.target.object_id).unwrap();
+    let password = stored
+        .passwords
+        .iter()
+        .find(|p| p.key_id == minted.credential.key_id)
+        .expect("minted in the tenant");
+    assert_eq!(password.secret_text, minted.value.expose_secret());
+    assert_eq!(password.display_name.as_deref(), Some("entra-rotator:smtp"));
+    assert!((password.end - end).num_seconds().abs() <= 1);
+    assert!(minted.credential.is_minted_by("smtp"));
+    assert_eq!(
+        minted.credential.hint.as_deref(),
+        Some(&minted.value.expose_secret()[..3])
+    );
+
+    graph
+        .remove_password(env.target.object_id, minted.credential.key_id)
+        .await
+        .unwrap();
+    let after = env.tenant.app(env.target.object_id).unwrap();
+    assert!(
+        after
+            .passwords
+            .iter()
+            .all(|p| p.key_id != minted.credential.key_id)
+    );
+    assert!(
+        after.passwords.iter().any(|p| p.key_id == env.existing_key),
+        "other secrets are untouched"
+    );
+
+    // Removing again is a no-op: Graph says the keyId is unknown and the goal is reached.
+    graph
+        .remove_password(env.target.object_id, minted.credential.key_id)
+        .await
+        .unwrap();
+    assert_eq!(env.graph.faults().count(ROUTE_REMOVE_PASSWORD), 2);
+}
+
+#[tokio::test]
+async fn an_unknown_application_is_a_404_that_names_it_and_says_what_to_check() {
+    let env = env().await;
+    let missing = AppRef {
+        tenant_id: env.tenant.tenant_id,
+        client_id: Uuid::new_v4(),
+        object_id: None,
+    };
+
+    let error = client(&env).application(&missing).await.unwrap_err();
+
+    let GraphError::Api {
+        status,
+        code,
+        request_id,
+        ..
+    } = &error
+    else {
+        panic!("expected an API error, got {error:?}")
+    };
+    assert_eq!(*status, 404);
+    assert_eq!(code, "Request_ResourceNotFound");
+    assert!(
+        request_id.is_some(),
+        "Graph's request-id is kept for support cases"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&missing.client_id.to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains("Check the tenantId, clientId and objectId"),
+        "{message}"
+    );
+    assert!(!error.is_transient());
+}
+
+#[tokio::test]
+async fn forbidden_and_invalid_requests_explain_themselves() {
+    let env = env().await;
+    let graph = client(&env);
+    env.graph
+        .faults()
+        .push(ROUTE_GET_APPLICATION, Fault::status(403));
+
+    let forbidden = graph
+        .application(&target_ref(&env, true))
+        .await
+        .unwrap_err();
+    let message = forbidden.to_string();
+    assert!(
+        message.contains("HTTP 403 Authorization_RequestDenied"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Application.ReadWrite.OwnedBy"),
+        "{message}"
+    );
+    assert!(message.contains("owner of this application"), "{message}");
+    assert!(!forbidden.is_transient());
+
+    let three_years = Utc::now() + ChronoDuration::days(3 * 365);
+    let too_long = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), three_years)
+        .await
+        .unwrap_err();
+    let message = too_long.to_string();
+    assert!(
+        message.contains("HTTP 400 CredentialInvalidLifetimeAsPerAppPolicy"),
+        "{message}"
+    );
+    assert!(message.contains("at most 730 days"), "{message}");
+    assert_eq!(
+        env.tenant
+            .app(env.target.object_id)
+            .unwrap()
+            .passwords
+            .len(),
+        1,
+        "nothing was minted"
+    );
+}
+
+#[tokio::test]
+async fn throttling_waits_for_retry_after_then_succeeds() {
+    let env = env().await;
+    env.graph
+        .faults()
+        .push(ROUTE_GET_APPLICATION, Fault::throttle(1));
+
+    client(&env)
+        .application(&target_ref(&env, true))
+        .await
+        .unwrap();
+
+    assert_eq!(env.graph.faults().count(ROUTE_GET_APPLICATION), 2);
+}
+
+#[tokio::test]
+async fn server_errors_and_dropped_connections_are_retried_on_reads() {
+    let env = env().await;
+    let faults = env.graph.faults();
+    faults.push_times(ROUTE_GET_APPLICATION, Fault::status(503), 2);
+
+    client(&env)
+        .application(&target_ref(&env, true))
+        .await
+        .unwrap();
+    assert_eq!(faults.count(ROUTE_GET_APPLICATION), 3);
+
+    faults.reset_counts();
+    faults.push(ROUTE_GET_APPLICATION, Fault::drop_connection());
+    client(&env)
+        .application(&target_ref(&env, true))
+        .await
+        .unwrap();
+    assert_eq!(faults.count(ROUTE_GET_APPLICATION), 2);
+}
+
+#[tokio::test]
+async fn a_persistent_outage_gives_a_transient_error_after_the_configured_attempts() {
+    let env = env().await;
+    env.graph
+        .faults()
+        .push_times(ROUTE_GET_APPLICATION, Fault::status(503), 10);
+
+    let error = client(&env)
+        .application(&target_ref(&env, true))
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(error, GraphError::Api { status: 503, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_transient());
+    assert!(
+        error.to_string().contains("it will try again later"),
+        "{error}"
+    );
+    assert_eq!(
+        env.graph.faults().count(ROUTE_GET_APPLICATION),
+        fast_retry().max_attempts as u64
+    );
+}
+
+#[tokio::test]
+async fn add_password_is_retried_only_when_graph_certainly_did_not_mint() {
+    let env = env().await;
+    let graph = client(&env);
+    let faults = env.graph.faults();
+    let end = Utc::now() + ChronoDuration::days(30);
+
+    // A 5xx or a lost answer may hide a minted secret: report it, never mint a second one.
+    faults.push(ROUTE_ADD_PASSWORD, Fault::status(500));
+    let error = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), end)
+        .await
+        .unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    faults.push(ROUTE_ADD_PASSWORD, Fault::drop_connection());
+    let error = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), end)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, GraphError::Transport { .. }), "{error:?}");
+    assert_eq!(faults.count(ROUTE_ADD_PASSWORD), 2);
+
+    // 429 means Graph did nothing: retry.
+    faults.push(ROUTE_ADD_PASSWORD, Fault::throttle(0));
+    graph
+        .add_password(env.target.object_id, &marker_for("smtp"), end)
+        .await
+        .unwrap();
+    assert_eq!(faults.count(ROUTE_ADD_PASSWORD), 4);
+    assert_eq!(
+        env.tenant
+            .app(env.target.object_id)
+            .unwrap()
+            .passwords
+            .len(),
+        2,
+        "exactly one secret minted"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_rotator_secret_is_an_auth_error_that_does_not_quote_the_secret() {
+    let env = env().await;
+    let wrong = "Wr0ng~secret.value-that-must-not-leak";
+    let graph = client_with_secret(&env, wrong);
+
+    let error = graph
+        .application(&target_ref(&env, true))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(error, GraphError::Auth { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("AADSTS7000215"), "{message}");
+    assert!(
+        message.contains("Check the rotator's own identity"),
+        "{message}"
+    );
+    assert!(!message.contains(wrong) && !format!("{error:?}").contains(wrong));
+    assert!(!error.is_transient());
+    assert_eq!(
+        env.graph.faults().count(ROUTE_GET_APPLICATION),
+        0,
+        "Graph was not called without a token"
+    );
+}
+
+#[tokio::test]
+async fn one_token_serves_many_graph_calls() {
+    let env = env().await;
+    let graph = client(&env);
+
+    for _ in 0..3 {
+        graph.application(&target_ref(&env, true)).await.unwrap();
+    }
+    let minted = graph
+        .add_password(
+            env.target.object_id,
+            "entra-rotator:x",
+            Utc::now() + ChronoDuration::days(1),
+        )
+        .await
+        .unwrap();
+    graph
+        .remove_password(env.target.object_id, minted.credential.key_id)
+        .await
+        .unwrap();
+
+    assert_eq!(env.graph.faults().count(ROUTE_TOKEN), 1);
+}
+
+#[tokio::test]
+async fn debug_output_never_shows_a_secret() {
+    let env = env().await;
+    let graph = client(&env);
+    let minted = graph
+        .add_password(
+            env.target.object_id,
+            "entra-rotator:x",
+            Utc::now() + ChronoDuration::days(1),
+        )
+        .await
+        .unwrap();
+    let value = minted.value.expose_secret().to_string();
+
+    assert!(!format!("{minted:?}").contains(&value));
+    assert!(!format!("{graph:?}").contains(&env.rotator_secret));
+    assert!(
+        !format!("{:?}", rotator_identity(&env, &env.rotator_secret)).contains(&env.rotator_secret)
+    );
+}
+
+#[tokio::test]
+async fn the_stand_in_refuses_calls_without_a_graph_token_in_graphs_error_shape() {
+    let env = env().await;
+    let url = format!(
+        "{}v1.0/applications/{}",
+        env.graph.graph_url(),
+        env.target.object_id
+    );
+
+    let response = env
+        .http
+        .get(&url)
+        .header("client-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 401);
+    let request_id = response.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(response.headers()["client-request-id"], "abc-123");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    assert_eq!(
+        body["error"]["innerError"]["request-id"],
+        request_id.as_str()
+    );
+    assert!(body["error"]["innerError"]["date"].is_string());
+}
