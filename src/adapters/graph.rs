@@ -59,6 +59,16 @@ pub struct GraphConfig {
     pub retry: RetryPolicy,
 }
 
+impl GraphConfig {
+    /// Graph at `base_url` with the default [`RetryPolicy`].
+    pub fn new(base_url: Url) -> Self {
+        Self {
+            base_url,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
 impl Default for GraphConfig {
     fn default() -> Self {
         let base_url =
