@@ -23,6 +23,8 @@ pub struct Config {
     pub azure: AzureSettings,
     #[serde(default)]
     pub tls: TlsSettings,
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
     // Stores and verification are written `- keyVault: {...}`, not as YAML tags.
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub rotations: Vec<RotationConfig>,
@@ -100,6 +102,15 @@ pub struct TlsSettings {
     /// PEM files whose certificates are trusted in addition to the system's.
     #[serde(default)]
     pub extra_root_certificates: Vec<PathBuf>,
+}
+
+/// How to reach the Kubernetes API for `kubernetesSecret` targets. By default: the
+/// in-cluster service account, else `$KUBECONFIG` or `~/.kube/config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSettings {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
 }
 
 /// One application's rotation.
