@@ -2,3 +2,4 @@
 pub mod graph;
 pub mod http;
 pub mod identity;
+pub mod smtp;

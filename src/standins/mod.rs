@@ -10,5 +10,6 @@
 pub mod faults;
 pub mod graph;
 pub mod https;
+pub mod smtp;
 pub mod tenant;
 pub mod tls;

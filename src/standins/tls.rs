@@ -43,6 +43,16 @@ impl TestPki {
         &self.ca_pem
     }
 
+    /// The server certificate chain, PEM encoded, for third-party servers in tests.
+    pub fn server_cert_pem(&self) -> String {
+        self.server_chain.iter().map(|der| pem_block("CERTIFICATE", der)).collect()
+    }
+
+    /// The server's private key (PKCS#8), PEM encoded, for third-party servers in tests.
+    pub fn server_key_pem(&self) -> String {
+        pem_block("PRIVATE KEY", &self.server_key_der)
+    }
+
     /// A rustls server configuration presenting the server certificate.
     pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key_der.clone()));
@@ -54,4 +64,13 @@ impl TestPki {
         .with_single_cert(self.server_chain.clone(), key)?;
         Ok(Arc::new(config))
     }
+}
+
+/// Wraps DER bytes in a PEM block with 64-character lines.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        encoded.as_bytes().chunks(64).map(|chunk| std::str::from_utf8(chunk).unwrap_or_default()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
