@@ -1,1 +1,87 @@
-//! placeholder
+//! The command line: `run` (one pass over a configuration file) and `demo` (the whole
+//! loop against the local stand-ins).
+
+mod demo;
+mod report;
+mod wiring;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "entra-rotator", version, about = "Rotates the Entra ID client secrets behind ACS SMTP credentials, safely")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter, e.g. `info` or `entra_rotator=debug` (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rotate every configured application that is due, once, and exit.
+    ///
+    /// Exit code 0 when every rotation succeeded or had nothing to do, 1 when any failed,
+    /// 2 when the configuration is invalid (then nothing was changed).
+    Run {
+        /// The YAML configuration (see examples/rotator.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print what would happen and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rotate now even if the current secret is far from expiry.
+        #[arg(long)]
+        force: bool,
+        /// Only the rotations with these names (repeatable).
+        #[arg(long = "only", value_name = "NAME")]
+        only: Vec<String>,
+    },
+    /// Run the whole loop twice on local stand-ins of Graph, Key Vault, Kubernetes and the
+    /// ACS SMTP relay, and print the timeline.
+    Demo,
+}
+
+/// Exit codes shared by the commands.
+pub(crate) const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_INVALID_INPUT: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config, dry_run, force, only } => {
+                wiring::run_config_file(&config, dry_run, force, &only).await
+            }
+            Command::Demo => demo::run().await,
+        }
+    })
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -216,6 +216,9 @@ pub struct SmtpConfig {
     /// How long to keep retrying while Entra replicates a new secret.
     #[serde(default = "default_verify_budget")]
     pub retry_budget: HumanDuration,
+    /// First wait between attempts; it doubles up to a minute.
+    #[serde(default = "default_verify_interval")]
+    pub retry_interval: HumanDuration,
     #[serde(default = "default_smtp_timeout")]
     pub timeout: HumanDuration,
 }
@@ -230,6 +233,10 @@ fn default_smtp_port() -> u16 {
 
 fn default_verify_budget() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_verify_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
 }
 
 fn default_smtp_timeout() -> HumanDuration {

@@ -151,15 +151,10 @@ impl Engine {
             forced: options.force,
             timing: &rotation.timing,
         });
-        let current = match &plan.decision {
-            Decision::UpToDate { key_id, .. }
-            | Decision::RevokeOld { key_id, .. }
-            | Decision::CompleteStores { key_id, .. } => Some(*key_id),
-            Decision::Rotate(_) | Decision::InFlight { .. } => None,
-        };
+        let current = policy::current_credential(&observation.app, &keys);
         self.emit(rotation, Event::Observed {
-            current,
-            expires: current.and_then(|id| observation.app.credential(id)).and_then(|c| c.end),
+            current: current.map(|c| c.key_id),
+            expires: current.and_then(|c| c.end),
             credentials: observation.app.password_credentials.len(),
         });
         if options.dry_run {

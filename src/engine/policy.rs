@@ -158,6 +158,15 @@ pub fn renewal_time(observed: &Observed, current: &PasswordCredential) -> Option
     Some(end - observed.timing.renew_before - jitter)
 }
 
+/// The newest credential that some store holds and Graph still lists.
+pub fn current_credential<'a>(app: &'a Application, stored: &StoredKeys) -> Option<&'a PasswordCredential> {
+    let stored_ids: Vec<Uuid> = stored.iter().flatten().flatten().copied().collect();
+    app.password_credentials
+        .iter()
+        .filter(|c| stored_ids.contains(&c.key_id))
+        .max_by_key(|c| c.start)
+}
+
 /// Decides what to do. Secrets without our marker are never scheduled for removal.
 pub fn plan(observed: &Observed) -> Plan {
     let ours: Vec<&PasswordCredential> = observed
@@ -168,13 +177,7 @@ pub fn plan(observed: &Observed) -> Plan {
         .collect();
     let stored_ids: Vec<Uuid> = observed.stored.iter().flatten().flatten().copied().collect();
 
-    // The newest stored credential Graph still has and that can still authenticate.
-    let current = observed
-        .app
-        .password_credentials
-        .iter()
-        .filter(|c| stored_ids.contains(&c.key_id))
-        .max_by_key(|c| c.start);
+    let current = current_credential(observed.app, observed.stored);
     let stored_but_not_live = stored_ids
         .iter()
         .copied()

@@ -1,0 +1,76 @@
+//! One line per rotation for people, after a run.
+
+use crate::engine::policy::Decision;
+use crate::engine::{EngineError, Outcome};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+fn day(at: &Option<DateTime<Utc>>) -> String {
+    at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "never".into())
+}
+
+fn ids(ids: &[Uuid]) -> String {
+    ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Describes what a run did (or would do, for a dry run).
+pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
+    let what = match outcome {
+        Outcome::Planned(plan) => {
+            let clean = if plan.remove_orphans.is_empty() {
+                String::new()
+            } else {
+                format!("remove unstored keyId(s) {}; then ", ids(&plan.remove_orphans))
+            };
+            let action = match &plan.decision {
+                Decision::Rotate(trigger) => format!("mint a new secret ({}: {})", trigger.reason, trigger.message),
+                Decision::CompleteStores { key_id, missing } => {
+                    format!("copy keyId {key_id} to {} store(s) that lack it, verify, revoke older", missing.len())
+                }
+                Decision::RevokeOld { key_id, old, revoke_at } => format!(
+                    "verify keyId {key_id}, then revoke {} from {}",
+                    ids(old),
+                    day(&Some(*revoke_at))
+                ),
+                Decision::InFlight { key_id, stale_at } => {
+                    format!("wait: keyId {key_id} is being stored by another run (until {})", day(&Some(*stale_at)))
+                }
+                Decision::UpToDate { key_id, expires, renew_at } => format!(
+                    "nothing: keyId {key_id} expires {}, renewal {}",
+                    day(expires),
+                    day(&Some(*renew_at))
+                ),
+            };
+            format!("would {clean}{action}")
+        }
+        Outcome::UpToDate { key_id, expires, renew_at } => format!(
+            "up to date: keyId {key_id} expires {}; next rotation {}",
+            day(expires),
+            day(&Some(*renew_at))
+        ),
+        Outcome::InFlight { key_id, stale_at } => format!(
+            "waiting: keyId {key_id} was minted by another run moments ago; it is cleaned up after {} if still unstored",
+            day(&Some(*stale_at))
+        ),
+        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at } => {
+            let mut line = if *minted {
+                format!("rotated: new keyId {key_id} stored and verified, expires {}", day(expires))
+            } else {
+                format!("settled: keyId {key_id} stored everywhere and verified, expires {}", day(expires))
+            };
+            if !revoked.is_empty() {
+                line.push_str(&format!("; revoked {}", ids(revoked)));
+            }
+            if !pending.is_empty() {
+                line.push_str(&format!("; {} revoked from {}", ids(pending), day(revoke_at)));
+            }
+            line
+        }
+    };
+    format!("{name}: {what}")
+}
+
+pub fn error_line(name: &str, error: &EngineError) -> String {
+    let retry = if error.is_transient() { "will succeed on a later run if the fault clears" } else { "needs a fix before the next run" };
+    format!("{name}: FAILED ({}; {retry}): {error}", error.category())
+}
