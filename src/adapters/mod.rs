@@ -2,4 +2,6 @@
 pub mod graph;
 pub mod http;
 pub mod identity;
+pub mod keyvault;
+pub mod kubernetes;
 pub mod smtp;

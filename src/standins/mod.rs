@@ -10,6 +10,8 @@
 pub mod faults;
 pub mod graph;
 pub mod https;
+pub mod keyvault;
+pub mod kubernetes;
 pub mod smtp;
 pub mod tenant;
 pub mod tls;

@@ -1,0 +1,1008 @@
+//! A minimal Kubernetes API server for core/v1 Secrets, over HTTPS, that `kube::Client`
+//! talks to unchanged.
+//!
+//! It implements what the rotator's correctness rests on, the way the real API server does:
+//! - server-side apply (`PATCH` with `application/apply-patch+yaml`, `fieldManager`,
+//!   `force`): each field manager owns the `data` keys, annotations and labels it applied;
+//!   a key a manager applied before and omits now is removed unless another manager also
+//!   owns it; applying a different value to a key another manager owns is a 409 conflict
+//!   unless `force=true`, which moves the ownership;
+//! - JSON merge patches and `POST` creates, recorded as `Update` operations;
+//! - `resourceVersion`, `uid`, `creationTimestamp`, `managedFields`;
+//! - `metav1.Status` errors (404 `NotFound`, 403 `Forbidden`, 409 `Conflict`/`AlreadyExists`,
+//!   422 `Invalid`).
+//!
+//! Only flat maps are modelled (Secrets have no deeper structure worth owning). Requests are
+//! counted per route (see [`routes`]) and faults are played before any work.
+
+use super::faults::Faults;
+use super::https::serve_tls;
+use super::tls::TestPki;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Route names under which requests are counted and faults are queued.
+pub mod routes {
+    pub const GET_SECRET: &str = "GET /api/v1/namespaces/{namespace}/secrets/{name}";
+    pub const PATCH_SECRET: &str = "PATCH /api/v1/namespaces/{namespace}/secrets/{name}";
+    pub const CREATE_SECRET: &str = "POST /api/v1/namespaces/{namespace}/secrets";
+    pub const VERSION: &str = "GET /version";
+}
+
+/// The user the stand-in says was refused, as a service account would be named.
+const REFUSED_USER: &str = "system:serviceaccount:entra-rotator:entra-rotator";
+
+/// One field of a Secret that a manager can own.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    Data(String),
+    Annotation(String),
+    Label(String),
+    Type,
+}
+
+impl Field {
+    /// The field's path as a conflict message spells it, e.g. `.data.SMTP_PASSWORD`.
+    fn path(&self) -> String {
+        match self {
+            Field::Data(key) => format!(".data.{key}"),
+            Field::Annotation(key) => format!(".metadata.annotations.{key}"),
+            Field::Label(key) => format!(".metadata.labels.{key}"),
+            Field::Type => ".type".to_string(),
+        }
+    }
+}
+
+/// `Apply` for server-side apply, `Update` for every other write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    Apply,
+    Update,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Apply => "Apply",
+            Operation::Update => "Update",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ManagedEntry {
+    fields: BTreeSet<Field>,
+    time: String,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct SecretObject {
+    uid: String,
+    creation_timestamp: String,
+    resource_version: u64,
+    type_: String,
+    data: BTreeMap<String, Vec<u8>>,
+    annotations: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    managed: BTreeMap<(String, Operation), ManagedEntry>,
+}
+
+/// A value a field holds, to compare what a manager applies with what is there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FieldValue {
+    Bytes(Vec<u8>),
+    Text(String),
+}
+
+impl SecretObject {
+    fn new(resource_version: u64) -> Self {
+        Self {
+            uid: Uuid::new_v4().to_string(),
+            creation_timestamp: now(),
+            resource_version,
+            type_: "Opaque".to_string(),
+            data: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            managed: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, field: &Field) -> Option<FieldValue> {
+        match field {
+            Field::Data(key) => self.data.get(key).cloned().map(FieldValue::Bytes),
+            Field::Annotation(key) => self.annotations.get(key).cloned().map(FieldValue::Text),
+            Field::Label(key) => self.labels.get(key).cloned().map(FieldValue::Text),
+            Field::Type => Some(FieldValue::Text(self.type_.clone())),
+        }
+    }
+
+    fn set(&mut self, field: &Field, value: FieldValue) {
+        match (field, value) {
+            (Field::Data(key), FieldValue::Bytes(bytes)) => {
+                self.data.insert(key.clone(), bytes);
+            }
+            (Field::Annotation(key), FieldValue::Text(text)) => {
+                self.annotations.insert(key.clone(), text);
+            }
+            (Field::Label(key), FieldValue::Text(text)) => {
+                self.labels.insert(key.clone(), text);
+            }
+            (Field::Type, FieldValue::Text(text)) => self.type_ = text,
+            // Parsing builds data fields from bytes and the others from text.
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, field: &Field) {
+        match field {
+            Field::Data(key) => {
+                self.data.remove(key);
+            }
+            Field::Annotation(key) => {
+                self.annotations.remove(key);
+            }
+            Field::Label(key) => {
+                self.labels.remove(key);
+            }
+            Field::Type => {}
+        }
+    }
+
+    /// Managers other than `(manager, operation)` owning `field`.
+    fn other_owners(&self, field: &Field, manager: &str, operation: Operation) -> Vec<String> {
+        self.managed
+            .iter()
+            .filter(|((m, op), entry)| {
+                (m.as_str(), *op) != (manager, operation) && entry.fields.contains(field)
+            })
+            .map(|((m, _), _)| m.clone())
+            .collect()
+    }
+
+    /// Takes `field` away from every manager but `keep` (from all when `None`).
+    fn disown(&mut self, field: &Field, keep: Option<(&str, Operation)>) {
+        for ((m, op), entry) in self.managed.iter_mut() {
+            if Some((m.as_str(), *op)) != keep {
+                entry.fields.remove(field);
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        manager: &str,
+        operation: Operation,
+        fields: impl IntoIterator<Item = Field>,
+    ) {
+        let entry = self
+            .managed
+            .entry((manager.to_string(), operation))
+            .or_insert_with(|| ManagedEntry {
+                fields: BTreeSet::new(),
+                time: now(),
+            });
+        entry.fields.extend(fields);
+        entry.time = now();
+        self.managed.retain(|_, e| !e.fields.is_empty());
+    }
+
+    /// Equal apart from timestamps: decides whether a write changed anything.
+    fn same_content(&self, other: &SecretObject) -> bool {
+        let owned = |o: &SecretObject| -> Vec<((String, Operation), BTreeSet<Field>)> {
+            o.managed
+                .iter()
+                .map(|(k, e)| (k.clone(), e.fields.clone()))
+                .collect()
+        };
+        self.type_ == other.type_
+            && self.data == other.data
+            && self.annotations == other.annotations
+            && self.labels == other.labels
+            && owned(self) == owned(other)
+    }
+
+    fn to_json(&self, namespace: &str, name: &str) -> Value {
+        let managed_fields: Vec<Value> = self
+            .managed
+            .iter()
+            .map(|((manager, operation), entry)| {
+                json!({
+                    "manager": manager,
+                    "operation": operation.as_str(),
+                    "apiVersion": "v1",
+                    "time": entry.time,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": fields_v1(&entry.fields),
+                })
+            })
+            .collect();
+        let mut metadata = json!({
+            "name": name,
+            "namespace": namespace,
+            "uid": self.uid,
+            "resourceVersion": self.resource_version.to_string(),
+            "creationTimestamp": self.creation_timestamp,
+            "managedFields": managed_fields,
+        });
+        if !self.annotations.is_empty() {
+            metadata["annotations"] = json!(self.annotations);
+        }
+        if !self.labels.is_empty() {
+            metadata["labels"] = json!(self.labels);
+        }
+        let data: BTreeMap<&String, String> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k, BASE64.encode(v)))
+            .collect();
+        let mut object = json!({ "kind": "Secret", "apiVersion": "v1", "metadata": metadata, "type": self.type_ });
+        if !data.is_empty() {
+            object["data"] = json!(data);
+        }
+        object
+    }
+}
+
+/// The `fieldsV1` trie of a set of flat fields.
+fn fields_v1(fields: &BTreeSet<Field>) -> Value {
+    let mut root = Map::new();
+    let mut insert = |path: &[&str], key: &str| {
+        let mut node = &mut root;
+        for part in path {
+            node = node
+                .entry(format!("f:{part}"))
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .unwrap_or_else(|| unreachable!("trie nodes are objects"));
+        }
+        node.insert(format!("f:{key}"), json!({}));
+    };
+    for field in fields {
+        match field {
+            Field::Data(key) => insert(&["data"], key),
+            Field::Annotation(key) => insert(&["metadata", "annotations"], key),
+            Field::Label(key) => insert(&["metadata", "labels"], key),
+            Field::Type => insert(&[], "type"),
+        }
+    }
+    Value::Object(root)
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A snapshot of one Secret for assertions. `Debug` hides the data values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StandinSecret {
+    /// The data, decoded (lossily) as UTF-8.
+    pub data: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub resource_version: u64,
+    pub uid: String,
+    /// The fields each `(manager, operation)` owns.
+    pub managed_fields: BTreeMap<(String, Operation), BTreeSet<Field>>,
+}
+
+impl StandinSecret {
+    /// The data keys `manager` owns through server-side apply.
+    pub fn applied_keys(&self, manager: &str) -> BTreeSet<String> {
+        self.managed_fields
+            .get(&(manager.to_string(), Operation::Apply))
+            .into_iter()
+            .flatten()
+            .filter_map(|f| match f {
+                Field::Data(key) => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for StandinSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StandinSecret")
+            .field("data_keys", &self.data.keys().collect::<Vec<_>>())
+            .field("annotations", &self.annotations)
+            .field("labels", &self.labels)
+            .field("resource_version", &self.resource_version)
+            .field("managed_fields", &self.managed_fields)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Cluster {
+    namespaces: BTreeSet<String>,
+    forbidden: BTreeSet<String>,
+    secrets: BTreeMap<(String, String), SecretObject>,
+    resource_version: u64,
+}
+
+impl Cluster {
+    fn next_resource_version(&mut self) -> u64 {
+        self.resource_version += 1;
+        self.resource_version
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    faults: Faults,
+    cluster: Arc<Mutex<Cluster>>,
+}
+
+impl Shared {
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        // A panic while holding the lock only happens in a failing test; keep serving.
+        self.cluster
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running stand-in API server; stops when dropped. Namespace `default` exists.
+pub struct KubernetesStandin {
+    url: String,
+    shared: Shared,
+    task: JoinHandle<()>,
+}
+
+impl Drop for KubernetesStandin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl fmt::Debug for KubernetesStandin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesStandin")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesStandin {
+    /// Starts serving on a free loopback port with TLS from `pki`.
+    pub async fn start(pki: &TestPki) -> anyhow::Result<Self> {
+        let cluster = Cluster {
+            namespaces: BTreeSet::from(["default".to_string()]),
+            ..Cluster::default()
+        };
+        let shared = Shared {
+            faults: Faults::with_error_body(fault_status),
+            cluster: Arc::new(Mutex::new(cluster)),
+        };
+        let (address, task) = serve_tls(router(shared.clone()), pki).await?;
+        Ok(Self {
+            url: format!("https://{address}"),
+            shared,
+            task,
+        })
+    }
+
+    /// The API server URL for `kube::Config::new`, e.g. `https://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Fault queues and request counts, keyed by [`routes`].
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    pub fn create_namespace(&self, namespace: &str) {
+        self.shared
+            .cluster()
+            .namespaces
+            .insert(namespace.to_string());
+    }
+
+    /// Every request about Secrets in `namespace` is refused with 403, as when the
+    /// rotator's ServiceAccount has no Role there.
+    pub fn forbid_namespace(&self, namespace: &str) {
+        self.shared
+            .cluster()
+            .forbidden
+            .insert(namespace.to_string());
+    }
+
+    /// A snapshot of the Secret, if it exists.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<StandinSecret> {
+        let cluster = self.shared.cluster();
+        let object = cluster
+            .secrets
+            .get(&(namespace.to_string(), name.to_string()))?;
+        Some(StandinSecret {
+            data: object
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            annotations: object.annotations.clone(),
+            labels: object.labels.clone(),
+            resource_version: object.resource_version,
+            uid: object.uid.clone(),
+            managed_fields: object
+                .managed
+                .iter()
+                .map(|(k, e)| (k.clone(), e.fields.clone()))
+                .collect(),
+        })
+    }
+
+    /// Writes `data` keys into the Secret (creating it and its namespace if needed) as an
+    /// `Update` by `manager`, the way `kubectl edit` or a Helm release would.
+    pub fn put_secret_as(&self, namespace: &str, name: &str, manager: &str, data: &[(&str, &str)]) {
+        let mut cluster = self.shared.cluster();
+        cluster.namespaces.insert(namespace.to_string());
+        let version = cluster.next_resource_version();
+        let key = (namespace.to_string(), name.to_string());
+        let object = cluster
+            .secrets
+            .entry(key)
+            .or_insert_with(|| SecretObject::new(version));
+        for (k, v) in data {
+            let field = Field::Data(k.to_string());
+            object.set(&field, FieldValue::Bytes(v.as_bytes().to_vec()));
+            object.disown(&field, Some((manager, Operation::Update)));
+            object.record(manager, Operation::Update, [field]);
+        }
+        object.resource_version = version;
+    }
+}
+
+fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route(
+            "/api/v1/namespaces/{namespace}/secrets",
+            axum::routing::post(create_secret),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/secrets/{name}",
+            get(get_secret).patch(patch_secret),
+        )
+        .with_state(shared)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// A `metav1.Status` answer sent instead of doing the work (boxed: responses are large).
+struct Refusal(Box<Response>);
+
+impl From<Response> for Refusal {
+    fn from(response: Response) -> Self {
+        Self(Box::new(response))
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String, details: Value) -> Refusal {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code.as_u16(),
+    });
+    Refusal::from((code, axum::Json(body)).into_response())
+}
+
+fn not_found(name: &str) -> Refusal {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("secrets \"{name}\" not found"),
+        json!({ "name": name, "kind": "secrets" }),
+    )
+}
+
+fn namespace_not_found(namespace: &str) -> Refusal {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("namespaces \"{namespace}\" not found"),
+        json!({ "name": namespace, "kind": "namespaces" }),
+    )
+}
+
+fn forbidden(verb: &str, namespace: &str, name: Option<&str>) -> Refusal {
+    let subject = name.map_or("secrets".to_string(), |n| format!("secrets \"{n}\""));
+    status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "{subject} is forbidden: User \"{REFUSED_USER}\" cannot {verb} resource \"secrets\" in API group \"\" in the namespace \"{namespace}\""
+        ),
+        json!({ "name": name.unwrap_or_default(), "kind": "secrets" }),
+    )
+}
+
+fn bad_request(message: String) -> Refusal {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message, json!({}))
+}
+
+fn invalid(name: &str, detail: String) -> Refusal {
+    status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        format!("Secret \"{name}\" is invalid: {detail}"),
+        json!({ "name": name, "kind": "Secret" }),
+    )
+}
+
+/// The body of an injected status fault, as a `metav1.Status`.
+fn fault_status(code: u16) -> Value {
+    let (reason, message) = match code {
+        429 => (
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request",
+        ),
+        409 => (
+            "Conflict",
+            "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        s if s >= 500 => (
+            "InternalError",
+            "an error on the server has prevented the request from succeeding",
+        ),
+        _ => ("BadRequest", "injected fault"),
+    };
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "details": {}, "code": code,
+    })
+}
+
+fn ok(code: StatusCode, body: Value) -> Response {
+    (code, axum::Json(body)).into_response()
+}
+
+async fn version(State(shared): State<Shared>) -> Response {
+    if let Some(fault) = shared.faults.intercept(routes::VERSION).await {
+        return fault;
+    }
+    let body =
+        json!({ "major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64" });
+    ok(StatusCode::OK, body)
+}
+
+async fn get_secret(
+    State(shared): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::GET_SECRET).await {
+        return Ok(fault);
+    }
+    let cluster = shared.cluster();
+    if cluster.forbidden.contains(&namespace) {
+        return Err(forbidden("get", &namespace, Some(&name)));
+    }
+    match cluster.secrets.get(&(namespace.clone(), name.clone())) {
+        Some(object) => Ok(ok(StatusCode::OK, object.to_json(&namespace, &name))),
+        None => Err(not_found(&name)),
+    }
+}
+
+/// The writable fields a request body sets, with their values (`None`: remove, merge patch only).
+type Assignments = BTreeMap<Field, Option<FieldValue>>;
+
+/// Reads `data`, `stringData`, `metadata.annotations`, `metadata.labels` and `type`.
+fn assignments(name: &str, body: &Value) -> Result<Assignments, Refusal> {
+    let mut out = Assignments::new();
+    let mut push_map = |map: Option<&Value>,
+                        make: &dyn Fn(&str) -> Field,
+                        decode: &dyn Fn(&str) -> Result<FieldValue, Refusal>|
+     -> Result<(), Refusal> {
+        let Some(map) = map.and_then(Value::as_object) else {
+            return Ok(());
+        };
+        for (key, value) in map {
+            let assigned = match value {
+                Value::Null => None,
+                Value::String(text) => Some(decode(text)?),
+                other => {
+                    return Err(bad_request(format!(
+                        "{key}: expected a string, got {other}"
+                    )));
+                }
+            };
+            out.insert(make(key), assigned);
+        }
+        Ok(())
+    };
+    let data_key = |key: &str| Field::Data(key.to_string());
+    let decode_base64 = |text: &str| {
+        BASE64
+            .decode(text)
+            .map(FieldValue::Bytes)
+            .map_err(|e| bad_request(format!("illegal base64 data in Secret data: {e}")))
+    };
+    let as_bytes = |text: &str| Ok(FieldValue::Bytes(text.as_bytes().to_vec()));
+    let as_text = |text: &str| Ok(FieldValue::Text(text.to_string()));
+    push_map(body.get("data"), &data_key, &decode_base64)?;
+    push_map(body.get("stringData"), &data_key, &as_bytes)?;
+    let metadata = body.get("metadata");
+    push_map(
+        metadata.and_then(|m| m.get("annotations")),
+        &|k| Field::Annotation(k.to_string()),
+        &as_text,
+    )?;
+    push_map(
+        metadata.and_then(|m| m.get("labels")),
+        &|k| Field::Label(k.to_string()),
+        &as_text,
+    )?;
+    if let Some(type_) = body.get("type").and_then(Value::as_str) {
+        out.insert(Field::Type, Some(FieldValue::Text(type_.to_string())));
+    }
+    validate_keys(name, &out)?;
+    Ok(out)
+}
+
+fn validate_keys(name: &str, assignments: &Assignments) -> Result<(), Refusal> {
+    for field in assignments.keys() {
+        if let Field::Data(key) = field {
+            let valid = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !valid {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "data[{key}]: Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_name_matches(body: &Value, name: &str) -> Result<(), Refusal> {
+    match body.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(in_body) if in_body != name => Err(bad_request(format!(
+            "the name of the object ({in_body}) does not match the name on the URL ({name})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_resource_version(body: &Value, object: Option<&SecretObject>) -> Result<(), Refusal> {
+    let Some(wanted) = body
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    else {
+        return Ok(());
+    };
+    if object.is_some_and(|o| o.resource_version.to_string() == wanted) {
+        return Ok(());
+    }
+    Err(status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        "Operation cannot be fulfilled on secrets: the object has been modified; please apply your changes to the latest version and try again".to_string(),
+        json!({ "kind": "secrets" }),
+    ))
+}
+
+/// The manager of a non-apply write: `fieldManager`, else the User-Agent's first word.
+fn update_manager(params: &HashMap<String, String>, headers: &HeaderMap) -> String {
+    params.get("fieldManager").cloned().unwrap_or_else(|| {
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+            .to_string()
+    })
+}
+
+async fn patch_secret(
+    State(shared): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::PATCH_SECRET).await {
+        return Ok(fault);
+    }
+    if shared.cluster().forbidden.contains(&namespace) {
+        return Err(forbidden("patch", &namespace, Some(&name)));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    match media_type {
+        "application/apply-patch+yaml" => apply(&shared, &namespace, &name, &params, &body),
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            merge(&shared, &namespace, &name, &params, &headers, &body)
+        }
+        other => Err(status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"
+            ),
+            json!({}),
+        )),
+    }
+}
+
+fn apply(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    params: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let Some(manager) = params.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(bad_request(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".to_string(),
+        ));
+    };
+    let force = params.get("force").is_some_and(|f| f == "true");
+    let body: Value = serde_yaml::from_slice(body)
+        .map_err(|e| bad_request(format!("error decoding YAML: {e}")))?;
+    if body.get("apiVersion").and_then(Value::as_str) != Some("v1")
+        || body.get("kind").and_then(Value::as_str) != Some("Secret")
+    {
+        return Err(bad_request(
+            "apply patches must set apiVersion: v1 and kind: Secret".to_string(),
+        ));
+    }
+    check_name_matches(&body, name)?;
+    let assigned = assignments(name, &body)?;
+    let mut cluster = shared.cluster();
+    if !cluster.namespaces.contains(namespace) {
+        return Err(namespace_not_found(namespace));
+    }
+    let key = (namespace.to_string(), name.to_string());
+    check_resource_version(&body, cluster.secrets.get(&key))?;
+    let existing = cluster.secrets.get(&key).cloned();
+    let next_version = cluster.resource_version + 1;
+    let mut object = existing
+        .clone()
+        .unwrap_or_else(|| SecretObject::new(next_version));
+    apply_fields(&mut object, manager, force, assigned)?;
+    Ok(store(&mut cluster, key, existing, object, namespace, name))
+}
+
+/// Server-side apply of flat fields by `manager`: conflicts, forced takeover, removal of
+/// fields the manager no longer applies, then the new values and ownership.
+fn apply_fields(
+    object: &mut SecretObject,
+    manager: &str,
+    force: bool,
+    assigned: Assignments,
+) -> Result<(), Refusal> {
+    let applied: BTreeMap<Field, FieldValue> = assigned
+        .into_iter()
+        .filter_map(|(field, value)| value.map(|v| (field, v)))
+        .collect();
+    let mut conflicts = Vec::new();
+    for (field, value) in &applied {
+        if object.get(field).as_ref() == Some(value) {
+            continue;
+        }
+        for other in object.other_owners(field, manager, Operation::Apply) {
+            conflicts.push((other, field.clone()));
+        }
+    }
+    if !conflicts.is_empty() {
+        if !force {
+            return Err(conflict(&conflicts));
+        }
+        for (_, field) in &conflicts {
+            object.disown(field, Some((manager, Operation::Apply)));
+        }
+    }
+    let previously = object
+        .managed
+        .remove(&(manager.to_string(), Operation::Apply))
+        .map(|entry| entry.fields)
+        .unwrap_or_default();
+    for dropped in previously.iter().filter(|f| !applied.contains_key(*f)) {
+        if object
+            .other_owners(dropped, manager, Operation::Apply)
+            .is_empty()
+        {
+            object.remove(dropped);
+        }
+    }
+    for (field, value) in &applied {
+        object.set(field, value.clone());
+    }
+    object.record(manager, Operation::Apply, applied.into_keys());
+    Ok(())
+}
+
+fn conflict(conflicts: &[(String, Field)]) -> Refusal {
+    let lines: Vec<String> = conflicts
+        .iter()
+        .map(|(manager, field)| format!("conflict with \"{manager}\" using v1: {}", field.path()))
+        .collect();
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .zip(&lines)
+        .map(|((_, field), line)| json!({ "reason": "FieldManagerConflict", "message": line, "field": field.path() }))
+        .collect();
+    let noun = if conflicts.len() == 1 {
+        "conflict"
+    } else {
+        "conflicts"
+    };
+    let message = if lines.len() == 1 {
+        format!("Apply failed with 1 conflict: {}", lines[0])
+    } else {
+        format!(
+            "Apply failed with {} {noun}: {}",
+            lines.len(),
+            lines.join("\n")
+        )
+    };
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        message,
+        json!({ "causes": causes }),
+    )
+}
+
+fn merge(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("error decoding JSON: {e}")))?;
+    let assigned = assignments(name, &body)?;
+    let manager = update_manager(params, headers);
+    let mut cluster = shared.cluster();
+    let key = (namespace.to_string(), name.to_string());
+    let Some(existing) = cluster.secrets.get(&key).cloned() else {
+        return Err(not_found(name));
+    };
+    check_resource_version(&body, Some(&existing))?;
+    let mut object = existing.clone();
+    update_fields(&mut object, &manager, assigned);
+    Ok(store(
+        &mut cluster,
+        key,
+        Some(existing),
+        object,
+        namespace,
+        name,
+    ))
+}
+
+/// A non-apply write: changed fields move to `manager`; nulls remove the field.
+fn update_fields(object: &mut SecretObject, manager: &str, assigned: Assignments) {
+    let mut owned = Vec::new();
+    for (field, value) in assigned {
+        match value {
+            Some(value) => {
+                if object.get(&field).as_ref() != Some(&value) {
+                    object.disown(&field, Some((manager, Operation::Update)));
+                }
+                object.set(&field, value);
+                owned.push(field);
+            }
+            None => {
+                object.remove(&field);
+                object.disown(&field, None);
+            }
+        }
+    }
+    object.record(manager, Operation::Update, owned);
+}
+
+async fn create_secret(
+    State(shared): State<Shared>,
+    Path(namespace): Path<String>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::CREATE_SECRET).await {
+        return Ok(fault);
+    }
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("error decoding JSON: {e}")))?;
+    let Some(name) = body
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return Err(invalid(
+            "",
+            "metadata.name: Required value: name or generateName is required".to_string(),
+        ));
+    };
+    if shared.cluster().forbidden.contains(&namespace) {
+        return Err(forbidden("create", &namespace, None));
+    }
+    let assigned = assignments(&name, &body)?;
+    let manager = update_manager(&params, &headers);
+    let mut cluster = shared.cluster();
+    if !cluster.namespaces.contains(&namespace) {
+        return Err(namespace_not_found(&namespace));
+    }
+    let key = (namespace.clone(), name.clone());
+    if cluster.secrets.contains_key(&key) {
+        return Err(status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("secrets \"{name}\" already exists"),
+            json!({ "name": name, "kind": "secrets" }),
+        ));
+    }
+    let mut object = SecretObject::new(cluster.resource_version + 1);
+    update_fields(&mut object, &manager, assigned);
+    Ok(store(&mut cluster, key, None, object, &namespace, &name))
+}
+
+/// Saves `object`, bumping `resourceVersion` only when something changed (a no-op apply
+/// leaves the object as it was, as on a real API server), and answers with it: 201 when
+/// the write created it.
+fn store(
+    cluster: &mut Cluster,
+    key: (String, String),
+    existing: Option<SecretObject>,
+    mut object: SecretObject,
+    namespace: &str,
+    name: &str,
+) -> Response {
+    let code = if existing.is_none() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    match existing {
+        Some(existing) if existing.same_content(&object) => object = existing,
+        _ => object.resource_version = cluster.next_resource_version(),
+    }
+    let body = object.to_json(namespace, name);
+    cluster.secrets.insert(key, object);
+    ok(code, body)
+}

@@ -1,0 +1,430 @@
+//! The Key Vault store against the Key Vault stand-in, over HTTPS: what lands in the vault,
+//! what comes back, and what a user is told when the vault refuses.
+
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::http::{ExponentialRetryOptions, RetryOptions};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
+use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
+use entra_rotator::adapters::keyvault::{
+    CONTENT_TYPE, KeyVaultSettings, KeyVaultSetupError, KeyVaultStore,
+};
+use entra_rotator::domain::{AppRef, ExposeSecret, SecretString, SecretToStore};
+use entra_rotator::engine::ports::{SecretStore, StoreErrorKind};
+use entra_rotator::standins::faults::Fault;
+use entra_rotator::standins::graph::GraphStandin;
+use entra_rotator::standins::keyvault::{Access, KeyVaultStandin, routes};
+use entra_rotator::standins::tenant::Tenant;
+use entra_rotator::standins::tls::TestPki;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const SECRET_NAME: &str = "acs-smtp-password";
+
+/// Issues tokens straight from the stand-in tenant: the credential is an injected
+/// dependency, and this one stands for the rotator's identity.
+#[derive(Debug)]
+struct TenantCredential {
+    tenant: Tenant,
+    client_id: Uuid,
+    /// Issue tokens for this scope instead of the one asked for (a misconfigured identity).
+    scope_override: Option<&'static str>,
+}
+
+#[async_trait]
+impl TokenCredential for TenantCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let scope = self.scope_override.unwrap_or(scopes[0]);
+        let token = self
+            .tenant
+            .issue_token(self.client_id, scope, Duration::from_secs(3600));
+        Ok(AccessToken {
+            token: Secret::new(token),
+            expires_on: azure_core::time::OffsetDateTime::now_utc()
+                + azure_core::time::Duration::hours(1),
+        })
+    }
+}
+
+struct Fixture {
+    tenant: Tenant,
+    pki: TestPki,
+    vault: KeyVaultStandin,
+    app: AppRef,
+}
+
+async fn fixture() -> Fixture {
+    let tenant = Tenant::new();
+    let pki = TestPki::generate().unwrap();
+    let vault = KeyVaultStandin::start(tenant.clone(), &pki).await.unwrap();
+    let app = AppRef {
+        tenant_id: tenant.tenant_id,
+        client_id: Uuid::new_v4(),
+        object_id: Some(Uuid::new_v4()),
+    };
+    Fixture {
+        tenant,
+        pki,
+        vault,
+        app,
+    }
+}
+
+impl Fixture {
+    fn settings(&self) -> KeyVaultSettings {
+        KeyVaultSettings {
+            // A vault at 127.0.0.1 cannot be under vault.azure.net, as the check demands.
+            verify_challenge_resource: false,
+            ..KeyVaultSettings::new(self.vault.vault_url(), SECRET_NAME)
+        }
+    }
+
+    fn http(&self) -> reqwest::Client {
+        let trust = TlsTrust {
+            extra_root_pems: vec![self.pki.ca_pem().to_string()],
+        };
+        http_client(&trust, Duration::from_secs(10)).unwrap()
+    }
+
+    fn credential(&self, scope_override: Option<&'static str>) -> Arc<dyn TokenCredential> {
+        Arc::new(TenantCredential {
+            tenant: self.tenant.clone(),
+            client_id: Uuid::new_v4(),
+            scope_override,
+        })
+    }
+
+    /// The production store with the SDK's retries shortened to milliseconds.
+    fn store_with(
+        &self,
+        settings: KeyVaultSettings,
+        credential: Arc<dyn TokenCredential>,
+    ) -> KeyVaultStore {
+        let mut options = azure_client_options(self.http());
+        options.retry = RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: azure_core::time::Duration::milliseconds(2),
+            max_retries: 3,
+            max_total_elapsed: azure_core::time::Duration::seconds(10),
+            max_delay: azure_core::time::Duration::milliseconds(20),
+        });
+        KeyVaultStore::new(settings, credential, options).unwrap()
+    }
+
+    fn store(&self) -> KeyVaultStore {
+        self.store_with(self.settings(), self.credential(None))
+    }
+}
+
+fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.timestamp(), 0).unwrap()
+}
+
+fn to_store<'a>(app: &'a AppRef, key_id: Uuid, value: &'a SecretString) -> SecretToStore<'a> {
+    let start = whole_seconds(Utc::now());
+    SecretToStore {
+        app,
+        key_id,
+        value,
+        not_before: Some(start),
+        expires: Some(start + ChronoDuration::days(180)),
+    }
+}
+
+#[tokio::test]
+async fn write_then_read_round_trips_value_key_id_and_attributes() {
+    let f = fixture().await;
+    let store = f.store();
+    let value = SecretString::from("abc~DEF.ghi_jkl-0123456789abcdefghijklmno");
+    let key_id = Uuid::new_v4();
+    let secret = to_store(&f.app, key_id, &value);
+
+    store.write(&secret).await.unwrap();
+    let read = store.read().await.unwrap().expect("a value is stored");
+
+    assert_eq!(read.value.expose_secret(), value.expose_secret());
+    assert_eq!(read.key_id, Some(key_id));
+
+    let stored = f.vault.latest(SECRET_NAME).unwrap();
+    assert_eq!(stored.content_type.as_deref(), Some(CONTENT_TYPE));
+    assert!(stored.enabled);
+    assert_eq!(stored.expires, secret.expires.map(|t| t.timestamp()));
+    assert_eq!(stored.not_before, secret.not_before.map(|t| t.timestamp()));
+    assert_eq!(stored.tags["managed-by"], "entra-rotator");
+    assert_eq!(stored.tags["appId"], f.app.client_id.to_string());
+    assert_eq!(stored.tags["tenantId"], f.app.tenant_id.to_string());
+    assert_eq!(stored.tags["keyId"], key_id.to_string());
+
+    // One challenge round trip per client, then one request per operation.
+    let faults = f.vault.faults();
+    assert_eq!(faults.count(routes::CHALLENGE), 1);
+    assert_eq!(faults.count(routes::SET_SECRET), 1);
+    assert_eq!(faults.count(routes::GET_SECRET), 1);
+}
+
+#[tokio::test]
+async fn a_token_from_the_token_endpoint_works_end_to_end() {
+    let f = fixture().await;
+    let graph = GraphStandin::start(f.tenant.clone(), &f.pki).await.unwrap();
+    let rotator = f.tenant.register_app("rotator");
+    let now = Utc::now();
+    let password = f
+        .tenant
+        .add_password(rotator.object_id, None, now, now + ChronoDuration::days(30))
+        .unwrap();
+    let identity = RotatorCredential::ClientSecret {
+        tenant_id: f.tenant.tenant_id.to_string(),
+        client_id: rotator.app_id.to_string(),
+        secret: SecretString::from(password.secret_text),
+    };
+    let credential =
+        rotator_credential(&identity, Some(&graph.authority_host()), f.http()).unwrap();
+    let store = f.store_with(f.settings(), credential);
+    let value = SecretString::from("value-through-a-real-token");
+
+    store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        f.vault.latest(SECRET_NAME).unwrap().value,
+        "value-through-a-real-token"
+    );
+}
+
+#[tokio::test]
+async fn reading_a_missing_secret_is_none() {
+    let f = fixture().await;
+    assert!(f.store().read().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_value_without_key_id_tag_reads_with_no_key_id() {
+    let f = fixture().await;
+    f.vault
+        .seed(SECRET_NAME, "set-by-hand", &[("owner", "ops")]);
+
+    let read = f.store().read().await.unwrap().unwrap();
+
+    assert_eq!(read.value.expose_secret(), "set-by-hand");
+    assert_eq!(read.key_id, None);
+}
+
+#[tokio::test]
+async fn a_soft_deleted_name_says_to_recover_or_purge() {
+    let f = fixture().await;
+    f.vault.soft_delete(SECRET_NAME);
+    let store = f.store();
+    let value = SecretString::from("new-value");
+
+    let err = store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.kind, StoreErrorKind::SoftDeleted);
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    assert!(
+        text.contains(&f.vault.vault_url()) && text.contains(SECRET_NAME),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "az keyvault secret recover --vault-name <vault name> --name {SECRET_NAME}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("az keyvault secret purge"), "{text}");
+    // A deleted secret reads as nothing stored.
+    assert!(store.read().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn forbidden_says_which_role_to_grant() {
+    let f = fixture().await;
+    let store = f.store();
+    let value = SecretString::from("v");
+
+    f.vault.set_access(Access::ReadOnly);
+    let write = store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap_err();
+    f.vault.set_access(Access::None);
+    let read = store.read().await.unwrap_err();
+
+    for err in [&write, &read] {
+        assert_eq!(err.kind, StoreErrorKind::Forbidden);
+        let text = err.to_string();
+        assert!(text.contains("Key Vault Secrets Officer"), "{text}");
+        assert!(text.contains("access policies"), "{text}");
+        assert!(text.contains(SECRET_NAME), "{text}");
+    }
+    assert!(write.to_string().contains("write (set)"));
+    assert!(read.to_string().contains("read (get)"));
+}
+
+#[tokio::test]
+async fn a_second_write_adds_a_version_and_read_returns_it() {
+    let f = fixture().await;
+    let store = f.store();
+    let (first, second) = (
+        SecretString::from("first-value"),
+        SecretString::from("second-value"),
+    );
+    let (first_key, second_key) = (Uuid::new_v4(), Uuid::new_v4());
+
+    store
+        .write(&to_store(&f.app, first_key, &first))
+        .await
+        .unwrap();
+    store
+        .write(&to_store(&f.app, second_key, &second))
+        .await
+        .unwrap();
+    let read = store.read().await.unwrap().unwrap();
+
+    let versions = f.vault.versions(SECRET_NAME);
+    assert_eq!(versions.len(), 2);
+    assert_ne!(versions[0].version, versions[1].version);
+    assert_eq!(versions[0].tags["keyId"], first_key.to_string());
+    assert_eq!(read.value.expose_secret(), "second-value");
+    assert_eq!(read.key_id, Some(second_key));
+}
+
+#[tokio::test]
+async fn a_503_is_retried_by_the_sdk() {
+    let f = fixture().await;
+    let store = f.store();
+    f.vault
+        .faults()
+        .push(routes::SET_SECRET, Fault::status(503).retry_after(0));
+    let value = SecretString::from("after-a-hiccup");
+
+    store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap();
+
+    assert_eq!(f.vault.faults().count(routes::SET_SECRET), 2);
+    assert_eq!(f.vault.versions(SECRET_NAME).len(), 1);
+}
+
+#[tokio::test]
+async fn a_persistent_503_is_transient_and_names_the_secret() {
+    let f = fixture().await;
+    let store = f.store();
+    f.vault
+        .faults()
+        .push_times(routes::GET_SECRET, Fault::status(503), 10);
+
+    let err = store.read().await.unwrap_err();
+
+    assert_eq!(err.kind, StoreErrorKind::Transient);
+    assert!(err.is_transient());
+    let text = err.to_string();
+    assert!(text.contains(SECRET_NAME) && text.contains("503"), "{text}");
+    assert!(text.contains("try again later"), "{text}");
+    // The first try and the three retries the test's retry options allow.
+    assert_eq!(f.vault.faults().count(routes::GET_SECRET), 4);
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused() {
+    let f = fixture().await;
+    let store = f.store_with(
+        f.settings(),
+        f.credential(Some("https://graph.microsoft.com/.default")),
+    );
+
+    let err = store.read().await.unwrap_err();
+
+    assert_eq!(err.kind, StoreErrorKind::Forbidden);
+    assert!(err.to_string().contains("AKV10022"), "{err}");
+}
+
+#[tokio::test]
+async fn challenge_resource_verification_refuses_a_vault_outside_the_vault_domain() {
+    let f = fixture().await;
+    let store = f.store_with(
+        KeyVaultSettings::new(f.vault.vault_url(), SECRET_NAME),
+        f.credential(None),
+    );
+
+    let err = store.read().await.unwrap_err();
+
+    assert_eq!(err.kind, StoreErrorKind::Rejected);
+    assert!(err.to_string().contains("challenge resource"), "{err}");
+    assert_eq!(
+        f.vault.faults().count(routes::GET_SECRET),
+        0,
+        "no token was sent"
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_before_any_request() {
+    let f = fixture().await;
+    let credential = f.credential(None);
+    let options = || azure_client_options(f.http());
+
+    let bad_name = KeyVaultStore::new(
+        KeyVaultSettings::new(f.vault.vault_url(), "smtp_password"),
+        credential.clone(),
+        options(),
+    );
+    let plain_http = KeyVaultStore::new(
+        KeyVaultSettings::new("http://kv.vault.azure.net", SECRET_NAME),
+        credential,
+        options(),
+    );
+
+    assert!(matches!(
+        bad_name,
+        Err(KeyVaultSetupError::InvalidSecretName { .. })
+    ));
+    assert!(
+        bad_name
+            .unwrap_err()
+            .to_string()
+            .contains("letters, digits and dashes")
+    );
+    assert!(plain_http.unwrap_err().to_string().contains("https"));
+}
+
+#[tokio::test]
+async fn debug_output_and_errors_never_show_the_value() {
+    let f = fixture().await;
+    let store = f.store();
+    let value = SecretString::from("do-not-print-me-0123456789");
+    store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap();
+    f.vault
+        .faults()
+        .push_times(routes::GET_SECRET, Fault::status(500), 10);
+
+    let err = store.read().await.unwrap_err();
+    let read_back = {
+        f.vault.faults().clear();
+        store.read().await.unwrap().unwrap()
+    };
+
+    for text in [
+        format!("{store:?}"),
+        format!("{err:?}"),
+        err.to_string(),
+        format!("{read_back:?}"),
+    ] {
+        assert!(!text.contains("do-not-print-me"), "{text}");
+    }
+    assert!(!format!("{:?}", f.vault.latest(SECRET_NAME).unwrap()).contains("do-not-print-me"));
+}
