@@ -12,6 +12,7 @@ pub mod graph;
 pub mod https;
 pub mod keyvault;
 pub mod kubernetes;
+pub mod scenario;
 pub mod smtp;
 pub mod tenant;
 pub mod tls;

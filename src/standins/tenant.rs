@@ -49,6 +49,9 @@ struct State {
     /// Issued bearer tokens: token → (client id, audience, expiry).
     tokens: HashMap<String, IssuedToken>,
     propagation_delay: Duration,
+    /// Every secret value ever minted, revoked ones included, so tests can search
+    /// logs and outputs for any of them.
+    minted_values: Vec<String>,
 }
 
 /// A bearer token the token endpoint issued.
@@ -126,7 +129,31 @@ impl Tenant {
         let mut state = self.state();
         let app = state.apps.get_mut(&object_id)?;
         app.passwords.push(password.clone());
+        state.minted_values.push(password.secret_text.clone());
         Some(password)
+    }
+
+    /// Like [`add_password`](Self::add_password) for a secret minted long ago: Entra has
+    /// replicated it, so the propagation delay does not apply (the rotator's own secret,
+    /// hand-made secrets).
+    pub fn add_replicated_password(
+        &self,
+        object_id: Uuid,
+        display_name: Option<String>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Option<StandinPassword> {
+        let password = self.add_password(object_id, display_name, start, end)?;
+        let long_ago = password.minted_at.checked_sub(Duration::from_secs(86_400))?;
+        let mut state = self.state();
+        let stored = state
+            .apps
+            .get_mut(&object_id)?
+            .passwords
+            .iter_mut()
+            .find(|p| p.key_id == password.key_id)?;
+        stored.minted_at = long_ago;
+        Some(stored.clone())
     }
 
     /// Removes a password credential; `false` when the app or the keyId is unknown.
@@ -136,6 +163,11 @@ impl Tenant {
         let before = app.passwords.len();
         app.passwords.retain(|p| p.key_id != key_id);
         app.passwords.len() != before
+    }
+
+    /// Every secret value minted so far, including revoked ones.
+    pub fn minted_values(&self) -> Vec<String> {
+        self.state().minted_values.clone()
     }
 
     /// How long a newly minted secret is refused before it authenticates.

@@ -1,0 +1,173 @@
+//! A ready-made world for the demo and the end-to-end tests: every stand-in running, an
+//! application to rotate (with a hand-made secret the rotator must leave alone), the
+//! rotator's own identity, and a configuration file pointing the production clients at
+//! all of it — the same file format `entra-rotator run --config` reads.
+
+use super::graph::GraphStandin;
+use super::keyvault::KeyVaultStandin;
+use super::kubernetes::KubernetesStandin;
+use super::smtp::{RelaySettings, SmtpRelayStandin};
+use super::tenant::{StandinApp, Tenant};
+use super::tls::TestPki;
+use base64::Engine as _;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+pub const ACS_RESOURCE: &str = "contoso-acs";
+pub const VAULT_SECRET: &str = "dify-smtp-password";
+pub const SECRET_NAMESPACE: &str = "dify";
+pub const SECRET_NAME: &str = "dify-smtp";
+pub const ROTATION: &str = "dify-smtp";
+
+/// The running stand-ins and the files describing them. Dropping it stops the servers
+/// and deletes the files.
+pub struct Scenario {
+    pub tenant: Tenant,
+    pub graph: GraphStandin,
+    pub vault: KeyVaultStandin,
+    pub kubernetes: KubernetesStandin,
+    pub relay: SmtpRelayStandin,
+    pub pki: TestPki,
+    /// The application whose secret is rotated.
+    pub target: StandinApp,
+    /// The hand-made secret on the target that is not ours.
+    pub foreign_key_id: Uuid,
+    /// The rotator's own client secret (read by the configuration from a file).
+    pub rotator_secret: String,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    /// Starts everything and writes the configuration with `revokeGracePeriod: 0s`.
+    pub async fn start() -> anyhow::Result<Self> {
+        let pki = TestPki::generate()?;
+        let tenant = Tenant::new();
+        let graph = GraphStandin::start(tenant.clone(), &pki).await?;
+        let vault = KeyVaultStandin::start(tenant.clone(), &pki).await?;
+        let kubernetes = KubernetesStandin::start(&pki).await?;
+        kubernetes.create_namespace(SECRET_NAMESPACE);
+        let relay =
+            SmtpRelayStandin::start(tenant.clone(), &pki, RelaySettings::azure_managed(ACS_RESOURCE)).await?;
+
+        let now = chrono::Utc::now();
+        let target = tenant.register_app("dify-mail");
+        let foreign = tenant
+            .add_replicated_password(target.object_id, Some("created by hand".into()), now, now + chrono::Duration::days(20))
+            .ok_or_else(|| anyhow::anyhow!("the target application vanished"))?;
+        let rotator = tenant.register_app("entra-rotator");
+        let rotator_secret = tenant
+            .add_replicated_password(rotator.object_id, Some("rotator".into()), now, now + chrono::Duration::days(365))
+            .ok_or_else(|| anyhow::anyhow!("the rotator application vanished"))?
+            .secret_text;
+
+        let dir = tempfile::tempdir()?;
+        let mut scenario = Self {
+            tenant,
+            graph,
+            vault,
+            kubernetes,
+            relay,
+            pki,
+            target,
+            foreign_key_id: foreign.key_id,
+            rotator_secret,
+            config_path: dir.path().join("rotator.yaml"),
+            _dir: dir,
+        };
+        let config = scenario.write_support_files(rotator.app_id)?;
+        std::fs::write(&scenario.config_path, config)?;
+        scenario.target = scenario.target_now();
+        Ok(scenario)
+    }
+
+    /// The target application as Graph holds it now.
+    pub fn target_now(&self) -> StandinApp {
+        self.tenant.app(self.target.object_id).unwrap_or_else(|| self.target.clone())
+    }
+
+    /// Rewrites one line of the configuration (e.g. to change the grace period).
+    pub fn edit_config(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config_path)?;
+        anyhow::ensure!(text.contains(from), "the configuration has no {from:?}");
+        std::fs::write(&self.config_path, text.replace(from, to))?;
+        Ok(())
+    }
+
+    fn dir(&self) -> &Path {
+        self.config_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Writes the CA, the rotator's secret and a kubeconfig; returns the configuration text.
+    fn write_support_files(&self, rotator_id: Uuid) -> anyhow::Result<String> {
+        let ca = self.dir().join("stand-in-ca.pem");
+        std::fs::write(&ca, self.pki.ca_pem())?;
+        let secret_file = self.dir().join("rotator-secret");
+        std::fs::write(&secret_file, &self.rotator_secret)?;
+        let kubeconfig = self.dir().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: rotator\n  user:\n    token: stand-in\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: rotator\ncurrent-context: standin\n",
+                server = self.kubernetes.url(),
+                ca = base64::engine::general_purpose::STANDARD.encode(self.pki.ca_pem()),
+            ),
+        )?;
+        let sender = self.relay.settings().default_sender().unwrap_or("DoNotReply@example.azurecomm.net").to_string();
+        Ok(format!(
+            r#"azure:
+  authorityHost: {authority}
+  graphUrl: {graph}
+  credential:
+    type: clientSecret
+    tenantId: {tenant_id}
+    clientId: {rotator_id}
+    secretFile: {secret_file}
+tls:
+  extraRootCertificates: [{ca}]
+kubernetes:
+  kubeconfig: {kubeconfig}
+rotations:
+  - name: {ROTATION}
+    application:
+      tenantId: {tenant_id}
+      clientId: {client_id}
+    lifetime: 180d
+    revokeGracePeriod: 0s
+    orphanGracePeriod: 10m
+    targets:
+      - keyVault:
+          vaultUrl: {vault}
+          secretName: {VAULT_SECRET}
+          verifyChallengeResource: false   # the stand-in vault is not under vault.azure.net
+      - kubernetesSecret:
+          namespace: {SECRET_NAMESPACE}
+          name: {SECRET_NAME}
+          keys:
+            SMTP_SERVER: "{{{{smtpHost}}}}"
+            SMTP_PORT: "{{{{smtpPort}}}}"
+            SMTP_USERNAME: "{{{{smtpUsername}}}}"
+            SMTP_PASSWORD: "{{{{secret}}}}"
+            MAIL_DEFAULT_SEND_FROM: "{{{{smtpFrom}}}}"
+    verification:
+      smtp:
+        host: localhost
+        port: {port}
+        username: "{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"
+        from: {sender}
+        to: mail-canary@contoso.example
+        retryInterval: 1s
+        retryBudget: 30s
+"#,
+            authority = self.graph.authority_host(),
+            graph = self.graph.graph_url(),
+            tenant_id = self.tenant.tenant_id,
+            client_id = self.target.app_id,
+            secret_file = secret_file.display(),
+            ca = ca.display(),
+            kubeconfig = kubeconfig.display(),
+            vault = self.vault.vault_url(),
+            port = self.relay.port(),
+        ))
+    }
+}
