@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod assembly;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -3,31 +3,14 @@
 
 use super::report::{error_line, outcome_line};
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
-use crate::adapters::graph::{GraphClient, GraphConfig};
-use crate::adapters::kubernetes::SmtpVariables;
-use crate::adapters::http::{azure_client_options, http_client, TlsTrust};
-use crate::adapters::identity::{rotator_credential, RotatorCredential};
-use crate::config::{Config, CredentialConfig, RotationConfig, TargetConfig, VerificationConfig};
-use crate::domain::{AppRef, SecretString};
+use crate::assembly::{kube_client, Assembly, AssemblyError};
+use crate::config::{Config, TargetConfig};
 use crate::engine::events::LogSink;
-use crate::engine::policy::Timing;
-use crate::engine::ports::{Directory, SecretStore, SystemClock, Verifier};
-use crate::engine::{Engine, Rotation, RunOptions, VerifyRetry};
-use azure_core::credentials::TokenCredential;
+use crate::engine::ports::SystemClock;
+use crate::engine::{Engine, Rotation, RunOptions};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
-use uuid::Uuid;
-
-/// Anything that stops a configuration from being turned into working clients.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct WiringError(String);
-
-fn wiring_error(context: &str, error: impl std::fmt::Display) -> WiringError {
-    WiringError(format!("{context}: {error}"))
-}
 
 /// `entra-rotator run`: loads the file, wires every rotation, runs each once.
 pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[String]) -> ExitCode {
@@ -65,226 +48,13 @@ pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[St
 }
 
 /// Builds every configured rotation with the production adapters.
-pub async fn wire(config: &Config) -> Result<Vec<Rotation>, WiringError> {
-    let trust = load_trust(config)?;
-    let http = http_client(&trust, Duration::from_secs(30)).map_err(|e| wiring_error("tls", e))?;
-    let credential = rotator_credential(
-        &resolve_credential(&config.azure.credential)?,
-        Some(&config.azure.authority_host),
-        http.clone(),
-    )
-    .map_err(|e| wiring_error("azure.credential", e))?;
-    let directory: Arc<dyn Directory> = Arc::new(
-        GraphClient::new(GraphConfig::new(config.azure.graph_url.clone()), credential.clone(), http.clone())
-            .map_err(|e| wiring_error("azure.graphUrl", e))?,
-    );
+pub async fn wire(config: &Config) -> Result<Vec<Rotation>, AssemblyError> {
     let needs_kubernetes = config
         .rotations
         .iter()
         .flat_map(|r| &r.targets)
         .any(|t| matches!(t, TargetConfig::KubernetesSecret(_)));
-    let kube_client = if needs_kubernetes { Some(kube_client(config).await?) } else { None };
-
-    let mut rotations = Vec::new();
-    for rotation in &config.rotations {
-        rotations.push(wire_rotation(rotation, &directory, &credential, &http, &trust, kube_client.as_ref())?);
-    }
-    Ok(rotations)
-}
-
-fn wire_rotation(
-    config: &RotationConfig,
-    directory: &Arc<dyn Directory>,
-    credential: &Arc<dyn TokenCredential>,
-    http: &reqwest::Client,
-    trust: &TlsTrust,
-    kube_client: Option<&kube::Client>,
-) -> Result<Rotation, WiringError> {
-    // The configuration was validated, so these parse.
-    let guid = |text: &str| Uuid::parse_str(text).map_err(|e| wiring_error(&config.name, e));
-    let app = AppRef {
-        tenant_id: guid(&config.application.tenant_id)?,
-        client_id: guid(&config.application.client_id)?,
-        object_id: config.application.object_id.as_deref().map(guid).transpose()?,
-    };
-    let smtp = match &config.verification {
-        VerificationConfig::Smtp(smtp) => Some(smtp),
-        VerificationConfig::None => None,
-    };
-    let mut stores: Vec<Arc<dyn SecretStore>> = Vec::new();
-    for target in &config.targets {
-        stores.push(match target {
-            TargetConfig::KeyVault(vault) => {
-                let mut settings = crate::adapters::keyvault::KeyVaultSettings::new(
-                    vault.vault_url.as_str(),
-                    vault.secret_name.clone(),
-                );
-                settings.verify_challenge_resource = vault.verify_challenge_resource;
-                Arc::new(
-                    crate::adapters::keyvault::KeyVaultStore::new(
-                        settings,
-                        credential.clone(),
-                        azure_client_options(http.clone()),
-                    )
-                    .map_err(|e| wiring_error(&config.name, e))?,
-                )
-            }
-            TargetConfig::KubernetesSecret(secret) => {
-                let client = kube_client.ok_or_else(|| WiringError("no Kubernetes client".into()))?;
-                Arc::new(
-                    crate::adapters::kubernetes::KubernetesSecretStore::new(
-                        client.clone(),
-                        crate::adapters::kubernetes::KubernetesSecretSettings {
-                            namespace: secret.namespace.clone(),
-                            name: secret.name.clone(),
-                            keys: secret.keys.clone(),
-                            variables: SmtpVariables {
-                                smtp_host: smtp.map(|s| s.host.clone()),
-                                smtp_port: smtp.map(|s| s.port),
-                                smtp_username: smtp.map(|s| render_for_app(&s.username, &app)),
-                                smtp_from: smtp.map(|s| s.from.clone()),
-                            },
-                        },
-                    )
-                    .map_err(|e| wiring_error(&config.name, e))?,
-                )
-            }
-        });
-    }
-    let verifier: Option<Arc<dyn Verifier>> = match smtp {
-        Some(smtp) => Some(Arc::new(
-            crate::adapters::smtp::SmtpVerifier::new(
-                crate::adapters::smtp::SmtpVerification {
-                    host: smtp.host.clone(),
-                    port: smtp.port,
-                    tls: match smtp.tls {
-                        crate::config::SmtpTls::StartTls => crate::adapters::smtp::TlsMode::StartTls,
-                        crate::config::SmtpTls::Implicit => crate::adapters::smtp::TlsMode::Implicit,
-                    },
-                    mechanism: match smtp.auth_mechanism {
-                        crate::config::SmtpAuthMechanism::Login => crate::adapters::smtp::AuthMechanism::Login,
-                        crate::config::SmtpAuthMechanism::Plain => crate::adapters::smtp::AuthMechanism::Plain,
-                    },
-                    username: smtp.username.clone(),
-                    from: smtp.from.clone(),
-                    to: smtp.to.clone(),
-                    timeout: smtp.timeout.0,
-                },
-                trust,
-            )
-            .map_err(|e| wiring_error(&config.name, e))?,
-        )),
-        None => None,
-    };
-    let verify_retry = match smtp {
-        Some(smtp) => VerifyRetry {
-            budget: smtp.retry_budget.0,
-            initial_delay: smtp.retry_interval.0,
-            ..VerifyRetry::default()
-        },
-        None => VerifyRetry::default(),
-    };
-    Ok(Rotation {
-        name: config.name.clone(),
-        app,
-        timing: Timing {
-            lifetime: config.lifetime.chrono(),
-            renew_before: config.renew_before().chrono(),
-            revoke_grace: config.revoke_grace_period.chrono(),
-            orphan_grace: config.orphan_grace_period.chrono(),
-        },
-        directory: directory.clone(),
-        stores,
-        verifier,
-        verify_retry,
-    })
-}
-
-/// Renders a template with the variables known before any secret exists.
-fn render_for_app(template: &crate::template::Template, app: &AppRef) -> String {
-    let (tenant, client) = (app.tenant_id.to_string(), app.client_id.to_string());
-    let object = app.object_id.map(|id| id.to_string()).unwrap_or_default();
-    template.render(&std::collections::BTreeMap::from([
-        ("tenantId", tenant.as_str()),
-        ("clientId", client.as_str()),
-        ("objectId", object.as_str()),
-    ]))
-}
-
-fn load_trust(config: &Config) -> Result<TlsTrust, WiringError> {
-    let mut extra_root_pems = Vec::new();
-    for path in &config.tls.extra_root_certificates {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| wiring_error(&format!("tls.extraRootCertificates: cannot read {}", path.display()), e))?;
-        extra_root_pems.push(pem);
-    }
-    Ok(TlsTrust { extra_root_pems })
-}
-
-/// Fills the rotator's credential from the file and the standard Azure environment
-/// variables, and reads a client secret from its variable or file.
-fn resolve_credential(config: &CredentialConfig) -> Result<RotatorCredential, WiringError> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let required = |value: Option<String>, variable: &str, field: &str| {
-        value.or_else(|| env(variable)).ok_or_else(|| {
-            WiringError(format!("azure.credential.{field} is not set and neither is {variable}; the azure.workload.identity/use: \"true\" pod label sets it on Kubernetes"))
-        })
-    };
-    Ok(match config {
-        CredentialConfig::WorkloadIdentity { tenant_id, client_id, token_file } => RotatorCredential::WorkloadIdentity {
-            tenant_id: required(tenant_id.clone(), "AZURE_TENANT_ID", "tenantId")?,
-            client_id: required(client_id.clone(), "AZURE_CLIENT_ID", "clientId")?,
-            token_file: required(
-                token_file.as_ref().map(|p| p.display().to_string()),
-                "AZURE_FEDERATED_TOKEN_FILE",
-                "tokenFile",
-            )?
-            .into(),
-        },
-        CredentialConfig::ManagedIdentity { client_id } => {
-            RotatorCredential::ManagedIdentity { client_id: client_id.clone() }
-        }
-        CredentialConfig::AzureCli { tenant_id } => RotatorCredential::AzureCli { tenant_id: tenant_id.clone() },
-        CredentialConfig::ClientSecret { tenant_id, client_id, secret_env, secret_file } => {
-            let secret = match (secret_env, secret_file) {
-                (Some(variable), None) => env(variable).ok_or_else(|| {
-                    WiringError(format!("azure.credential.secretEnv: environment variable {variable} is not set or empty"))
-                })?,
-                (None, Some(path)) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end().to_string())
-                    .map_err(|e| wiring_error(&format!("azure.credential.secretFile: cannot read {}", path.display()), e))?,
-                _ => {
-                    return Err(WiringError(
-                        "azure.credential: a clientSecret credential needs exactly one of secretEnv or secretFile (never the secret itself)".into(),
-                    ));
-                }
-            };
-            RotatorCredential::ClientSecret {
-                tenant_id: tenant_id.clone(),
-                client_id: client_id.clone(),
-                secret: SecretString::from(secret),
-            }
-        }
-    })
-}
-
-async fn kube_client(config: &Config) -> Result<kube::Client, WiringError> {
-    let settings = &config.kubernetes;
-    let options = kube::config::KubeConfigOptions { context: settings.context.clone(), ..Default::default() };
-    let kube_config = match &settings.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| wiring_error(&format!("kubernetes.kubeconfig: cannot read {}", path.display()), e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| wiring_error(&format!("kubernetes.kubeconfig: {}", path.display()), e))?
-        }
-        None if settings.context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| wiring_error("kubernetes.context", e))?,
-        None => kube::Config::infer().await.map_err(|e| {
-            wiring_error("kubernetes: no in-cluster service account and no usable kubeconfig", e)
-        })?,
-    };
-    kube::Client::try_from(kube_config).map_err(|e| wiring_error("kubernetes: cannot build a client", e))
+    let kube = if needs_kubernetes { Some(kube_client(&config.kubernetes).await?) } else { None };
+    let assembly = Assembly::new(&config.azure, &config.tls, kube)?;
+    config.rotations.iter().map(|rotation| assembly.rotation(rotation, None)).collect()
 }

@@ -16,6 +16,7 @@ pub enum Event {
     VerificationAttemptFailed { attempt: u32, retry_in: Option<std::time::Duration>, message: String },
     Verified { key_id: Uuid, attempts: u32, via: String },
     VerificationSkipped { key_id: Uuid },
+    RolledOut { key_id: Uuid, workloads: Vec<String> },
     RevocationScheduled { key_ids: Vec<Uuid>, at: DateTime<Utc> },
     Revoked { key_id: Uuid },
 }
@@ -51,6 +52,9 @@ impl fmt::Display for Event {
             }
             Event::VerificationSkipped { key_id } => {
                 write!(f, "verification of keyId {key_id} skipped: none configured")
+            }
+            Event::RolledOut { key_id, workloads } => {
+                write!(f, "restarted {} to pick up keyId {key_id}", workloads.join(", "))
             }
             Event::RevocationScheduled { key_ids, at } => write!(
                 f,

@@ -14,7 +14,7 @@ use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore
 use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
 use policy::{Decision, Observed, Plan, Timing};
-use ports::{Clock, Directory, GraphError, SecretStore, StoreError, Verifier, VerifyError};
+use ports::{Clock, Directory, GraphError, Rollout, RolloutError, SecretStore, StoreError, Verifier, VerifyError};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -30,6 +30,8 @@ pub struct Rotation {
     pub stores: Vec<Arc<dyn SecretStore>>,
     /// `None` when verification is switched off.
     pub verifier: Option<Arc<dyn Verifier>>,
+    /// Restarts consumers after a new secret is verified; `None` when nothing needs it.
+    pub rollout: Option<Arc<dyn Rollout>>,
     pub verify_retry: VerifyRetry,
 }
 
@@ -91,6 +93,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the new secret (keyId {key_id}) is stored but failed verification after {attempts} attempt(s); the old secret was kept. Last failure: {last}")]
     Verification { key_id: Uuid, attempts: u32, last: VerifyError },
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
     #[error("{store} should hold keyId {key_id} but holds {found}; will retry from what the stores say on the next run")]
     StoreChanged { store: String, key_id: Uuid, found: String },
 }
@@ -102,6 +106,7 @@ impl EngineError {
             EngineError::Graph(_) => "GraphFailed",
             EngineError::Store(_) => "StoreFailed",
             EngineError::Verification { .. } => "VerificationFailed",
+            EngineError::Rollout(_) => "RolloutFailed",
             EngineError::StoreChanged { .. } => "StoreChanged",
         }
     }
@@ -112,6 +117,7 @@ impl EngineError {
             EngineError::Graph(e) => e.is_transient(),
             EngineError::Store(e) => e.is_transient(),
             EngineError::Verification { last, .. } => last.is_retryable(),
+            EngineError::Rollout(e) => e.transient,
             EngineError::StoreChanged { .. } => true,
         }
     }
@@ -281,6 +287,12 @@ impl Engine {
         app: &Application,
     ) -> Result<Outcome, EngineError> {
         self.verify(rotation, key_id, value).await?;
+        if let Some(rollout) = &rotation.rollout {
+            let workloads = rollout.roll_out(key_id).await?;
+            if !workloads.is_empty() {
+                self.emit(rotation, Event::RolledOut { key_id, workloads });
+            }
+        }
         let old: Vec<Uuid> = app
             .password_credentials
             .iter()

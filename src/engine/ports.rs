@@ -44,6 +44,24 @@ pub trait Verifier: Send + Sync {
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError>;
 }
 
+/// Makes consumers pick up a newly stored secret (restarts workloads that read it at
+/// start). Called after verification and before any old secret is revoked; must be
+/// idempotent, because a resumed run calls it again for the same keyId.
+#[async_trait]
+pub trait Rollout: Send + Sync {
+    /// Returns what was restarted, for events (e.g. `Deployment dify/api`).
+    async fn roll_out(&self, key_id: Uuid) -> Result<Vec<String>, RolloutError>;
+}
+
+/// A workload could not be restarted; names it and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("could not restart {workload}: {message}")]
+pub struct RolloutError {
+    pub workload: String,
+    pub message: String,
+    pub transient: bool,
+}
+
 /// Time, injected so expiry logic and retries are tested without sleeping.
 #[async_trait]
 pub trait Clock: Send + Sync {

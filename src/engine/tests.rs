@@ -212,6 +212,7 @@ fn world(revoke_grace: chrono::Duration) -> World {
         directory: directory.clone(),
         stores: vec![vault.clone(), secret.clone()],
         verifier: Some(verifier.clone()),
+        rollout: None,
         verify_retry: VerifyRetry::default(),
     };
     let engine = Engine::new(clock.clone(), sink.clone());
@@ -478,4 +479,32 @@ async fn events_and_errors_never_carry_the_secret_value() {
         assert!(!text.contains(value.as_str()), "secret value leaked into:\n{text}");
     }
     assert!(text.contains("minted keyId"));
+}
+
+/// Records when it ran relative to Graph's state.
+struct FakeRollout {
+    directory: Arc<FakeDirectory>,
+    credentials_seen: Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl Rollout for FakeRollout {
+    async fn roll_out(&self, _key_id: Uuid) -> Result<Vec<String>, RolloutError> {
+        self.credentials_seen.lock().unwrap().push(self.directory.credentials().len());
+        Ok(vec!["Deployment dify/api".into()])
+    }
+}
+
+#[tokio::test]
+async fn rollout_happens_after_verification_and_before_revocation() {
+    let mut w = world(Days::zero());
+    let rollout = Arc::new(FakeRollout { directory: w.directory.clone(), credentials_seen: Mutex::default() });
+    w.rotation.rollout = Some(rollout.clone());
+    w.settled().await;
+    w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap();
+    // First rotation: one credential; second: old and new both live while restarting.
+    assert_eq!(*rollout.credentials_seen.lock().unwrap(), vec![1, 2]);
+    assert_eq!(w.directory.credentials().len(), 1, "old one revoked after the roll-out");
+    let restarted = w.sink.events().into_iter().any(|(_, e)| matches!(e, Event::RolledOut { .. }));
+    assert!(restarted);
 }
