@@ -20,5 +20,6 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod operator;
 pub mod standins;
 pub mod template;

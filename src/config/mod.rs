@@ -316,13 +316,14 @@ impl Config {
 }
 
 impl RotationConfig {
-    fn check(&self, at: &str, problems: &mut Vec<String>) {
+    /// Appends every problem of this rotation to `problems`, each prefixed with `at`.
+    pub(crate) fn check(&self, at: &str, problems: &mut Vec<String>) {
         let name_ok = !self.name.is_empty()
-            && self.name.len() <= 63
-            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && self.name.len() <= 253
+            && self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-./".contains(c));
         if !name_ok {
             problems.push(format!(
-                "{at}.name: {:?} must be 1-63 characters of a-z, 0-9 and '-'",
+                "{at}.name: {:?} must be 1-253 characters of a-z, 0-9, '-', '.' and '/'",
                 self.name
             ));
         }

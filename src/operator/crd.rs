@@ -1,0 +1,364 @@
+//! The `ClientSecretRotation` custom resource (group `entra-rotator.io`, `v1alpha1`).
+//!
+//! Defined once here; `entra-rotator crd` prints the CustomResourceDefinition generated
+//! from these types and `crds/` holds the committed copy (a test fails when they drift).
+//! Validation happens at admission: OpenAPI formats and bounds, plus CEL rules for what
+//! spans fields, so a bad object is refused by the API server before anything runs.
+
+use crate::config::duration::HumanDuration;
+use crate::config::{
+    ApplicationConfig, KeyVaultTarget as KeyVaultConfigTarget, KubernetesSecretTarget, RotationConfig, SmtpAuthMechanism,
+    SmtpConfig, TargetConfig, VerificationConfig,
+};
+use crate::template::Template;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A Go duration as the API server's CEL `duration()` understands it, e.g. `4320h`, `90m`.
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+const GUID_PATTERN: &str = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// Keeps an Entra application's client secret rotated, stored and verified.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "entra-rotator.io",
+    version = "v1alpha1",
+    kind = "ClientSecretRotation",
+    plural = "clientsecretrotations",
+    shortname = "csrot",
+    namespaced,
+    status = "ClientSecretRotationStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Next rotation","type":"date","jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    cel
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(self.lifetime)").message("renewBefore must be shorter than lifetime, or every reconcile would rotate"),
+    validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set renewBefore or renewBeforePercentage, not both"),
+    validation = Rule::new("duration(self.lifetime) <= duration('17520h')").message("lifetime must be at most 17520h (730 days): Entra client secrets live at most 2 years"),
+    validation = Rule::new("duration(self.lifetime) >= duration('1h')").message("lifetime must be at least 1h")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRotationSpec {
+    /// The application whose client secret is rotated.
+    pub application: ApplicationRef,
+    /// Lifetime of each new secret (Go duration). Default 4320h (180 days); at most 17520h.
+    #[serde(default = "default_lifetime")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub lifetime: String,
+    /// Rotate this long before expiry (Go duration). Default: a third of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub renew_before: Option<String>,
+    /// Rotate when this percentage of the lifetime remains (alternative to renewBefore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<u8>,
+    /// Where the secret is written; at least one.
+    #[schemars(length(min = 1, max = 8))]
+    pub targets: Vec<Target>,
+    /// How a new secret is proven to work before the old one is revoked.
+    pub verification: Verification,
+    /// How long an old secret stays valid after its successor was minted (Go duration).
+    #[serde(default = "default_revoke_grace")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub revoke_grace_period: String,
+    /// Workloads restarted (pod-template annotation) after a new secret is stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout: Vec<WorkloadRef>,
+    /// Stop rotating; status and alerts continue.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Warn this long before expiry (Go durations). Default 720h, 336h, 168h, 24h.
+    #[serde(default = "default_alert_thresholds")]
+    pub alert_thresholds: Vec<String>,
+}
+
+fn default_lifetime() -> String {
+    "4320h".into()
+}
+
+fn default_revoke_grace() -> String {
+    "1h".into()
+}
+
+fn default_alert_thresholds() -> Vec<String> {
+    ["720h", "336h", "168h", "24h"].map(String::from).to_vec()
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationRef {
+    /// Directory (tenant) id.
+    #[schemars(regex(pattern = GUID_PATTERN))]
+    pub tenant_id: String,
+    /// Application (client) id, `appId` in Graph.
+    #[schemars(regex(pattern = GUID_PATTERN))]
+    pub client_id: String,
+    /// Object id of the application; looked up by clientId when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GUID_PATTERN))]
+    pub object_id: Option<String>,
+}
+
+/// One store; set exactly one field.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.keyVault) != has(self.secret)").message("each target sets exactly one of keyVault or secret"))]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_vault: Option<KeyVaultTarget>,
+    /// A Secret in the ClientSecretRotation's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretTarget>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVaultTarget {
+    /// e.g. https://contoso-mail.vault.azure.net
+    #[schemars(regex(pattern = r"^https://[^/?#]+/?$"))]
+    pub vault_url: String,
+    #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
+    pub secret_name: String,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.keys.exists(k, self.keys[k].trim() == '{{secret}}')").message("one key must be exactly \"{{secret}}\" so the rotator can read the value back"))]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTarget {
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"), length(max = 253))]
+    pub name: String,
+    /// Secret key → template, e.g. SMTP_PASSWORD: "{{secret}}". Variables: tenantId,
+    /// clientId, objectId, keyId, secret, expiresAt, smtpHost, smtpPort, smtpUsername, smtpFrom.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// How to verify; set exactly one field.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.smtp) != (has(self.disabled) && self.disabled)").message("set verification.smtp, or verification.disabled: true to revoke without proof"))]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpVerification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.authMechanism != 'PLAIN' || !self.host.endsWith('azurecomm.net')").message("the ACS relay accepts AUTH LOGIN only (PLAIN gets 504 5.7.4)"))]
+#[serde(rename_all = "camelCase")]
+pub struct SmtpVerification {
+    #[serde(default = "default_smtp_host")]
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// StartTls (587, 25) or Implicit (465).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub auth_mechanism: SmtpAuth,
+    /// `<ACS resource>|{{clientId}}|{{tenantId}}`, the dotted form, or a custom SMTP username.
+    #[schemars(length(min = 1))]
+    pub username: String,
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub from: String,
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub to: String,
+    /// How long to retry while Entra replicates a new secret (Go duration).
+    #[serde(default = "default_retry_budget")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub retry_budget: String,
+}
+
+fn default_smtp_host() -> String {
+    "smtp.azurecomm.net".into()
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+fn default_retry_budget() -> String {
+    "5m".into()
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SmtpTls {
+    #[default]
+    StartTls,
+    Implicit,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SmtpAuth {
+    #[default]
+    Login,
+    Plain,
+}
+
+/// A workload to restart after a new secret is stored; set name or selector.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.selector)").message("set exactly one of name or selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// What the controller last saw and did. Never holds a secret value.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecretRotationStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// keyId of the secret the stores hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_key_id: Option<String>,
+    /// When the current secret expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When the next rotation is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// Older secrets of ours awaiting revocation, and from when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_revocation: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    #[serde(default)]
+    pub failed_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The CustomResourceDefinition as YAML, as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = serde_yaml::to_string(&ClientSecretRotation::crd()).expect("a CRD always serializes");
+    format!("# Generated by `entra-rotator crd` from src/operator/crd.rs; do not edit.\n---\n{crd}")
+}
+
+impl ClientSecretRotation {
+    /// The engine's name for this rotation; also the marker in minted secrets' displayName.
+    pub fn rotation_name(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Translates the spec into the same settings the configuration file produces, and
+    /// checks them the same way (the API server's CEL rules run first; this catches what
+    /// CEL cannot, e.g. unknown template variables, and objects from clusters without CEL).
+    pub fn to_rotation_config(&self) -> Result<RotationConfig, Vec<String>> {
+        let spec = &self.spec;
+        let namespace = self.metadata.namespace.clone().unwrap_or_default();
+        let mut problems = Vec::new();
+        let lifetime = duration("lifetime", &spec.lifetime, &mut problems);
+        let renew_before = match (&spec.renew_before, spec.renew_before_percentage) {
+            (Some(text), _) => Some(duration("renewBefore", text, &mut problems)),
+            (None, Some(percent)) => Some(HumanDuration(lifetime.0 * u32::from(percent) / 100)),
+            (None, None) => None,
+        };
+        let revoke_grace_period = duration("revokeGracePeriod", &spec.revoke_grace_period, &mut problems);
+        let targets = spec
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(index, target)| match (&target.key_vault, &target.secret) {
+                (Some(vault), _) => Some(TargetConfig::KeyVault(KeyVaultConfigTarget {
+                    vault_url: url::Url::parse(&vault.vault_url).ok()?,
+                    secret_name: vault.secret_name.clone(),
+                    verify_challenge_resource: true,
+                })),
+                (None, Some(secret)) => Some(TargetConfig::KubernetesSecret(KubernetesSecretTarget {
+                    namespace: namespace.clone(),
+                    name: secret.name.clone(),
+                    keys: secret
+                        .keys
+                        .iter()
+                        .map(|(key, text)| (key.clone(), template(&format!("spec.targets[{index}].secret.keys.{key}"), text, &mut problems)))
+                        .collect(),
+                })),
+                (None, None) => None,
+            })
+            .collect();
+        let verification = match &spec.verification.smtp {
+            Some(smtp) => VerificationConfig::Smtp(SmtpConfig {
+                host: smtp.host.clone(),
+                port: smtp.port,
+                tls: match smtp.tls {
+                    SmtpTls::StartTls => crate::config::SmtpTls::StartTls,
+                    SmtpTls::Implicit => crate::config::SmtpTls::Implicit,
+                },
+                auth_mechanism: match smtp.auth_mechanism {
+                    SmtpAuth::Login => SmtpAuthMechanism::Login,
+                    SmtpAuth::Plain => SmtpAuthMechanism::Plain,
+                },
+                username: template("spec.verification.smtp.username", &smtp.username, &mut problems),
+                from: smtp.from.clone(),
+                to: smtp.to.clone(),
+                retry_budget: duration("verification.smtp.retryBudget", &smtp.retry_budget, &mut problems),
+                retry_interval: HumanDuration(std::time::Duration::from_secs(5)),
+                timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            }),
+            None => VerificationConfig::None,
+        };
+        let config = RotationConfig {
+            name: self.rotation_name(),
+            application: ApplicationConfig {
+                tenant_id: spec.application.tenant_id.clone(),
+                client_id: spec.application.client_id.clone(),
+                object_id: spec.application.object_id.clone(),
+            },
+            lifetime,
+            renew_before,
+            revoke_grace_period,
+            // Leader election keeps a second runner away; a short wait still covers a
+            // leader that lost its lease mid-rotation.
+            orphan_grace_period: HumanDuration(std::time::Duration::from_secs(120)),
+            targets,
+            verification,
+        };
+        config.check("spec", &mut problems);
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+}
+
+fn duration(field: &str, text: &str, problems: &mut Vec<String>) -> HumanDuration {
+    HumanDuration::parse(text).unwrap_or_else(|e| {
+        problems.push(format!("spec.{field}: {e}"));
+        HumanDuration::days(1)
+    })
+}
+
+fn template(field: &str, text: &str, problems: &mut Vec<String>) -> Template {
+    Template::parse(text).unwrap_or_else(|e| {
+        problems.push(format!("{field}: {e}"));
+        Template::parse("").expect("the empty template parses")
+    })
+}
