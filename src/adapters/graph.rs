@@ -528,6 +528,212 @@ fn is_unknown_key_id(error: &GraphError) -> bool {
     matches!(error, GraphError::Api { status: 400 | 404, message, .. } if message.contains(NO_SUCH_PASSWORD))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Listing applications (`entra-rotator scan`)
+// ---------------------------------------------------------------------------------------------
+
+/// The fields `scan` reads from each application.
+const SELECT_LISTING: &str = "id,appId,displayName,passwordCredentials,keyCredentials";
+/// Graph's largest page for directory objects.
+pub const MAX_PAGE_SIZE: u16 = 999;
+
+/// Which applications to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListScope {
+    /// Every application registration in the tenant, or those whose display name starts
+    /// with `name_prefix` (`$filter=startswith(displayName,'…')`, case-insensitive).
+    Tenant { name_prefix: Option<String> },
+    /// The applications owned by the service principal of this client id
+    /// (`/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`), which
+    /// `Application.ReadWrite.OwnedBy` may read.
+    OwnedBy { client_id: Uuid },
+}
+
+/// A certificate credential (`keyCredentials`) of an application; Graph never returns the
+/// key itself in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCredential {
+    pub key_id: Uuid,
+    pub display_name: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    /// `AsymmetricX509Cert`, `Symmetric`, ...
+    pub kind: Option<String>,
+    /// `Verify` or `Sign`.
+    pub usage: Option<String>,
+}
+
+/// One application of a listing with both kinds of credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedApplication {
+    pub object_id: Uuid,
+    pub app_id: Uuid,
+    pub display_name: String,
+    pub password_credentials: Vec<PasswordCredential>,
+    pub key_credentials: Vec<KeyCredential>,
+}
+
+/// A listing in progress: one Graph page per [`next_page`](Self::next_page), following
+/// `@odata.nextLink`, so memory holds one page however large the tenant.
+#[derive(Debug)]
+pub struct ApplicationPages<'a> {
+    client: &'a GraphClient,
+    operation: String,
+    next: Option<Url>,
+}
+
+#[derive(Deserialize)]
+struct PageJson {
+    value: Vec<ListedApplicationJson>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedApplicationJson {
+    id: Uuid,
+    app_id: Uuid,
+    display_name: Option<String>,
+    #[serde(default)]
+    password_credentials: Vec<PasswordCredentialJson>,
+    #[serde(default)]
+    key_credentials: Vec<KeyCredentialJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyCredentialJson {
+    key_id: Uuid,
+    display_name: Option<String>,
+    start_date_time: Option<DateTime<Utc>>,
+    end_date_time: Option<DateTime<Utc>>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    usage: Option<String>,
+}
+
+impl From<ListedApplicationJson> for ListedApplication {
+    fn from(json: ListedApplicationJson) -> Self {
+        Self {
+            object_id: json.id,
+            app_id: json.app_id,
+            display_name: json.display_name.unwrap_or_default(),
+            password_credentials: json
+                .password_credentials
+                .into_iter()
+                .map(|c| c.into_parts().0)
+                .collect(),
+            key_credentials: json
+                .key_credentials
+                .into_iter()
+                .map(|c| KeyCredential {
+                    key_id: c.key_id,
+                    display_name: c.display_name,
+                    start: c.start_date_time,
+                    end: c.end_date_time,
+                    kind: c.kind,
+                    usage: c.usage,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl GraphClient {
+    /// Starts listing the applications in `scope`, `page_size` per page (1 to
+    /// [`MAX_PAGE_SIZE`]). Needs `Application.Read.All`, or for [`ListScope::OwnedBy`] also
+    /// `Application.ReadWrite.OwnedBy`. Nothing is sent until the first page is asked for.
+    pub fn list_applications(
+        &self,
+        scope: &ListScope,
+        page_size: u16,
+    ) -> Result<ApplicationPages<'_>, GraphError> {
+        let top = page_size.clamp(1, MAX_PAGE_SIZE).to_string();
+        let (operation, path, filter) = match scope {
+            ListScope::Tenant { name_prefix } => (
+                "listing applications".to_string(),
+                "applications".to_string(),
+                name_prefix.as_deref().map(|prefix| {
+                    // OData string literals double their single quotes.
+                    format!("startswith(displayName,'{}')", prefix.replace('\'', "''"))
+                }),
+            ),
+            ListScope::OwnedBy { client_id } => (
+                format!("listing the applications owned by the service principal of {client_id}"),
+                format!(
+                    "servicePrincipals(appId='{client_id}')/ownedObjects/microsoft.graph.application"
+                ),
+                None,
+            ),
+        };
+        let mut url = self.url(&path, &operation)?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("$select", SELECT_LISTING);
+            query.append_pair("$top", &top);
+            if let Some(filter) = &filter {
+                query.append_pair("$filter", filter);
+            }
+        }
+        Ok(ApplicationPages {
+            client: self,
+            operation,
+            next: Some(url),
+        })
+    }
+}
+
+impl ApplicationPages<'_> {
+    /// The next page, retried like every idempotent Graph call (429 with `Retry-After`, 5xx,
+    /// timeouts); `None` once the listing is complete.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<ListedApplication>>, GraphError> {
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
+        let call = Call {
+            operation: &self.operation,
+            method: Method::GET,
+            url,
+            body: None,
+            mode: RetryMode::Always,
+        };
+        let body = self.client.send(&call).await?;
+        let page: PageJson = serde_json::from_slice(&body).map_err(|e| GraphError::Protocol {
+            operation: self.operation.clone(),
+            detail: format!("the page is not an application collection: {e}"),
+        })?;
+        self.next = page
+            .next_link
+            .map(|link| self.checked_next_link(&link))
+            .transpose()?;
+        Ok(Some(
+            page.value
+                .into_iter()
+                .map(ListedApplication::from)
+                .collect(),
+        ))
+    }
+
+    /// The bearer token goes wherever `@odata.nextLink` points, so it must point at Graph.
+    fn checked_next_link(&self, link: &str) -> Result<Url, GraphError> {
+        let protocol = |detail: String| GraphError::Protocol {
+            operation: self.operation.clone(),
+            detail,
+        };
+        let url = Url::parse(link)
+            .map_err(|e| protocol(format!("@odata.nextLink {link:?} is not a URL: {e}")))?;
+        if url.origin() != self.client.api.origin() {
+            return Err(protocol(format!(
+                "@odata.nextLink points at {}, not at Graph ({}); refusing to send the token there",
+                url.origin().ascii_serialization(),
+                self.client.api.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

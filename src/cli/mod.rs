@@ -3,6 +3,7 @@
 
 mod demo;
 mod report;
+mod scan;
 mod wiring;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -50,6 +51,19 @@ enum Command {
     /// Run the whole loop twice on local stand-ins of Graph, Key Vault, Kubernetes and the
     /// ACS SMTP relay, and print the timeline.
     Demo,
+    /// List every app registration's password and certificate credentials with expiry and
+    /// days left (table, JSON or CSV).
+    ///
+    /// Reads Microsoft Graph with the application permission Application.Read.All (for
+    /// --owned, Application.ReadWrite.OwnedBy is enough), page by page, honouring throttling.
+    /// Sign in with --config (the azure: and tls: sections of a `run` file) or the flags;
+    /// without --client-secret-*, --managed-identity or --azure-cli, workload identity
+    /// (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE) is used.
+    ///
+    /// Exit codes: 0 nothing expiring (or no --fail-within), 1 a credential expires within
+    /// --fail-within (or has expired), 2 bad input or sign-in/permission refused, 3 the scan
+    /// could not finish (the output is incomplete).
+    Scan(scan::ScanArgs),
 }
 
 /// Exit codes shared by the commands.
@@ -72,6 +86,7 @@ pub fn main() -> ExitCode {
                 wiring::run_config_file(&config, dry_run, force, &only).await
             }
             Command::Demo => demo::run().await,
+            Command::Scan(args) => scan::run(args).await,
         }
     })
 }

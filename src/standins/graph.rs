@@ -7,14 +7,18 @@
 //! `AADSTS` codes. Tokens and secrets come from the shared [`Tenant`].
 //!
 //! Routes and their names for [`Faults`]: `token`, `getApplication`, `addPassword`,
-//! `removePassword`.
+//! `removePassword`, `listApplications` (`GET /v1.0/applications` with `$top`, `$filter` on
+//! `startswith(displayName,…)` and `@odata.nextLink` paging by opaque `$skiptoken`) and
+//! `listOwnedApplications` (`GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`).
+//! Listings also carry the certificate credentials (`keyCredentials`) added with
+//! [`GraphStandin::add_certificate`].
 
 // Helpers short-circuit with a ready axum `Response`; its size does not matter in a stand-in.
 #![allow(clippy::result_large_err)]
 
 use super::faults::{DropConnectionMark, Faults};
 use super::https::serve_tls;
-use super::tenant::{AuthFailure, StandinPassword, Tenant};
+use super::tenant::{AuthFailure, StandinApp, StandinPassword, Tenant};
 use super::tls::TestPki;
 use crate::domain::MAX_SECRET_LIFETIME_DAYS;
 use axum::body::Bytes;
@@ -42,6 +46,10 @@ pub const ROUTE_GET_APPLICATION: &str = "getApplication";
 pub const ROUTE_ADD_PASSWORD: &str = "addPassword";
 /// Fault route name of `POST .../removePassword`.
 pub const ROUTE_REMOVE_PASSWORD: &str = "removePassword";
+/// Fault route name of `GET /v1.0/applications` (the collection, paged).
+pub const ROUTE_LIST_APPLICATIONS: &str = "listApplications";
+/// Fault route name of `GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`.
+pub const ROUTE_LIST_OWNED_APPLICATIONS: &str = "listOwnedApplications";
 
 /// Graph's own application id; tokens for `{it}/.default` are Graph tokens too.
 const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
@@ -60,6 +68,7 @@ pub struct GraphStandin {
     address: SocketAddr,
     tenant: Tenant,
     faults: Faults,
+    listing: listing::Extras,
     server: JoinHandle<()>,
 }
 
@@ -73,6 +82,7 @@ impl Drop for GraphStandin {
 struct AppState {
     tenant: Tenant,
     faults: Faults,
+    listing: listing::Extras,
 }
 
 /// What the stand-in knows about each request before a handler runs: Graph's ids, which it
@@ -89,15 +99,18 @@ impl GraphStandin {
     /// Starts serving on `127.0.0.1` on a free port, with TLS from `pki`.
     pub async fn start(tenant: Tenant, pki: &TestPki) -> anyhow::Result<Self> {
         let faults = Faults::with_error_body(graph_fault_body);
+        let listing = listing::Extras::default();
         let state = AppState {
             tenant: tenant.clone(),
             faults: faults.clone(),
+            listing: listing.clone(),
         };
         let (address, server) = serve_tls(router(state), pki).await?;
         Ok(Self {
             address,
             tenant,
             faults,
+            listing,
             server,
         })
     }
@@ -122,6 +135,25 @@ impl GraphStandin {
         &self.tenant
     }
 
+    /// Adds a certificate credential (`keyCredentials`, `AsymmetricX509Cert`, `Verify`)
+    /// to the application with this object id; returns its keyId.
+    pub fn add_certificate(
+        &self,
+        object_id: Uuid,
+        display_name: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Uuid {
+        self.listing
+            .add_certificate(object_id, display_name, start, end)
+    }
+
+    /// Makes the service principal of `owner_client_id` an owner of the application with
+    /// this object id.
+    pub fn add_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
+        self.listing.add_owner(object_id, owner_client_id);
+    }
+
     fn base_url(&self) -> Url {
         let text = format!("https://{}", self.address);
         Url::parse(&text)
@@ -137,6 +169,11 @@ fn router(state: AppState) -> Router {
         .route(
             "/v1.0/applications/{id}/removePassword",
             post(remove_password),
+        )
+        .route("/v1.0/applications", get(listing::list_applications))
+        .route(
+            "/v1.0/{key}/ownedObjects/microsoft.graph.application",
+            get(listing::list_owned_applications),
         )
         .route("/v1.0/{key}", get(get_application_by_key))
         .route("/v1.0/{key}/addPassword", post(add_password_by_key))
@@ -890,5 +927,361 @@ fn transient_aad_error(status: StatusCode, ids: &RequestContext) -> Value {
             "AADSTS90000: The request was refused.",
             ids,
         )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listings: the applications collection and a service principal's owned applications
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /v1.0/applications` and `.../ownedObjects/microsoft.graph.application`, paged the
+/// way Graph pages directory objects: `$top` (default 100, at most 999), and while more
+/// remain an absolute `@odata.nextLink` repeating the query with an opaque `$skiptoken`.
+mod listing {
+    use super::*;
+    use base64::Engine as _;
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    const DEFAULT_PAGE_SIZE: usize = 100;
+    const MAX_PAGE_SIZE: usize = 999;
+    /// What a `$skiptoken` decodes to, before the last object id of the previous page.
+    const TOKEN_PREFIX: &str = "standin-after:";
+
+    /// What Graph knows about applications beyond the shared tenant: certificates and owners.
+    #[derive(Clone, Default)]
+    pub(super) struct Extras {
+        state: Arc<Mutex<ExtrasState>>,
+    }
+
+    #[derive(Default)]
+    struct ExtrasState {
+        certificates: HashMap<Uuid, Vec<Certificate>>,
+        /// Application object id → client ids of the service principals owning it.
+        owners: HashMap<Uuid, Vec<Uuid>>,
+    }
+
+    #[derive(Clone)]
+    struct Certificate {
+        key_id: Uuid,
+        display_name: String,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    }
+
+    impl Extras {
+        fn state(&self) -> MutexGuard<'_, ExtrasState> {
+            // A panic while holding the lock only happens in a failing test; keep serving.
+            self.state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+
+        pub(super) fn add_certificate(
+            &self,
+            object_id: Uuid,
+            display_name: &str,
+            start: DateTime<Utc>,
+            end: DateTime<Utc>,
+        ) -> Uuid {
+            let key_id = Uuid::new_v4();
+            let certificate = Certificate {
+                key_id,
+                display_name: display_name.to_string(),
+                start,
+                end,
+            };
+            self.state()
+                .certificates
+                .entry(object_id)
+                .or_default()
+                .push(certificate);
+            key_id
+        }
+
+        pub(super) fn add_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
+            self.state()
+                .owners
+                .entry(object_id)
+                .or_default()
+                .push(owner_client_id);
+        }
+
+        fn certificates_json(&self, object_id: Uuid) -> Vec<Value> {
+            let state = self.state();
+            let certificates = state
+                .certificates
+                .get(&object_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            certificates
+                .iter()
+                .map(|c| {
+                    json!({
+                        "customKeyIdentifier": null,
+                        "displayName": c.display_name,
+                        "endDateTime": graph_time(c.end),
+                        "key": null,
+                        "keyId": c.key_id,
+                        "startDateTime": graph_time(c.start),
+                        "type": "AsymmetricX509Cert",
+                        "usage": "Verify",
+                    })
+                })
+                .collect()
+        }
+
+        fn is_owned_by(&self, object_id: Uuid, owner_client_id: Uuid) -> bool {
+            self.state()
+                .owners
+                .get(&object_id)
+                .is_some_and(|owners| owners.contains(&owner_client_id))
+        }
+    }
+
+    pub(super) async fn list_applications(
+        State(state): State<AppState>,
+        Extension(ids): Extension<RequestContext>,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(fault) = intercept(&state, ROUTE_LIST_APPLICATIONS, &ids).await {
+            return fault;
+        }
+        if let Err(response) = check_bearer(&state, &headers, &ids) {
+            return response;
+        }
+        let prefix = match query
+            .get("$filter")
+            .map(|f| parse_startswith(f, &ids))
+            .transpose()
+        {
+            Ok(prefix) => prefix,
+            Err(response) => return response,
+        };
+        let matches = |name: &str| {
+            prefix
+                .as_deref()
+                .is_none_or(|p| name.to_lowercase().starts_with(&p.to_lowercase()))
+        };
+        let apps = state
+            .tenant
+            .apps()
+            .into_iter()
+            .filter(|a| matches(&a.display_name))
+            .collect();
+        page(&state, &ids, "applications", &query, apps, false)
+    }
+
+    pub(super) async fn list_owned_applications(
+        State(state): State<AppState>,
+        Extension(ids): Extension<RequestContext>,
+        Path(key): Path<String>,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(fault) = intercept(&state, ROUTE_LIST_OWNED_APPLICATIONS, &ids).await {
+            return fault;
+        }
+        if let Err(response) = check_bearer(&state, &headers, &ids) {
+            return response;
+        }
+        let Some(owner) = service_principal_app_id(&key) else {
+            return unknown_segment(&key, &ids);
+        };
+        let owner_exists = owner
+            .parse::<Uuid>()
+            .ok()
+            .and_then(|id| state.tenant.app_by_client_id(id));
+        let Some(owner) = owner_exists else {
+            let message = format!(
+                "Resource '{owner}' does not exist or one of its queried reference-property objects are not present."
+            );
+            return graph_error(
+                StatusCode::NOT_FOUND,
+                "Request_ResourceNotFound",
+                &message,
+                &ids,
+            );
+        };
+        let apps = state
+            .tenant
+            .apps()
+            .into_iter()
+            .filter(|a| state.listing.is_owned_by(a.object_id, owner.app_id))
+            .collect();
+        let path = format!("{key}/ownedObjects/microsoft.graph.application");
+        page(&state, &ids, &path, &query, apps, true)
+    }
+
+    /// The appId in a `servicePrincipals(appId='…')` segment.
+    fn service_principal_app_id(segment: &str) -> Option<&str> {
+        segment
+            .strip_prefix("servicePrincipals(appId='")?
+            .strip_suffix("')")
+    }
+
+    /// One page of `apps` in a stable order (by object id), after the `$skiptoken` if any.
+    fn page(
+        state: &AppState,
+        ids: &RequestContext,
+        path: &str,
+        query: &HashMap<String, String>,
+        mut apps: Vec<StandinApp>,
+        typed: bool,
+    ) -> Response {
+        let select = match parse_select(query.get("$select").map(String::as_str), ids) {
+            Ok(select) => select,
+            Err(response) => return response,
+        };
+        let top = match query.get("$top").map(|t| parse_top(t, ids)).transpose() {
+            Ok(top) => top.unwrap_or(DEFAULT_PAGE_SIZE),
+            Err(response) => return response,
+        };
+        let after = match query
+            .get("$skiptoken")
+            .map(|t| decode_skiptoken(t, ids))
+            .transpose()
+        {
+            Ok(after) => after,
+            Err(response) => return response,
+        };
+        apps.sort_by_key(|a| a.object_id);
+        apps.retain(|a| after.is_none_or(|after| a.object_id > after));
+        let more = apps.len() > top;
+        apps.truncate(top);
+
+        let value: Vec<Value> = apps
+            .iter()
+            .map(|app| application_json(state, app, select.as_deref(), typed))
+            .collect();
+        let fields = select
+            .as_ref()
+            .map(|f| format!("({})", f.join(",")))
+            .unwrap_or_default();
+        let mut body = Map::new();
+        body.insert(
+            "@odata.context".into(),
+            Value::String(format!("{}/v1.0/$metadata#applications{fields}", ids.base)),
+        );
+        if let (true, Some(last)) = (more, apps.last()) {
+            body.insert(
+                "@odata.nextLink".into(),
+                Value::String(next_link(ids, path, query, last.object_id)),
+            );
+        }
+        body.insert("value".into(), Value::Array(value));
+        Json(Value::Object(body)).into_response()
+    }
+
+    fn application_json(
+        state: &AppState,
+        app: &StandinApp,
+        select: Option<&[String]>,
+        typed: bool,
+    ) -> Value {
+        let full = json!({
+            "id": app.object_id,
+            "appId": app.app_id,
+            "displayName": app.display_name,
+            "signInAudience": "AzureADMyOrg",
+            "keyCredentials": state.listing.certificates_json(app.object_id),
+            "passwordCredentials": app.passwords.iter().map(password_json).collect::<Vec<_>>(),
+        });
+        let mut object = Map::new();
+        if typed {
+            object.insert(
+                "@odata.type".into(),
+                Value::String("#microsoft.graph.application".into()),
+            );
+        }
+        if let Value::Object(fields) = full {
+            for (name, value) in fields {
+                if select.is_none_or(|s| s.contains(&name)) {
+                    object.insert(name, value);
+                }
+            }
+        }
+        Value::Object(object)
+    }
+
+    /// The same query with `$skiptoken` replaced, as an absolute URL on the host called.
+    fn next_link(
+        ids: &RequestContext,
+        path: &str,
+        query: &HashMap<String, String>,
+        last: Uuid,
+    ) -> String {
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{TOKEN_PREFIX}{last}"));
+        let mut pairs: Vec<(&str, &str)> = query
+            .iter()
+            .filter(|(name, _)| name.as_str() != "$skiptoken")
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        pairs.sort();
+        pairs.push(("$skiptoken", &token));
+        let encoded: Vec<String> = pairs
+            .iter()
+            .map(|(name, value)| {
+                let value: String =
+                    url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                format!("{name}={value}")
+            })
+            .collect();
+        format!("{}/v1.0/{path}?{}", ids.base, encoded.join("&"))
+    }
+
+    fn decode_skiptoken(token: &str, ids: &RequestContext) -> Result<Uuid, Response> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.strip_prefix(TOKEN_PREFIX).and_then(|id| id.parse().ok()))
+            .ok_or_else(|| {
+                graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "Directory_ExpiredPageToken",
+                    "The specified page token value has expired and can no longer be included in your request.",
+                    ids,
+                )
+            })
+    }
+
+    fn parse_top(top: &str, ids: &RequestContext) -> Result<usize, Response> {
+        top.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+            .ok_or_else(|| {
+                let message =
+                    format!("Invalid page size specified: '{top}'. Must be between 1 and {MAX_PAGE_SIZE} inclusive.");
+                graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", &message, ids)
+            })
+    }
+
+    /// The prefix of `startswith(displayName,'…')`, the one filter this stand-in serves.
+    fn parse_startswith(filter: &str, ids: &RequestContext) -> Result<String, Response> {
+        let literal = filter
+            .trim()
+            .strip_prefix("startswith(displayName,")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .map(str::trim)
+            .and_then(|quoted| quoted.strip_prefix('\'')?.strip_suffix('\''));
+        match literal {
+            // OData doubles single quotes inside string literals.
+            Some(literal) if !literal.replace("''", "").contains('\'') => {
+                Ok(literal.replace("''", "'"))
+            }
+            _ => {
+                let message = format!(
+                    "Unsupported or invalid query filter clause specified for property '{filter}' of resource 'Application'."
+                );
+                Err(graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "Request_UnsupportedQuery",
+                    &message,
+                    ids,
+                ))
+            }
+        }
     }
 }
