@@ -2,11 +2,15 @@
 //! loop against the local stand-ins).
 
 mod demo;
+mod operator_cli;
 mod report;
 mod scan;
 mod wiring;
 
+pub use report::{error_line, outcome_line};
+
 use clap::{Parser, Subcommand, ValueEnum};
+use operator_cli::ControllerArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,27 +34,44 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Rotate every configured application that is due, once, and exit.
+    /// Rotate every application that is due, once, and exit: those of a configuration
+    /// file (machines without Kubernetes), or the ClientSecretRotations of a namespace
+    /// (CronJob mode, status written like the controller does).
     ///
     /// Exit code 0 when every rotation succeeded or had nothing to do, 1 when any failed,
     /// 2 when the configuration is invalid (then nothing was changed).
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "namespace", "all_namespaces"])))]
     Run {
         /// The YAML configuration (see examples/rotator.yaml).
         #[arg(long, short)]
-        config: PathBuf,
-        /// Print what would happen and change nothing.
-        #[arg(long)]
+        config: Option<PathBuf>,
+        /// CronJob mode: the ClientSecretRotations of this namespace.
+        #[arg(long, short)]
+        namespace: Option<String>,
+        /// CronJob mode: the ClientSecretRotations of every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+        /// CronJob mode: the azure: and tls: sections (default: public cloud, workload identity).
+        #[arg(long, conflicts_with = "config")]
+        azure_config: Option<PathBuf>,
+        /// Print what would happen and change nothing (configuration file only).
+        #[arg(long, requires = "config")]
         dry_run: bool,
-        /// Rotate now even if the current secret is far from expiry.
-        #[arg(long)]
+        /// Rotate now even if the current secret is far from expiry (configuration file only).
+        #[arg(long, requires = "config")]
         force: bool,
-        /// Only the rotations with these names (repeatable).
-        #[arg(long = "only", value_name = "NAME")]
+        /// Only the rotations with these names (repeatable; configuration file only).
+        #[arg(long = "only", value_name = "NAME", requires = "config")]
         only: Vec<String>,
     },
+    /// Run the Kubernetes controller: reconcile ClientSecretRotations, with leader election.
+    Controller(ControllerArgs),
     /// Run the whole loop twice on local stand-ins of Graph, Key Vault, Kubernetes and the
     /// ACS SMTP relay, and print the timeline.
     Demo,
+    /// Print the ClientSecretRotation CustomResourceDefinition (YAML), generated from the
+    /// Rust types; `crds/` holds the same text.
+    Crd,
     /// List every app registration's password and certificate credentials with expiry and
     /// days left (table, JSON or CSV).
     ///
@@ -82,10 +103,18 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run { config, dry_run, force, only } => {
+            Command::Run { config: Some(config), dry_run, force, only, .. } => {
                 wiring::run_config_file(&config, dry_run, force, &only).await
             }
+            Command::Run { namespace, azure_config, .. } => {
+                operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref()).await
+            }
+            Command::Controller(args) => operator_cli::run_controller(args).await,
             Command::Demo => demo::run().await,
+            Command::Crd => {
+                print!("{}", crate::operator::crd::crd_yaml());
+                ExitCode::SUCCESS
+            }
             Command::Scan(args) => scan::run(args).await,
         }
     })

@@ -52,7 +52,7 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
             "waiting: keyId {key_id} was minted by another run moments ago; it is cleaned up after {} if still unstored",
             day(&Some(*stale_at))
         ),
-        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at } => {
+        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at, .. } => {
             let mut line = if *minted {
                 format!("rotated: new keyId {key_id} stored and verified, expires {}", day(expires))
             } else {

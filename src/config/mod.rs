@@ -262,6 +262,27 @@ pub enum SmtpAuthMechanism {
     Plain,
 }
 
+/// The parts of a configuration file that long-running services need (the controller,
+/// the CronJob pass): how to reach Azure, not what to rotate. A full `run` file works too.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSettings {
+    #[serde(default)]
+    pub azure: AzureSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+impl ServiceSettings {
+    /// Reads the settings from `path`, or the defaults (public cloud, workload identity).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })
+    }
+}
+
 /// Every problem found in a file, each naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -78,6 +78,8 @@ pub enum Outcome {
         key_id: Uuid,
         minted: bool,
         expires: Option<DateTime<Utc>>,
+        /// When this secret is due for renewal.
+        renew_at: Option<DateTime<Utc>>,
         revoked: Vec<Uuid>,
         pending: Vec<Uuid>,
         revoke_at: Option<DateTime<Utc>>,
@@ -223,10 +225,12 @@ impl Engine {
                 let credential = observation.app.credential(key_id).cloned();
                 let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
                 if self.clock.now() < revoke_at {
+                    let renew_at = credential_renewal(rotation, &observation.app, key_id);
                     return Ok(Outcome::Settled {
                         key_id,
                         minted: false,
                         expires: end,
+                        renew_at,
                         revoked: Vec::new(),
                         pending: old,
                         revoke_at: Some(revoke_at),
@@ -300,19 +304,20 @@ impl Engine {
             .map(|c| c.key_id)
             .collect();
         let revoke_at = start.unwrap_or_else(|| self.clock.now()) + rotation.timing.revoke_grace;
+        let renew_at = credential_renewal(rotation, app, key_id);
         if old.is_empty() {
-            return Ok(Outcome::Settled { key_id, minted, expires, revoked: old, pending: Vec::new(), revoke_at: None });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: old, pending: Vec::new(), revoke_at: None });
         }
         if self.clock.now() < revoke_at {
             self.emit(rotation, Event::RevocationScheduled { key_ids: old.clone(), at: revoke_at });
-            return Ok(Outcome::Settled { key_id, minted, expires, revoked: Vec::new(), pending: old, revoke_at: Some(revoke_at) });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending: old, revoke_at: Some(revoke_at) });
         }
         self.confirm_stores_hold(rotation, key_id).await?;
         for old_key in &old {
             rotation.directory.remove_password(object_id, *old_key).await?;
             self.emit(rotation, Event::Revoked { key_id: *old_key });
         }
-        Ok(Outcome::Settled { key_id, minted, expires, revoked: old, pending: Vec::new(), revoke_at: None })
+        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: old, pending: Vec::new(), revoke_at: None })
     }
 
     /// Re-reads every store right before revoking: if anything changed the stored keyId
@@ -365,6 +370,11 @@ impl Engine {
             delay = (delay * 2).min(policy.max_delay);
         }
     }
+}
+
+fn credential_renewal(rotation: &Rotation, app: &Application, key_id: Uuid) -> Option<DateTime<Utc>> {
+    let credential = app.credential(key_id)?;
+    policy::renewal_of(&rotation.name, app.app_id, &rotation.timing.renew_before, credential)
 }
 
 /// The value a store holds for `key_id`, if any.

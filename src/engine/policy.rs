@@ -150,12 +150,17 @@ pub fn credential_nearing_expiry(input: &RenewalInput) -> Option<Trigger> {
 /// a stable per-application jitter of up to a tenth of `renewBefore`, so that applications
 /// created together do not all rotate (and send verification mail) in the same hour.
 pub fn renewal_time(observed: &Observed, current: &PasswordCredential) -> Option<DateTime<Utc>> {
+    renewal_of(observed.rotation, observed.app.app_id, &observed.timing.renew_before, current)
+}
+
+/// [`renewal_time`] from its parts, for callers without a full observation.
+pub fn renewal_of(rotation: &str, app_id: Uuid, renew_before: &Duration, current: &PasswordCredential) -> Option<DateTime<Utc>> {
     let end = current.end?;
     let mut hasher = DefaultHasher::new();
-    (observed.rotation, observed.app.app_id).hash(&mut hasher);
+    (rotation, app_id).hash(&mut hasher);
     let per_mille = (hasher.finish() % 1000) as i32;
-    let jitter = observed.timing.renew_before / 10 * per_mille / 1000;
-    Some(end - observed.timing.renew_before - jitter)
+    let jitter = *renew_before / 10 * per_mille / 1000;
+    Some(end - *renew_before - jitter)
 }
 
 /// The newest credential that some store holds and Graph still lists.

@@ -1,3 +1,33 @@
 //! The Kubernetes operator: the `ClientSecretRotation` resource, the controller that
 //! reconciles it with the rotation engine, and the one-shot pass for CronJobs.
+pub mod controller;
 pub mod crd;
+pub mod pass;
+pub mod reconcile;
+pub mod rollout;
+pub mod status;
+
+use crate::assembly::Assembly;
+use crate::config::ServiceSettings;
+use crate::engine::ports::SystemClock;
+use kube::runtime::events::{Recorder, Reporter};
+use reconcile::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connects to Kubernetes (in-cluster, else `$KUBECONFIG`) and Azure for the controller and
+/// the CronJob pass. `instance` names this process in Events (the pod name).
+pub async fn context(settings: &ServiceSettings, instance: &str, drift_interval: Duration) -> anyhow::Result<Context> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig): {e}")
+    })?;
+    let assembly = Assembly::new(&settings.azure, &settings.tls, Some(client.clone()))?;
+    let reporter = Reporter { controller: "entra-rotator".into(), instance: Some(instance.to_string()) };
+    Ok(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        assembly,
+        clock: Arc::new(SystemClock),
+        drift_interval,
+    })
+}

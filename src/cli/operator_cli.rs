@@ -1,0 +1,108 @@
+//! `entra-rotator controller` and `entra-rotator run --namespace/--all-namespaces`.
+
+use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
+use crate::config::ServiceSettings;
+use crate::operator::controller::{self, ControllerSettings};
+use crate::operator::{context, pass};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, short, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// The azure: and tls: sections (default: public cloud, workload identity).
+    #[arg(long)]
+    azure_config: Option<PathBuf>,
+    /// Look at every rotation at least this often (notices secrets changed out of band).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    drift_interval: Duration,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, default_value = "entra-rotator-leader")]
+    lease_name: String,
+    /// This replica's name in the Lease and in Events.
+    #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
+    identity: String,
+    /// Address of /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    health_addr: SocketAddr,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::config::duration::HumanDuration::parse(text).map(|d| d.0)
+}
+
+fn default_identity() -> String {
+    format!("entra-rotator-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn load_settings(path: Option<&Path>) -> Result<ServiceSettings, ExitCode> {
+    ServiceSettings::load(path).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(EXIT_INVALID_INPUT)
+    })
+}
+
+pub async fn run_controller(args: ControllerArgs) -> ExitCode {
+    let settings = match load_settings(args.azure_config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let ctx = match context(&settings, &args.identity, args.drift_interval).await {
+        Ok(ctx) => Arc::new(ctx),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    let controller_settings = ControllerSettings {
+        namespace: args.namespace,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity: args.identity,
+        health_addr: args.health_addr,
+    };
+    match controller::run(ctx, controller_settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>) -> ExitCode {
+    let settings = match load_settings(azure_config) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "entra-rotator-run".into());
+    let ctx = match context(&settings, &instance, Duration::from_secs(3600)).await {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    match pass::run_pass(&ctx, namespace).await {
+        Ok(report) => {
+            for line in &report.lines {
+                println!("{line}");
+            }
+            if report.lines.is_empty() {
+                println!("no ClientSecretRotation found");
+            }
+            if report.failed > 0 { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS }
+        }
+        Err(error) => {
+            eprintln!("error: cannot list ClientSecretRotations: {error}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

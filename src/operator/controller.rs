@@ -1,0 +1,152 @@
+//! `entra-rotator controller`: watches ClientSecretRotations (and the Secrets it writes),
+//! reconciles each when it changes or when it is due, while holding a Lease so that only
+//! one replica ever rotates.
+
+use super::crd::ClientSecretRotation;
+use super::reconcile::{reconcile, Context, ReconcileError};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{predicates, watcher, WatchStreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how the controller runs.
+pub struct ControllerSettings {
+    /// Watch one namespace, or all when `None`.
+    pub namespace: Option<String>,
+    /// Namespace and name of the Lease used for leader election.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    pub identity: String,
+    /// Serves /healthz and /readyz.
+    pub health_addr: SocketAddr,
+}
+
+/// Runs until SIGTERM/SIGINT, or until leadership is lost (then returns an error so the
+/// process exits and Kubernetes restarts it as a standby).
+pub async fn run(ctx: Arc<Context>, settings: ControllerSettings) -> anyhow::Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = tokio::spawn(serve_health(settings.health_addr, ready.clone()));
+
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &settings.lease_name)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = lease.watch().await;
+    // A standby is healthy and ready: it serves probes while waiting for the Lease.
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(identity = %settings.identity, lease = %settings.lease_name, "waiting to become the leader");
+    while !*leader.borrow_and_update() {
+        if leader.changed().await.is_err() {
+            anyhow::bail!("the leader-election task stopped");
+        }
+    }
+    tracing::info!(identity = %settings.identity, "became the leader; reconciling");
+
+    let result = tokio::select! {
+        () = run_controller(ctx, &settings) => Ok(()),
+        lost = leadership_lost(&mut leader) => Err(lost),
+    };
+    drop(leader);
+    let _ = lease_task.await;
+    health.abort();
+    result
+}
+
+async fn leadership_lost(leader: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Error {
+    loop {
+        if leader.changed().await.is_err() || !*leader.borrow() {
+            return anyhow::anyhow!("lost the leader Lease; exiting so that only the new leader rotates");
+        }
+    }
+}
+
+async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
+    let rotations: Api<ClientSecretRotation> = match &settings.namespace {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
+    let secrets: Api<Secret> = match &settings.namespace {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
+    // Reconcile on spec changes only: our own status writes must not trigger a reconcile,
+    // or every reconcile would cost Graph and Key Vault reads twice.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let rotation_stream = watcher(rotations, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let lookup = reader.clone();
+    Controller::for_stream(rotation_stream, reader)
+        .watches(
+            secrets,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=entra-rotator"),
+            move |secret: Secret| rotations_writing(&lookup, &secret),
+        )
+        .shutdown_on_signal()
+        .run(
+            |object, ctx: Arc<Context>| async move {
+                let reconciled = reconcile(&object, &ctx).await?;
+                tracing::info!(requeue_in = ?reconciled.requeue_after, "{}", reconciled.summary);
+                Ok::<_, ReconcileError>(Action::requeue(reconciled.requeue_after))
+            },
+            |object, error, _ctx| {
+                tracing::warn!(rotation = %object.rotation_name(), %error, "reconcile failed; retrying in 30s");
+                Action::requeue(Duration::from_secs(30))
+            },
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The rotations that write `secret` (same namespace, a `secret` target with its name).
+fn rotations_writing(
+    store: &kube::runtime::reflector::Store<ClientSecretRotation>,
+    secret: &Secret,
+) -> Vec<ObjectRef<ClientSecretRotation>> {
+    let (namespace, name) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref());
+    store
+        .state()
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == namespace)
+        .filter(|r| r.spec.targets.iter().any(|t| t.secret.as_ref().map(|s| s.name.as_str()) == name))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {
+    use axum::{http::StatusCode, routing::get, Router};
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.clone();
+            async move {
+                if ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }
+        }),
+    );
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "health endpoint stopped");
+            }
+        }
+        Err(error) => tracing::error!(%addr, %error, "cannot serve the health endpoint"),
+    }
+}

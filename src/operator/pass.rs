@@ -1,0 +1,36 @@
+//! The CronJob mode: one reconcile of every ClientSecretRotation in a namespace (or all),
+//! with the same engine and status handling as the controller, then exit.
+
+use super::crd::ClientSecretRotation;
+use super::reconcile::{reconcile, Context};
+use kube::api::{Api, ListParams};
+
+/// What a pass did: one summary line per object, and how many failed.
+pub struct PassReport {
+    pub lines: Vec<String>,
+    pub failed: usize,
+}
+
+/// Reconciles every object once, in name order. `namespace: None` means all namespaces.
+pub async fn run_pass(ctx: &Context, namespace: Option<&str>) -> Result<PassReport, kube::Error> {
+    let api: Api<ClientSecretRotation> = match namespace {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
+    let mut objects = api.list(&ListParams::default()).await?.items;
+    objects.sort_by_key(|o| o.rotation_name());
+    let mut report = PassReport { lines: Vec::new(), failed: 0 };
+    for object in &objects {
+        match reconcile(object, ctx).await {
+            Ok(reconciled) => {
+                report.failed += usize::from(reconciled.failed);
+                report.lines.push(reconciled.summary);
+            }
+            Err(error) => {
+                report.failed += 1;
+                report.lines.push(format!("{}: FAILED: {error}", object.rotation_name()));
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,210 @@
+//! One reconcile of one ClientSecretRotation: translate the spec, run the engine, publish
+//! what happened as Kubernetes Events, write the status, and say when to look again.
+//! Shared by the controller and the CronJob pass.
+
+use super::crd::ClientSecretRotation;
+use super::rollout::WorkloadRollout;
+use super::status::{self, conditions};
+use crate::assembly::Assembly;
+use crate::config::duration::HumanDuration;
+use crate::engine::events::{Event as EngineEvent, RecordingSink};
+use crate::engine::ports::{Clock, Rollout};
+use crate::engine::{Engine, EngineError, Outcome, RunOptions};
+use chrono::{DateTime, Utc};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::Resource;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub assembly: Assembly,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn Clock>,
+    /// Look at every rotation at least this often, to notice secrets added or removed
+    /// out of band.
+    pub drift_interval: Duration,
+}
+
+/// The result of one reconcile, for logs, the CronJob pass and the requeue.
+#[derive(Debug)]
+pub struct Reconciled {
+    pub summary: String,
+    pub failed: bool,
+    pub requeue_after: Duration,
+}
+
+/// Only Kubernetes itself failing (the status write) is an error here; rotation failures
+/// are recorded in the status and retried with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("could not write the status of {object}: {source}")]
+    Status { object: String, source: kube::Error },
+}
+
+/// Reconciles one object once.
+pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<Reconciled, ReconcileError> {
+    let now = ctx.clock.now();
+    let name = object.rotation_name();
+    let generation = object.metadata.generation;
+    let previous = object.status.clone().unwrap_or_default();
+    let thresholds = alert_thresholds(object);
+
+    if object.spec.suspend {
+        let mut next = previous.clone();
+        next.observed_generation = generation;
+        status::set_condition(&mut next, conditions::ROTATING, false, conditions::SUSPENDED, "spec.suspend is true; nothing is rotated".into(), generation, now);
+        status::update_expiry(&mut next, generation, now, &thresholds);
+        write_status(ctx, object, &next).await?;
+        let requeue = next_wake(&next, now, &thresholds, None, ctx.drift_interval);
+        return Ok(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue });
+    }
+
+    let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|config| {
+        let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
+            Arc::new(WorkloadRollout::new(
+                ctx.client.clone(),
+                object.metadata.namespace.clone().unwrap_or_default(),
+                object.spec.rollout.clone(),
+            )) as Arc<dyn Rollout>
+        });
+        ctx.assembly.rotation(&config, rollout).map_err(|e| e.to_string())
+    }) {
+        Ok(rotation) => rotation,
+        Err(problems) => return refuse_spec(object, ctx, previous, problems, now).await,
+    };
+
+    let sink = Arc::new(RecordingSink::default());
+    let engine = Engine::new(ctx.clock.clone(), sink.clone());
+    let result = engine.run(&rotation, RunOptions::default()).await;
+    publish_events(ctx, object, &sink.events(), result.as_ref().err()).await;
+
+    let (next, summary, failed, soonest) = match &result {
+        Ok(outcome) => (
+            status::after_outcome(&previous, outcome, generation, now, &thresholds),
+            crate::cli::outcome_line(&name, outcome),
+            false,
+            due_time(outcome),
+        ),
+        Err(error) => {
+            let next = status::after_error(&previous, error, generation, now, &thresholds);
+            let retry = now + chrono::Duration::from_std(status::backoff(next.failed_attempts)).unwrap_or_default();
+            (next, crate::cli::error_line(&name, error), true, Some(retry))
+        }
+    };
+    write_status(ctx, object, &next).await?;
+    let requeue_after = next_wake(&next, now, &thresholds, soonest, ctx.drift_interval);
+    Ok(Reconciled { summary, failed, requeue_after })
+}
+
+/// When the engine itself needs to act again.
+fn due_time(outcome: &Outcome) -> Option<DateTime<Utc>> {
+    match outcome {
+        Outcome::Planned(_) => None,
+        Outcome::UpToDate { renew_at, .. } => Some(*renew_at),
+        Outcome::InFlight { stale_at, .. } => Some(*stale_at),
+        Outcome::Settled { revoke_at: Some(at), .. } => Some(*at),
+        Outcome::Settled { renew_at, .. } => *renew_at,
+    }
+}
+
+/// The earliest of: the engine's due time, the next alert threshold, the drift check.
+fn next_wake(
+    next: &super::crd::ClientSecretRotationStatus,
+    now: DateTime<Utc>,
+    thresholds: &[chrono::Duration],
+    due: Option<DateTime<Utc>>,
+    drift: Duration,
+) -> Duration {
+    let candidates = [due, status::next_threshold_crossing(next, now, thresholds)];
+    let soonest = candidates.into_iter().flatten().map(|at| (at - now).to_std().unwrap_or_default()).min();
+    soonest.unwrap_or(drift).clamp(Duration::from_secs(1), drift)
+}
+
+fn alert_thresholds(object: &ClientSecretRotation) -> Vec<chrono::Duration> {
+    object.spec.alert_thresholds.iter().filter_map(|t| HumanDuration::parse(t).ok()).map(HumanDuration::chrono).collect()
+}
+
+async fn refuse_spec(
+    object: &ClientSecretRotation,
+    ctx: &Context,
+    previous: super::crd::ClientSecretRotationStatus,
+    problems: String,
+    now: DateTime<Utc>,
+) -> Result<Reconciled, ReconcileError> {
+    let generation = object.metadata.generation;
+    let mut next = previous;
+    next.observed_generation = generation;
+    next.last_error = Some(problems.clone());
+    let message = format!("the spec cannot be used, nothing was changed: {problems}");
+    status::set_condition(&mut next, conditions::READY, false, conditions::INVALID_SPEC, message.clone(), generation, now);
+    status::set_condition(&mut next, conditions::DEGRADED, true, conditions::INVALID_SPEC, message.clone(), generation, now);
+    write_status(ctx, object, &next).await?;
+    publish(ctx, object, EventType::Warning, conditions::INVALID_SPEC, &message).await;
+    Ok(Reconciled {
+        summary: format!("{}: invalid spec: {problems}", object.rotation_name()),
+        failed: true,
+        requeue_after: ctx.drift_interval,
+    })
+}
+
+async fn write_status(
+    ctx: &Context,
+    object: &ClientSecretRotation,
+    next: &super::crd::ClientSecretRotationStatus,
+) -> Result<(), ReconcileError> {
+    if object.status.as_ref() == Some(next) {
+        return Ok(());
+    }
+    let api: Api<ClientSecretRotation> =
+        Api::namespaced(ctx.client.clone(), object.metadata.namespace.as_deref().unwrap_or_default());
+    let name = object.metadata.name.clone().unwrap_or_default();
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": next })))
+        .await
+        .map(|_| ())
+        .map_err(|source| ReconcileError::Status { object: object.rotation_name(), source })
+}
+
+/// The Event reason for each engine step, and whether it is a warning.
+fn event_kind(event: &EngineEvent) -> Option<(EventType, &'static str)> {
+    Some(match event {
+        EngineEvent::Observed { .. } | EngineEvent::Decided { .. } => return None,
+        EngineEvent::OrphanRemoved { .. } => (EventType::Normal, "OrphanRemoved"),
+        EngineEvent::Minted { .. } => (EventType::Normal, "Minted"),
+        EngineEvent::Stored { .. } => (EventType::Normal, "Stored"),
+        EngineEvent::VerificationAttemptFailed { .. } => (EventType::Warning, "VerificationRetry"),
+        EngineEvent::Verified { .. } => (EventType::Normal, "Verified"),
+        EngineEvent::VerificationSkipped { .. } => (EventType::Warning, "VerificationSkipped"),
+        EngineEvent::RolledOut { .. } => (EventType::Normal, "Restarted"),
+        EngineEvent::RevocationScheduled { .. } => (EventType::Normal, "RevocationScheduled"),
+        EngineEvent::Revoked { .. } => (EventType::Normal, "Revoked"),
+    })
+}
+
+async fn publish_events(ctx: &Context, object: &ClientSecretRotation, events: &[(String, EngineEvent)], error: Option<&EngineError>) {
+    for (_, event) in events {
+        if let Some((type_, reason)) = event_kind(event) {
+            publish(ctx, object, type_, reason, &event.to_string()).await;
+        }
+    }
+    if let Some(error) = error {
+        publish(ctx, object, EventType::Warning, error.category(), &error.to_string()).await;
+    }
+}
+
+/// Publishes one Event; a failure to record it is logged, never fatal.
+async fn publish(ctx: &Context, object: &ClientSecretRotation, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(rotation = %object.rotation_name(), %error, "could not record a Kubernetes Event");
+    }
+}

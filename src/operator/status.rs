@@ -1,0 +1,183 @@
+//! What lands in `.status`: conditions like cert-manager's (keyed by type, with
+//! `observedGeneration`), expiry and renewal times, and the failure count that drives
+//! back-off. Pure functions of the previous status and the engine's result.
+
+use super::crd::ClientSecretRotationStatus;
+use crate::engine::{EngineError, Outcome};
+use chrono::{DateTime, Duration, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// Condition types and the reasons set by the controller itself (the engine's reasons and
+/// error categories are used as they are).
+pub mod conditions {
+    pub const READY: &str = "Ready";
+    pub const ROTATING: &str = "Rotating";
+    pub const VERIFIED: &str = "Verified";
+    pub const EXPIRING_SOON: &str = "ExpiringSoon";
+    pub const DEGRADED: &str = "Degraded";
+
+    pub const SUSPENDED: &str = "Suspended";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const ROTATED: &str = "Rotated";
+    pub const UP_TO_DATE: &str = "UpToDate";
+    pub const PENDING_REVOCATION: &str = "PendingRevocation";
+    pub const IN_FLIGHT: &str = "RotationInFlight";
+    pub const IDLE: &str = "Idle";
+    pub const HEALTHY: &str = "Healthy";
+    pub const NOT_EXPIRING: &str = "NotExpiring";
+    pub const WITHIN_THRESHOLD: &str = "WithinAlertThreshold";
+    pub const VERIFICATION_PASSED: &str = "VerificationPassed";
+}
+
+use conditions::*;
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Parses a timestamp this module wrote.
+pub fn parse_time(text: &Option<String>) -> Option<DateTime<Utc>> {
+    text.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+/// Sets a condition, keeping its transition time when the status did not change.
+pub fn set_condition(
+    status: &mut ClientSecretRotationStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    let value = if value { "True" } else { "False" };
+    let transition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == value)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::from_second(now.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)));
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.push(Condition {
+        type_: type_.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        // The API server caps messages at 32768 bytes.
+        message: message.chars().take(4000).collect(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    });
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+pub fn condition<'a>(status: &'a ClientSecretRotationStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The status after a successful engine run.
+pub fn after_outcome(
+    previous: &ClientSecretRotationStatus,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+    alert_thresholds: &[Duration],
+) -> ClientSecretRotationStatus {
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    status.failed_attempts = 0;
+    status.last_error = None;
+    let set = |status: &mut ClientSecretRotationStatus, type_: &str, value: bool, reason: &str, message: String| {
+        set_condition(status, type_, value, reason, message, generation, now)
+    };
+    match outcome {
+        Outcome::Planned(_) => {}
+        Outcome::UpToDate { key_id, expires, renew_at } => {
+            status.current_key_id = Some(key_id.to_string());
+            status.not_after = expires.map(rfc3339);
+            status.renewal_time = Some(rfc3339(*renew_at));
+            status.pending_revocation.clear();
+            status.revoke_after = None;
+            set(&mut status, READY, true, UP_TO_DATE, format!("keyId {key_id} is stored and live; next rotation {}", rfc3339(*renew_at)));
+            set(&mut status, ROTATING, false, IDLE, "no rotation in progress".into());
+        }
+        Outcome::InFlight { key_id, stale_at } => {
+            set(&mut status, ROTATING, true, IN_FLIGHT, format!("keyId {key_id} was minted and is not stored yet; cleaned up after {} if it stays unstored", rfc3339(*stale_at)));
+        }
+        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, .. } => {
+            status.current_key_id = Some(key_id.to_string());
+            status.not_after = expires.map(rfc3339);
+            status.renewal_time = renew_at.map(rfc3339);
+            if *minted {
+                status.last_rotation_time = Some(rfc3339(now));
+            }
+            status.pending_revocation = pending.iter().map(|id| id.to_string()).collect();
+            status.revoke_after = revoke_at.map(rfc3339);
+            let message = if *minted { format!("rotated to keyId {key_id}") } else { format!("keyId {key_id} is stored everywhere") };
+            set(&mut status, READY, true, if *minted { ROTATED } else { UP_TO_DATE }, message);
+            set(&mut status, VERIFIED, true, VERIFICATION_PASSED, format!("keyId {key_id} verified"));
+            if pending.is_empty() {
+                set(&mut status, ROTATING, false, IDLE, "no rotation in progress".into());
+            } else {
+                set(&mut status, ROTATING, true, PENDING_REVOCATION, format!("{} old secret(s) revoked after {}", pending.len(), revoke_at.map(rfc3339).unwrap_or_default()));
+            }
+        }
+    }
+    set(&mut status, DEGRADED, false, HEALTHY, "the last reconcile succeeded".into());
+    update_expiry(&mut status, generation, now, alert_thresholds);
+    status
+}
+
+/// The status after a failed engine run: keeps what is known, counts the failure.
+pub fn after_error(
+    previous: &ClientSecretRotationStatus,
+    error: &EngineError,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+    alert_thresholds: &[Duration],
+) -> ClientSecretRotationStatus {
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    status.failed_attempts = previous.failed_attempts.saturating_add(1);
+    status.last_failure_time = Some(rfc3339(now));
+    status.last_error = Some(error.to_string());
+    let reason = error.category();
+    set_condition(&mut status, DEGRADED, true, reason, error.to_string(), generation, now);
+    set_condition(&mut status, READY, false, reason, error.to_string(), generation, now);
+    if matches!(error, EngineError::Verification { .. }) {
+        set_condition(&mut status, VERIFIED, false, reason, error.to_string(), generation, now);
+    }
+    update_expiry(&mut status, generation, now, alert_thresholds);
+    status
+}
+
+/// Sets ExpiringSoon from `notAfter` and the thresholds (largest first crossing).
+pub fn update_expiry(status: &mut ClientSecretRotationStatus, generation: Option<i64>, now: DateTime<Utc>, thresholds: &[Duration]) {
+    let Some(not_after) = parse_time(&status.not_after) else { return };
+    let left = not_after - now;
+    let crossed = thresholds.iter().filter(|t| left <= **t).min();
+    match crossed {
+        Some(threshold) => set_condition(
+            status,
+            EXPIRING_SOON,
+            true,
+            WITHIN_THRESHOLD,
+            format!("the stored secret expires at {} ({} day(s) left, within the {}-day alert threshold)", rfc3339(not_after), left.num_days(), threshold.num_days()),
+            generation,
+            now,
+        ),
+        None => set_condition(status, EXPIRING_SOON, false, NOT_EXPIRING, format!("expires at {}", rfc3339(not_after)), generation, now),
+    }
+}
+
+/// The next moment an alert threshold is crossed, so the controller wakes up for it.
+pub fn next_threshold_crossing(status: &ClientSecretRotationStatus, now: DateTime<Utc>, thresholds: &[Duration]) -> Option<DateTime<Utc>> {
+    let not_after = parse_time(&status.not_after)?;
+    thresholds.iter().map(|t| not_after - *t).filter(|at| *at > now).min()
+}
+
+/// Back-off after failures: 30 s doubling per attempt, at most an hour.
+pub fn backoff(failed_attempts: u32) -> std::time::Duration {
+    let exponent = failed_attempts.saturating_sub(1).min(7);
+    std::time::Duration::from_secs(30 * 2u64.pow(exponent)).min(std::time::Duration::from_secs(3600))
+}
