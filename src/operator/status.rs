@@ -181,3 +181,79 @@ pub fn backoff(failed_attempts: u32) -> std::time::Duration {
     let exponent = failed_attempts.saturating_sub(1).min(7);
     std::time::Duration::from_secs(30 * 2u64.pow(exponent)).min(std::time::Duration::from_secs(3600))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ports::GraphError;
+    use uuid::Uuid;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn thresholds() -> Vec<Duration> {
+        [30, 14, 7, 1].map(Duration::days).to_vec()
+    }
+
+    fn up_to_date(expires_in_days: i64) -> Outcome {
+        Outcome::UpToDate {
+            key_id: Uuid::nil(),
+            expires: Some(now() + Duration::days(expires_in_days)),
+            renew_at: now() + Duration::days(expires_in_days - 60),
+        }
+    }
+
+    fn value<'a>(status: &'a ClientSecretRotationStatus, type_: &str) -> (&'a str, &'a str) {
+        let c = condition(status, type_).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn up_to_date_is_ready_and_not_expiring() {
+        let status = after_outcome(&Default::default(), &up_to_date(120), Some(3), now(), &thresholds());
+        assert_eq!(value(&status, READY), ("True", UP_TO_DATE));
+        assert_eq!(value(&status, EXPIRING_SOON), ("False", NOT_EXPIRING));
+        assert_eq!(value(&status, DEGRADED), ("False", HEALTHY));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.renewal_time.as_deref(), Some("2027-01-22T12:00:00Z"));
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(3)));
+    }
+
+    #[test]
+    fn crossing_a_threshold_sets_expiring_soon_with_days_left() {
+        let status = after_outcome(&Default::default(), &up_to_date(10), None, now(), &thresholds());
+        let c = condition(&status, EXPIRING_SOON).unwrap();
+        assert_eq!(c.status, "True");
+        assert!(c.message.contains("10 day(s) left, within the 14-day alert threshold"), "{}", c.message);
+    }
+
+    #[test]
+    fn failures_count_up_and_keep_what_is_known() {
+        let ok = after_outcome(&Default::default(), &up_to_date(120), None, now(), &thresholds());
+        let error = EngineError::Graph(GraphError::Transport { operation: "addPassword".into(), detail: "timed out".into() });
+        let once = after_error(&ok, &error, None, now(), &thresholds());
+        let twice = after_error(&once, &error, None, now() + Duration::minutes(1), &thresholds());
+        assert_eq!(twice.failed_attempts, 2);
+        assert_eq!(value(&twice, READY), ("False", "GraphFailed"));
+        assert_eq!(value(&twice, DEGRADED), ("True", "GraphFailed"));
+        assert_eq!(twice.current_key_id, ok.current_key_id, "what the stores hold is still known");
+        let first = condition(&once, DEGRADED).unwrap().last_transition_time.clone();
+        assert_eq!(condition(&twice, DEGRADED).unwrap().last_transition_time, first, "unchanged condition keeps its transition time");
+        let recovered = after_outcome(&twice, &up_to_date(120), None, now(), &thresholds());
+        assert_eq!(recovered.failed_attempts, 0);
+        assert_eq!(recovered.last_error, None);
+    }
+
+    #[test]
+    fn backoff_doubles_from_30s_up_to_an_hour() {
+        let seconds: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(seconds, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+
+    #[test]
+    fn wakes_up_for_the_next_threshold() {
+        let status = after_outcome(&Default::default(), &up_to_date(20), None, now(), &thresholds());
+        assert_eq!(next_threshold_crossing(&status, now(), &thresholds()), Some(now() + Duration::days(6)));
+    }
+}
