@@ -5,3 +5,4 @@ pub mod identity;
 pub mod keyvault;
 pub mod kubernetes;
 pub mod smtp;
+pub mod smtp_probe;

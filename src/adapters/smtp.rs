@@ -164,18 +164,77 @@ impl SmtpVerifier {
     }
 
     fn test_message(&self, app: &AppRef) -> Result<Message, lettre::error::Error> {
+        self.message(
+            format!(
+                "entra-rotator verification for application {}",
+                app.client_id
+            ),
+            format!(
+                "entra-rotator sent this message to check that the SMTP credential of {app} \
+                 works after a secret rotation.\r\nNo action is needed.\r\n"
+            ),
+        )
+    }
+
+    fn message(&self, subject: String, body: String) -> Result<Message, lettre::error::Error> {
         Message::builder()
             .from(self.from.clone())
             .to(self.to.clone())
-            .subject(format!(
-                "entra-rotator verification for application {}",
-                app.client_id
-            ))
+            .subject(subject)
             .header(ContentType::TEXT_PLAIN)
-            .body(format!(
-                "entra-rotator sent this message to check that the SMTP credential of {app} \
-                 works after a secret rotation.\r\nNo action is needed.\r\n"
-            ))
+            .body(body)
+    }
+
+    /// Sends one test mail as `username` (taken as is, no template), for
+    /// `entra-rotator smtp-test`; a failure carries the same phase-exact explanation as
+    /// [`verify`](Verifier::verify).
+    pub async fn send_test_mail(
+        &self,
+        username: &str,
+        secret: &SecretString,
+    ) -> Result<(), VerifyError> {
+        let message = self.message(
+            "entra-rotator smtp-test".to_string(),
+            "entra-rotator smtp-test sent this message to check the SMTP relay settings.\r\n\
+             No action is needed.\r\n"
+                .to_string(),
+        );
+        self.deliver(username, secret, message).await
+    }
+
+    /// One session sending `message`, its failure explained in words.
+    async fn deliver(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        message: Result<Message, lettre::error::Error>,
+    ) -> Result<(), VerifyError> {
+        let fail = |kind, message: String| VerifyError {
+            target: self.describe(),
+            kind,
+            message: redact(&message, secret),
+        };
+        let email = message
+            .map_err(|e| {
+                fail(
+                    VerifyFailureKind::Other,
+                    format!("could not build the verification mail: {e}"),
+                )
+            })?
+            .formatted();
+        let mut phase = Phase::Connect;
+        let outcome = tokio::time::timeout(
+            self.settings.timeout,
+            self.session(username, secret, &email, &mut phase),
+        )
+        .await;
+        match outcome.unwrap_or(Err(Failure::TimedOut)) {
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                let (kind, message) = self.explain(phase, failure, username);
+                Err(fail(kind, message))
+            }
+        }
     }
 
     /// One SMTP session; `phase` says how far it got when it fails.
@@ -408,33 +467,8 @@ impl Verifier for SmtpVerifier {
 
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         let username = self.username_for(app);
-        let fail = |kind, message: String| VerifyError {
-            target: self.describe(),
-            kind,
-            message: redact(&message, secret),
-        };
-        let email = self
-            .test_message(app)
-            .map_err(|e| {
-                fail(
-                    VerifyFailureKind::Other,
-                    format!("could not build the verification mail: {e}"),
-                )
-            })?
-            .formatted();
-        let mut phase = Phase::Connect;
-        let outcome = tokio::time::timeout(
-            self.settings.timeout,
-            self.session(&username, secret, &email, &mut phase),
-        )
-        .await;
-        match outcome.unwrap_or(Err(Failure::TimedOut)) {
-            Ok(()) => Ok(()),
-            Err(failure) => {
-                let (kind, message) = self.explain(phase, failure, &username);
-                Err(fail(kind, message))
-            }
-        }
+        self.deliver(&username, secret, self.test_message(app))
+            .await
     }
 }
 

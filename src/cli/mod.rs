@@ -5,6 +5,7 @@ mod demo;
 mod operator_cli;
 mod report;
 mod scan;
+mod smtp_test;
 mod wiring;
 
 pub use report::{error_line, outcome_line};
@@ -85,6 +86,15 @@ enum Command {
     /// --fail-within (or has expired), 2 bad input or sign-in/permission refused, 3 the scan
     /// could not finish (the output is incomplete).
     Scan(scan::ScanArgs),
+    /// Diagnose an SMTP relay (Azure Communication Services): show its EHLO capabilities
+    /// before and after STARTTLS, the TLS version and cipher suite, send one test mail, and
+    /// explain a failure in words.
+    ///
+    /// The password (the Entra app's client secret) comes from --password-env,
+    /// --password-file or a prompt without echo; it is never taken as a flag value and never
+    /// printed. Exit codes: 0 the relay accepted the test mail, 1 it did not (the reason is
+    /// printed), 2 bad input.
+    SmtpTest(smtp_test::SmtpTestArgs),
 }
 
 /// Exit codes shared by the commands.
@@ -116,6 +126,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Scan(args) => scan::run(args).await,
+            Command::SmtpTest(args) => smtp_test::run(args).await,
         }
     })
 }
