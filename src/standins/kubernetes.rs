@@ -1,7 +1,8 @@
-//! A minimal Kubernetes API server for core/v1 Secrets, over HTTPS, that `kube::Client`
-//! talks to unchanged.
+//! A minimal Kubernetes API server over HTTPS that `kube::Client` and `kube::runtime`
+//! (watcher, Controller, event Recorder) talk to unchanged.
 //!
-//! It implements what the rotator's correctness rests on, the way the real API server does:
+//! For core/v1 Secrets it implements what the rotator's correctness rests on, the way the
+//! real API server does:
 //! - server-side apply (`PATCH` with `application/apply-patch+yaml`, `fieldManager`,
 //!   `force`): each field manager owns the `data` keys, annotations and labels it applied;
 //!   a key a manager applied before and omits now is removed unless another manager also
@@ -10,10 +11,17 @@
 //! - JSON merge patches and `POST` creates, recorded as `Update` operations;
 //! - `resourceVersion`, `uid`, `creationTimestamp`, `managedFields`;
 //! - `metav1.Status` errors (404 `NotFound`, 403 `Forbidden`, 409 `Conflict`/`AlreadyExists`,
-//!   422 `Invalid`).
+//!   422 `Invalid`);
+//! - list and watch, namespaced and cluster-wide, with label and field selectors.
 //!
-//! Only flat maps are modelled (Secrets have no deeper structure worth owning). Requests are
-//! counted per route (see [`routes`]) and faults are played before any work.
+//! For the operator it serves, through one generic object store (see `objects`):
+//! `ClientSecretRotation` (`entra-rotator.io/v1alpha1`, with `/status`), `events.k8s.io/v1`
+//! Events, `coordination.k8s.io/v1` Leases, and `apps/v1` Deployments, StatefulSets and
+//! DaemonSets; each with get, list, watch (see `watch`), create, replace, merge/JSON/
+//! strategic-merge patch, server-side apply and delete.
+//!
+//! Only flat maps are modelled for Secrets (they have no deeper structure worth owning).
+//! Requests are counted per route (see [`routes`]) and faults are played before any work.
 
 use super::faults::Faults;
 use super::https::serve_tls;
@@ -34,11 +42,125 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-/// Route names under which requests are counted and faults are queued.
+mod api;
+mod document;
+mod inspect;
+mod kinds;
+mod objects;
+mod selectors;
+mod watch;
+
+pub use inspect::StandinEvent;
+pub use kinds::{ApiError, WorkloadKind};
+
+/// Route names under which requests are counted and faults are queued: the HTTP method
+/// (`WATCH` for `GET …?watch=true`) and the path template, e.g.
+/// `PATCH /apis/entra-rotator.io/v1alpha1/namespaces/{namespace}/clientsecretrotations/{name}/status`.
 pub mod routes {
-    pub const GET_SECRET: &str = "GET /api/v1/namespaces/{namespace}/secrets/{name}";
-    pub const PATCH_SECRET: &str = "PATCH /api/v1/namespaces/{namespace}/secrets/{name}";
-    pub const CREATE_SECRET: &str = "POST /api/v1/namespaces/{namespace}/secrets";
+    /// The route names of one kind of resource.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct RouteSet {
+        /// `GET` on the namespaced collection (without `watch=true`).
+        pub list: &'static str,
+        /// `GET` on the collection across all namespaces.
+        pub list_all: &'static str,
+        /// `GET …?watch=true` on the namespaced collection.
+        pub watch: &'static str,
+        /// `GET …?watch=true` across all namespaces.
+        pub watch_all: &'static str,
+        pub get: &'static str,
+        pub create: &'static str,
+        pub replace: &'static str,
+        pub patch: &'static str,
+        pub delete: &'static str,
+        pub get_status: &'static str,
+        pub replace_status: &'static str,
+        pub patch_status: &'static str,
+    }
+
+    macro_rules! route_set {
+        ($base:literal, $plural:literal) => {
+            RouteSet {
+                list: concat!("GET ", $base, "/namespaces/{namespace}/", $plural),
+                list_all: concat!("GET ", $base, "/", $plural),
+                watch: concat!("WATCH ", $base, "/namespaces/{namespace}/", $plural),
+                watch_all: concat!("WATCH ", $base, "/", $plural),
+                get: concat!(
+                    "GET ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}"
+                ),
+                create: concat!("POST ", $base, "/namespaces/{namespace}/", $plural),
+                replace: concat!(
+                    "PUT ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}"
+                ),
+                patch: concat!(
+                    "PATCH ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}"
+                ),
+                delete: concat!(
+                    "DELETE ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}"
+                ),
+                get_status: concat!(
+                    "GET ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}/status"
+                ),
+                replace_status: concat!(
+                    "PUT ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}/status"
+                ),
+                patch_status: concat!(
+                    "PATCH ",
+                    $base,
+                    "/namespaces/{namespace}/",
+                    $plural,
+                    "/{name}/status"
+                ),
+            }
+        };
+    }
+
+    /// `ClientSecretRotation`: every route, `/status` included.
+    pub const ROTATIONS: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "clientsecretrotations");
+    /// `events.k8s.io/v1` Events: every route but `/status`.
+    pub const EVENTS: RouteSet = route_set!("/apis/events.k8s.io/v1", "events");
+    /// `coordination.k8s.io/v1` Leases: every route but `/status`.
+    pub const LEASES: RouteSet = route_set!("/apis/coordination.k8s.io/v1", "leases");
+    /// `apps/v1` workloads: every route, `/status` included.
+    pub const DEPLOYMENTS: RouteSet = route_set!("/apis/apps/v1", "deployments");
+    pub const STATEFULSETS: RouteSet = route_set!("/apis/apps/v1", "statefulsets");
+    pub const DAEMONSETS: RouteSet = route_set!("/apis/apps/v1", "daemonsets");
+    /// core/v1 Secrets: only `list`, `list_all`, `watch`, `watch_all`, `get`, `create` and
+    /// `patch` are served.
+    pub const SECRETS: RouteSet = route_set!("/api/v1", "secrets");
+
+    pub const GET_SECRET: &str = SECRETS.get;
+    pub const PATCH_SECRET: &str = SECRETS.patch;
+    pub const CREATE_SECRET: &str = SECRETS.create;
+    pub const LIST_SECRETS: &str = SECRETS.list;
+    pub const LIST_ALL_SECRETS: &str = SECRETS.list_all;
+    pub const WATCH_SECRETS: &str = SECRETS.watch;
+    pub const WATCH_ALL_SECRETS: &str = SECRETS.watch_all;
     pub const VERSION: &str = "GET /version";
 }
 
@@ -326,15 +448,31 @@ impl fmt::Debug for StandinSecret {
     }
 }
 
-#[derive(Default)]
 struct Cluster {
     namespaces: BTreeSet<String>,
     forbidden: BTreeSet<String>,
     secrets: BTreeMap<(String, String), SecretObject>,
+    /// Every other kind, keyed by kind, namespace and name.
+    objects: BTreeMap<(kinds::Kind, String, String), objects::StoredObject>,
+    history: watch::History,
+    /// Workloads keep their old status after a spec change (a stuck roll-out).
+    rollouts_held: bool,
     resource_version: u64,
 }
 
 impl Cluster {
+    fn new() -> Self {
+        Self {
+            namespaces: BTreeSet::from(["default".to_string()]),
+            forbidden: BTreeSet::new(),
+            secrets: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            history: watch::History::new(),
+            rollouts_held: false,
+            resource_version: 0,
+        }
+    }
+
     fn next_resource_version(&mut self) -> u64 {
         self.resource_version += 1;
         self.resource_version
@@ -380,13 +518,9 @@ impl fmt::Debug for KubernetesStandin {
 impl KubernetesStandin {
     /// Starts serving on a free loopback port with TLS from `pki`.
     pub async fn start(pki: &TestPki) -> anyhow::Result<Self> {
-        let cluster = Cluster {
-            namespaces: BTreeSet::from(["default".to_string()]),
-            ..Cluster::default()
-        };
         let shared = Shared {
             faults: Faults::with_error_body(fault_status),
-            cluster: Arc::new(Mutex::new(cluster)),
+            cluster: Arc::new(Mutex::new(Cluster::new())),
         };
         let (address, task) = serve_tls(router(shared.clone()), pki).await?;
         Ok(Self {
@@ -453,6 +587,10 @@ impl KubernetesStandin {
         cluster.namespaces.insert(namespace.to_string());
         let version = cluster.next_resource_version();
         let key = (namespace.to_string(), name.to_string());
+        let previous = cluster
+            .secrets
+            .get(&key)
+            .map(|o| o.to_json(namespace, name));
         let object = cluster
             .secrets
             .entry(key)
@@ -464,20 +602,53 @@ impl KubernetesStandin {
             object.record(manager, Operation::Update, [field]);
         }
         object.resource_version = version;
+        let current = object.to_json(namespace, name);
+        let change = if previous.is_some() {
+            watch::ChangeType::Modified
+        } else {
+            watch::ChangeType::Added
+        };
+        cluster.record_change(kinds::Kind::Secret, namespace, change, current, previous);
     }
 }
 
 fn router(shared: Shared) -> Router {
+    let collection = "/apis/{group}/{version}/namespaces/{namespace}/{plural}";
+    let item = "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}";
+    let status = "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}/status";
     Router::new()
         .route("/version", get(version))
         .route(
             "/api/v1/namespaces/{namespace}/secrets",
-            axum::routing::post(create_secret),
+            get(api::secrets_in_namespace).post(create_secret),
         )
+        .route("/api/v1/secrets", get(api::all_secrets))
         .route(
             "/api/v1/namespaces/{namespace}/secrets/{name}",
             get(get_secret).patch(patch_secret),
         )
+        .route(
+            "/apis/{group}/{version}/{plural}",
+            get(api::cluster_collection),
+        )
+        .route(
+            collection,
+            get(api::namespaced_collection).post(api::create),
+        )
+        .route(
+            item,
+            get(api::get_item)
+                .put(api::replace_item)
+                .patch(api::patch_item)
+                .delete(api::delete_item),
+        )
+        .route(
+            status,
+            get(api::get_status)
+                .put(api::replace_status)
+                .patch(api::patch_status),
+        )
+        .fallback(|| async { Refusal::from(kinds::ApiError::no_such_resource()) })
         .with_state(shared)
 }
 
@@ -998,11 +1169,28 @@ fn store(
     } else {
         StatusCode::OK
     };
-    match existing {
-        Some(existing) if existing.same_content(&object) => object = existing,
+    match &existing {
+        Some(existing) if existing.same_content(&object) => {
+            let body = existing.to_json(namespace, name);
+            return ok(code, body);
+        }
         _ => object.resource_version = cluster.next_resource_version(),
     }
     let body = object.to_json(namespace, name);
+    let (change, previous) = match existing {
+        Some(existing) => (
+            watch::ChangeType::Modified,
+            Some(existing.to_json(namespace, name)),
+        ),
+        None => (watch::ChangeType::Added, None),
+    };
+    cluster.record_change(
+        kinds::Kind::Secret,
+        namespace,
+        change,
+        body.clone(),
+        previous,
+    );
     cluster.secrets.insert(key, object);
     ok(code, body)
 }

@@ -1,0 +1,317 @@
+//! The kinds of object the API server stand-in stores, with the per-kind rules the real API
+//! server's registry applies (status subresource, generation, create-on-update,
+//! unconditional update, strategic merge), and the `metav1.Status` errors that name them.
+
+use super::routes::{self, RouteSet};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+/// What a workload roll-out can target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub(super) fn kind(self) -> Kind {
+        match self {
+            WorkloadKind::Deployment => Kind::Deployment,
+            WorkloadKind::StatefulSet => Kind::StatefulSet,
+            WorkloadKind::DaemonSet => Kind::DaemonSet,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Kind {
+    Rotation,
+    Event,
+    Lease,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    Secret,
+}
+
+/// How the real API server's registry treats one kind.
+pub(super) struct KindInfo {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub routes: RouteSet,
+    /// `/status` exists; the main resource ignores `status`, `/status` ignores the rest.
+    pub status_subresource: bool,
+    /// `metadata.generation` counts changes outside `metadata` and `status`.
+    pub tracks_generation: bool,
+    /// `PUT` of a missing object creates it.
+    pub create_on_update: bool,
+    /// `PUT` without `metadata.resourceVersion` is allowed.
+    pub unconditional_update: bool,
+    /// A built-in type: strategic merge patches work, list items carry no kind.
+    pub built_in: bool,
+}
+
+const ROTATION: KindInfo = KindInfo {
+    group: "entra-rotator.io",
+    version: "v1alpha1",
+    plural: "clientsecretrotations",
+    kind: "ClientSecretRotation",
+    routes: routes::ROTATIONS,
+    status_subresource: true,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: false,
+};
+
+const EVENT: KindInfo = KindInfo {
+    group: "events.k8s.io",
+    version: "v1",
+    plural: "events",
+    kind: "Event",
+    routes: routes::EVENTS,
+    status_subresource: false,
+    tracks_generation: false,
+    create_on_update: true,
+    unconditional_update: true,
+    built_in: true,
+};
+
+const LEASE: KindInfo = KindInfo {
+    group: "coordination.k8s.io",
+    version: "v1",
+    plural: "leases",
+    kind: "Lease",
+    routes: routes::LEASES,
+    status_subresource: false,
+    tracks_generation: false,
+    create_on_update: true,
+    unconditional_update: false,
+    built_in: true,
+};
+
+const fn workload(plural: &'static str, kind: &'static str, routes: RouteSet) -> KindInfo {
+    KindInfo {
+        group: "apps",
+        version: "v1",
+        plural,
+        kind,
+        routes,
+        status_subresource: true,
+        tracks_generation: true,
+        create_on_update: false,
+        unconditional_update: true,
+        built_in: true,
+    }
+}
+
+const DEPLOYMENT: KindInfo = workload("deployments", "Deployment", routes::DEPLOYMENTS);
+const STATEFUL_SET: KindInfo = workload("statefulsets", "StatefulSet", routes::STATEFULSETS);
+const DAEMON_SET: KindInfo = workload("daemonsets", "DaemonSet", routes::DAEMONSETS);
+
+const SECRET: KindInfo = KindInfo {
+    group: "",
+    version: "v1",
+    plural: "secrets",
+    kind: "Secret",
+    routes: routes::SECRETS,
+    status_subresource: false,
+    tracks_generation: false,
+    create_on_update: false,
+    unconditional_update: true,
+    built_in: true,
+};
+
+/// Kinds served under `/apis/{group}/{version}/…` by the generic object store.
+const GENERIC: [Kind; 6] = [
+    Kind::Rotation,
+    Kind::Event,
+    Kind::Lease,
+    Kind::Deployment,
+    Kind::StatefulSet,
+    Kind::DaemonSet,
+];
+
+impl Kind {
+    pub(super) fn info(self) -> &'static KindInfo {
+        match self {
+            Kind::Rotation => &ROTATION,
+            Kind::Event => &EVENT,
+            Kind::Lease => &LEASE,
+            Kind::Deployment => &DEPLOYMENT,
+            Kind::StatefulSet => &STATEFUL_SET,
+            Kind::DaemonSet => &DAEMON_SET,
+            Kind::Secret => &SECRET,
+        }
+    }
+
+    /// The generic kind served at `/apis/{group}/{version}/…/{plural}`, if any.
+    pub(super) fn find(group: &str, version: &str, plural: &str) -> Option<Kind> {
+        GENERIC.into_iter().find(|k| {
+            let info = k.info();
+            info.group == group && info.version == version && info.plural == plural
+        })
+    }
+
+    pub(super) fn is_workload(self) -> bool {
+        matches!(self, Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet)
+    }
+}
+
+impl KindInfo {
+    pub(super) fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `leases.coordination.k8s.io`, or `secrets` for the core group, as errors name it.
+    pub(super) fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    fn details(&self, name: &str, kind: &str) -> Value {
+        let mut details = json!({ "name": name, "kind": kind });
+        if !self.group.is_empty() {
+            details["group"] = json!(self.group);
+        }
+        details
+    }
+
+    pub(super) fn not_found(&self, name: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", self.qualified()),
+            self.details(name, self.plural),
+        )
+    }
+
+    pub(super) fn already_exists(&self, name: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", self.qualified()),
+            self.details(name, self.plural),
+        )
+    }
+
+    /// The optimistic-concurrency refusal: the `resourceVersion` sent is not the current one.
+    pub(super) fn modified(&self, name: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                self.qualified()
+            ),
+            self.details(name, self.plural),
+        )
+    }
+
+    pub(super) fn invalid(&self, name: &str, field: &str, detail: &str) -> ApiError {
+        let mut details = self.details(name, self.kind);
+        details["causes"] =
+            json!([{ "reason": "FieldValueInvalid", "message": detail, "field": field }]);
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {field}: {detail}", self.kind),
+            details,
+        )
+    }
+}
+
+/// A refusal as the API server words it in a `metav1.Status` (code, reason, message,
+/// details); also what the seeding helpers return when a write is refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl ApiError {
+    pub(super) fn new(
+        code: StatusCode,
+        reason: &'static str,
+        message: String,
+        details: Value,
+    ) -> Self {
+        Self {
+            code,
+            reason,
+            message,
+            details,
+        }
+    }
+
+    pub(super) fn bad_request(message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message, json!({}))
+    }
+
+    /// A path the server does not serve, as the API server answers it.
+    pub(super) fn no_such_resource() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".to_string(),
+            json!({}),
+        )
+    }
+
+    pub(super) fn namespace_not_found(namespace: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+            json!({ "name": namespace, "kind": "namespaces" }),
+        )
+    }
+
+    pub(super) fn unsupported_media_type(got: &str, built_in: bool) -> Self {
+        let strategic = if built_in {
+            ", application/strategic-merge-patch+json"
+        } else {
+            ""
+        };
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{strategic} (got {got:?})"
+            ),
+            json!({}),
+        )
+    }
+}
+
+impl From<ApiError> for super::Refusal {
+    fn from(error: ApiError) -> Self {
+        super::status(error.code, error.reason, error.message, error.details)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} {})",
+            self.message,
+            self.code.as_u16(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
