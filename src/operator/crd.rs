@@ -125,6 +125,10 @@ pub struct KeyVaultTarget {
     pub vault_url: String,
     #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
     pub secret_name: String,
+    /// Whether Key Vault's authentication challenge must name the vault's own domain
+    /// (default true). Turn off only for a vault behind a private host name or proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_challenge_resource: Option<bool>,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -293,7 +297,7 @@ impl ClientSecretRotation {
                 (Some(vault), _) => Some(TargetConfig::KeyVault(KeyVaultConfigTarget {
                     vault_url: url::Url::parse(&vault.vault_url).ok()?,
                     secret_name: vault.secret_name.clone(),
-                    verify_challenge_resource: true,
+                    verify_challenge_resource: vault.verify_challenge_resource.unwrap_or(true),
                 })),
                 (None, Some(secret)) => Some(TargetConfig::KubernetesSecret(KubernetesSecretTarget {
                     namespace: namespace.clone(),

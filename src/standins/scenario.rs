@@ -94,6 +94,11 @@ impl Scenario {
         Ok(())
     }
 
+    /// A kubeconfig for the Kubernetes stand-in (for `KUBECONFIG`).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir().join("kubeconfig")
+    }
+
     fn dir(&self) -> &Path {
         self.config_path.parent().unwrap_or(Path::new("."))
     }

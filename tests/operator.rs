@@ -1,0 +1,163 @@
+//! The operator end to end: the real `entra-rotator controller` and CronJob pass, kube's
+//! real client and kube-runtime, against the stand-ins over sockets.
+
+use entra_rotator::standins::graph::ROUTE_ADD_PASSWORD;
+use entra_rotator::standins::kubernetes::WorkloadKind;
+use entra_rotator::standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, VAULT_SECRET};
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+const NAMESPACE: &str = "dify";
+const NAME: &str = "dify-smtp";
+
+fn spec(scenario: &Scenario, revoke_grace: &str) -> Value {
+    json!({
+        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
+        "lifetime": "4320h",
+        "revokeGracePeriod": revoke_grace,
+        "targets": [
+            { "secret": { "name": SECRET_NAME, "keys": {
+                "SMTP_USERNAME": "{{smtpUsername}}", "SMTP_PASSWORD": "{{secret}}", "SMTP_SERVER": "{{smtpHost}}" } } },
+            { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": VAULT_SECRET, "verifyChallengeResource": false } }
+        ],
+        "verification": { "smtp": {
+            "host": "localhost", "port": scenario.relay.port(),
+            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example",
+            "retryBudget": "30s" } },
+        "rollout": [ { "kind": "Deployment", "selector": { "matchLabels": { "app": "dify" } } } ]
+    })
+}
+
+async fn world(revoke_grace: &str) -> Scenario {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_workload(NAMESPACE, WorkloadKind::Deployment, "dify-api", &[("app", "dify")]).unwrap();
+    scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec(&scenario, revoke_grace)).unwrap();
+    scenario
+}
+
+fn rotator(scenario: &Scenario, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
+    command
+        .args(args)
+        .args(["--azure-config", scenario.config_path.to_str().unwrap()])
+        .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    command
+}
+
+fn controller(scenario: &Scenario, identity: &str) -> Child {
+    rotator(scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", identity, "--health-addr", "127.0.0.1:0", "--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn status(scenario: &Scenario) -> Value {
+    scenario.kubernetes.rotation(NAMESPACE, NAME).and_then(|o| o.get("status").cloned()).unwrap_or(Value::Null)
+}
+
+fn condition(status: &Value, type_: &str) -> Option<(String, String)> {
+    status["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        (c["status"].as_str().unwrap_or_default().to_string(), c["reason"].as_str().unwrap_or_default().to_string())
+    })
+}
+
+/// Polls until `done` holds (the controller works asynchronously); fails after a minute.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn ours(scenario: &Scenario) -> Vec<String> {
+    scenario
+        .target_now()
+        .passwords
+        .iter()
+        .filter(|p| p.display_name.as_deref() == Some("entra-rotator:dify/dify-smtp"))
+        .map(|p| p.key_id.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn controller_rotates_stores_verifies_restarts_and_reports() {
+    let scenario = world("0s").await;
+    let _controller = controller(&scenario, "replica-a");
+    eventually("the rotation is Ready", || condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")).await;
+
+    let status = status(&scenario);
+    let key_id = status["currentKeyId"].as_str().unwrap().to_string();
+    assert_eq!(ours(&scenario), vec![key_id.clone()]);
+    assert_eq!(condition(&status, "Verified").unwrap().0, "True");
+    assert_eq!(condition(&status, "ExpiringSoon").unwrap().0, "False");
+    assert!(status["notAfter"].is_string() && status["renewalTime"].is_string());
+    assert_eq!(status["observedGeneration"], 1);
+
+    let secret = scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap();
+    assert_eq!(secret.annotations["entra-rotator.io/key-id"], key_id);
+    assert_eq!(scenario.vault.latest(VAULT_SECRET).unwrap().tags["keyId"], key_id);
+    let annotations = scenario.kubernetes.pod_template_annotations(NAMESPACE, WorkloadKind::Deployment, "dify-api");
+    assert_eq!(annotations.get("entra-rotator.io/key-id"), Some(&key_id), "the Deployment was restarted with the keyId");
+
+    let reasons: Vec<String> = scenario.kubernetes.events(NAMESPACE).into_iter().map(|e| e.reason).collect();
+    for expected in ["Minted", "Stored", "Verified", "Restarted"] {
+        assert!(reasons.iter().any(|r| r == expected), "no {expected} Event in {reasons:?}");
+    }
+    assert!(scenario.target_now().passwords.iter().any(|p| p.key_id == scenario.foreign_key_id), "hand-made secret untouched");
+
+    // A secret deleted out of band is noticed through the Secret watch and restored.
+    scenario.kubernetes.delete_secret(NAMESPACE, SECRET_NAME);
+    eventually("the deleted Secret is written again", || scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_some()).await;
+}
+
+#[tokio::test]
+async fn cronjob_pass_rotates_once_then_finds_nothing_due() {
+    let scenario = world("0s").await;
+    let first = rotator(&scenario, &["run", "--namespace", NAMESPACE]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&first.stdout).to_string() + &String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{text}");
+    assert!(text.contains("dify/dify-smtp: rotated: new keyId"), "{text}");
+    assert_eq!(condition(&status(&scenario), "Ready").unwrap(), ("True".into(), "Rotated".into()));
+
+    let second = rotator(&scenario, &["run", "--all-namespaces"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(second.status.success());
+    assert!(text.contains("dify/dify-smtp: up to date"), "{text}");
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1);
+}
+
+#[tokio::test]
+async fn cronjob_pass_fails_with_exit_1_and_a_degraded_status() {
+    let scenario = world("0s").await;
+    scenario.graph.faults().push(ROUTE_ADD_PASSWORD, entra_rotator::standins::faults::Fault::status(403));
+    let output = rotator(&scenario, &["run", "--namespace", NAMESPACE]).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let status = status(&scenario);
+    assert_eq!(condition(&status, "Degraded").unwrap(), ("True".into(), "GraphFailed".into()));
+    assert_eq!(status["failedAttempts"], 1);
+    assert!(status["lastError"].as_str().unwrap().contains("Application.ReadWrite.OwnedBy"));
+}
+
+#[tokio::test]
+async fn two_controllers_never_rotate_the_same_app_twice() {
+    let scenario = world("0s").await;
+    let _a = controller(&scenario, "replica-a");
+    let _b = controller(&scenario, "replica-b");
+    eventually("the rotation is Ready", || condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")).await;
+    // Give the standby every chance to act wrongly.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1, "exactly one secret minted");
+    assert_eq!(ours(&scenario).len(), 1);
+    let lease = scenario.kubernetes.lease(NAMESPACE, "entra-rotator-leader").unwrap();
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap();
+    assert!(holder == "replica-a" || holder == "replica-b", "{lease}");
+}
