@@ -234,26 +234,6 @@ fn assert_settled_with_one_credential(scenario: &Scenario, point: &str) {
     );
 }
 
-/// The rerun's one-line result, e.g. `settled` or `up to date`, for the table.
-fn outcome_word(text: &str) -> String {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("dify-smtp: "))
-        .unwrap_or("dify-smtp: ?");
-    let what = line.trim_start_matches("dify-smtp: ");
-    let word = what.split([':', ';']).next().unwrap_or(what);
-    let removed = text.contains("minted earlier but its value reached no store");
-    let revoked = text.contains("revoked old keyId");
-    let mut result = word.to_string();
-    if removed {
-        result.push_str(", removed the unstored secret");
-    }
-    if revoked {
-        result.push_str(", revoked the old secret");
-    }
-    result
-}
-
 #[tokio::test]
 async fn kill_during_observe_while_reading_graph() {
     crash_at(

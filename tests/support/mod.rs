@@ -13,6 +13,7 @@ use entra_rotator::standins::graph::ROUTE_REMOVE_PASSWORD;
 use entra_rotator::standins::scenario::{
     ROTATION, SECRET_NAME, SECRET_NAMESPACE, Scenario, VAULT_SECRET,
 };
+use entra_rotator::standins::tenant::AuthFailure;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,6 +190,26 @@ pub fn engine_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The rerun's one-line result, e.g. `settled` or `up to date`, for the table.
+pub fn outcome_word(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("dify-smtp: "))
+        .unwrap_or("dify-smtp: ?");
+    let what = line.trim_start_matches("dify-smtp: ");
+    let word = what.split([':', ';']).next().unwrap_or(what);
+    let removed = text.contains("minted earlier but its value reached no store");
+    let revoked = text.contains("revoked old keyId");
+    let mut result = word.to_string();
+    if removed {
+        result.push_str(", removed the unstored secret");
+    }
+    if revoked {
+        result.push_str(", revoked the old secret");
+    }
+    result
+}
+
 /// Runs the binary to completion.
 pub async fn run(scenario: &Scenario, extra: &[&str], transcript: &Transcript) -> RunOutput {
     Rotator::spawn(&scenario.config_path, extra, transcript)
@@ -246,18 +267,31 @@ pub fn stored_key_ids(scenario: &Scenario) -> [Option<Uuid>; 2] {
 
 /// Whether what consumers read right now authenticates against the tenant, in both stores.
 pub fn consumers_credential_works(scenario: &Scenario) -> Result<(), String> {
+    check_consumers(scenario, false)
+}
+
+/// Like [`consumers_credential_works`], but a value Entra has not replicated yet counts as
+/// working: it is a live credential of the application and starts authenticating by itself.
+pub fn consumers_credential_works_once_replicated(scenario: &Scenario) -> Result<(), String> {
+    check_consumers(scenario, true)
+}
+
+fn check_consumers(scenario: &Scenario, lag_ok: bool) -> Result<(), String> {
     let client_id = scenario.target.app_id;
     for (name, held) in ["Key Vault", "Kubernetes Secret"]
         .iter()
         .zip(stored(scenario))
     {
         let (key_id, value) = held.ok_or_else(|| format!("{name} holds no value"))?;
-        scenario
-            .tenant
-            .authenticate(client_id, &value)
-            .map_err(|failure| {
-                format!("{name} holds keyId {key_id:?}, which fails: {failure:?}")
-            })?;
+        match scenario.tenant.authenticate(client_id, &value) {
+            Ok(()) => {}
+            Err(AuthFailure::NotYetReplicated) if lag_ok => {}
+            Err(failure) => {
+                return Err(format!(
+                    "{name} holds keyId {key_id:?}, which fails: {failure:?}"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -287,8 +321,18 @@ pub struct Watched {
 
 impl Monitor {
     pub fn start(scenario: Arc<Scenario>) -> Self {
+        Self::spawn(scenario, false)
+    }
+
+    /// A monitor for tests with an Entra replication delay: a stored value that is live but
+    /// not replicated yet counts as working.
+    pub fn start_allowing_replication_lag(scenario: Arc<Scenario>) -> Self {
+        Self::spawn(scenario, true)
+    }
+
+    fn spawn(scenario: Arc<Scenario>, lag_ok: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(sample_until(scenario, stop.clone()));
+        let task = tokio::spawn(sample_until(scenario, stop.clone(), lag_ok));
         Self { stop, task }
     }
 
@@ -305,17 +349,20 @@ impl Monitor {
 async fn sample_until(
     scenario: Arc<Scenario>,
     stop: Arc<AtomicBool>,
+    lag_ok: bool,
 ) -> (Vec<Sample>, Vec<String>) {
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut violations = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        if let Err(problem) = consumers_credential_works(&scenario) {
+        if let Err(problem) = check_consumers(&scenario, lag_ok) {
             // A store may have been rewritten between our read and the check: only a value
             // that is still what the store holds counts against the promise.
-            let again = consumers_credential_works(&scenario);
+            let again = check_consumers(&scenario, lag_ok);
+            // Keep the first few moments: enough to diagnose, short enough to read.
             if let Err(still) = again
                 && still == problem
+                && violations.len() < 5
             {
                 violations.push(format!("{:?}: {problem}", started.elapsed()));
             }
@@ -406,4 +453,169 @@ pub fn assert_log_verifies_before_revoking(text: &str) {
 /// A fresh scenario shared with a monitor.
 pub async fn scenario() -> Arc<Scenario> {
     Arc::new(Scenario::start().await.expect("stand-ins start"))
+}
+
+/// The scenario's rotation wired in this process to the production adapters, with every
+/// client timeout set to `timeout` (the binary's are 30 s: too long to wait out in tests)
+/// and short retry delays. Revocation and orphan grace periods are 0s.
+pub fn in_process_rotation(
+    scenario: &Scenario,
+    timeout: Duration,
+) -> entra_rotator::engine::Rotation {
+    use entra_rotator::adapters::graph::{GraphClient, GraphConfig, RetryPolicy};
+    use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
+    use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
+    use entra_rotator::adapters::keyvault::{KeyVaultSettings, KeyVaultStore};
+    use entra_rotator::adapters::kubernetes::{
+        KubernetesSecretSettings, KubernetesSecretStore, SmtpVariables,
+    };
+    use entra_rotator::adapters::smtp::{AuthMechanism, SmtpVerification, SmtpVerifier, TlsMode};
+    use entra_rotator::config::{Config, CredentialConfig, TargetConfig, VerificationConfig};
+    use entra_rotator::domain::{AppRef, SecretString};
+    use entra_rotator::engine::policy::Timing;
+    use entra_rotator::engine::{Rotation, VerifyRetry};
+
+    let config = Config::load(&scenario.config_path).expect("the scenario's configuration loads");
+    let rotation = &config.rotations[0];
+    let CredentialConfig::ClientSecret {
+        tenant_id,
+        client_id,
+        ..
+    } = &config.azure.credential
+    else {
+        panic!("the scenario signs the rotator in with a client secret");
+    };
+    let trust = TlsTrust {
+        extra_root_pems: vec![scenario.pki.ca_pem().to_string()],
+    };
+    let http = http_client(&trust, timeout).unwrap();
+    let credential = rotator_credential(
+        &RotatorCredential::ClientSecret {
+            tenant_id: tenant_id.clone(),
+            client_id: client_id.clone(),
+            secret: SecretString::from(scenario.rotator_secret.clone()),
+        },
+        Some(&scenario.graph.authority_host()),
+        http.clone(),
+    )
+    .unwrap();
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(2),
+    };
+    let directory = GraphClient::new(
+        GraphConfig {
+            base_url: scenario.graph.graph_url(),
+            retry,
+        },
+        credential.clone(),
+        http.clone(),
+    )
+    .unwrap();
+
+    let mut kube_config = kube::Config::new(scenario.kubernetes.url().parse().unwrap());
+    kube_config.root_cert = Some(
+        rustls_pemfile::certs(&mut scenario.pki.ca_pem().as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect(),
+    );
+    kube_config.read_timeout = Some(timeout);
+    let kube_client = kube::Client::try_from(kube_config).unwrap();
+
+    let VerificationConfig::Smtp(smtp) = &rotation.verification else {
+        panic!("the scenario verifies through the relay");
+    };
+    let app = AppRef {
+        tenant_id: scenario.tenant.tenant_id,
+        client_id: scenario.target.app_id,
+        object_id: None,
+    };
+    let username = format!(
+        "{}|{}|{}",
+        entra_rotator::standins::scenario::ACS_RESOURCE,
+        app.client_id,
+        app.tenant_id
+    );
+    let mut stores: Vec<Arc<dyn entra_rotator::engine::ports::SecretStore>> = Vec::new();
+    for target in &rotation.targets {
+        match target {
+            TargetConfig::KeyVault(vault) => {
+                let mut settings =
+                    KeyVaultSettings::new(vault.vault_url.as_str(), vault.secret_name.clone());
+                settings.verify_challenge_resource = false;
+                stores.push(Arc::new(
+                    KeyVaultStore::new(
+                        settings,
+                        credential.clone(),
+                        azure_client_options(http.clone()),
+                    )
+                    .unwrap(),
+                ));
+            }
+            TargetConfig::KubernetesSecret(secret) => stores.push(Arc::new(
+                KubernetesSecretStore::new(
+                    kube_client.clone(),
+                    KubernetesSecretSettings {
+                        namespace: secret.namespace.clone(),
+                        name: secret.name.clone(),
+                        keys: secret.keys.clone(),
+                        variables: SmtpVariables {
+                            smtp_host: Some(smtp.host.clone()),
+                            smtp_port: Some(smtp.port),
+                            smtp_username: Some(username.clone()),
+                            smtp_from: Some(smtp.from.clone()),
+                        },
+                    },
+                )
+                .unwrap(),
+            )),
+        }
+    }
+    let verifier = SmtpVerifier::new(
+        SmtpVerification {
+            host: smtp.host.clone(),
+            port: smtp.port,
+            tls: TlsMode::StartTls,
+            mechanism: AuthMechanism::Login,
+            username: smtp.username.clone(),
+            from: smtp.from.clone(),
+            to: smtp.to.clone(),
+            timeout,
+        },
+        &trust,
+    )
+    .unwrap();
+    Rotation {
+        name: rotation.name.clone(),
+        app,
+        timing: Timing {
+            lifetime: rotation.lifetime.chrono(),
+            renew_before: rotation.renew_before().chrono(),
+            revoke_grace: chrono::Duration::zero(),
+            orphan_grace: chrono::Duration::zero(),
+        },
+        directory: Arc::new(directory),
+        stores,
+        verifier: Some(Arc::new(verifier)),
+        rollout: None,
+        verify_retry: VerifyRetry {
+            budget: Duration::from_secs(10),
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        },
+    }
+}
+
+/// An engine on the wall clock that keeps its events in memory.
+pub fn engine() -> (
+    entra_rotator::engine::Engine,
+    Arc<entra_rotator::engine::events::RecordingSink>,
+) {
+    let events = Arc::new(entra_rotator::engine::events::RecordingSink::default());
+    let engine = entra_rotator::engine::Engine::new(
+        Arc::new(entra_rotator::engine::ports::SystemClock),
+        events.clone(),
+    );
+    (engine, events)
 }
