@@ -406,6 +406,63 @@ async fn lease_patches_respect_a_resource_version_precondition() {
         f.cluster.lease(NS, "l").unwrap()["spec"]["holderIdentity"],
         "pod-b"
     );
+
+    // Two appliers: the second one's non-forced apply of a field the first owns conflicts.
+    let claim = |holder: &str| {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "spec": { "holderIdentity": holder, "leaseDurationSeconds": 15 },
+        })
+    };
+    leases
+        .patch(
+            "m",
+            &PatchParams::apply("lm-pod-a"),
+            &Patch::Apply(&claim("pod-a")),
+        )
+        .await
+        .unwrap();
+    let contested = leases
+        .patch(
+            "m",
+            &PatchParams::apply("lm-pod-b"),
+            &Patch::Apply(&claim("pod-b")),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = contested else {
+        panic!("API error")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        status.message,
+        "Apply failed with 1 conflict: conflict with \"lm-pod-a\" using coordination.k8s.io/v1: .spec.holderIdentity"
+    );
+    // Releasing (strategic-merge nulls) frees the fields, and the next apply wins.
+    let release = json!({ "spec": { "holderIdentity": null, "leaseDurationSeconds": null } });
+    leases
+        .patch(
+            "m",
+            &PatchParams {
+                field_manager: Some("lm-pod-a".into()),
+                ..Default::default()
+            },
+            &Patch::Strategic(&release),
+        )
+        .await
+        .unwrap();
+    leases
+        .patch(
+            "m",
+            &PatchParams::apply("lm-pod-b"),
+            &Patch::Apply(&claim("pod-b")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.cluster.lease(NS, "m").unwrap()["spec"]["holderIdentity"],
+        "pod-b"
+    );
 }
 
 #[tokio::test]
@@ -450,6 +507,26 @@ async fn recorder_events_are_recorded_and_repeats_become_a_series() {
     assert_eq!(event.count, 2);
     assert_eq!(f.cluster.faults().count(routes::EVENTS.create), 1);
     assert_eq!(f.cluster.faults().count(routes::EVENTS.patch), 1);
+
+    // A note longer than the API server accepts is refused, as in a real cluster.
+    let verbose = RecorderEvent {
+        note: Some("x".repeat(1025)),
+        reason: "RotationFailed".to_string(),
+        ..minted
+    };
+    let refused = recorder.publish(&verbose, &reference).await.unwrap_err();
+    let kube::Error::Api(status) = refused else {
+        panic!("API error")
+    };
+    assert_eq!(status.code, 422);
+    assert_eq!(
+        status.message,
+        format!(
+            "Event.events.k8s.io \"{}\" is invalid: note: Invalid value: \"\": can have at most 1024 characters",
+            status.details.as_ref().unwrap().name
+        )
+    );
+    assert_eq!(f.cluster.events(NS).len(), 1);
 }
 
 #[tokio::test]
@@ -761,4 +838,51 @@ async fn a_kube_runtime_controller_reconciles_each_generation() {
         f.cluster.rotation(NS, "r").unwrap()["metadata"]["generation"],
         2
     );
+}
+
+/// kube-lease-manager (what the controller elects its leader with) relies on server-side
+/// apply ownership: a second replica's non-forced apply of `holderIdentity` conflicts.
+/// Two managers on one Lease: exactly one leads; after it releases, the other takes over.
+#[tokio::test]
+async fn kube_lease_manager_elects_exactly_one_leader() {
+    let f = fixture().await;
+    let manager = |identity: &str| {
+        kube_lease_manager::LeaseManagerBuilder::new(f.client.clone(), "entra-rotator")
+            .with_namespace(NS)
+            .with_identity(identity)
+            .with_duration(2)
+            .with_grace(1)
+            .build()
+    };
+    let a = manager("pod-a").await.unwrap();
+    let b = manager("pod-b").await.unwrap();
+
+    let (leader, standby) = tokio::select! {
+        won = a.changed() => { assert!(won.unwrap()); (a, b) }
+        won = b.changed() => { assert!(won.unwrap()); (b, a) }
+    };
+    let holder = |cluster: &KubernetesStandin| {
+        cluster.lease(NS, "entra-rotator").unwrap()["spec"]["holderIdentity"].clone()
+    };
+    let leader_name = holder(&f.cluster);
+    assert!(
+        leader_name == "pod-a" || leader_name == "pod-b",
+        "{leader_name}"
+    );
+    // Well within the 2 s lease, the standby cannot take it.
+    let too_early = tokio::time::timeout(Duration::from_millis(300), standby.changed()).await;
+    assert!(
+        too_early.is_err(),
+        "the standby must not lead while the Lease is held"
+    );
+    assert_eq!(holder(&f.cluster), leader_name);
+
+    leader.release().await.unwrap();
+    let took_over = tokio::time::timeout(Duration::from_secs(10), standby.changed())
+        .await
+        .expect("the standby leads once the Lease is released")
+        .unwrap();
+    assert!(took_over);
+    assert_ne!(holder(&f.cluster), leader_name);
+    assert!(f.cluster.faults().count(routes::LEASES.patch) >= 3);
 }

@@ -218,14 +218,31 @@ impl KindInfo {
         )
     }
 
-    pub(super) fn invalid(&self, name: &str, field: &str, detail: &str) -> ApiError {
+    /// `Kind.group`, as `Invalid` messages name it (`Lease.coordination.k8s.io`).
+    fn group_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// A `422 Invalid` listing each `(field, detail)` the way the API server joins them.
+    pub(super) fn invalid(&self, name: &str, errors: &[(String, String)]) -> ApiError {
         let mut details = self.details(name, self.kind);
-        details["causes"] =
-            json!([{ "reason": "FieldValueInvalid", "message": detail, "field": field }]);
+        details["causes"] = errors
+            .iter()
+            .map(|(field, detail)| json!({ "reason": "FieldValueInvalid", "message": detail, "field": field }))
+            .collect();
+        let listed: Vec<String> = errors.iter().map(|(f, d)| format!("{f}: {d}")).collect();
+        let joined = match listed.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {field}: {detail}", self.kind),
+            format!("{} \"{name}\" is invalid: {joined}", self.group_kind()),
             details,
         )
     }

@@ -257,8 +257,10 @@ pub(super) fn name_to_create(info: &KindInfo, body: &Value) -> Result<String, Ap
     }
     Err(info.invalid(
         "",
-        "metadata.name",
-        "Required value: name or generateName is required",
+        &[(
+            "metadata.name".to_string(),
+            "Required value: name or generateName is required".to_string(),
+        )],
     ))
 }
 
@@ -340,7 +342,61 @@ pub(super) fn write(
             updated(info, target, old, doc, &updater)
         }
     };
+    validate(kind, namespace, name, &next.body)?;
     Ok(commit(cluster, kind, namespace, name, existing, next))
+}
+
+/// The API server's validation of what the operator writes where it can fail in a real
+/// cluster: `events.k8s.io/v1` Events (required fields and length limits).
+fn validate(kind: Kind, namespace: &str, name: &str, body: &Value) -> Result<(), ApiError> {
+    if kind != Kind::Event {
+        return Ok(());
+    }
+    let text = |field: &str| body.get(field).and_then(Value::as_str).unwrap_or_default();
+    let mut errors = Vec::new();
+    let mut require = |field: &str, limit: Option<usize>| {
+        let value = text(field);
+        if value.is_empty() {
+            errors.push((field.to_string(), "Required value".to_string()));
+        } else if let Some(limit) = limit.filter(|l| value.len() > *l) {
+            errors.push((
+                field.to_string(),
+                format!("Invalid value: \"\": can have at most {limit} characters"),
+            ));
+        }
+    };
+    require("eventTime", None);
+    require("reportingController", None);
+    require("reportingInstance", Some(128));
+    require("action", Some(128));
+    require("reason", Some(128));
+    if text("note").len() > 1024 {
+        errors.push((
+            "note".to_string(),
+            "Invalid value: \"\": can have at most 1024 characters".to_string(),
+        ));
+    }
+    let regarding = body
+        .pointer("/regarding/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // An event about a cluster-scoped object lives in `default`.
+    let expected = if regarding.is_empty() {
+        "default"
+    } else {
+        regarding
+    };
+    if expected != namespace {
+        errors.push((
+            "regarding.namespace".to_string(),
+            format!("Invalid value: \"{regarding}\": does not match event.namespace"),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(kind.info().invalid(name, &errors))
+    }
 }
 
 /// `PUT` rules: a stale version conflicts; no version is refused unless the kind allows it.
@@ -354,8 +410,10 @@ fn check_replace_version(
         None if info.unconditional_update => Ok(()),
         None => Err(info.invalid(
             name,
-            "metadata.resourceVersion",
-            "Invalid value: 0x0: must be specified for an update",
+            &[(
+                "metadata.resourceVersion".to_string(),
+                "Invalid value: 0x0: must be specified for an update".to_string(),
+            )],
         )),
         Some(_) => check_precondition(info, name, body, old),
     }
