@@ -367,6 +367,16 @@ impl RotationConfig {
                 self.lifetime
             ));
         }
+        // Grace periods are added to dates; past the secret's own lifetime they mean nothing
+        // (the secret has expired by then) and huge ones would overflow the calendar.
+        for (field, grace) in [("revokeGracePeriod", self.revoke_grace_period), ("orphanGracePeriod", self.orphan_grace_period)] {
+            if grace > self.lifetime {
+                problems.push(format!(
+                    "{at}.{field}: {grace} is longer than lifetime {}; use at most the lifetime",
+                    self.lifetime
+                ));
+            }
+        }
         if self.targets.is_empty() {
             problems.push(format!("{at}.targets: name at least one store (keyVault or kubernetesSecret)"));
         }

@@ -1,0 +1,584 @@
+//! Hostile input, generated with proptest (cargo-fuzz needs a nightly toolchain, which this
+//! project does not use): the configuration file, durations and templates, Microsoft
+//! Graph and Key Vault answers (malformed JSON, wrong types, huge bodies, served by the
+//! stand-ins as 200 answers), and SMTP replies (malformed multi-line, overlong lines,
+//! non-UTF-8, early close, from a scripted server).
+//!
+//! For every case: no panic, an error that says what is wrong, and nothing changed on the
+//! application or in the stores. Case counts are small and fixed so the suite stays fast;
+//! `cargo test --test hostile_input -- --nocapture` prints the counts and times.
+
+mod support;
+
+use entra_rotator::adapters::http::TlsTrust;
+use entra_rotator::adapters::smtp::{AuthMechanism, SmtpVerification, SmtpVerifier, TlsMode};
+use entra_rotator::config::Config;
+use entra_rotator::config::duration::HumanDuration;
+use entra_rotator::engine::RunOptions;
+use entra_rotator::engine::ports::Verifier;
+use entra_rotator::standins::faults::Fault;
+use entra_rotator::standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION};
+use entra_rotator::standins::keyvault::routes as vault_routes;
+use entra_rotator::standins::scenario::Scenario;
+use entra_rotator::standins::tls::TestPki;
+use entra_rotator::template::Template;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::hostile_smtp::{HostileSmtp, Script};
+use support::*;
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(RunnerConfig {
+        cases,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    })
+}
+
+fn row(target: &str, cases: u32, started: Instant) {
+    println!(
+        "| {target} | {cases} | {:.1} s | 0 | 0 |",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A valid configuration, the seed the mutations start from.
+fn valid_config() -> String {
+    format!(
+        r#"azure:
+  credential:
+    type: clientSecret
+    tenantId: {t}
+    clientId: {c}
+    secretFile: /run/secrets/rotator
+rotations:
+  - name: dify-smtp
+    application:
+      tenantId: {t}
+      clientId: {c}
+    lifetime: 180d
+    renewBefore: 30d
+    revokeGracePeriod: 1h
+    orphanGracePeriod: 10m
+    targets:
+      - keyVault:
+          vaultUrl: https://kv.vault.azure.net
+          secretName: dify-smtp-password
+      - kubernetesSecret:
+          namespace: dify
+          name: dify-smtp
+          keys:
+            SMTP_PASSWORD: "{{{{secret}}}}"
+            SMTP_USERNAME: "{{{{smtpUsername}}}}"
+    verification:
+      smtp:
+        username: "acs|{{{{clientId}}}}|{{{{tenantId}}}}"
+        from: DoNotReply@example.azurecomm.net
+        to: canary@contoso.example
+        retryBudget: 5m
+"#,
+        t = "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        c = "0b6a4f7e-3d52-4d2b-9a8e-8f3c2b1a0e11",
+    )
+}
+
+/// The seed with one byte range replaced by generated text (keeps most of the structure,
+/// so the mutations reach the validation and not only the YAML parser).
+fn mutated_config() -> impl Strategy<Value = String> {
+    let seed = valid_config();
+    let len = seed.len();
+    (0..len, 0usize..40, "(?s).{0,40}").prop_map(move |(at, cut, insert)| {
+        let mut text = seed.clone();
+        let at = floor_char_boundary(&text, at);
+        let end = floor_char_boundary(&text, (at + cut).min(len));
+        text.replace_range(at..end, &insert);
+        text
+    })
+}
+
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+#[test]
+fn configuration_parsing_never_panics_and_names_the_problem() {
+    let started = Instant::now();
+    let cases = 256;
+    let strategy = prop_oneof![mutated_config(), "(?s).{0,300}"];
+    runner(cases)
+        .run(&strategy, |text| {
+            match Config::parse(&text, Path::new("rotator.yaml")) {
+                Ok(_) => {}
+                Err(error) => {
+                    let message = error.to_string();
+                    prop_assert!(
+                        message.starts_with("rotator.yaml"),
+                        "names the file: {message}"
+                    );
+                    prop_assert!(
+                        message.len() > "rotator.yaml: ".len() + 10,
+                        "says what: {message}"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    row(
+        "configuration file (mutated valid file, random text)",
+        cases,
+        started,
+    );
+}
+
+#[test]
+fn durations_parse_or_say_how_to_write_them() {
+    let started = Instant::now();
+    let cases = 256;
+    let strategy = prop_oneof![
+        "[0-9]{0,25}[a-z]{0,8}( [0-9]{0,5}[a-z]{0,3})?",
+        "(?s).{0,30}"
+    ];
+    runner(cases)
+        .run(&strategy, |text| {
+            match HumanDuration::parse(&text) {
+                Ok(duration) => {
+                    // Whatever parses converts without panicking.
+                    let _ = duration.chrono();
+                    let _ = duration.to_string();
+                }
+                Err(message) => prop_assert!(message.contains("write it like 180d"), "{message}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+    row("durations", cases, started);
+}
+
+#[test]
+fn every_duration_field_accepts_only_what_the_engine_can_compute_with() {
+    let started = Instant::now();
+    let cases = 128;
+    let fields = [
+        "lifetime: 180d",
+        "renewBefore: 30d",
+        "revokeGracePeriod: 1h",
+        "orphanGracePeriod: 10m",
+        "retryBudget: 5m",
+    ];
+    let strategy = (0..fields.len(), "[0-9]{1,20}(ns|us|ms|s|m|h|d|w|M|y)");
+    runner(cases)
+        .run(&strategy, |(field, value)| {
+            let line = fields[field];
+            let key = line.split(':').next().unwrap();
+            let text = valid_config().replace(line, &format!("{key}: {value}"));
+            if let Ok(config) = Config::parse(&text, Path::new("rotator.yaml")) {
+                let rotation = &config.rotations[0];
+                // What the engine adds to "now" and to start times: must not overflow.
+                let now = chrono::Utc::now();
+                for duration in [
+                    rotation.lifetime,
+                    rotation.renew_before(),
+                    rotation.revoke_grace_period,
+                    rotation.orphan_grace_period,
+                ] {
+                    prop_assert!(
+                        now.checked_add_signed(duration.chrono()).is_some(),
+                        "{key}: {value} was accepted but overflows a date"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    row(
+        "duration fields of a rotation (accepted values stay computable)",
+        cases,
+        started,
+    );
+}
+
+#[test]
+fn templates_parse_or_name_the_template() {
+    let started = Instant::now();
+    let cases = 256;
+    let strategy = prop_oneof![
+        "(\\{\\{ ?[a-zA-Z]{0,12} ?\\}?\\}?|[^{}]{0,5}|\\{|\\}){0,8}",
+        "(?s).{0,60}"
+    ];
+    runner(cases)
+        .run(&strategy, |text| {
+            match Template::parse(&text) {
+                Ok(template) => {
+                    let _ = template.render(&Default::default());
+                }
+                Err(error) => {
+                    prop_assert!(error.to_string().contains(&format!("{text:?}")), "{error}")
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    row("username and key templates", cases, started);
+}
+
+/// Arbitrary JSON: the shapes a broken proxy or a changed API could send.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "(?s).{0,20}".prop_map(Value::String),
+        Just(json!("00000000-0000-0000-0000-00000000000z")),
+        Just(json!("2026-13-45T99:99:99Z")),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("(id|appId|keyId|displayName|passwordCredentials|secretText|endDateTime|value|attributes|tags|[a-z]{1,8})", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A valid application answer with one field replaced by arbitrary JSON.
+fn wrong_typed_application(scenario: &Scenario) -> impl Strategy<Value = Value> {
+    let valid = json!({
+        "id": scenario.target.object_id,
+        "appId": scenario.target.app_id,
+        "displayName": "dify-mail",
+        "passwordCredentials": [{
+            "keyId": uuid::Uuid::new_v4(),
+            "displayName": "entra-rotator:dify-smtp",
+            "startDateTime": "2026-01-01T00:00:00Z",
+            "endDateTime": "2026-07-01T00:00:00Z",
+            "hint": "abc",
+            "secretText": null
+        }]
+    });
+    let fields = ["id", "appId", "displayName", "passwordCredentials"];
+    (0..fields.len(), json_value()).prop_map(move |(field, replacement)| {
+        let mut answer = valid.clone();
+        answer[fields[field]] = replacement;
+        answer
+    })
+}
+
+/// Graph answers `200 OK` with hostile bodies to the read and to addPassword; the run
+/// stops with a protocol error, nothing is minted or stored, no value leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
+    let started = Instant::now();
+    let scenario = scenario().await;
+    let transcript = Transcript::default();
+    run_ok(&scenario, &[], &transcript).await;
+    let before = (our_key_ids(&scenario), stored_key_ids(&scenario));
+    let rotation = in_process_rotation(&scenario, Duration::from_secs(5));
+    let (engine, _) = engine();
+    let handle = tokio::runtime::Handle::current();
+    let cases = 96;
+    let strategy = (
+        any::<bool>(),
+        prop_oneof![json_value(), wrong_typed_application(&scenario)],
+    );
+    let result = tokio::task::block_in_place(|| {
+        runner(cases).run(&strategy, |(on_mint, body)| {
+            let route = if on_mint {
+                ROUTE_ADD_PASSWORD
+            } else {
+                ROUTE_GET_APPLICATION
+            };
+            scenario
+                .graph
+                .faults()
+                .push(route, Fault::status(200).body(body));
+            let outcome = handle.block_on(engine.run(
+                &rotation,
+                RunOptions {
+                    force: true,
+                    dry_run: false,
+                },
+            ));
+            scenario.graph.faults().clear();
+            let changed = (our_key_ids(&scenario), stored_key_ids(&scenario)) != before;
+            match outcome {
+                Err(error) => {
+                    prop_assert!(
+                        error.to_string().contains("Microsoft Graph"),
+                        "names Graph: {error}"
+                    );
+                    prop_assert!(!changed, "a refused answer changed something");
+                }
+                // A body that happens to be a valid application answer is just read.
+                Ok(outcome) => prop_assert!(
+                    !on_mint,
+                    "a hostile addPassword answer was accepted: {outcome:?}"
+                ),
+            }
+            if changed {
+                return Err(TestCaseError::fail("state changed"));
+            }
+            Ok(())
+        })
+    });
+    result.unwrap();
+
+    // Huge bodies: 8 MiB of JSON, valid and not.
+    let huge = "x".repeat(8 << 20);
+    for body in [json!({ "id": huge }), json!([huge])] {
+        scenario
+            .graph
+            .faults()
+            .push(ROUTE_GET_APPLICATION, Fault::status(200).body(body));
+        let error = engine
+            .run(
+                &rotation,
+                RunOptions {
+                    force: true,
+                    dry_run: false,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().len() < 4096,
+            "the error does not quote the body"
+        );
+    }
+    // A leaky malformed addPassword answer: the value must not reach the error.
+    scenario.graph.faults().push(
+        ROUTE_ADD_PASSWORD,
+        Fault::status(200)
+            .body(json!({ "keyId": 42, "secretText": "Leaky~Secret.Value_0123456789abcdefghijk" })),
+    );
+    let error = engine
+        .run(
+            &rotation,
+            RunOptions {
+                force: true,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        !format!("{error} {error:?}").contains("Leaky~Secret"),
+        "{error}"
+    );
+    assert_eq!((our_key_ids(&scenario), stored_key_ids(&scenario)), before);
+    row(
+        "Graph answers (200 with arbitrary or wrong-typed JSON, 8 MiB bodies)",
+        cases + 3,
+        started,
+    );
+}
+
+/// Key Vault answers `200 OK` with hostile bodies to the read: the store reports an
+/// error naming the vault, the run stops before minting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_vault_answers_malformed_or_wrong_typed_change_nothing() {
+    let started = Instant::now();
+    let scenario = scenario().await;
+    let transcript = Transcript::default();
+    run_ok(&scenario, &[], &transcript).await;
+    let before = (our_key_ids(&scenario), stored_key_ids(&scenario));
+    let rotation = in_process_rotation(&scenario, Duration::from_secs(5));
+    let (engine, _) = engine();
+    let handle = tokio::runtime::Handle::current();
+    let cases = 96;
+    let valid = json!({
+        "value": "not-a-real-secret",
+        "id": format!("{}/secrets/x/0123", scenario.vault.vault_url()),
+        "attributes": { "enabled": true, "created": 1, "updated": 1 },
+        "tags": { "keyId": uuid::Uuid::new_v4() }
+    });
+    let fields = ["value", "id", "attributes", "tags"];
+    let strategy = prop_oneof![
+        json_value(),
+        (0..fields.len(), json_value()).prop_map(move |(field, replacement)| {
+            let mut answer = valid.clone();
+            answer[fields[field]] = replacement;
+            answer
+        }),
+    ];
+    let adds = scenario.graph.faults().count(ROUTE_ADD_PASSWORD);
+    let result = tokio::task::block_in_place(|| {
+        runner(cases).run(&strategy, |body| {
+            scenario
+                .vault
+                .faults()
+                .push(vault_routes::GET_SECRET, Fault::status(200).body(body));
+            let outcome = handle.block_on(engine.run(&rotation, RunOptions::default()));
+            scenario.vault.faults().clear();
+            if let Err(error) = &outcome {
+                prop_assert!(
+                    error.to_string().contains("Key Vault"),
+                    "names the vault: {error}"
+                );
+            }
+            prop_assert_eq!(
+                (our_key_ids(&scenario), stored_key_ids(&scenario)),
+                before.clone()
+            );
+            Ok(())
+        })
+    });
+    result.unwrap();
+    let minted = scenario.graph.faults().count(ROUTE_ADD_PASSWORD) - adds;
+    // A wrong answer may say "no secret of ours here"; that triggers a rotation whose own
+    // writes then go to the real vault. Count such rotations; none may lose anything.
+    assert!(minted <= cases as u64);
+    consumers_credential_works(&scenario).unwrap();
+    row(
+        "Key Vault answers (200 with arbitrary or wrong-typed JSON)",
+        cases,
+        started,
+    );
+}
+
+/// One hostile SMTP reply line or block.
+fn hostile_reply() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // Well-formed replies with arbitrary codes.
+        (100u16..600, "[ -~]{0,40}")
+            .prop_map(|(code, text)| format!("{code} {text}\r\n").into_bytes()),
+        // Multi-line replies whose codes disagree or never end.
+        (200u16..260, 200u16..600, 0usize..4).prop_map(|(a, b, n)| {
+            let mut reply = format!("{a}-first\r\n").repeat(n);
+            reply.push_str(&format!("{b} last\r\n"));
+            reply.into_bytes()
+        }),
+        Just(b"250-no final line\r\n".to_vec()),
+        // Overlong lines, bare LF, no line end, non-UTF-8, NUL, garbage.
+        (1usize..70_000).prop_map(|n| format!("250 {}\r\n", "A".repeat(n)).into_bytes()),
+        Just(b"250 bare line feed\n".to_vec()),
+        Just(b"250 no line end".to_vec()),
+        Just(b"25".to_vec()),
+        prop::collection::vec(any::<u8>(), 0..64),
+        Just(b"\xff\xfe\x00 220 \x00\r\n".to_vec()),
+    ]
+}
+
+fn hostile_script() -> impl Strategy<Value = (bool, Script)> {
+    let greeting = prop_oneof![Just(b"220 relay ready\r\n".to_vec()), hostile_reply()];
+    (
+        any::<bool>(),
+        greeting,
+        prop::collection::vec(hostile_reply(), 0..8),
+    )
+        .prop_map(|(tls, greeting, replies)| (tls, Script { greeting, replies }))
+}
+
+/// The verifier against scripted replies, before STARTTLS and (with TLS from the first
+/// byte) in AUTH, MAIL, RCPT and DATA: an error naming the relay, never a panic or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
+    let started = Instant::now();
+    let pki = TestPki::generate().unwrap();
+    let trust = TlsTrust {
+        extra_root_pems: vec![pki.ca_pem().to_string()],
+    };
+    let app = entra_rotator::domain::AppRef {
+        tenant_id: uuid::Uuid::new_v4(),
+        client_id: uuid::Uuid::new_v4(),
+        object_id: None,
+    };
+    let secret = entra_rotator::domain::SecretString::from(
+        "Hostile~Test.Secret_value_0123456789abcd".to_string(),
+    );
+    let handle = tokio::runtime::Handle::current();
+    let cases = 64;
+    let result = tokio::task::block_in_place(|| {
+        runner(cases).run(&hostile_script(), |(tls, script)| {
+            handle.block_on(async {
+                let server = HostileSmtp::start(script, tls.then_some(&pki)).await;
+                let verifier = SmtpVerifier::new(
+                    SmtpVerification {
+                        host: "localhost".into(),
+                        port: server.port(),
+                        tls: if tls {
+                            TlsMode::Implicit
+                        } else {
+                            TlsMode::StartTls
+                        },
+                        mechanism: AuthMechanism::Login,
+                        username: Template::parse("acs|{{clientId}}|{{tenantId}}").unwrap(),
+                        from: "DoNotReply@example.azurecomm.net".into(),
+                        to: "canary@contoso.example".into(),
+                        timeout: Duration::from_secs(3),
+                    },
+                    &trust,
+                )
+                .unwrap();
+                match verifier.verify(&app, &secret).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        let message = error.to_string();
+                        prop_assert!(
+                            message.contains(&format!("localhost:{}", server.port())),
+                            "names the relay: {message}"
+                        );
+                        prop_assert!(
+                            !message.contains("Hostile~Test"),
+                            "the secret leaked into: {message}"
+                        );
+                        prop_assert!(
+                            message.len() < 8192,
+                            "the error does not quote an overlong reply in full"
+                        );
+                        Ok(())
+                    }
+                }
+            })
+        })
+    });
+    result.unwrap();
+    row(
+        "SMTP replies (malformed multi-line, 70 kB lines, non-UTF-8, early close; plain and TLS)",
+        cases,
+        started,
+    );
+}
+
+/// Regression: `revokeGracePeriod: 300000y` used to be accepted, and the engine's date
+/// arithmetic (`start + grace`) then panicked mid-run. Now the file is refused up front.
+#[tokio::test]
+async fn a_grace_period_past_the_calendar_is_refused_before_anything_runs() {
+    let text = valid_config().replace("revokeGracePeriod: 1h", "revokeGracePeriod: 300000y");
+    let error = Config::parse(&text, Path::new("rotator.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("revokeGracePeriod: 109575000d is longer than lifetime 180d"),
+        "{error}"
+    );
+
+    let scenario = scenario().await;
+    scenario
+        .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 300000y")
+        .unwrap();
+    let output = run(&scenario, &["--force"], &Transcript::default()).await;
+    assert_eq!(output.code, Some(2), "{}", tail(&output.text));
+    assert!(
+        output
+            .text
+            .contains("orphanGracePeriod: 109575000d is longer than lifetime"),
+        "{}",
+        tail(&output.text)
+    );
+    assert!(!output.text.contains("panicked"), "{}", tail(&output.text));
+    assert_eq!(
+        scenario.graph.faults().count(ROUTE_GET_APPLICATION),
+        0,
+        "nothing was read or changed"
+    );
+}
