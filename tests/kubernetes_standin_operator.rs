@@ -597,7 +597,7 @@ async fn a_strategic_merge_patch_restarts_a_deployment_and_it_rolls_out() {
 }
 
 #[tokio::test]
-async fn strategic_merge_is_refused_for_the_custom_resource() {
+async fn strategic_merge_and_dry_runs_are_refused_for_the_custom_resource() {
     let f = fixture().await;
     f.cluster.create_rotation(NS, "r", spec("c-1")).unwrap();
     let refused = f
@@ -613,6 +613,27 @@ async fn strategic_merge_is_refused_for_the_custom_resource() {
         panic!("API error")
     };
     assert_eq!(status.code, 415);
+
+    // Dry runs are refused rather than silently persisted.
+    let dry = f
+        .rotations()
+        .patch(
+            "r",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(&json!({ "spec": { "suspend": true } })),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = dry else {
+        panic!("API error")
+    };
+    assert_eq!(status.code, 400);
+    assert!(status.message.contains("dryRun"), "{}", status.message);
+    assert!(
+        f.cluster.rotation(NS, "r").unwrap()["spec"]
+            .get("suspend")
+            .is_none()
+    );
 }
 
 fn managed_secret(name: &str, managed: bool) -> Secret {

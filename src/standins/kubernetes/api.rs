@@ -26,6 +26,17 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))
 }
 
+/// The stand-in does not model dry runs; refusing them beats persisting what a test
+/// believes was only tried.
+fn refuse_dry_run(params: &HashMap<String, String>) -> Result<(), ApiError> {
+    match params.get("dryRun") {
+        Some(mode) => Err(ApiError::bad_request(format!(
+            "the Kubernetes stand-in does not support dryRun={mode}; send the request without dryRun"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn is_watch(params: &HashMap<String, String>) -> bool {
     params.get("watch").is_some_and(|w| w == "true" || w == "1")
 }
@@ -140,6 +151,7 @@ pub(super) async fn create(
     if let Some(fault) = shared.faults.intercept(info.routes.create).await {
         return Ok(fault);
     }
+    refuse_dry_run(&params)?;
     let body = parse_json(&body)?;
     let name = objects::name_to_create(info, &body)?;
     let manager = update_manager(&params, &headers);
@@ -201,6 +213,7 @@ async fn replace(
     if let Some(fault) = shared.faults.intercept(route).await {
         return Ok(fault);
     }
+    refuse_dry_run(&params)?;
     let body = parse_json(&body)?;
     let manager = update_manager(&params, &headers);
     let (code, object) = objects::write(
@@ -230,6 +243,7 @@ async fn patch(
     if let Some(fault) = shared.faults.intercept(route).await {
         return Ok(fault);
     }
+    refuse_dry_run(&params)?;
     let (write, manager) = decode_patch(info, &params, &headers, &body)?;
     let (code, object) = objects::write(
         &mut shared.cluster(),
