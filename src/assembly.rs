@@ -3,7 +3,7 @@
 //! surface talks to Azure and Kubernetes the same way.
 
 use crate::adapters::graph::{GraphClient, GraphConfig};
-use crate::adapters::http::{azure_client_options, http_client, TlsTrust};
+use crate::adapters::http::{azure_client_options, http_client, ApiObserver, ObservingPolicy, TlsTrust};
 use crate::adapters::identity::{rotator_credential, RotatorCredential};
 use crate::adapters::kubernetes::SmtpVariables;
 use crate::config::{AzureSettings, CredentialConfig, KubernetesSettings, RotationConfig, TargetConfig, TlsSettings, VerificationConfig};
@@ -34,19 +34,44 @@ pub struct Assembly {
     http: reqwest::Client,
     trust: TlsTrust,
     kube: Option<kube::Client>,
+    observer: Option<Arc<dyn ApiObserver>>,
+    /// One Key Vault client per vault, so each learns the vault's challenge only once.
+    vaults: crate::adapters::keyvault::KeyVaultClients,
 }
 
 impl Assembly {
     pub fn new(azure: &AzureSettings, tls: &TlsSettings, kube: Option<kube::Client>) -> Result<Self, AssemblyError> {
+        Self::observed(azure, tls, kube, None)
+    }
+
+    /// Like [`Assembly::new`], reporting every Graph and Key Vault request to `observer`.
+    pub fn observed(
+        azure: &AzureSettings,
+        tls: &TlsSettings,
+        kube: Option<kube::Client>,
+        observer: Option<Arc<dyn ApiObserver>>,
+    ) -> Result<Self, AssemblyError> {
         let trust = load_trust(tls)?;
         let http = http_client(&trust, Duration::from_secs(30)).map_err(|e| assembly_error("tls", e))?;
         let credential = rotator_credential(&resolve_credential(&azure.credential)?, Some(&azure.authority_host), http.clone())
             .map_err(|e| assembly_error("azure.credential", e))?;
-        let directory: Arc<dyn Directory> = Arc::new(
-            GraphClient::new(GraphConfig::new(azure.graph_url.clone()), credential.clone(), http.clone())
-                .map_err(|e| assembly_error("azure.graphUrl", e))?,
-        );
-        Ok(Self { directory, credential, http, trust, kube })
+        let mut graph = GraphClient::new(GraphConfig::new(azure.graph_url.clone()), credential.clone(), http.clone())
+            .map_err(|e| assembly_error("azure.graphUrl", e))?
+            .with_max_concurrent_requests(azure.max_concurrent_graph_requests);
+        if let Some(observer) = &observer {
+            graph = graph.with_observer(observer.clone());
+        }
+        let directory: Arc<dyn Directory> = Arc::new(graph);
+        Ok(Self { directory, credential, http, trust, kube, observer, vaults: Default::default() })
+    }
+
+    /// azure_core options for Key Vault: the shared HTTP client, and the observer per attempt.
+    fn key_vault_options(&self) -> azure_core::http::ClientOptions {
+        let mut options = azure_client_options(self.http.clone());
+        if let Some(observer) = &self.observer {
+            options.per_try_policies.push(Arc::new(ObservingPolicy { service: "keyvault", observer: observer.clone() }));
+        }
+        options
     }
 
     /// The Graph client shared by all rotations.
@@ -56,7 +81,7 @@ impl Assembly {
 
     /// Builds one rotation; `rollout` restarts its consumers (operator only).
     pub fn rotation(&self, config: &RotationConfig, rollout: Option<Arc<dyn Rollout>>) -> Result<Rotation, AssemblyError> {
-        let (directory, credential, http, trust) = (&self.directory, &self.credential, &self.http, &self.trust);
+        let (directory, credential, trust) = (&self.directory, &self.credential, &self.trust);
         let kube_client = self.kube.as_ref();
     // The configuration was validated, so these parse.
     let guid = |text: &str| Uuid::parse_str(text).map_err(|e| assembly_error(&config.name, e));
@@ -79,12 +104,9 @@ impl Assembly {
                 );
                 settings.verify_challenge_resource = vault.verify_challenge_resource;
                 Arc::new(
-                    crate::adapters::keyvault::KeyVaultStore::new(
-                        settings,
-                        credential.clone(),
-                        azure_client_options(http.clone()),
-                    )
-                    .map_err(|e| assembly_error(&config.name, e))?,
+                    self.vaults
+                        .store(settings, credential.clone(), || self.key_vault_options())
+                        .map_err(|e| assembly_error(&config.name, e))?,
                 )
             }
             TargetConfig::KubernetesSecret(secret) => {

@@ -15,11 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod alerting;
 pub mod assembly;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod metrics;
 pub mod operator;
 pub mod standins;
 pub mod template;

@@ -7,7 +7,14 @@
 //! is not idempotent: it is retried only when Graph certainly did not act on it (429, or the
 //! connection never opened), so a lost answer never mints a second secret. `removePassword`
 //! is idempotent: a keyId the application no longer has counts as removed.
+//!
+//! Concurrency: at most [`DEFAULT_MAX_CONCURRENT_REQUESTS`] calls (configurable) are in
+//! flight per client, admitted first come, first served; a call keeps its place while it
+//! waits to retry, so throttled calls finish before new ones start. A 429 with `Retry-After`
+//! pauses every call of the client until then, so the write budget is not hammered while
+//! it is exhausted and is shared across applications in arrival order.
 
+use super::http::ApiObserver;
 use crate::domain::{AppRef, Application, MintedSecret, PasswordCredential, SecretString};
 use crate::engine::ports::{Directory, GraphError};
 use async_trait::async_trait;
@@ -25,6 +32,8 @@ use uuid::Uuid;
 
 /// Graph's public endpoint.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// Graph calls in flight per client unless configured otherwise.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
 const SELECT_APPLICATION: &str = "$select=id,appId,displayName,passwordCredentials";
 /// Graph's answer to `removePassword` for a keyId the application does not have.
 const NO_SUCH_PASSWORD: &str = "No password credential found with keyId";
@@ -98,6 +107,11 @@ pub struct GraphClient {
     api: Url,
     scope: String,
     retry: RetryPolicy,
+    observer: Option<Arc<dyn ApiObserver>>,
+    /// Bounds the calls in flight; fair (FIFO) admission.
+    in_flight: tokio::sync::Semaphore,
+    /// No attempt starts before this instant (set by a 429 with `Retry-After`).
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl fmt::Debug for GraphClient {
@@ -146,7 +160,28 @@ impl GraphClient {
             api,
             scope,
             retry: config.retry,
+            observer: None,
+            in_flight: tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            paused_until: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Allows at most `limit` (at least 1) Graph calls in flight at once, retries included.
+    pub fn with_max_concurrent_requests(mut self, limit: usize) -> Self {
+        self.in_flight = tokio::sync::Semaphore::new(limit.max(1));
+        self
+    }
+
+    /// Reports every attempt (operation, status, latency) to `observer`, for metrics.
+    pub fn with_observer(mut self, observer: Arc<dyn ApiObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, operation: &str, status: Option<u16>, started: std::time::Instant) {
+        if let Some(observer) = &self.observer {
+            observer.observe("graph", operation, status, started.elapsed());
+        }
     }
 
     /// The token scope used for Graph, e.g. `https://graph.microsoft.com/.default`.
@@ -174,23 +209,44 @@ impl GraphClient {
 
     /// Sends one Graph request, retrying as `mode` allows; returns the body of a 2xx answer.
     async fn send(&self, call: &Call<'_>) -> Result<Vec<u8>, GraphError> {
+        // The semaphore is never closed; should it be, calls simply go unbounded.
+        let _permit = self.in_flight.acquire().await.ok();
         let client_request_id = Uuid::new_v4().to_string();
         let mut attempt = 1;
         loop {
+            self.wait_while_paused().await;
             let outcome = self.attempt(call, &client_request_id).await?;
             let (error, wait) = match outcome {
                 Attempt::Success(body) => return Ok(body),
                 Attempt::Failed { error, wait } => (error, wait),
             };
+            let throttled = matches!(wait, Some(Wait::RetryAfter(_)));
             let wait = wait
                 .filter(|_| attempt < self.retry.max_attempts)
                 .and_then(|w| w.resolve(&self.retry, attempt));
             let Some(wait) = wait else {
                 return Err(error);
             };
+            if throttled {
+                self.pause_for(wait);
+            }
             tracing::debug!(operation = call.operation, attempt, wait_ms = wait.as_millis() as u64, %error, "retrying Microsoft Graph call");
             tokio::time::sleep(wait).await;
             attempt += 1;
+        }
+    }
+
+    /// Holds every call of this client back for `wait` (Graph's `Retry-After`).
+    fn pause_for(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        *paused = Some(paused.map_or(until, |current| current.max(until)));
+    }
+
+    async fn wait_while_paused(&self) {
+        let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
         }
     }
 
@@ -208,11 +264,16 @@ impl GraphClient {
         if let Some(body) = &call.body {
             request = request.json(body);
         }
+        let started = std::time::Instant::now();
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return Ok(transport_failure(call, &error)),
+            Err(error) => {
+                self.observe(call.metric, None, started);
+                return Ok(transport_failure(call, &error));
+            }
         };
         let status = response.status();
+        self.observe(call.metric, Some(status.as_u16()), started);
         let headers = response.headers().clone();
         let body = match response.bytes().await {
             Ok(body) => body.to_vec(),
@@ -235,7 +296,10 @@ impl GraphClient {
 
 /// One logical Graph call.
 struct Call<'a> {
+    /// For messages: what and on which object.
     operation: &'a str,
+    /// For metrics: a fixed name (`getApplication`, `addPassword`, …).
+    metric: &'static str,
     method: Method,
     url: Url,
     body: Option<serde_json::Value>,
@@ -428,6 +492,7 @@ impl Directory for GraphClient {
         url.set_query(Some(SELECT_APPLICATION));
         let call = Call {
             operation: &operation,
+            metric: "getApplication",
             method: Method::GET,
             url,
             body: None,
@@ -467,6 +532,7 @@ impl Directory for GraphClient {
         });
         let call = Call {
             operation: &operation,
+            metric: "addPassword",
             method: Method::POST,
             url,
             body: Some(body),
@@ -505,6 +571,7 @@ impl Directory for GraphClient {
         let body = json!({ "keyId": key_id });
         let call = Call {
             operation: &operation,
+            metric: "removePassword",
             method: Method::POST,
             url,
             body: Some(body),
@@ -693,6 +760,7 @@ impl ApplicationPages<'_> {
         };
         let call = Call {
             operation: &self.operation,
+            metric: "listApplications",
             method: Method::GET,
             url,
             body: None,

@@ -45,3 +45,45 @@ pub fn azure_client_options(client: reqwest::Client) -> azure_core::http::Client
         ..Default::default()
     }
 }
+
+/// Sees every request an adapter sends (one call per attempt), for metrics. Never sees
+/// bodies or headers, so it cannot leak a secret.
+pub trait ApiObserver: Send + Sync {
+    /// `service` is e.g. `graph` or `keyvault`; `status` is `None` when no answer came.
+    fn observe(&self, service: &'static str, operation: &str, status: Option<u16>, elapsed: Duration);
+}
+
+/// An azure_core per-try policy reporting each Key Vault attempt to an [`ApiObserver`].
+pub struct ObservingPolicy {
+    pub service: &'static str,
+    pub observer: Arc<dyn ApiObserver>,
+}
+
+impl std::fmt::Debug for ObservingPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservingPolicy").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::policies::Policy for ObservingPolicy {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        // The operation is the HTTP method and the collection, e.g. `PUT secrets`: bounded,
+        // and free of secret names.
+        let collection = request.url().path_segments().and_then(|mut s| s.next()).unwrap_or("").to_string();
+        let operation = format!("{} {collection}", request.method());
+        let started = std::time::Instant::now();
+        let result = match next.split_first() {
+            Some((policy, rest)) => policy.send(ctx, request, rest).await,
+            None => return Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Other, "no transport policy")),
+        };
+        let status = result.as_ref().ok().map(|r| u16::from(r.status()));
+        self.observer.observe(self.service, &operation, status, started.elapsed());
+        result
+    }
+}

@@ -40,6 +40,9 @@ pub struct AzureSettings {
     pub graph_url: Url,
     #[serde(default)]
     pub credential: CredentialConfig,
+    /// Graph calls in flight at once, shared by every rotation of the process.
+    #[serde(default = "default_graph_concurrency", deserialize_with = "graph_concurrency")]
+    pub max_concurrent_graph_requests: usize,
 }
 
 impl Default for AzureSettings {
@@ -48,7 +51,27 @@ impl Default for AzureSettings {
             authority_host: default_authority_host(),
             graph_url: default_graph_url(),
             credential: CredentialConfig::default(),
+            max_concurrent_graph_requests: default_graph_concurrency(),
         }
+    }
+}
+
+fn default_graph_concurrency() -> usize {
+    crate::adapters::graph::DEFAULT_MAX_CONCURRENT_REQUESTS
+}
+
+/// Largest accepted `maxConcurrentGraphRequests`: more only earns throttling.
+pub const MAX_GRAPH_CONCURRENCY: usize = 64;
+
+fn graph_concurrency<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if (1..=MAX_GRAPH_CONCURRENCY).contains(&value) {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "maxConcurrentGraphRequests is {value}; use 1 to {MAX_GRAPH_CONCURRENCY} (default {})",
+            default_graph_concurrency()
+        )))
     }
 }
 
@@ -271,6 +294,9 @@ pub struct ServiceSettings {
     pub azure: AzureSettings,
     #[serde(default)]
     pub tls: TlsSettings,
+    /// Where expiry and failure notifications go (operator only).
+    #[serde(default)]
+    pub notifications: crate::alerting::NotificationSettings,
 }
 
 impl ServiceSettings {

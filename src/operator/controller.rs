@@ -26,13 +26,15 @@ pub struct ControllerSettings {
     pub identity: String,
     /// Serves /healthz and /readyz.
     pub health_addr: SocketAddr,
+    /// Reconciles in progress at once.
+    pub concurrency: u16,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (then returns an error so the
 /// process exits and Kubernetes restarts it as a standby).
 pub async fn run(ctx: Arc<Context>, settings: ControllerSettings) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
-    let health = tokio::spawn(serve_health(settings.health_addr, ready.clone()));
+    let health = tokio::spawn(serve_health(settings.health_addr, ready.clone(), ctx.metrics.clone()));
 
     let lease = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &settings.lease_name)
         .with_namespace(&settings.lease_namespace)
@@ -94,6 +96,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
             watcher::Config::default().labels("app.kubernetes.io/managed-by=entra-rotator"),
             move |secret: Secret| rotations_writing(&lookup, &secret),
         )
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency.max(1)))
         .shutdown_on_signal()
         .run(
             |object, ctx: Arc<Context>| async move {
@@ -126,9 +129,14 @@ fn rotations_writing(
         .collect()
 }
 
-async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>) {
+/// `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<crate::metrics::Metrics>) {
     use axum::{http::StatusCode, routing::get, Router};
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
+    let metrics_route = get(move || {
+        let metrics = metrics.clone();
+        async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], metrics.encode()) }
+    });
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", metrics_route).route(
         "/readyz",
         get(move || {
             let ready = ready.clone();

@@ -256,6 +256,14 @@ pub struct ClientSecretRotationStatus {
     pub failed_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The smallest alert threshold already notified for `notifiedKeyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_threshold: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_key_id: Option<String>,
+    /// Whether the current run of failures has been notified.
+    #[serde(default)]
+    pub failure_notified: bool,
 }
 
 /// The CustomResourceDefinition as YAML, as committed under `crds/`.

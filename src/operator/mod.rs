@@ -7,7 +7,9 @@ pub mod reconcile;
 pub mod rollout;
 pub mod status;
 
+use crate::alerting::Notifier;
 use crate::assembly::Assembly;
+use crate::metrics::Metrics;
 use crate::config::ServiceSettings;
 use crate::engine::ports::SystemClock;
 use kube::runtime::events::{Recorder, Reporter};
@@ -21,7 +23,11 @@ pub async fn context(settings: &ServiceSettings, instance: &str, drift_interval:
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig): {e}")
     })?;
-    let assembly = Assembly::new(&settings.azure, &settings.tls, Some(client.clone()))?;
+    let metrics = Arc::new(Metrics::new());
+    let assembly = Assembly::observed(&settings.azure, &settings.tls, Some(client.clone()), Some(metrics.clone()))?;
+    let trust = crate::assembly::load_trust(&settings.tls)?;
+    let http = crate::adapters::http::http_client(&trust, Duration::from_secs(30))?;
+    let notifier = Notifier::new(&settings.notifications, http, trust)?;
     let reporter = Reporter { controller: "entra-rotator".into(), instance: Some(instance.to_string()) };
     Ok(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -29,5 +35,7 @@ pub async fn context(settings: &ServiceSettings, instance: &str, drift_interval:
         assembly,
         clock: Arc::new(SystemClock),
         drift_interval,
+        metrics,
+        notifier,
     })
 }

@@ -5,7 +5,9 @@
 use super::crd::ClientSecretRotation;
 use super::rollout::WorkloadRollout;
 use super::status::{self, conditions};
+use crate::alerting::{Notification, Notifier, EXPIRING, FAILED};
 use crate::assembly::Assembly;
+use crate::metrics::{CredentialLabels, Metrics};
 use crate::config::duration::HumanDuration;
 use crate::engine::events::{Event as EngineEvent, RecordingSink};
 use crate::engine::ports::{Clock, Rollout};
@@ -27,6 +29,9 @@ pub struct Context {
     /// Look at every rotation at least this often, to notice secrets added or removed
     /// out of band.
     pub drift_interval: Duration,
+    pub metrics: Arc<Metrics>,
+    /// `None` when no notification channel is configured.
+    pub notifier: Option<Notifier>,
 }
 
 /// The result of one reconcile, for logs, the CronJob pass and the requeue.
@@ -82,7 +87,8 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
     let result = engine.run(&rotation, RunOptions::default()).await;
     publish_events(ctx, object, &sink.events(), result.as_ref().err()).await;
 
-    let (next, summary, failed, soonest) = match &result {
+    let events = sink.events();
+    let (mut next, summary, failed, mut soonest) = match &result {
         Ok(outcome) => (
             status::after_outcome(&previous, outcome, generation, now, &thresholds),
             crate::cli::outcome_line(&name, outcome),
@@ -95,9 +101,113 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
             (next, crate::cli::error_line(&name, error), true, Some(retry))
         }
     };
+    record_metrics(ctx, object, &next, &result, &events, now);
+    if !notify(ctx, object, &mut next, result.as_ref().err(), &thresholds, now).await {
+        // Undelivered notifications are retried soon, not at the next due time.
+        soonest = soonest.min(Some(now + chrono::Duration::minutes(1))).or(Some(now + chrono::Duration::minutes(1)));
+    }
     write_status(ctx, object, &next).await?;
     let requeue_after = next_wake(&next, now, &thresholds, soonest, ctx.drift_interval);
     Ok(Reconciled { summary, failed, requeue_after })
+}
+
+fn record_metrics(
+    ctx: &Context,
+    object: &ClientSecretRotation,
+    next: &super::crd::ClientSecretRotationStatus,
+    result: &Result<Outcome, EngineError>,
+    events: &[(String, EngineEvent)],
+    now: DateTime<Utc>,
+) {
+    let rotation = object.rotation_name();
+    let decided = events.iter().find_map(|(_, e)| match e {
+        EngineEvent::Decided { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    let (label, reason) = match result {
+        Ok(Outcome::UpToDate { .. }) => ("up_to_date", "UpToDate"),
+        Ok(Outcome::InFlight { .. }) => ("in_flight", "RotationInFlight"),
+        Ok(Outcome::Settled { minted: true, .. }) => ("rotated", decided.unwrap_or("Rotated")),
+        Ok(Outcome::Settled { .. }) => ("settled", decided.unwrap_or("Settled")),
+        Ok(Outcome::Planned(_)) => ("planned", "DryRun"),
+        Err(error) => ("failed", error.category()),
+    };
+    ctx.metrics.count_reconcile(label, reason);
+    if label == "rotated" {
+        ctx.metrics.set_last_success(&rotation, now);
+    }
+    for (_, event) in events {
+        if let EngineEvent::Verified { attempts, .. } = event {
+            ctx.metrics.observe_verification(*attempts);
+        }
+    }
+    if let Err(EngineError::Verification { attempts, .. }) = result {
+        ctx.metrics.observe_verification(*attempts);
+    }
+    if let (Some(key_id), Some(expires)) = (&next.current_key_id, status::parse_time(&next.not_after)) {
+        let labels = CredentialLabels { rotation, app_id: object.spec.application.client_id.clone(), key_id: key_id.clone() };
+        ctx.metrics.set_credential(labels, expires);
+    }
+}
+
+/// Sends what is due (one notification per threshold crossing per keyId, one per run of
+/// failures) and records it in `next`. Returns false when a delivery failed.
+async fn notify(
+    ctx: &Context,
+    object: &ClientSecretRotation,
+    next: &mut super::crd::ClientSecretRotationStatus,
+    error: Option<&EngineError>,
+    thresholds: &[chrono::Duration],
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(notifier) = &ctx.notifier else { return true };
+    let mut delivered = true;
+    let base = Notification {
+        kind: EXPIRING,
+        rotation: object.rotation_name(),
+        application_id: object.spec.application.client_id.clone(),
+        key_id: next.current_key_id.clone(),
+        expires_at: status::parse_time(&next.not_after),
+        days_left: status::parse_time(&next.not_after).map(|at| (at - now).num_days()),
+        message: String::new(),
+    };
+    if let Some(threshold) = status::crossed_threshold(next, now, thresholds) {
+        let notified = status::notified_threshold(next).filter(|_| next.notified_key_id == next.current_key_id);
+        if notified.is_none_or(|done| threshold < done) {
+            let notification = Notification {
+                message: format!(
+                    "The stored client secret is within the {}-day alert threshold. entra-rotator rotates it at the renewal time; if this keeps coming, check the rotation's status and Events.",
+                    threshold.num_days()
+                ),
+                ..base.clone()
+            };
+            match notifier.notify(&notification).await {
+                Ok(()) => {
+                    next.notified_threshold = Some(HumanDuration(threshold.to_std().unwrap_or_default()).to_string());
+                    next.notified_key_id = next.current_key_id.clone();
+                }
+                Err(problem) => {
+                    delivered = false;
+                    publish(ctx, object, EventType::Warning, "NotificationFailed", &problem.to_string()).await;
+                }
+            }
+        }
+    }
+    match error {
+        Some(error) if !next.failure_notified => {
+            let notification = Notification { kind: FAILED, message: error.to_string(), ..base };
+            match notifier.notify(&notification).await {
+                Ok(()) => next.failure_notified = true,
+                Err(problem) => {
+                    delivered = false;
+                    publish(ctx, object, EventType::Warning, "NotificationFailed", &problem.to_string()).await;
+                }
+            }
+        }
+        Some(_) => {}
+        None => next.failure_notified = false,
+    }
+    delivered
 }
 
 /// When the engine itself needs to act again.

@@ -155,8 +155,7 @@ pub fn after_error(
 pub fn update_expiry(status: &mut ClientSecretRotationStatus, generation: Option<i64>, now: DateTime<Utc>, thresholds: &[Duration]) {
     let Some(not_after) = parse_time(&status.not_after) else { return };
     let left = not_after - now;
-    let crossed = thresholds.iter().filter(|t| left <= **t).min();
-    match crossed {
+    match crossed_threshold(status, now, thresholds) {
         Some(threshold) => set_condition(
             status,
             EXPIRING_SOON,
@@ -168,6 +167,18 @@ pub fn update_expiry(status: &mut ClientSecretRotationStatus, generation: Option
         ),
         None => set_condition(status, EXPIRING_SOON, false, NOT_EXPIRING, format!("expires at {}", rfc3339(not_after)), generation, now),
     }
+}
+
+/// The smallest alert threshold the time left is within, if any.
+pub fn crossed_threshold(status: &ClientSecretRotationStatus, now: DateTime<Utc>, thresholds: &[Duration]) -> Option<Duration> {
+    let left = parse_time(&status.not_after)? - now;
+    thresholds.iter().filter(|t| left <= **t).min().copied()
+}
+
+/// The threshold already notified, as recorded in the status.
+pub fn notified_threshold(status: &ClientSecretRotationStatus) -> Option<Duration> {
+    let text = status.notified_threshold.as_deref()?;
+    crate::config::duration::HumanDuration::parse(text).ok().map(|d| d.chrono())
 }
 
 /// The next moment an alert threshold is crossed, so the controller wakes up for it.
