@@ -1,0 +1,1139 @@
+//! The Helm chart (`charts/entra-rotator`), checked like code: `helm lint`, `helm template`
+//! in both modes and the main value combinations, every rendered object validated against
+//! the Kubernetes schemas (kubernetes-validate, offline), and assertions on what a platform
+//! engineer cares about: least-privilege RBAC, hardened pods, probes and metrics on the
+//! `http` port, the CronJob never overlapping, the Azure sign-in wiring, container arguments
+//! the binary accepts, and the chart's CRD being the committed one.
+//!
+//! `helm` comes from `ENTRA_ROTATOR_HELM` (set by .ci/run) or `PATH`, kubernetes-validate
+//! from `ENTRA_ROTATOR_KUBERNETES_VALIDATE` or `PATH`. Without them each test prints a skip
+//! notice, except under CI, where a missing tool fails the test.
+
+use entra_rotator::config::{CredentialConfig, ServiceSettings};
+use entra_rotator::operator::crd::ClientSecretRotation;
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const RELEASE: &str = "rotator";
+const NAMESPACE: &str = "ops";
+const IDENTITY: &str = "azure.workloadIdentity.clientId=11111111-1111-1111-1111-111111111111";
+const CLIENT_SECRET: &[&str] = &[
+    "azure.credential=clientSecret",
+    "azure.clientSecret.tenantId=22222222-2222-2222-2222-222222222222",
+    "azure.clientSecret.clientId=33333333-3333-3333-3333-333333333333",
+    "azure.clientSecret.existingSecret=rotator-credential",
+];
+/// Kubernetes versions the rendered objects must be valid for: the chart's kubeVersion
+/// floor and the newest schema kubernetes-validate ships.
+const KUBERNETES_VERSIONS: &[&str] = &["1.31.0", "1.37.0"];
+/// prometheus-operator kinds: their schemas are CRDs that are not available offline.
+const NOT_VALIDATED_OFFLINE: &[&str] = &["ServiceMonitor", "PrometheusRule"];
+
+fn chart() -> PathBuf {
+    Path::new(ROOT).join("charts/entra-rotator")
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Controller,
+    CronJob,
+}
+
+/// One `helm template` call and what it is expected to produce.
+struct Scenario {
+    name: &'static str,
+    mode: Mode,
+    sets: Vec<&'static str>,
+    values_file: Option<&'static str>,
+    /// The namespace whose ClientSecretRotations are handled (unless cluster-wide).
+    watched: &'static str,
+    cluster_wide: bool,
+    rollout: bool,
+    client_secret: bool,
+    monitoring: bool,
+}
+
+impl Scenario {
+    fn new(name: &'static str, mode: Mode) -> Self {
+        let mut sets = vec![IDENTITY];
+        if mode == Mode::CronJob {
+            sets.push("mode=cronjob");
+        }
+        Self {
+            name,
+            mode,
+            sets,
+            values_file: None,
+            watched: NAMESPACE,
+            cluster_wide: false,
+            rollout: false,
+            client_secret: false,
+            monitoring: false,
+        }
+    }
+    fn cluster_wide(mut self) -> Self {
+        self.sets.push("watch.allNamespaces=true");
+        self.cluster_wide = true;
+        self
+    }
+    fn rollout(mut self) -> Self {
+        self.sets.push("rollout.enabled=true");
+        self.rollout = true;
+        self
+    }
+    fn client_secret(mut self) -> Self {
+        self.sets.retain(|s| *s != IDENTITY);
+        self.sets.extend_from_slice(CLIENT_SECRET);
+        self.client_secret = true;
+        self
+    }
+    fn monitoring(mut self) -> Self {
+        if self.mode == Mode::Controller {
+            self.sets.push("metrics.serviceMonitor.enabled=true");
+        }
+        self.sets.push("metrics.prometheusRule.enabled=true");
+        self.sets
+            .push("tls.extraRootCertificatesConfigMap=corporate-proxy-ca");
+        self.monitoring = true;
+        self
+    }
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let mut dify = Scenario::new("examples/helm/values.yaml (Dify on ACS)", Mode::Controller);
+    dify.sets.clear();
+    dify.values_file = Some("examples/helm/values.yaml");
+    dify.watched = "dify";
+    dify.rollout = true;
+    dify.monitoring = true;
+    vec![
+        Scenario::new("controller, defaults (namespaced RBAC)", Mode::Controller),
+        Scenario::new("controller, cluster-wide", Mode::Controller).cluster_wide(),
+        Scenario::new("controller, roll-out on", Mode::Controller).rollout(),
+        Scenario::new("controller, client secret", Mode::Controller).client_secret(),
+        Scenario::new(
+            "controller, ServiceMonitor + PrometheusRule",
+            Mode::Controller,
+        )
+        .monitoring(),
+        Scenario::new("cronjob, defaults", Mode::CronJob),
+        Scenario::new(
+            "cronjob, cluster-wide, roll-out, client secret",
+            Mode::CronJob,
+        )
+        .cluster_wide()
+        .rollout()
+        .client_secret(),
+        Scenario::new("cronjob, PrometheusRule", Mode::CronJob).monitoring(),
+        dify,
+    ]
+}
+
+/// A tool from an environment variable or `PATH`; `None` (after a notice) when absent
+/// outside CI.
+fn tool(variable: &str, name: &str, version_arg: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(name));
+    let runs = Command::new(&path)
+        .arg(version_arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if runs {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{name} not found at {}: .ci/run installs it and sets {variable}; without it the chart is unchecked",
+        path.display()
+    );
+    eprintln!("skipped: {name} not found; run `bash .ci/run` or set {variable}=/path/to/{name}");
+    None
+}
+
+fn helm() -> Option<PathBuf> {
+    tool("ENTRA_ROTATOR_HELM", "helm", "version")
+}
+
+fn run(command: &mut Command) -> std::process::Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+fn template_command(helm: &Path, scenario: &Scenario) -> Command {
+    let mut command = Command::new(helm);
+    command.args(["template", RELEASE]).arg(chart()).args([
+        "--namespace",
+        NAMESPACE,
+        "--include-crds",
+    ]);
+    if let Some(file) = scenario.values_file {
+        command.arg("--values").arg(Path::new(ROOT).join(file));
+    }
+    for set in &scenario.sets {
+        command.args(["--set", set]);
+    }
+    command
+}
+
+/// The objects one scenario renders.
+struct Rendered {
+    scenario: Scenario,
+    objects: Vec<Value>,
+}
+
+impl Rendered {
+    fn kind(&self, kind: &str) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let found = self.kind(kind);
+        assert_eq!(
+            found.len(),
+            1,
+            "{}: expected one {kind}, found {}",
+            self.scenario.name,
+            found.len()
+        );
+        found[0]
+    }
+
+    /// The pod template of the Deployment or the CronJob's Jobs.
+    fn pod(&self) -> &Value {
+        match self.scenario.mode {
+            Mode::Controller => &self.one("Deployment")["spec"]["template"],
+            Mode::CronJob => &self.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"],
+        }
+    }
+
+    fn container(&self) -> &Value {
+        let containers = self.pod()["spec"]["containers"]
+            .as_sequence()
+            .expect("containers");
+        assert_eq!(
+            containers.len(),
+            1,
+            "{}: one container expected",
+            self.scenario.name
+        );
+        &containers[0]
+    }
+
+    fn args(&self) -> Vec<String> {
+        strings(&self.container()["args"])
+    }
+
+    fn settings(&self) -> ServiceSettings {
+        let text = self.one("ConfigMap")["data"]["azure.yaml"]
+            .as_str()
+            .expect("azure.yaml in the ConfigMap");
+        serde_yaml::from_str(text).unwrap_or_else(|e| {
+            panic!(
+                "{}: azure.yaml is not what --azure-config reads: {e}\n{text}",
+                self.scenario.name
+            )
+        })
+    }
+}
+
+fn render(helm: &Path, scenario: Scenario) -> Rendered {
+    let output = run(&mut template_command(helm, &scenario));
+    assert!(
+        output.status.success(),
+        "{}: helm template failed:\n{}",
+        scenario.name,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let objects = serde_yaml::Deserializer::from_str(&text)
+        .map(|document| {
+            Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", scenario.name))
+        })
+        .filter(|object| !object.is_null())
+        .collect();
+    Rendered { scenario, objects }
+}
+
+fn render_all(helm: &Path) -> Vec<Rendered> {
+    scenarios().into_iter().map(|s| render(helm, s)).collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set(value: &Value) -> BTreeSet<String> {
+    strings(value).into_iter().collect()
+}
+
+fn name(object: &Value) -> String {
+    format!(
+        "{}/{}",
+        object["kind"].as_str().unwrap_or("?"),
+        object["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+#[test]
+fn helm_lint_passes_for_the_defaults_and_the_dify_example() {
+    let Some(helm) = helm() else { return };
+    for extra in [
+        vec![],
+        vec![
+            "--values".to_string(),
+            format!("{ROOT}/examples/helm/values.yaml"),
+        ],
+    ] {
+        let output = run(Command::new(&helm)
+            .arg("lint")
+            .arg(chart())
+            .arg("--strict")
+            .args(&extra));
+        assert!(
+            output.status.success(),
+            "helm lint --strict {extra:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn every_rendered_object_is_valid_for_kubernetes() {
+    let Some(helm) = helm() else { return };
+    let Some(validator) = tool(
+        "ENTRA_ROTATOR_KUBERNETES_VALIDATE",
+        "kubernetes-validate",
+        "--version",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut skipped = BTreeSet::new();
+    for (index, rendered) in render_all(&helm).iter().enumerate() {
+        for (position, object) in rendered.objects.iter().enumerate() {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            if NOT_VALIDATED_OFFLINE.contains(&kind) {
+                skipped.insert(kind.to_string());
+                continue;
+            }
+            let file = dir
+                .path()
+                .join(format!("{index:02}-{position:02}-{kind}.yaml"));
+            std::fs::write(&file, serde_yaml::to_string(object).unwrap()).unwrap();
+            files.push(file);
+        }
+    }
+    for example in ["dify-smtp-secret.yaml", "dify-api-deployment.yaml"] {
+        files.push(Path::new(ROOT).join("examples/helm").join(example));
+    }
+    for version in KUBERNETES_VERSIONS {
+        let output = run(Command::new(&validator)
+            .args(["--strict", "--quiet", "--kubernetes-version", version])
+            .args(&files));
+        assert!(
+            output.status.success(),
+            "rendered objects are not valid for Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    eprintln!(
+        "validated {} objects against Kubernetes {KUBERNETES_VERSIONS:?}; not validated (CRD kinds without offline schemas): {skipped:?}",
+        files.len()
+    );
+    assert!(
+        files.len() > 60,
+        "too few objects rendered: {}",
+        files.len()
+    );
+}
+
+/// Verbs the rotator may ever hold; anything else (delete, escalate, bind, impersonate,
+/// `*`) is a finding.
+const ALLOWED_VERBS: &[&str] = &["get", "list", "watch", "create", "patch"];
+
+fn rules(role: &Value) -> &[Value] {
+    role["rules"]
+        .as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn verbs_on(roles: &[&Value], group: &str, resource: &str) -> BTreeSet<String> {
+    roles
+        .iter()
+        .flat_map(|role| rules(role))
+        .filter(|rule| {
+            set(&rule["apiGroups"]).contains(group) && set(&rule["resources"]).contains(resource)
+        })
+        .flat_map(|rule| strings(&rule["verbs"]))
+        .collect()
+}
+
+fn verbs(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|v| v.to_string()).collect()
+}
+
+#[test]
+fn rbac_grants_only_what_the_rotator_uses() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm) {
+        let s = &rendered.scenario;
+        let roles: Vec<&Value> = rendered
+            .kind("Role")
+            .into_iter()
+            .chain(rendered.kind("ClusterRole"))
+            .collect();
+        for role in &roles {
+            for rule in rules(role) {
+                for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                    assert!(
+                        !set(&rule[field]).contains("*"),
+                        "{}: {} has a wildcard in {field}",
+                        s.name,
+                        name(role)
+                    );
+                }
+                for verb in strings(&rule["verbs"]) {
+                    assert!(
+                        ALLOWED_VERBS.contains(&verb.as_str()),
+                        "{}: {} grants {verb}",
+                        s.name,
+                        name(role)
+                    );
+                }
+            }
+        }
+
+        let cluster_roles = rendered.kind("ClusterRole");
+        let cluster_bindings = rendered.kind("ClusterRoleBinding");
+        if s.cluster_wide {
+            assert_eq!(
+                (cluster_roles.len(), cluster_bindings.len()),
+                (1, 1),
+                "{}: one ClusterRole and its binding",
+                s.name
+            );
+        } else {
+            assert!(
+                cluster_roles.is_empty() && cluster_bindings.is_empty(),
+                "{}: cluster-wide RBAC (and so Secrets in every namespace) without watch.allNamespaces",
+                s.name
+            );
+        }
+        let watch_roles: Vec<&Value> = roles
+            .iter()
+            .copied()
+            .filter(|r| !verbs_on(&[r], "", "secrets").is_empty())
+            .collect();
+        assert_eq!(
+            watch_roles.len(),
+            1,
+            "{}: Secrets are granted by exactly one role",
+            s.name
+        );
+        if !s.cluster_wide {
+            assert_eq!(
+                watch_roles[0]["metadata"]["namespace"].as_str(),
+                Some(s.watched),
+                "{}: the Role lives in the watched namespace",
+                s.name
+            );
+        }
+        let scope = if s.cluster_wide {
+            None
+        } else {
+            Some(format!("--namespace={}", s.watched))
+        };
+        let args = rendered.args();
+        assert_eq!(
+            args.iter().find(|a| a.starts_with("--namespace")),
+            scope.as_ref(),
+            "{}: the binary watches what the Role grants",
+            s.name
+        );
+        assert_eq!(
+            args.contains(&"--all-namespaces".to_string()),
+            s.cluster_wide && s.mode == Mode::CronJob,
+            "{}",
+            s.name
+        );
+
+        let (rotations, secrets) = match s.mode {
+            Mode::Controller => (
+                verbs(&["get", "list", "watch"]),
+                verbs(&["get", "list", "watch", "create", "patch"]),
+            ),
+            Mode::CronJob => (verbs(&["get", "list"]), verbs(&["get", "create", "patch"])),
+        };
+        assert_eq!(
+            verbs_on(&roles, "entra-rotator.io", "clientsecretrotations"),
+            rotations,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            verbs_on(&roles, "entra-rotator.io", "clientsecretrotations/status"),
+            verbs(&["patch"]),
+            "{}",
+            s.name
+        );
+        assert_eq!(verbs_on(&roles, "", "secrets"), secrets, "{}", s.name);
+        assert_eq!(
+            verbs_on(&roles, "events.k8s.io", "events"),
+            verbs(&["create", "patch"]),
+            "{}",
+            s.name
+        );
+        for workload in ["deployments", "statefulsets", "daemonsets"] {
+            let expected = if s.rollout {
+                verbs(&["get", "list", "patch"])
+            } else {
+                BTreeSet::new()
+            };
+            assert_eq!(
+                verbs_on(&roles, "apps", workload),
+                expected,
+                "{}: {workload} only with rollout.enabled",
+                s.name
+            );
+        }
+
+        let leases: Vec<&Value> = roles
+            .iter()
+            .copied()
+            .filter(|r| !verbs_on(&[r], "coordination.k8s.io", "leases").is_empty())
+            .collect();
+        match s.mode {
+            Mode::Controller => {
+                assert_eq!(leases.len(), 1, "{}: one Lease Role", s.name);
+                assert_eq!(
+                    leases[0]["kind"].as_str(),
+                    Some("Role"),
+                    "{}: Leases are never cluster-wide",
+                    s.name
+                );
+                assert_eq!(
+                    leases[0]["metadata"]["namespace"].as_str(),
+                    Some(NAMESPACE),
+                    "{}",
+                    s.name
+                );
+                assert_eq!(
+                    verbs_on(&leases, "coordination.k8s.io", "leases"),
+                    verbs(&["get", "create", "patch"]),
+                    "{}",
+                    s.name
+                );
+                let lease_name = format!("{RELEASE}-entra-rotator-leader");
+                assert!(
+                    rendered
+                        .args()
+                        .contains(&format!("--lease-name={lease_name}")),
+                    "{}: the Lease the Role names",
+                    s.name
+                );
+                for rule in rules(leases[0])
+                    .iter()
+                    .filter(|r| set(&r["verbs"]).contains("patch"))
+                {
+                    assert_eq!(
+                        strings(&rule["resourceNames"]),
+                        vec![lease_name.clone()],
+                        "{}: patch only our Lease",
+                        s.name
+                    );
+                }
+            }
+            Mode::CronJob => assert!(leases.is_empty(), "{}: a CronJob needs no Lease", s.name),
+        }
+
+        for binding in rendered
+            .kind("RoleBinding")
+            .into_iter()
+            .chain(cluster_bindings)
+        {
+            let subjects = binding["subjects"].as_sequence().expect("subjects");
+            assert_eq!(subjects.len(), 1, "{}: {}", s.name, name(binding));
+            assert_eq!(subjects[0]["kind"].as_str(), Some("ServiceAccount"));
+            assert_eq!(
+                subjects[0]["name"],
+                rendered.pod()["spec"]["serviceAccountName"],
+                "{}: {}",
+                s.name,
+                name(binding)
+            );
+        }
+    }
+}
+
+#[test]
+fn pods_are_hardened_and_bounded() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm) {
+        let s = &rendered.scenario;
+        let pod = &rendered.pod()["spec"];
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            pod["securityContext"]["runAsUser"].as_u64(),
+            Some(65532),
+            "{}: the image's non-root user",
+            s.name
+        );
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{}",
+            s.name
+        );
+        let container = rendered.container();
+        let security = &container["securityContext"];
+        assert_eq!(
+            security["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            security["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{}",
+            s.name
+        );
+        assert_eq!(security["runAsNonRoot"].as_bool(), Some(true), "{}", s.name);
+        assert_eq!(
+            strings(&security["capabilities"]["drop"]),
+            vec!["ALL"],
+            "{}",
+            s.name
+        );
+        assert!(
+            security["capabilities"]["add"].is_null(),
+            "{}: no capability added",
+            s.name
+        );
+        assert_eq!(
+            security["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault"),
+            "{}",
+            s.name
+        );
+        for bound in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    container["resources"][bound][resource].is_string(),
+                    "{}: resources.{bound}.{resource} missing",
+                    s.name
+                );
+            }
+        }
+        assert!(
+            pod["hostNetwork"].is_null() && pod["hostPID"].is_null(),
+            "{}",
+            s.name
+        );
+        let writable: Vec<&str> = container["volumeMounts"]
+            .as_sequence()
+            .expect("volumeMounts")
+            .iter()
+            .filter(|m| m["readOnly"].as_bool() != Some(true))
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        assert_eq!(writable, vec!["/tmp"], "{}: only /tmp is writable", s.name);
+    }
+}
+
+#[test]
+fn the_controller_serves_probes_and_metrics_on_the_http_port() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm)
+        .into_iter()
+        .filter(|r| r.scenario.mode == Mode::Controller)
+    {
+        let s = &rendered.scenario;
+        let container = rendered.container();
+        let ports = container["ports"].as_sequence().expect("ports");
+        assert_eq!(ports.len(), 1, "{}", s.name);
+        assert_eq!(
+            (
+                ports[0]["name"].as_str(),
+                ports[0]["containerPort"].as_u64()
+            ),
+            (Some("http"), Some(8080)),
+            "{}",
+            s.name
+        );
+        assert!(
+            rendered
+                .args()
+                .contains(&"--health-addr=0.0.0.0:8080".to_string()),
+            "{}",
+            s.name
+        );
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(
+                (get["path"].as_str(), get["port"].as_str()),
+                (Some(path), Some("http")),
+                "{}: {probe}",
+                s.name
+            );
+        }
+        let deployment = rendered.one("Deployment");
+        assert!(
+            deployment["spec"]["replicas"].as_u64().unwrap_or(0) >= 2,
+            "{}: a standby by default",
+            s.name
+        );
+        assert_eq!(
+            rendered.one("PodDisruptionBudget")["spec"]["minAvailable"].as_u64(),
+            Some(1),
+            "{}",
+            s.name
+        );
+
+        let service = rendered.one("Service");
+        let service_ports = service["spec"]["ports"]
+            .as_sequence()
+            .expect("Service ports");
+        assert_eq!(
+            (
+                service_ports[0]["name"].as_str(),
+                service_ports[0]["targetPort"].as_str()
+            ),
+            (Some("http"), Some("http")),
+            "{}",
+            s.name
+        );
+        let pod_labels = &rendered.pod()["metadata"]["labels"];
+        for (key, value) in service["spec"]["selector"].as_mapping().expect("selector") {
+            assert_eq!(
+                &pod_labels[key], value,
+                "{}: the metrics Service selects the controller pods",
+                s.name
+            );
+        }
+        if s.monitoring {
+            let monitor = rendered.one("ServiceMonitor");
+            let endpoint = &monitor["spec"]["endpoints"][0];
+            assert_eq!(
+                (endpoint["port"].as_str(), endpoint["path"].as_str()),
+                (Some("http"), Some("/metrics")),
+                "{}",
+                s.name
+            );
+            for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+                .as_mapping()
+                .expect("matchLabels")
+            {
+                assert_eq!(
+                    &service["metadata"]["labels"][key], value,
+                    "{}: the ServiceMonitor selects the metrics Service",
+                    s.name
+                );
+            }
+            let alerts = alert_names(&rendered);
+            assert_eq!(
+                alerts,
+                verbs(&[
+                    "EntraRotatorCredentialExpiringSoon",
+                    "EntraRotatorRotationFailing",
+                    "EntraRotatorControllerAbsent"
+                ]),
+                "{}",
+                s.name
+            );
+            let job = format!("job=\"{}\"", service["metadata"]["name"].as_str().unwrap());
+            assert!(
+                alert_expressions(&rendered)
+                    .iter()
+                    .any(|e| e.contains(&job)),
+                "{}: the absence alert watches the metrics Service ({job})",
+                s.name
+            );
+        } else {
+            assert!(
+                rendered.kind("ServiceMonitor").is_empty()
+                    && rendered.kind("PrometheusRule").is_empty(),
+                "{}",
+                s.name
+            );
+        }
+    }
+}
+
+fn alert_rules(rendered: &Rendered) -> Vec<&Value> {
+    rendered.one("PrometheusRule")["spec"]["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().expect("rules"))
+        .collect()
+}
+
+fn alert_names(rendered: &Rendered) -> BTreeSet<String> {
+    alert_rules(rendered)
+        .iter()
+        .filter_map(|r| r["alert"].as_str().map(String::from))
+        .collect()
+}
+
+fn alert_expressions(rendered: &Rendered) -> Vec<String> {
+    alert_rules(rendered)
+        .iter()
+        .filter_map(|r| r["expr"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn the_cronjob_never_runs_two_passes_at_once() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm)
+        .into_iter()
+        .filter(|r| r.scenario.mode == Mode::CronJob)
+    {
+        let s = &rendered.scenario;
+        assert!(
+            rendered.kind("Deployment").is_empty() && rendered.kind("Service").is_empty(),
+            "{}: nothing long-running",
+            s.name
+        );
+        let cronjob = &rendered.one("CronJob")["spec"];
+        assert_eq!(
+            cronjob["concurrencyPolicy"].as_str(),
+            Some("Forbid"),
+            "{}",
+            s.name
+        );
+        for limit in [
+            "successfulJobsHistoryLimit",
+            "failedJobsHistoryLimit",
+            "startingDeadlineSeconds",
+        ] {
+            assert!(cronjob[limit].is_u64(), "{}: {limit}", s.name);
+        }
+        let job = &cronjob["jobTemplate"]["spec"];
+        assert!(
+            job["backoffLimit"].is_u64() && job["activeDeadlineSeconds"].is_u64(),
+            "{}",
+            s.name
+        );
+        let fail_job = &job["podFailurePolicy"]["rules"][0];
+        assert_eq!(fail_job["action"].as_str(), Some("FailJob"), "{}", s.name);
+        assert_eq!(
+            fail_job["onExitCodes"]["values"][0].as_u64(),
+            Some(2),
+            "{}: invalid input is not retried",
+            s.name
+        );
+        assert_eq!(
+            rendered.pod()["spec"]["restartPolicy"].as_str(),
+            Some("Never"),
+            "{}",
+            s.name
+        );
+        let args = rendered.args();
+        let scope = if s.cluster_wide {
+            "--all-namespaces".to_string()
+        } else {
+            format!("--namespace={NAMESPACE}")
+        };
+        assert!(
+            args.contains(&"run".to_string()) && args.contains(&scope),
+            "{}: {args:?}",
+            s.name
+        );
+        if s.monitoring {
+            assert_eq!(
+                alert_names(&rendered),
+                verbs(&["EntraRotatorPassFailed", "EntraRotatorPassOverdue"]),
+                "{}",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_rotator_signs_in_as_configured() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm) {
+        let s = &rendered.scenario;
+        let settings = rendered.settings();
+        let account = rendered.one("ServiceAccount");
+        let client_id_annotation =
+            &account["metadata"]["annotations"]["azure.workload.identity/client-id"];
+        let uses_label = &rendered.pod()["metadata"]["labels"]["azure.workload.identity/use"];
+        if s.client_secret {
+            let CredentialConfig::ClientSecret {
+                secret_file: Some(file),
+                secret_env: None,
+                ..
+            } = &settings.azure.credential
+            else {
+                panic!(
+                    "{}: expected a clientSecret credential read from a file, got {:?}",
+                    s.name, settings.azure.credential
+                )
+            };
+            assert!(
+                client_id_annotation.is_null() && uses_label.is_null(),
+                "{}: no workload identity",
+                s.name
+            );
+            let mount = rendered.container()["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"].as_str() == Some("client-secret"))
+                .expect("client-secret mount");
+            let volume = rendered.pod()["spec"]["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"].as_str() == Some("client-secret"))
+                .unwrap();
+            assert_eq!(
+                volume["secret"]["secretName"].as_str(),
+                Some("rotator-credential"),
+                "{}",
+                s.name
+            );
+            let mounted = Path::new(mount["mountPath"].as_str().unwrap())
+                .join(volume["secret"]["items"][0]["path"].as_str().unwrap());
+            assert_eq!(
+                &mounted, file,
+                "{}: secretFile is where the Secret is mounted",
+                s.name
+            );
+            let env = rendered.container()["env"].as_sequence().unwrap();
+            assert!(
+                env.iter().all(|e| e["valueFrom"]["secretKeyRef"].is_null()),
+                "{}: the secret is not in the environment",
+                s.name
+            );
+        } else {
+            assert!(
+                matches!(
+                    settings.azure.credential,
+                    CredentialConfig::WorkloadIdentity {
+                        tenant_id: None,
+                        client_id: None,
+                        token_file: None
+                    }
+                ),
+                "{}: workload identity from the webhook's variables, got {:?}",
+                s.name,
+                settings.azure.credential
+            );
+            assert!(
+                client_id_annotation
+                    .as_str()
+                    .is_some_and(|id| id.len() == 36),
+                "{}: client-id annotation",
+                s.name
+            );
+            assert_eq!(
+                uses_label.as_str(),
+                Some("true"),
+                "{}: azure.workload.identity/use pod label",
+                s.name
+            );
+        }
+        let trusted = &settings.tls.extra_root_certificates;
+        if s.monitoring && s.values_file.is_none() {
+            assert_eq!(
+                trusted,
+                &vec![PathBuf::from("/etc/entra-rotator/ca/ca.crt")],
+                "{}",
+                s.name
+            );
+        } else {
+            assert!(trusted.is_empty(), "{}", s.name);
+        }
+        let config_arg = "--azure-config=/etc/entra-rotator/config/azure.yaml".to_string();
+        assert!(rendered.args().contains(&config_arg), "{}", s.name);
+    }
+}
+
+#[test]
+fn the_binary_accepts_the_charts_arguments() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm) {
+        // clap parses and checks every argument in order, so `--help` at the end is reached
+        // (exit 0) only if all the chart's arguments are valid.
+        let output = run(Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+            .args(rendered.args())
+            .arg("--help"));
+        assert!(
+            output.status.success(),
+            "{}: entra-rotator refuses the chart's arguments {:?}:\n{}",
+            rendered.scenario.name,
+            rendered.args(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_charts_crd_is_the_committed_one() {
+    let Some(helm) = helm() else { return };
+    let committed_text = std::fs::read_to_string(
+        Path::new(ROOT).join("crds/clientsecretrotations.entra-rotator.io.yaml"),
+    )
+    .unwrap();
+    let committed: Value = serde_yaml::from_str(
+        committed_text
+            .trim_start_matches(|c| c != '\n')
+            .trim_start_matches(['\n', '-']),
+    )
+    .unwrap();
+    let rendered = render(
+        &helm,
+        Scenario::new("controller, defaults", Mode::Controller),
+    );
+    assert_eq!(
+        rendered.one("CustomResourceDefinition"),
+        &committed,
+        "charts/entra-rotator/crds differs from crds/: it must stay a symlink to ../../crds (ln -sfn ../../crds charts/entra-rotator/crds)"
+    );
+}
+
+#[test]
+fn missing_or_conflicting_values_are_refused_with_what_to_set() {
+    let Some(helm) = helm() else { return };
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "azure.workloadIdentity.clientId: set the client ID"),
+        (
+            &["azure.credential=clientSecret"],
+            "azure.clientSecret.tenantId",
+        ),
+        (&[IDENTITY, "mode=daemon"], "mode"),
+        (
+            &[
+                IDENTITY,
+                "mode=cronjob",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            "no /metrics endpoint in cronjob mode",
+        ),
+        (&[IDENTITY, "azure.graphUrl=http://graph.local"], "graphUrl"),
+    ];
+    for (sets, expected) in cases {
+        let mut scenario = Scenario::new("refused", Mode::Controller);
+        scenario.sets = sets.to_vec();
+        let output = run(&mut template_command(&helm, &scenario));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "--set {sets:?}: expected a refusal naming {expected:?}, got:\n{stderr}"
+        );
+    }
+}
+
+/// Values documented as one row (Kubernetes objects passed through as they are).
+const WHOLE_VALUES: &[&str] = &[
+    "resources",
+    "podSecurityContext",
+    "securityContext",
+    "controller.livenessProbe",
+    "controller.readinessProbe",
+];
+
+/// The dotted path of every leaf of a YAML mapping (lists and empty maps are leaves).
+fn leaf_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value.as_mapping() {
+        Some(map) if !map.is_empty() && !WHOLE_VALUES.contains(&prefix) => {
+            for (key, child) in map {
+                let key = key.as_str().expect("string keys");
+                let path = if prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(child, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+#[test]
+fn the_chart_readme_documents_every_value() {
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let mut paths = Vec::new();
+    leaf_paths(&values, "", &mut paths);
+    let undocumented: Vec<&String> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("| `{p}` |")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "charts/entra-rotator/README.md has no row for: {undocumented:?}"
+    );
+}
+
+#[test]
+fn the_helm_example_rotation_passes_admission() {
+    let text =
+        std::fs::read_to_string(Path::new(ROOT).join("examples/helm/dify-smtp-rotation.yaml"))
+            .unwrap();
+    let rotation: ClientSecretRotation =
+        serde_yaml::from_str(&text).expect("examples/helm/dify-smtp-rotation.yaml matches the CRD");
+    rotation
+        .validate_cel()
+        .expect("examples/helm/dify-smtp-rotation.yaml passes the CRD's CEL rules");
+    let deployment: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join("examples/helm/dify-api-deployment.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let selector = rotation.spec.rollout[0]
+        .selector
+        .as_ref()
+        .expect("the example selects by label");
+    for (key, value) in selector.match_labels.iter().flatten() {
+        assert_eq!(
+            deployment["metadata"]["labels"][key.as_str()].as_str(),
+            Some(value.as_str()),
+            "the rollout selector matches the example Deployment"
+        );
+    }
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRef"]["name"]
+            .as_str(),
+        rotation.spec.targets[0]
+            .secret
+            .as_ref()
+            .map(|t| t.name.as_str()),
+        "the Deployment reads the Secret the rotation writes"
+    );
+}
