@@ -63,6 +63,17 @@ pub struct RunOptions {
     pub dry_run: bool,
 }
 
+/// Whether a run that finds nothing to rotate proves the current secret anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reverify {
+    /// Stateless runs: verification happens with each rotation and before each revocation.
+    #[default]
+    No,
+    /// The caller remembers which keyId was last verified (the operator's status): verify
+    /// the current secret unless it is that one, e.g. after a verification that gave up.
+    UnlessVerified(Option<Uuid>),
+}
+
 /// What a run did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -148,6 +159,11 @@ impl Engine {
 
     /// Runs one rotation once: observe, decide, act.
     pub async fn run(&self, rotation: &Rotation, options: RunOptions) -> Result<Outcome, EngineError> {
+        self.run_with(rotation, options, Reverify::No).await
+    }
+
+    /// [`run`](Self::run), proving an up-to-date secret again as `reverify` says.
+    pub async fn run_with(&self, rotation: &Rotation, options: RunOptions, reverify: Reverify) -> Result<Outcome, EngineError> {
         let observation = self.observe(rotation).await?;
         let keys: Vec<_> = observation.stored.iter().map(policy::stored_key).collect();
         let now = self.clock.now();
@@ -168,7 +184,7 @@ impl Engine {
         if options.dry_run {
             return Ok(Outcome::Planned(plan));
         }
-        self.execute(rotation, observation, plan).await
+        self.execute(rotation, observation, plan, reverify).await
     }
 
     async fn observe(&self, rotation: &Rotation) -> Result<Observation, EngineError> {
@@ -185,6 +201,7 @@ impl Engine {
         rotation: &Rotation,
         mut observation: Observation,
         plan: Plan,
+        reverify: Reverify,
     ) -> Result<Outcome, EngineError> {
         let object_id = observation.app.object_id;
         for key_id in &plan.remove_orphans {
@@ -194,6 +211,11 @@ impl Engine {
         observation.app.password_credentials.retain(|c| !plan.remove_orphans.contains(&c.key_id));
         match plan.decision {
             Decision::UpToDate { key_id, expires, renew_at } => {
+                if matches!(reverify, Reverify::UnlessVerified(verified) if verified != Some(key_id)) {
+                    let value = value_held(&observation.stored, key_id)
+                        .expect("the plan is up to date only when every store holds the keyId");
+                    self.verify(rotation, key_id, &value).await?;
+                }
                 Ok(Outcome::UpToDate { key_id, expires, renew_at })
             }
             Decision::InFlight { key_id, stale_at } => {

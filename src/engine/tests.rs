@@ -508,3 +508,24 @@ async fn rollout_happens_after_verification_and_before_revocation() {
     let restarted = w.sink.events().into_iter().any(|(_, e)| matches!(e, Event::RolledOut { .. }));
     assert!(restarted);
 }
+
+#[tokio::test]
+async fn a_secret_that_never_passed_verification_is_verified_when_asked() {
+    let w = world(Days::zero());
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::MechanismRejected];
+    assert!(w.run().await.is_err(), "the first verification fails");
+    let attempts = *w.verifier.attempts.lock().unwrap();
+    // A stateless run cannot know; it finds the stored secret up to date.
+    assert!(matches!(w.run().await.unwrap(), Outcome::UpToDate { .. }));
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts);
+    // The operator remembers nothing was verified: the secret is proven now.
+    let Outcome::UpToDate { key_id, .. } =
+        w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(None)).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1);
+    // Once verified, it is not tried again.
+    w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(Some(key_id))).await.unwrap();
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1);
+}

@@ -6,6 +6,8 @@ use super::crd::ClientSecretRotation;
 use super::reconcile::{reconcile, Context, ReconcileError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -91,11 +93,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .predicate_filter(predicates::generation, Default::default());
     let lookup = reader.clone();
     Controller::for_stream(rotation_stream, reader)
-        .watches(
-            secrets,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=entra-rotator"),
-            move |secret: Secret| rotations_writing(&lookup, &secret),
-        )
+        .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup, &secret))
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency.max(1)))
         .shutdown_on_signal()
         .run(
@@ -114,17 +112,39 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .await;
 }
 
-/// The rotations that write `secret` (same namespace, a `secret` target with its name).
+/// Our Secrets as they change. A deletion is marked with a deletion timestamp (the watch
+/// delivers the last state, which may not carry one) so the mapper can tell it apart.
+fn secret_changes(secrets: Api<Secret>) -> impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
+    let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=entra-rotator");
+    watcher(secrets, config).default_backoff().filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => Some(Ok(secret)),
+            Ok(watcher::Event::Delete(mut secret)) => {
+                secret.metadata.deletion_timestamp.get_or_insert(Time(Timestamp::now()));
+                Some(Ok(secret))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(error) => Some(Err(error)),
+        })
+    })
+}
+
+/// The rotations that write `secret` (same namespace, a `secret` target with its name),
+/// unless the Secret holds exactly the keyId the rotation's status expects: our own
+/// writes must not cost a reconcile (and Graph and Key Vault reads) each.
 fn rotations_writing(
     store: &kube::runtime::reflector::Store<ClientSecretRotation>,
     secret: &Secret,
 ) -> Vec<ObjectRef<ClientSecretRotation>> {
     let (namespace, name) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref());
+    let deleted = secret.metadata.deletion_timestamp.is_some();
+    let held = secret.metadata.annotations.as_ref().and_then(|a| a.get("entra-rotator.io/key-id"));
     store
         .state()
         .iter()
         .filter(|r| r.metadata.namespace.as_deref() == namespace)
         .filter(|r| r.spec.targets.iter().any(|t| t.secret.as_ref().map(|s| s.name.as_str()) == name))
+        .filter(|r| deleted || held.is_none() || held != r.status.as_ref().and_then(|s| s.current_key_id.as_ref()))
         .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()
 }

@@ -237,6 +237,9 @@ pub struct ClientSecretRotationStatus {
     /// keyId of the secret the stores hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_key_id: Option<String>,
+    /// keyId of the secret last proven to work through the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_key_id: Option<String>,
     /// When the current secret expires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,

@@ -11,7 +11,7 @@ use crate::metrics::{CredentialLabels, Metrics};
 use crate::config::duration::HumanDuration;
 use crate::engine::events::{Event as EngineEvent, RecordingSink};
 use crate::engine::ports::{Clock, Rollout};
-use crate::engine::{Engine, EngineError, Outcome, RunOptions};
+use crate::engine::{Engine, EngineError, Outcome, Reverify, RunOptions};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -46,7 +46,7 @@ pub struct Reconciled {
 /// are recorded in the status and retried with back-off.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("could not write the status of {object}: {source}")]
+    #[error("could not read or write the status of {object}: {source}")]
     Status { object: String, source: kube::Error },
 }
 
@@ -55,7 +55,9 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
     let now = ctx.clock.now();
     let name = object.rotation_name();
     let generation = object.metadata.generation;
-    let previous = object.status.clone().unwrap_or_default();
+    // The cached object may predate our last status write (a Secret event can trigger a
+    // reconcile before the watch delivers it); writing from it would undo that status.
+    let previous = fresh_status(ctx, object).await?;
     let thresholds = alert_thresholds(object);
 
     if object.spec.suspend {
@@ -63,7 +65,7 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
         next.observed_generation = generation;
         status::set_condition(&mut next, conditions::ROTATING, false, conditions::SUSPENDED, "spec.suspend is true; nothing is rotated".into(), generation, now);
         status::update_expiry(&mut next, generation, now, &thresholds);
-        write_status(ctx, object, &next).await?;
+        write_status(ctx, object, &previous, &next).await?;
         let requeue = next_wake(&next, now, &thresholds, None, ctx.drift_interval);
         return Ok(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue });
     }
@@ -84,7 +86,14 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
 
     let sink = Arc::new(RecordingSink::default());
     let engine = Engine::new(ctx.clock.clone(), sink.clone());
-    let result = engine.run(&rotation, RunOptions::default()).await;
+    let verification_enabled = object.spec.verification.smtp.is_some();
+    let reverify = if verification_enabled {
+        let verified = previous.verified_key_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
+        Reverify::UnlessVerified(verified)
+    } else {
+        Reverify::No
+    };
+    let result = engine.run_with(&rotation, RunOptions::default(), reverify).await;
     publish_events(ctx, object, &sink.events(), result.as_ref().err()).await;
 
     let events = sink.events();
@@ -101,12 +110,17 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
             (next, crate::cli::error_line(&name, error), true, Some(retry))
         }
     };
+    let verified_now = events.iter().rev().find_map(|(_, e)| match e {
+        EngineEvent::Verified { key_id, .. } => Some(key_id.to_string()),
+        _ => None,
+    });
+    status::record_verification(&mut next, verified_now, verification_enabled, generation, now);
     record_metrics(ctx, object, &next, &result, &events, now);
     if !notify(ctx, object, &mut next, result.as_ref().err(), &thresholds, now).await {
         // Undelivered notifications are retried soon, not at the next due time.
         soonest = soonest.min(Some(now + chrono::Duration::minutes(1))).or(Some(now + chrono::Duration::minutes(1)));
     }
-    write_status(ctx, object, &next).await?;
+    write_status(ctx, object, &previous, &next).await?;
     let requeue_after = next_wake(&next, now, &thresholds, soonest, ctx.drift_interval);
     Ok(Reconciled { summary, failed, requeue_after })
 }
@@ -246,13 +260,13 @@ async fn refuse_spec(
     now: DateTime<Utc>,
 ) -> Result<Reconciled, ReconcileError> {
     let generation = object.metadata.generation;
-    let mut next = previous;
+    let mut next = previous.clone();
     next.observed_generation = generation;
     next.last_error = Some(problems.clone());
     let message = format!("the spec cannot be used, nothing was changed: {problems}");
     status::set_condition(&mut next, conditions::READY, false, conditions::INVALID_SPEC, message.clone(), generation, now);
     status::set_condition(&mut next, conditions::DEGRADED, true, conditions::INVALID_SPEC, message.clone(), generation, now);
-    write_status(ctx, object, &next).await?;
+    write_status(ctx, object, &previous, &next).await?;
     publish(ctx, object, EventType::Warning, conditions::INVALID_SPEC, &message).await;
     Ok(Reconciled {
         summary: format!("{}: invalid spec: {problems}", object.rotation_name()),
@@ -261,12 +275,24 @@ async fn refuse_spec(
     })
 }
 
+async fn fresh_status(ctx: &Context, object: &ClientSecretRotation) -> Result<super::crd::ClientSecretRotationStatus, ReconcileError> {
+    let api: Api<ClientSecretRotation> =
+        Api::namespaced(ctx.client.clone(), object.metadata.namespace.as_deref().unwrap_or_default());
+    let name = object.metadata.name.clone().unwrap_or_default();
+    api.get_status(&name)
+        .await
+        .map(|latest| latest.status.unwrap_or_default())
+        .map_err(|source| ReconcileError::Status { object: object.rotation_name(), source })
+}
+
+/// Writes `next` unless it equals `previous` (the status as last read).
 async fn write_status(
     ctx: &Context,
     object: &ClientSecretRotation,
+    previous: &super::crd::ClientSecretRotationStatus,
     next: &super::crd::ClientSecretRotationStatus,
 ) -> Result<(), ReconcileError> {
-    if object.status.as_ref() == Some(next) {
+    if previous == next {
         return Ok(());
     }
     let api: Api<ClientSecretRotation> =
@@ -305,12 +331,24 @@ async fn publish_events(ctx: &Context, object: &ClientSecretRotation, events: &[
     }
 }
 
+/// The API server refuses Event notes over 1024 bytes; cut at a character boundary.
+fn truncate_bytes(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// Publishes one Event; a failure to record it is logged, never fatal.
 async fn publish(ctx: &Context, object: &ClientSecretRotation, type_: EventType, reason: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(truncate_bytes(note, 1024)),
         action: "Reconcile".into(),
         secondary: None,
     };

@@ -28,6 +28,8 @@ pub mod conditions {
     pub const NOT_EXPIRING: &str = "NotExpiring";
     pub const WITHIN_THRESHOLD: &str = "WithinAlertThreshold";
     pub const VERIFICATION_PASSED: &str = "VerificationPassed";
+    pub const VERIFICATION_DISABLED: &str = "VerificationDisabled";
+    pub const NOT_YET_VERIFIED: &str = "NotYetVerified";
 }
 
 use conditions::*;
@@ -115,7 +117,6 @@ pub fn after_outcome(
             status.revoke_after = revoke_at.map(rfc3339);
             let message = if *minted { format!("rotated to keyId {key_id}") } else { format!("keyId {key_id} is stored everywhere") };
             set(&mut status, READY, true, if *minted { ROTATED } else { UP_TO_DATE }, message);
-            set(&mut status, VERIFIED, true, VERIFICATION_PASSED, format!("keyId {key_id} verified"));
             if pending.is_empty() {
                 set(&mut status, ROTATING, false, IDLE, "no rotation in progress".into());
             } else {
@@ -126,6 +127,28 @@ pub fn after_outcome(
     set(&mut status, DEGRADED, false, HEALTHY, "the last reconcile succeeded".into());
     update_expiry(&mut status, generation, now, alert_thresholds);
     status
+}
+
+/// Records that `key_id` passed verification in this reconcile, and sets the Verified
+/// condition from what is known: the current secret is verified or it is not (yet).
+pub fn record_verification(
+    status: &mut ClientSecretRotationStatus,
+    verified_now: Option<String>,
+    verification_enabled: bool,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    if verified_now.is_some() {
+        status.verified_key_id = verified_now;
+    }
+    let Some(current) = status.current_key_id.clone() else { return };
+    if !verification_enabled {
+        set_condition(status, VERIFIED, false, VERIFICATION_DISABLED, "spec.verification.disabled is true".into(), generation, now);
+    } else if status.verified_key_id.as_deref() == Some(current.as_str()) {
+        set_condition(status, VERIFIED, true, VERIFICATION_PASSED, format!("keyId {current} was accepted by the relay"), generation, now);
+    } else if condition(status, VERIFIED).is_none_or(|c| c.status == "True") {
+        set_condition(status, VERIFIED, false, NOT_YET_VERIFIED, format!("keyId {current} has not passed verification yet"), generation, now);
+    }
 }
 
 /// The status after a failed engine run: keeps what is known, counts the failure.
