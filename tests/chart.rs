@@ -1137,3 +1137,144 @@ fn the_helm_example_rotation_passes_admission() {
         "the Deployment reads the Secret the rotation writes"
     );
 }
+
+/// The text of every `.rs` file under `dir`.
+fn rust_sources(dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+#[test]
+fn the_alerts_use_metrics_the_controller_exports() {
+    let Some(helm) = helm() else { return };
+    let rendered = render(
+        &helm,
+        Scenario::new("controller, alerts", Mode::Controller).monitoring(),
+    );
+    let mut sources = Vec::new();
+    rust_sources(&Path::new(ROOT).join("src"), &mut sources);
+    let mut used = BTreeSet::new();
+    for expression in alert_expressions(&rendered) {
+        for (start, _) in expression.match_indices("entra_rotator_") {
+            let name: String = expression[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+    }
+    assert!(
+        used.len() >= 2,
+        "the controller alerts read the rotator's own metrics: {used:?}"
+    );
+    for name in used {
+        // prometheus-client registers counters without the `_total` it appends on export.
+        let registered = format!("\"{}\"", name.strip_suffix("_total").unwrap_or(&name));
+        assert!(
+            sources.iter().any(|text| text.contains(&registered)),
+            "the PrometheusRule uses {name}, which no source under src/ registers: align \
+             charts/entra-rotator/templates/prometheusrule.yaml with src/metrics.rs"
+        );
+    }
+}
+
+/// The `helm install` command of the README's Helm section, continuation lines joined and
+/// each `$(…)` replaced by a client ID.
+fn readme_install_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let section = readme
+        .split("## Kubernetes: install with Helm")
+        .nth(1)
+        .expect("README.md has the Helm section");
+    let start = section
+        .find("helm install")
+        .expect("the Helm section has a helm install command");
+    let mut command = String::new();
+    for line in section[start..].lines() {
+        let (text, continued) = match line.trim_end().strip_suffix('\\') {
+            Some(text) => (text, true),
+            None => (line, false),
+        };
+        command.push_str(text);
+        command.push(' ');
+        if !continued {
+            break;
+        }
+    }
+    while let Some(open) = command.find("$(") {
+        let close = open + command[open..].find(')').expect("closing parenthesis");
+        command.replace_range(open..=close, "44444444-4444-4444-4444-444444444444");
+    }
+    command.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn the_readme_install_command_renders() {
+    let Some(helm) = helm() else { return };
+    let words = readme_install_command();
+    assert_eq!(&words[..2], ["helm", "install"], "{words:?}");
+    let output = run(Command::new(&helm)
+        .current_dir(ROOT)
+        .arg("template")
+        .args(&words[2..]));
+    assert!(
+        output.status.success(),
+        "the README's `{}` does not render:\n{}",
+        words.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("image: registry.example.com/platform/entra-rotator:0.1.0"),
+        "the image the README builds"
+    );
+    assert!(
+        text.contains("azure.workload.identity/client-id: 44444444-4444-4444-4444-444444444444")
+    );
+    let account = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|document| Value::deserialize(document).ok())
+        .find(|object| object["kind"].as_str() == Some("ServiceAccount"))
+        .expect("a ServiceAccount");
+    assert_eq!(
+        (
+            account["metadata"]["namespace"].as_str(),
+            account["metadata"]["name"].as_str()
+        ),
+        (Some("entra-rotator"), Some("entra-rotator")),
+        "the ServiceAccount examples/terraform federates by default"
+    );
+}
+
+#[test]
+fn the_install_notes_render_in_both_modes() {
+    let Some(helm) = helm() else { return };
+    for (mode, expected) in [
+        (Mode::Controller, "get lease rotator-entra-rotator-leader"),
+        (Mode::CronJob, "create job --from=cronjob/"),
+    ] {
+        let scenario = Scenario::new("notes", mode);
+        let mut command = Command::new(&helm);
+        command.args(["install", RELEASE]).arg(chart()).args([
+            "--namespace",
+            NAMESPACE,
+            "--dry-run=client",
+        ]);
+        for set in &scenario.sets {
+            command.args(["--set", set]);
+        }
+        let output = run(&mut command);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let notes = stdout.split("NOTES:").nth(1).unwrap_or_default();
+        assert!(
+            output.status.success() && notes.contains(expected),
+            "{mode:?}: NOTES.txt should say `{expected}`:\n{notes}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
