@@ -414,3 +414,102 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     }
     .print();
 }
+
+/// Secret values live in `secrecy::SecretString` (redacted `Debug`, zeroized on drop) from
+/// the Graph answer to the store write. Checked on the real adapters: the `Debug` output of
+/// every value-carrying type, of the adapters, of the engine's events and of errors holds
+/// none of the values minted.
+#[tokio::test]
+async fn secret_values_never_reach_debug_output_events_or_errors() {
+    use entra_rotator::domain::{MintedSecret, SecretString, SecretToStore, StoredSecret};
+    use entra_rotator::engine::RunOptions;
+    use entra_rotator::engine::ports::Directory;
+
+    fn held_in_secrecy(_: &SecretString) {}
+
+    let scenario = scenario().await;
+    let rotation = in_process_rotation(&scenario, Duration::from_secs(5));
+    let (engine, events) = engine();
+    engine.run(&rotation, RunOptions::default()).await.unwrap();
+    engine
+        .run(
+            &rotation,
+            RunOptions {
+                force: true,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+
+    let object_id = scenario.target.object_id;
+    let marker = entra_rotator::domain::marker_for("debug-check");
+    let end = chrono::Utc::now() + chrono::Duration::days(1);
+    let minted: MintedSecret = rotation
+        .directory
+        .add_password(object_id, &marker, end)
+        .await
+        .unwrap();
+    held_in_secrecy(&minted.value);
+    let stored: Vec<Option<StoredSecret>> = read_all_stores(&rotation).await;
+    for held in stored.iter().flatten() {
+        held_in_secrecy(&held.value);
+    }
+    let to_store = SecretToStore {
+        app: &rotation.app,
+        key_id: minted.credential.key_id,
+        value: &minted.value,
+        not_before: None,
+        expires: Some(end),
+    };
+    scenario
+        .tenant
+        .set_propagation_delay(Duration::from_secs(3600));
+    let verify_error = rotation
+        .verifier
+        .as_ref()
+        .unwrap()
+        .verify(&rotation.app, &minted.value)
+        .await
+        .unwrap_err();
+
+    let debug = format!(
+        "{minted:?}\n{stored:?}\n{to_store:?}\n{:?}\n{verify_error:?}\n{verify_error}\n{:?}\n{:?}\n{:?}",
+        events.events(),
+        rotation
+            .stores
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>(),
+        rotation.app,
+        rotation.timing,
+    );
+    assert!(
+        debug.contains("REDACTED"),
+        "secrecy's redaction shows: {debug}"
+    );
+    let values = scenario.tenant.minted_values();
+    assert!(
+        values.len() >= 4,
+        "K0, K1, the debug-check secret, the foreign one"
+    );
+    for value in &values {
+        for form in secret_forms(value) {
+            assert!(
+                !debug.contains(&form),
+                "a secret value reached Debug output or an error"
+            );
+        }
+    }
+    scenario.tenant.set_propagation_delay(Duration::ZERO);
+}
+
+async fn read_all_stores(
+    rotation: &entra_rotator::engine::Rotation,
+) -> Vec<Option<entra_rotator::domain::StoredSecret>> {
+    let mut held = Vec::new();
+    for store in &rotation.stores {
+        held.push(store.read().await.unwrap());
+    }
+    held
+}
