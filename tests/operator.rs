@@ -161,3 +161,32 @@ async fn two_controllers_never_rotate_the_same_app_twice() {
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap();
     assert!(holder == "replica-a" || holder == "replica-b", "{lease}");
 }
+
+#[tokio::test]
+async fn a_leader_stopped_mid_rotation_is_finished_by_the_next_one() {
+    use entra_rotator::standins::smtp::SmtpFault;
+    let scenario = world("0s").await;
+    // The first verification hangs: the leader is stopped after storing, before verifying.
+    scenario.relay.inject_fault(SmtpFault::SlowGreeting(Duration::from_secs(120)));
+    let mut first = controller(&scenario, "replica-a");
+    eventually("the new secret is stored", || scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_some()).await;
+    eventually("verification has started", || scenario.relay.sessions() >= 1).await;
+    let stored = scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap().annotations["entra-rotator.io/key-id"].clone();
+
+    // What Kubernetes does to a pod: SIGTERM, then SIGKILL after the grace period.
+    let pid = first.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    if tokio::time::timeout(Duration::from_secs(2), first.wait()).await.is_err() {
+        first.kill().await.unwrap();
+    }
+    assert_ne!(condition(&status(&scenario), "Ready").map(|c| c.0), Some("True".into()), "stopped before verification");
+
+    let _second = controller(&scenario, "replica-b");
+    eventually("the next leader finished the rotation", || {
+        condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(status(&scenario)["currentKeyId"], stored.as_str(), "the stored secret was finished, not replaced");
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1, "nothing minted twice");
+    assert_eq!(condition(&status(&scenario), "Verified").unwrap().0, "True");
+}
