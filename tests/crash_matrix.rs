@@ -142,7 +142,7 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
     let mails_before_kill = scenario.relay.accepted_messages().len();
     let blocked = hold.arm(&scenario);
     let mut child = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
-    child.wait_until(point, || blocked()).await;
+    child.wait_until(point, blocked).await;
     if let Hold::RevokeLanded = hold {
         assert!(
             scenario
@@ -380,7 +380,7 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     }
     .arm(&scenario);
     let mut child = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
-    child.wait_until("the Kubernetes write", || blocked()).await;
+    child.wait_until("the Kubernetes write", blocked).await;
     child.kill().await;
     scenario.kubernetes.faults().clear();
     scenario
@@ -423,7 +423,6 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
 async fn secret_values_never_reach_debug_output_events_or_errors() {
     use entra_rotator::domain::{MintedSecret, SecretString, SecretToStore, StoredSecret};
     use entra_rotator::engine::RunOptions;
-    use entra_rotator::engine::ports::Directory;
 
     fn held_in_secrecy(_: &SecretString) {}
 

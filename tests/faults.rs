@@ -159,11 +159,14 @@ async fn graph_5xx_are_retried_where_safe_and_stop_the_run_where_not() {
     );
 }
 
+/// Picks one stand-in's fault queues.
+type FaultsOf = fn(&Scenario) -> &Faults;
+
 /// A dropped connection on each API, on the call of a forced rotation that is hardest to
 /// retry; the run either rides it out or stops, and the next run converges.
 #[tokio::test]
 async fn dropped_connections_on_each_api() {
-    let cases: [(&str, fn(&Scenario) -> &Faults, &str); 5] = [
+    let cases: [(&str, FaultsOf, &str); 5] = [
         (
             "Graph GET application",
             |s| s.graph.faults(),
