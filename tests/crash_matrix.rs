@@ -441,6 +441,10 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         .await
         .unwrap();
 
+    // Minted while Entra is slow to replicate, so the verifier's refusal is exercised too.
+    scenario
+        .tenant
+        .set_propagation_delay(Duration::from_secs(3600));
     let object_id = scenario.target.object_id;
     let marker = entra_rotator::domain::marker_for("debug-check");
     let end = chrono::Utc::now() + chrono::Duration::days(1);
@@ -461,9 +465,6 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         not_before: None,
         expires: Some(end),
     };
-    scenario
-        .tenant
-        .set_propagation_delay(Duration::from_secs(3600));
     let verify_error = rotation
         .verifier
         .as_ref()

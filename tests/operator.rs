@@ -163,15 +163,21 @@ async fn two_controllers_never_rotate_the_same_app_twice() {
 }
 
 #[tokio::test]
-async fn a_leader_stopped_mid_rotation_is_finished_by_the_next_one() {
+async fn a_leader_stopped_mid_rotation_is_cleaned_up_by_the_next_one() {
     use entra_rotator::standins::smtp::SmtpFault;
     let scenario = world("0s").await;
-    // The first verification hangs: the leader is stopped after storing, before verifying.
+    // The first verification hangs: the leader is stopped after minting, before any store
+    // got the secret (secrets are proven before they are stored).
     scenario.relay.inject_fault(SmtpFault::SlowGreeting(Duration::from_secs(120)));
-    let mut first = controller(&scenario, "replica-a");
-    eventually("the new secret is stored", || scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_some()).await;
+    let mut first = rotator(&scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-a", "--health-addr", "127.0.0.1:0", "--orphan-grace-period", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     eventually("verification has started", || scenario.relay.sessions() >= 1).await;
-    let stored = scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap().annotations["entra-rotator.io/key-id"].clone();
+    assert!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_none(), "nothing stored before verification");
+    let abandoned = ours(&scenario);
+    assert_eq!(abandoned.len(), 1);
 
     // What Kubernetes does to a pod: SIGTERM, then SIGKILL after the grace period.
     let pid = first.id().unwrap().to_string();
@@ -179,14 +185,19 @@ async fn a_leader_stopped_mid_rotation_is_finished_by_the_next_one() {
     if tokio::time::timeout(Duration::from_secs(2), first.wait()).await.is_err() {
         first.kill().await.unwrap();
     }
-    assert_ne!(condition(&status(&scenario), "Ready").map(|c| c.0), Some("True".into()), "stopped before verification");
 
-    let _second = controller(&scenario, "replica-b");
-    eventually("the next leader finished the rotation", || {
+    let _second = rotator(&scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-b", "--health-addr", "127.0.0.1:0", "--orphan-grace-period", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the next leader finished a rotation", || {
         condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")
     })
     .await;
-    assert_eq!(status(&scenario)["currentKeyId"], stored.as_str(), "the stored secret was finished, not replaced");
-    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1, "nothing minted twice");
+    let current = status(&scenario)["currentKeyId"].as_str().unwrap().to_string();
+    assert_eq!(ours(&scenario), vec![current.clone()], "the abandoned secret was removed, one of ours remains");
+    assert_ne!(current, abandoned[0]);
+    assert_eq!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap().annotations["entra-rotator.io/key-id"], current);
     assert_eq!(condition(&status(&scenario), "Verified").unwrap().0, "True");
 }

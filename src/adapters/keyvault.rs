@@ -8,7 +8,10 @@
 //!
 //! The client is the official `azure_security_keyvault_secrets` `SecretClient`; it
 //! discovers the token scope from Key Vault's `WWW-Authenticate` challenge and retries
-//! 408/429/5xx and connection faults itself (see `ClientOptions::retry`).
+//! 408/429/5xx and connection faults itself (see `ClientOptions::retry`). A client learns
+//! the challenge on its first request, so long-running processes share one client per vault
+//! ([`KeyVaultClients`]): otherwise every store built afresh (each reconcile builds its
+//! stores) would pay an unauthenticated round trip first.
 
 use crate::domain::{ExposeSecret, SecretString, SecretToStore, StoredSecret};
 use crate::engine::ports::{SecretStore, StoreError, StoreErrorKind};
@@ -24,7 +27,7 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The `contentType` of every version we write. The value is a plain ASCII string, so we
@@ -109,9 +112,69 @@ fn validate_vault_url(raw: &str) -> Result<String, KeyVaultSetupError> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
+fn secret_client(
+    vault_url: &str,
+    verify_challenge_resource: bool,
+    credential: Arc<dyn TokenCredential>,
+    client_options: ClientOptions,
+) -> Result<Arc<SecretClient>, KeyVaultSetupError> {
+    let options = SecretClientOptions {
+        client_options,
+        verify_challenge_resource: Some(verify_challenge_resource),
+        ..Default::default()
+    };
+    SecretClient::new(vault_url, credential, Some(options))
+        .map(Arc::new)
+        .map_err(|e| KeyVaultSetupError::InvalidVaultUrl {
+            url: vault_url.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// One `SecretClient` per vault (and challenge-verification setting), shared by every
+/// store of that vault that a process builds.
+#[derive(Default)]
+pub struct KeyVaultClients {
+    clients: Mutex<HashMap<(String, bool), Arc<SecretClient>>>,
+}
+
+impl KeyVaultClients {
+    /// A store for `settings`, on the vault's shared client (created with `credential` and
+    /// `client_options()` the first time the vault is seen).
+    pub fn store(
+        &self,
+        settings: KeyVaultSettings,
+        credential: Arc<dyn TokenCredential>,
+        client_options: impl FnOnce() -> ClientOptions,
+    ) -> Result<KeyVaultStore, KeyVaultSetupError> {
+        let vault_url = validate_vault_url(&settings.vault_url)?;
+        validate_secret_name(&settings.secret_name)?;
+        let key = (vault_url.clone(), settings.verify_challenge_resource);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let client = match clients.get(&key) {
+            Some(client) => client.clone(),
+            None => {
+                let client = secret_client(
+                    &vault_url,
+                    settings.verify_challenge_resource,
+                    credential,
+                    client_options(),
+                )?;
+                clients.insert(key, client.clone());
+                client
+            }
+        };
+        Ok(KeyVaultStore {
+            client,
+            vault_url,
+            secret_name: settings.secret_name,
+        })
+    }
+}
+
 /// One Key Vault secret as a [`SecretStore`].
 pub struct KeyVaultStore {
-    client: SecretClient,
+    client: Arc<SecretClient>,
     vault_url: String,
     secret_name: String,
 }
@@ -136,17 +199,12 @@ impl KeyVaultStore {
     ) -> Result<Self, KeyVaultSetupError> {
         let vault_url = validate_vault_url(&settings.vault_url)?;
         validate_secret_name(&settings.secret_name)?;
-        let options = SecretClientOptions {
+        let client = secret_client(
+            &vault_url,
+            settings.verify_challenge_resource,
+            credential,
             client_options,
-            verify_challenge_resource: Some(settings.verify_challenge_resource),
-            ..Default::default()
-        };
-        let client = SecretClient::new(&vault_url, credential, Some(options)).map_err(|e| {
-            KeyVaultSetupError::InvalidVaultUrl {
-                url: vault_url.clone(),
-                detail: e.to_string(),
-            }
-        })?;
+        )?;
         Ok(Self {
             client,
             vault_url,

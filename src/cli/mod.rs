@@ -64,6 +64,10 @@ enum Command {
         /// Only the rotations with these names (repeatable; configuration file only).
         #[arg(long = "only", value_name = "NAME", requires = "config")]
         only: Vec<String>,
+        /// Rotations in progress at once (1 to 256). Graph calls are bounded separately, by
+        /// azure.maxConcurrentGraphRequests; results are printed in configuration order.
+        #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
     },
     /// Run the Kubernetes controller: reconcile ClientSecretRotations, with leader election.
     Controller(ControllerArgs),
@@ -97,6 +101,9 @@ enum Command {
     SmtpTest(smtp_test::SmtpTestArgs),
 }
 
+/// Rotations in progress at once unless `--concurrency` says otherwise (`run`, `controller`).
+pub(crate) const DEFAULT_CONCURRENCY: u16 = 8;
+
 /// Exit codes shared by the commands.
 pub(crate) const EXIT_FAILED: u8 = 1;
 pub(crate) const EXIT_INVALID_INPUT: u8 = 2;
@@ -113,11 +120,11 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run { config: Some(config), dry_run, force, only, .. } => {
-                wiring::run_config_file(&config, dry_run, force, &only).await
+            Command::Run { config: Some(config), dry_run, force, only, concurrency, .. } => {
+                wiring::run_config_file(&config, dry_run, force, &only, concurrency.into()).await
             }
-            Command::Run { namespace, azure_config, .. } => {
-                operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref()).await
+            Command::Run { namespace, azure_config, concurrency, .. } => {
+                operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref(), concurrency.into()).await
             }
             Command::Controller(args) => operator_cli::run_controller(args).await,
             Command::Demo => demo::run().await,

@@ -3,7 +3,8 @@
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
 use crate::config::ServiceSettings;
 use crate::operator::controller::{self, ControllerSettings};
-use crate::operator::{context, pass};
+use crate::operator::crd::DEFAULT_ORPHAN_GRACE;
+use crate::operator::{context, pass, Timings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +22,11 @@ pub struct ControllerArgs {
     /// Look at every rotation at least this often (notices secrets changed out of band).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     drift_interval: Duration,
+    /// How long a secret minted but not yet stored (being verified) is left to the replica
+    /// that minted it before it counts as lost and is removed; keep it above the Lease
+    /// duration (15s).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    orphan_grace_period: Duration,
     /// Namespace of the leader-election Lease (default: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -32,6 +38,10 @@ pub struct ControllerArgs {
     /// Address of /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     health_addr: SocketAddr,
+    /// Reconciles in progress at once (1 to 256). Graph calls are bounded separately, by
+    /// azure.maxConcurrentGraphRequests.
+    #[arg(long, default_value_t = super::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -54,7 +64,8 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let ctx = match context(&settings, &args.identity, args.drift_interval).await {
+    let timings = Timings { drift_interval: args.drift_interval, orphan_grace: args.orphan_grace_period };
+    let ctx = match context(&settings, &args.identity, timings).await {
         Ok(ctx) => Arc::new(ctx),
         Err(error) => {
             eprintln!("error: {error}");
@@ -67,6 +78,7 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         lease_name: args.lease_name,
         identity: args.identity,
         health_addr: args.health_addr,
+        concurrency: args.concurrency,
     };
     match controller::run(ctx, controller_settings).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,20 +89,21 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
     }
 }
 
-pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>) -> ExitCode {
+pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>, concurrency: usize) -> ExitCode {
     let settings = match load_settings(azure_config) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "entra-rotator-run".into());
-    let ctx = match context(&settings, &instance, Duration::from_secs(3600)).await {
+    let timings = Timings { drift_interval: Duration::from_secs(3600), orphan_grace: DEFAULT_ORPHAN_GRACE };
+    let ctx = match context(&settings, &instance, timings).await {
         Ok(ctx) => ctx,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
     };
-    match pass::run_pass(&ctx, namespace).await {
+    match pass::run_pass(&ctx, namespace, concurrency).await {
         Ok(report) => {
             for line in &report.lines {
                 println!("{line}");

@@ -8,12 +8,14 @@ use crate::config::{Config, TargetConfig};
 use crate::engine::events::LogSink;
 use crate::engine::ports::SystemClock;
 use crate::engine::{Engine, Rotation, RunOptions};
+use futures::StreamExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// `entra-rotator run`: loads the file, wires every rotation, runs each once.
-pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[String]) -> ExitCode {
+/// `entra-rotator run`: loads the file, wires every rotation, runs each once, up to
+/// `concurrency` at a time; prints one line per rotation in configuration order.
+pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[String], concurrency: usize) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
@@ -34,9 +36,16 @@ pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[St
     };
     let engine = Engine::new(Arc::new(SystemClock), Arc::new(LogSink));
     let options = RunOptions { force, dry_run };
+    let chosen = rotations.iter().filter(|r| only.is_empty() || only.contains(&r.name));
+    let mut results = futures::stream::iter(chosen)
+        .map(|rotation| {
+            let engine = &engine;
+            async move { (rotation, engine.run(rotation, options).await) }
+        })
+        .buffered(concurrency.max(1));
     let mut failed = 0;
-    for rotation in rotations.iter().filter(|r| only.is_empty() || only.contains(&r.name)) {
-        match engine.run(rotation, options).await {
+    while let Some((rotation, result)) = results.next().await {
+        match result {
             Ok(outcome) => println!("{}", outcome_line(&rotation.name, &outcome)),
             Err(error) => {
                 failed += 1;

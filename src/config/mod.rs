@@ -357,6 +357,7 @@ impl Config {
                 problems.push(format!("{at}.name: used twice; each rotation needs its own name"));
             }
             rotation.check(&at, &mut problems);
+            rotation.check_orphan_grace(&at, &mut problems);
         }
         problems
     }
@@ -411,6 +412,23 @@ impl RotationConfig {
         }
         if let VerificationConfig::Smtp(smtp) = &self.verification {
             smtp.check(&format!("{at}.verification.smtp"), problems);
+        }
+    }
+}
+
+impl RotationConfig {
+    /// Runs from a file have no Lease: a secret another run is still verifying must not
+    /// look like an orphan to this one.
+    fn check_orphan_grace(&self, at: &str, problems: &mut Vec<String>) {
+        if let VerificationConfig::Smtp(smtp) = &self.verification {
+            // 0s says runs never overlap (a CronJob with concurrencyPolicy Forbid, a timer).
+            let grace = self.orphan_grace_period;
+            if !grace.0.is_zero() && grace <= smtp.retry_budget {
+                problems.push(format!(
+                    "{at}.orphanGracePeriod: {} must be longer than verification.smtp.retryBudget {} (or 0s when runs never overlap): a secret is verified before it is stored, and another run must not take it for an orphan meanwhile",
+                    grace, smtp.retry_budget
+                ));
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub enum Event {
     Observed { current: Option<Uuid>, expires: Option<DateTime<Utc>>, credentials: usize },
     Decided { reason: &'static str, message: String },
     OrphanRemoved { key_id: Uuid },
+    Discarded { key_id: Uuid },
     Minted { key_id: Uuid, expires: Option<DateTime<Utc>> },
     Stored { key_id: Uuid, store: String },
     VerificationAttemptFailed { attempt: u32, retry_in: Option<std::time::Duration>, message: String },
@@ -36,6 +37,9 @@ impl fmt::Display for Event {
             Event::Decided { reason, message } => write!(f, "decided: {reason}: {message}"),
             Event::OrphanRemoved { key_id } => {
                 write!(f, "removed keyId {key_id}: minted earlier but its value reached no store")
+            }
+            Event::Discarded { key_id } => {
+                write!(f, "removed keyId {key_id}: it failed verification and was never stored")
             }
             Event::Minted { key_id, expires } => write!(
                 f,

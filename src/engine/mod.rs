@@ -104,7 +104,7 @@ pub enum EngineError {
     Graph(#[from] GraphError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the new secret (keyId {key_id}) is stored but failed verification after {attempts} attempt(s); the old secret was kept. Last failure: {last}")]
+    #[error("keyId {key_id} failed verification after {attempts} attempt(s); nothing was revoked and the stores keep the secret that worked. Last failure: {last}")]
     Verification { key_id: Uuid, attempts: u32, last: VerifyError },
     #[error(transparent)]
     Rollout(#[from] RolloutError),
@@ -275,12 +275,27 @@ impl Engine {
         let key_id = minted.credential.key_id;
         let (start, end) = (minted.credential.start, minted.credential.end);
         self.emit(rotation, Event::Minted { key_id, expires: end });
+        // Prove the secret before any store gets it: consumers must only ever read a
+        // secret that works. Until it is stored, other runs see it as in flight.
+        if let Err(error) = self.verify(rotation, key_id, &minted.value).await {
+            self.discard(rotation, app.object_id, key_id).await;
+            return Err(error);
+        }
         for store in &rotation.stores {
             self.store_one(rotation, store, key_id, &minted.value, start, end).await?;
         }
         let mut app = app.clone();
         app.password_credentials.push(minted.credential.clone());
         self.settle(rotation, app.object_id, key_id, &minted.value, true, start, end, &app).await
+    }
+
+    /// Removes a secret that failed verification: its value reached no store, so nobody
+    /// can use it. Should Graph refuse, the next run removes it as an orphan.
+    async fn discard(&self, rotation: &Rotation, object_id: Uuid, key_id: Uuid) {
+        match rotation.directory.remove_password(object_id, key_id).await {
+            Ok(()) => self.emit(rotation, Event::Discarded { key_id }),
+            Err(error) => tracing::warn!(rotation = %rotation.name, %key_id, %error, "could not remove the unverified secret; the next run removes it"),
+        }
     }
 
     async fn store_one(
@@ -299,7 +314,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Verifies `key_id`, then revokes the older secrets of ours whose grace period is over.
+    /// Verifies `key_id` (unless this run minted and verified it), restarts consumers, then
+    /// revokes the older secrets of ours whose grace period is over.
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
@@ -312,7 +328,9 @@ impl Engine {
         expires: Option<DateTime<Utc>>,
         app: &Application,
     ) -> Result<Outcome, EngineError> {
-        self.verify(rotation, key_id, value).await?;
+        if !minted {
+            self.verify(rotation, key_id, value).await?;
+        }
         if let Some(rollout) = &rotation.rollout {
             let workloads = rollout.roll_out(key_id).await?;
             if !workloads.is_empty() {

@@ -152,6 +152,9 @@ struct FakeVerifier {
     directory: Arc<FakeDirectory>,
     refusals: Mutex<Vec<VerifyFailureKind>>,
     attempts: Mutex<u32>,
+    /// At each attempt, the keyIds the stores hold (what consumers read at that moment).
+    stores: Mutex<Vec<Arc<FakeStore>>>,
+    seen: Mutex<Vec<Vec<Option<Uuid>>>>,
 }
 
 #[async_trait]
@@ -161,6 +164,8 @@ impl Verifier for FakeVerifier {
     }
     async fn verify(&self, _app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         *self.attempts.lock().unwrap() += 1;
+        let held = self.stores.lock().unwrap().iter().map(|s| s.key_id()).collect();
+        self.seen.lock().unwrap().push(held);
         let fail = |kind| Err(VerifyError { target: "fake relay".into(), kind, message: "refused".into() });
         if let Some(kind) = self.refusals.lock().unwrap().pop() {
             return fail(kind);
@@ -198,7 +203,13 @@ fn world(revoke_grace: chrono::Duration) -> World {
     });
     let vault = FakeStore::named("Key Vault kv/smtp");
     let secret = FakeStore::named("Secret dify/smtp");
-    let verifier = Arc::new(FakeVerifier { directory: directory.clone(), refusals: Mutex::default(), attempts: Mutex::default() });
+    let verifier = Arc::new(FakeVerifier {
+        directory: directory.clone(),
+        refusals: Mutex::default(),
+        attempts: Mutex::default(),
+        stores: Mutex::new(vec![vault.clone(), secret.clone()]),
+        seen: Mutex::default(),
+    });
     let sink = Arc::new(RecordingSink::default());
     let rotation = Rotation {
         name: ROTATION.into(),
@@ -361,7 +372,7 @@ async fn crash_between_stores_is_completed_from_the_store_that_has_it() {
 }
 
 #[tokio::test]
-async fn store_failure_stops_before_verification_and_the_next_run_resumes() {
+async fn store_failure_after_verification_is_resumed_by_the_next_run() {
     let w = world(Days::zero());
     let old = w.settled().await;
     *w.secret.fail_writes.lock().unwrap() = Some(StoreErrorKind::Transient);
@@ -377,6 +388,20 @@ async fn store_failure_stops_before_verification_and_the_next_run_resumes() {
 }
 
 #[tokio::test]
+async fn stores_only_ever_receive_a_verified_secret() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::BadCredentials; 2];
+    w.verifier.seen.lock().unwrap().clear();
+    let Outcome::Settled { key_id, .. } = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap() else {
+        panic!()
+    };
+    let seen = w.verifier.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![vec![Some(old), Some(old)]; 3], "while the new secret was being proven, consumers read the old one");
+    assert_eq!((w.vault.key_id(), w.secret.key_id()), (Some(key_id), Some(key_id)));
+}
+
+#[tokio::test]
 async fn verification_retries_through_propagation_delay() {
     let w = world(Days::zero());
     *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::BadCredentials; 3];
@@ -389,15 +414,17 @@ async fn verification_retries_through_propagation_delay() {
 }
 
 #[tokio::test]
-async fn permanent_verification_failure_keeps_the_old_secret() {
+async fn permanent_verification_failure_keeps_the_old_secret_stored_and_discards_the_new() {
     let w = world(Days::zero());
     let old = w.settled().await;
     *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::MechanismRejected];
     let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
-    let EngineError::Verification { attempts: 1, .. } = &err else { panic!("{err:?}") };
+    let EngineError::Verification { attempts: 1, key_id, .. } = &err else { panic!("{err:?}") };
     assert!(!err.is_transient());
     assert!(w.directory.has(old), "never revoke before verification");
-    assert!(err.to_string().contains("the old secret was kept"), "{err}");
+    assert!(!w.directory.has(*key_id), "the unverified secret is removed at once");
+    assert_eq!((w.vault.key_id(), w.secret.key_id()), (Some(old), Some(old)), "stores untouched");
+    assert!(err.to_string().contains("the stores keep the secret that worked"), "{err}");
 }
 
 #[tokio::test]
@@ -411,9 +438,10 @@ async fn propagation_longer_than_the_budget_fails_without_revoking() {
     assert!(attempts > 3);
     assert!(w.clock.now() - start <= Days::seconds(300), "stays within the budget");
     assert!(w.directory.has(old));
-    // Once the secret works, the next run verifies it and revokes the old one.
+    assert_eq!(w.directory.credentials().len(), 1, "the new secret was discarded");
+    // Once secrets work again, a later forced run rotates.
     w.verifier.refusals.lock().unwrap().clear();
-    let Outcome::Settled { revoked, .. } = w.run().await.unwrap() else { panic!() };
+    let Outcome::Settled { revoked, .. } = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap() else { panic!() };
     assert_eq!(revoked, vec![old]);
 }
 
@@ -511,9 +539,11 @@ async fn rollout_happens_after_verification_and_before_revocation() {
 
 #[tokio::test]
 async fn a_secret_that_never_passed_verification_is_verified_when_asked() {
-    let w = world(Days::zero());
-    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::MechanismRejected];
-    assert!(w.run().await.is_err(), "the first verification fails");
+    let mut w = world(Days::zero());
+    // Stored while verification was switched off, then switched on.
+    w.rotation.verifier = None;
+    w.settled().await;
+    w.rotation.verifier = Some(w.verifier.clone());
     let attempts = *w.verifier.attempts.lock().unwrap();
     // A stateless run cannot know; it finds the stored secret up to date.
     assert!(matches!(w.run().await.unwrap(), Outcome::UpToDate { .. }));

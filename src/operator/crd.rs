@@ -353,9 +353,10 @@ impl ClientSecretRotation {
             lifetime,
             renew_before,
             revoke_grace_period,
-            // Leader election keeps a second runner away; a short wait still covers a
-            // leader that lost its lease mid-rotation.
-            orphan_grace_period: HumanDuration(std::time::Duration::from_secs(120)),
+            // The controller's Lease (or a CronJob's concurrencyPolicy: Forbid) keeps a
+            // second runner away; the wait covers a leader that lost its Lease mid-rotation.
+            // The controller overrides it with --orphan-grace-period.
+            orphan_grace_period: HumanDuration(DEFAULT_ORPHAN_GRACE),
             targets,
             verification,
         };
@@ -363,6 +364,10 @@ impl ClientSecretRotation {
         if problems.is_empty() { Ok(config) } else { Err(problems) }
     }
 }
+
+/// How long an unstored secret of ours is left alone in operator mode: comfortably more
+/// than the Lease duration (15 s), after which a former leader has stopped.
+pub const DEFAULT_ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn duration(field: &str, text: &str, problems: &mut Vec<String>) -> HumanDuration {
     HumanDuration::parse(text).unwrap_or_else(|e| {

@@ -19,7 +19,14 @@ use std::time::Duration;
 
 /// Connects to Kubernetes (in-cluster, else `$KUBECONFIG`) and Azure for the controller and
 /// the CronJob pass. `instance` names this process in Events (the pod name).
-pub async fn context(settings: &ServiceSettings, instance: &str, drift_interval: Duration) -> anyhow::Result<Context> {
+/// How often every rotation is looked at, and how long an unstored secret of ours is left
+/// to the run that minted it.
+pub struct Timings {
+    pub drift_interval: Duration,
+    pub orphan_grace: Duration,
+}
+
+pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timings) -> anyhow::Result<Context> {
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig): {e}")
     })?;
@@ -34,7 +41,8 @@ pub async fn context(settings: &ServiceSettings, instance: &str, drift_interval:
         client,
         assembly,
         clock: Arc::new(SystemClock),
-        drift_interval,
+        drift_interval: timings.drift_interval,
+        orphan_grace: timings.orphan_grace,
         metrics,
         notifier,
     })

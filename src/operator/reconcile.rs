@@ -29,6 +29,8 @@ pub struct Context {
     /// Look at every rotation at least this often, to notice secrets added or removed
     /// out of band.
     pub drift_interval: Duration,
+    /// How long a secret minted but not yet stored is left to the run that minted it.
+    pub orphan_grace: Duration,
     pub metrics: Arc<Metrics>,
     /// `None` when no notification channel is configured.
     pub notifier: Option<Notifier>,
@@ -70,7 +72,8 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
         return Ok(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue });
     }
 
-    let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|config| {
+    let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|mut config| {
+        config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
         let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
             Arc::new(WorkloadRollout::new(
                 ctx.client.clone(),
@@ -309,6 +312,7 @@ fn event_kind(event: &EngineEvent) -> Option<(EventType, &'static str)> {
     Some(match event {
         EngineEvent::Observed { .. } | EngineEvent::Decided { .. } => return None,
         EngineEvent::OrphanRemoved { .. } => (EventType::Normal, "OrphanRemoved"),
+        EngineEvent::Discarded { .. } => (EventType::Warning, "Discarded"),
         EngineEvent::Minted { .. } => (EventType::Normal, "Minted"),
         EngineEvent::Stored { .. } => (EventType::Normal, "Stored"),
         EngineEvent::VerificationAttemptFailed { .. } => (EventType::Warning, "VerificationRetry"),

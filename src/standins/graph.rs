@@ -12,13 +12,18 @@
 //! `listOwnedApplications` (`GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`).
 //! Listings also carry the certificate credentials (`keyCredentials`) added with
 //! [`GraphStandin::add_certificate`].
+//!
+//! Opt-in write throttling ([`GraphStandin::set_write_budget`]) models Graph's identity and
+//! access limits: writes (`addPassword`, `removePassword`) per calling application in the
+//! tenant and per tenant within a sliding window, refused beyond that with 429 and a
+//! `Retry-After` saying when the oldest write leaves the window.
 
 // Helpers short-circuit with a ready axum `Response`; its size does not matter in a stand-in.
 #![allow(clippy::result_large_err)]
 
 use super::faults::{DropConnectionMark, Faults};
 use super::https::serve_tls;
-use super::tenant::{AuthFailure, StandinApp, StandinPassword, Tenant};
+use super::tenant::{AuthFailure, IssuedToken, StandinApp, StandinPassword, Tenant};
 use super::tls::TestPki;
 use crate::domain::MAX_SECRET_LIFETIME_DAYS;
 use axum::body::Bytes;
@@ -69,6 +74,7 @@ pub struct GraphStandin {
     tenant: Tenant,
     faults: Faults,
     listing: listing::Extras,
+    budget: budget::WriteBudget,
     server: JoinHandle<()>,
 }
 
@@ -83,6 +89,7 @@ struct AppState {
     tenant: Tenant,
     faults: Faults,
     listing: listing::Extras,
+    budget: budget::WriteBudget,
 }
 
 /// What the stand-in knows about each request before a handler runs: Graph's ids, which it
@@ -100,10 +107,12 @@ impl GraphStandin {
     pub async fn start(tenant: Tenant, pki: &TestPki) -> anyhow::Result<Self> {
         let faults = Faults::with_error_body(graph_fault_body);
         let listing = listing::Extras::default();
+        let budget = budget::WriteBudget::default();
         let state = AppState {
             tenant: tenant.clone(),
             faults: faults.clone(),
             listing: listing.clone(),
+            budget: budget.clone(),
         };
         let (address, server) = serve_tls(router(state), pki).await?;
         Ok(Self {
@@ -111,6 +120,7 @@ impl GraphStandin {
             tenant,
             faults,
             listing,
+            budget,
             server,
         })
     }
@@ -152,6 +162,19 @@ impl GraphStandin {
     /// this object id.
     pub fn add_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
         self.listing.add_owner(object_id, owner_client_id);
+    }
+
+    /// Throttles writes from now on: at most `per_app` by each calling application and
+    /// `per_tenant` by all callers together within any `window`; a write beyond either is
+    /// answered 429 with `Retry-After` (whole seconds, at least 1), as Graph does. Real
+    /// limits: 3,000 per app per 150 s and 18,000 per tenant per 5 min.
+    pub fn set_write_budget(&self, per_app: usize, per_tenant: usize, window: Duration) {
+        self.budget.configure(per_app, per_tenant, window);
+    }
+
+    /// How many writes the write budget refused with 429 so far.
+    pub fn throttled_writes(&self) -> u64 {
+        self.budget.throttled()
     }
 
     fn base_url(&self) -> Url {
@@ -451,7 +474,13 @@ async fn begin(
     if let Some(fault) = intercept(&state, route, &ids).await {
         return Err(fault);
     }
-    check_bearer(&state, headers, &ids)?;
+    let caller = check_bearer(&state, headers, &ids)?;
+    if route == ROUTE_ADD_PASSWORD || route == ROUTE_REMOVE_PASSWORD {
+        state
+            .budget
+            .admit(caller.client_id)
+            .map_err(|wait| budget::throttled_response(wait, &ids))?;
+    }
     let object_id = address.resolve(&state.tenant, &ids)?;
     Ok(GraphCall {
         state,
@@ -460,11 +489,12 @@ async fn begin(
     })
 }
 
+/// The grant behind the request's bearer token, if it is a valid Graph token.
 fn check_bearer(
     state: &AppState,
     headers: &HeaderMap,
     ids: &RequestContext,
-) -> Result<(), Response> {
+) -> Result<IssuedToken, Response> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -488,7 +518,7 @@ fn check_bearer(
             ids,
         ));
     }
-    Ok(())
+    Ok(grant)
 }
 
 fn unauthorized(message: &str, ids: &RequestContext) -> Response {
@@ -1283,5 +1313,130 @@ mod listing {
                 ))
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write throttling
+// ---------------------------------------------------------------------------------------------
+
+/// Graph's write limits for identity and access, per calling application and per tenant,
+/// over a sliding window (off until configured).
+mod budget {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex, MutexGuard};
+    use std::time::Instant;
+
+    #[derive(Clone, Default)]
+    pub(super) struct WriteBudget {
+        state: Arc<Mutex<BudgetState>>,
+    }
+
+    #[derive(Default)]
+    struct BudgetState {
+        limits: Option<Limits>,
+        /// When each accepted write happened, within the window: per caller, and all callers.
+        by_caller: HashMap<Uuid, VecDeque<Instant>>,
+        tenant: VecDeque<Instant>,
+        throttled: u64,
+    }
+
+    #[derive(Clone, Copy)]
+    struct Limits {
+        per_app: usize,
+        per_tenant: usize,
+        window: Duration,
+    }
+
+    impl WriteBudget {
+        fn state(&self) -> MutexGuard<'_, BudgetState> {
+            // A panic while holding the lock only happens in a failing test; keep serving.
+            self.state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+
+        pub(super) fn configure(&self, per_app: usize, per_tenant: usize, window: Duration) {
+            let mut state = self.state();
+            state.limits = Some(Limits {
+                per_app,
+                per_tenant,
+                window,
+            });
+            state.by_caller.clear();
+            state.tenant.clear();
+        }
+
+        pub(super) fn throttled(&self) -> u64 {
+            self.state().throttled
+        }
+
+        /// Counts a write by `caller`, or says how long until the budget has room for it.
+        pub(super) fn admit(&self, caller: Uuid) -> Result<(), Duration> {
+            let mut state = self.state();
+            let Some(limits) = state.limits else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            let BudgetState {
+                by_caller, tenant, ..
+            } = &mut *state;
+            let mine = by_caller.entry(caller).or_default();
+            let waits = [
+                room_in(mine, limits.per_app, limits.window, now),
+                room_in(tenant, limits.per_tenant, limits.window, now),
+            ];
+            match waits.into_iter().flatten().max() {
+                Some(wait) => {
+                    state.throttled += 1;
+                    Err(wait)
+                }
+                None => {
+                    mine.push_back(now);
+                    tenant.push_back(now);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Drops writes older than `window`; `Some(wait)` when `limit` writes remain in it.
+    fn room_in(
+        writes: &mut VecDeque<Instant>,
+        limit: usize,
+        window: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        while writes
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= window)
+        {
+            writes.pop_front();
+        }
+        if writes.len() < limit {
+            return None;
+        }
+        let oldest = writes.front().copied().unwrap_or(now);
+        Some((oldest + window).saturating_duration_since(now))
+    }
+
+    /// Graph's 429: `Retry-After` in whole seconds, rounded up, at least one.
+    pub(super) fn throttled_response(wait: Duration, ids: &RequestContext) -> Response {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let seconds = seconds.max(1);
+        let message = format!(
+            "Too many requests, please retry after {seconds} second(s). The application exceeded its write limit for identity and access resources."
+        );
+        let mut response = graph_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            &message,
+            ids,
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
     }
 }

@@ -17,8 +17,10 @@ pub struct StandinPassword {
     pub hint: String,
     /// The value; only the stand-in keeps it, real Entra keeps a hash.
     pub secret_text: String,
-    /// When it was minted, to model Entra's replication delay.
+    /// When it was minted.
     pub minted_at: Instant,
+    /// From when it authenticates everywhere (Entra's replication delay).
+    pub replicated_at: Instant,
 }
 
 /// One application registration.
@@ -125,8 +127,10 @@ impl Tenant {
             hint: secret_text.chars().take(3).collect(),
             secret_text,
             minted_at: Instant::now(),
+            replicated_at: Instant::now(),
         };
         let mut state = self.state();
+        let password = StandinPassword { replicated_at: password.minted_at + state.propagation_delay, ..password };
         let app = state.apps.get_mut(&object_id)?;
         app.passwords.push(password.clone());
         state.minted_values.push(password.secret_text.clone());
@@ -153,6 +157,7 @@ impl Tenant {
             .iter_mut()
             .find(|p| p.key_id == password.key_id)?;
         stored.minted_at = long_ago;
+        stored.replicated_at = long_ago;
         Some(stored.clone())
     }
 
@@ -170,9 +175,17 @@ impl Tenant {
         self.state().minted_values.clone()
     }
 
-    /// How long a newly minted secret is refused before it authenticates.
+    /// How long a newly minted secret is refused before it authenticates. Secrets already
+    /// replicated stay so; those still replicating now finish `delay` after their minting.
     pub fn set_propagation_delay(&self, delay: Duration) {
-        self.state().propagation_delay = delay;
+        let mut state = self.state();
+        state.propagation_delay = delay;
+        let now = Instant::now();
+        for password in state.apps.values_mut().flat_map(|app| app.passwords.iter_mut()) {
+            if password.replicated_at > now {
+                password.replicated_at = password.minted_at + delay;
+            }
+        }
     }
 
     /// Checks a client secret the way Entra does at sign-in.
@@ -192,7 +205,7 @@ impl Tenant {
         if password.end <= now {
             return Err(AuthFailure::Expired);
         }
-        if password.minted_at.elapsed() < state.propagation_delay {
+        if Instant::now() < password.replicated_at {
             return Err(AuthFailure::NotYetReplicated);
         }
         Ok(())
