@@ -274,9 +274,9 @@ async fn kill_after_observe_with_add_password_in_flight() {
 }
 
 #[tokio::test]
-async fn kill_after_mint_before_any_store_write() {
+async fn kill_after_verification_before_any_store_write() {
     let row = crash_at(
-        "after mint (Key Vault write in flight)",
+        "after verification (Key Vault write in flight)",
         Hold::Request {
             service: Service::Vault,
             route: vault_routes::SET_SECRET,
@@ -314,13 +314,10 @@ async fn kill_after_key_vault_write_before_kubernetes_write() {
 }
 
 #[tokio::test]
-async fn kill_after_kubernetes_write_before_verification() {
-    crash_at(
-        "after Kubernetes write (verification connecting)",
-        Hold::RelayGreeting,
-    )
-    .await
-    .print();
+async fn kill_after_mint_before_verification() {
+    let row = crash_at("after mint (verification connecting)", Hold::RelayGreeting).await;
+    assert!(row.rerun.contains("removed the unstored secret"), "{}", row.rerun);
+    row.print();
 }
 
 #[tokio::test]
@@ -336,7 +333,7 @@ async fn kill_during_verification_retries() {
 #[tokio::test]
 async fn kill_after_verification_before_revoke() {
     let row = crash_at(
-        "after verification, before revoke (removePassword in flight)",
+        "after every store write, before revoke (removePassword in flight)",
         Hold::Request {
             service: Service::Graph,
             route: ROUTE_REMOVE_PASSWORD,
