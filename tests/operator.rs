@@ -201,3 +201,37 @@ async fn a_leader_stopped_mid_rotation_is_cleaned_up_by_the_next_one() {
     assert_eq!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap().annotations["entra-rotator.io/key-id"], current);
     assert_eq!(condition(&status(&scenario), "Verified").unwrap().0, "True");
 }
+
+/// The requests one reconcile of an up-to-date rotation sends, per API: what an idle
+/// object costs (the drift check), asserted like a request scenario.
+#[tokio::test]
+async fn an_up_to_date_reconcile_reads_and_writes_nothing_more_than_needed() {
+    use entra_rotator::standins::graph::{ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD};
+    use entra_rotator::standins::keyvault::routes as vault;
+    use entra_rotator::standins::kubernetes::routes as kube;
+    let scenario = world("0s").await;
+    assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).status().await.unwrap().success());
+    let settled = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"].clone();
+    for faults in [scenario.graph.faults(), scenario.vault.faults(), scenario.kubernetes.faults()] {
+        faults.reset_counts();
+    }
+    let sessions = scenario.relay.sessions();
+
+    assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).status().await.unwrap().success());
+
+    let graph = scenario.graph.faults();
+    assert_eq!((graph.count(ROUTE_GET_APPLICATION), graph.count(ROUTE_ADD_PASSWORD), graph.count(ROUTE_REMOVE_PASSWORD)), (1, 0, 0));
+    assert_eq!(graph.count("token"), 2, "a new process needs one token per audience: Graph and Key Vault");
+    let vault_reads = scenario.vault.faults().count(vault::GET_SECRET);
+    assert_eq!((vault_reads, scenario.vault.faults().count(vault::SET_SECRET)), (1, 0));
+    let k8s = scenario.kubernetes.faults();
+    assert_eq!(k8s.count(kube::ROTATIONS.list), 1, "one list of the namespace's rotations");
+    assert_eq!(k8s.count(kube::ROTATIONS.get_status), 1, "the status is read fresh before writing");
+    assert_eq!(k8s.count(kube::GET_SECRET), 1, "the Secret store is read once");
+    assert_eq!(k8s.count(kube::PATCH_SECRET), 0);
+    assert_eq!(k8s.count(kube::EVENTS.create), 0, "nothing happened, nothing to report");
+    assert_eq!(k8s.count(kube::DEPLOYMENTS.patch), 0, "no restart");
+    assert_eq!(scenario.relay.sessions(), sessions, "no verification mail for a verified secret");
+    let status = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"].clone();
+    assert_eq!(status["currentKeyId"], settled["currentKeyId"]);
+}
