@@ -88,6 +88,8 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
     let (reader, writer) = kube::runtime::reflector::store();
     let rotation_stream = watcher(rotations, watcher::Config::default())
         .default_backoff()
+        // Nothing reads managedFields; dropping them keeps the cache small (docs/performance.md).
+        .modify(|rotation| kube::ResourceExt::managed_fields_mut(rotation).clear())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
