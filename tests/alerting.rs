@@ -74,6 +74,11 @@ async fn pass(scenario: &Scenario, settings: &std::path::Path) -> std::process::
         .unwrap()
 }
 
+fn expiring_events(scenario: &Scenario) -> usize {
+    let events = scenario.kubernetes.events(NAMESPACE);
+    events.iter().filter(|e| e.reason == "ExpiringSoon" && e.type_ == "Warning").map(|e| e.count as usize).sum()
+}
+
 fn kinds(receiver: &Receiver) -> Vec<String> {
     receiver.received.lock().unwrap().iter().map(|b| b["kind"].as_str().unwrap().to_string()).collect()
 }
@@ -87,6 +92,7 @@ async fn one_notification_per_threshold_crossing_across_restarts() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
     assert_eq!(kinds(&receiver), vec!["CredentialExpiring"], "one notification, not one per pass");
+    assert_eq!(expiring_events(&scenario), 1, "one Warning Event per crossing");
     let body = receiver.received.lock().unwrap()[0].clone();
     assert_eq!(body["rotation"], "dify/dify-smtp");
     assert!(matches!(body["daysLeft"].as_i64(), Some(1..=2)), "{body}");
@@ -97,6 +103,7 @@ async fn one_notification_per_threshold_crossing_across_restarts() {
     pass(&scenario, &settings).await;
     pass(&scenario, &settings).await;
     assert_eq!(kinds(&receiver), vec!["CredentialExpiring", "CredentialExpiring"]);
+    assert_eq!(expiring_events(&scenario), 2);
 
     let everything = serde_json::to_string(&*receiver.received.lock().unwrap()).unwrap();
     for value in scenario.tenant.minted_values() {

@@ -167,8 +167,10 @@ fn record_metrics(
     }
 }
 
-/// Sends what is due (one notification per threshold crossing per keyId, one per run of
-/// failures) and records it in `next`. Returns false when a delivery failed.
+/// Announces what is due, once: a Warning Event and a notification per threshold crossing
+/// per keyId, a notification per run of failures (the failure itself already has its
+/// Warning Event). Records it in `next`; returns false when a delivery failed, so that it
+/// is tried again soon.
 async fn notify(
     ctx: &Context,
     object: &ClientSecretRotation,
@@ -177,7 +179,6 @@ async fn notify(
     thresholds: &[chrono::Duration],
     now: DateTime<Utc>,
 ) -> bool {
-    let Some(notifier) = &ctx.notifier else { return true };
     let mut delivered = true;
     let base = Notification {
         kind: EXPIRING,
@@ -198,7 +199,9 @@ async fn notify(
                 ),
                 ..base.clone()
             };
-            match notifier.notify(&notification).await {
+            let note = format!("{} day(s) left: {}", notification.days_left.unwrap_or_default(), notification.message);
+            publish(ctx, object, EventType::Warning, conditions::EXPIRING_SOON, &note).await;
+            match deliver(ctx, &notification).await {
                 Ok(()) => {
                     next.notified_threshold = Some(HumanDuration(threshold.to_std().unwrap_or_default()).to_string());
                     next.notified_key_id = next.current_key_id.clone();
@@ -213,7 +216,7 @@ async fn notify(
     match error {
         Some(error) if !next.failure_notified => {
             let notification = Notification { kind: FAILED, message: error.to_string(), ..base };
-            match notifier.notify(&notification).await {
+            match deliver(ctx, &notification).await {
                 Ok(()) => next.failure_notified = true,
                 Err(problem) => {
                     delivered = false;
@@ -225,6 +228,13 @@ async fn notify(
         None => next.failure_notified = false,
     }
     delivered
+}
+
+async fn deliver(ctx: &Context, notification: &Notification) -> Result<(), crate::alerting::NotifyError> {
+    match &ctx.notifier {
+        Some(notifier) => notifier.notify(notification).await,
+        None => Ok(()),
+    }
 }
 
 /// When the engine itself needs to act again.
