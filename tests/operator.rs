@@ -210,14 +210,14 @@ async fn an_up_to_date_reconcile_reads_and_writes_nothing_more_than_needed() {
     use entra_rotator::standins::keyvault::routes as vault;
     use entra_rotator::standins::kubernetes::routes as kube;
     let scenario = world("0s").await;
-    assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).status().await.unwrap().success());
+    assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).output().await.unwrap().status.success());
     let settled = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"].clone();
     for faults in [scenario.graph.faults(), scenario.vault.faults(), scenario.kubernetes.faults()] {
         faults.reset_counts();
     }
     let sessions = scenario.relay.sessions();
 
-    assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).status().await.unwrap().success());
+    assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).output().await.unwrap().status.success());
 
     let graph = scenario.graph.faults();
     assert_eq!((graph.count(ROUTE_GET_APPLICATION), graph.count(ROUTE_ADD_PASSWORD), graph.count(ROUTE_REMOVE_PASSWORD)), (1, 0, 0));

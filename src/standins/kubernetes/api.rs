@@ -108,9 +108,10 @@ async fn list_or_watch(
         let request = WatchRequest::parse(selection, &params)?;
         Ok(watch::watch(shared, request))
     } else {
+        let page = watch::Page::parse(&params).map_err(ApiError::bad_request)?;
         Ok(ok(
             StatusCode::OK,
-            watch::list(&shared.cluster(), &selection),
+            watch::list(&shared.cluster(), &selection, &page),
         ))
     }
 }

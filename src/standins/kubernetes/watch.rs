@@ -2,8 +2,10 @@
 //!
 //! Every change to any object is kept in a bounded history keyed by `resourceVersion`.
 //! - `LIST` answers the current state with the current `resourceVersion` in the list
-//!   metadata (`limit`/`continue` are not honoured: every item comes in one page, which the
-//!   API allows and the watcher handles; `resourceVersion`/`resourceVersionMatch` are
+//!   metadata, in pages of `limit` items with a `continue` token (as the API server does;
+//!   the watcher asks for 500 at a time); later pages show the objects as they are then,
+//!   under the first page's `resourceVersion`, and a watch from it replays any change;
+//!   `resourceVersion`/`resourceVersionMatch` are
 //!   answered with the most recent state, which satisfies `NotOlderThan` and unset).
 //! - `WATCH` (`?watch=true`) streams newline-delimited JSON events: from
 //!   `resourceVersion=N`, every change after N; with `resourceVersion` unset or `0`, synthetic
@@ -16,6 +18,7 @@
 //! - `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1` (what
 //!   `metadata_watcher` sends) answers metadata-only objects.
 
+use base64::Engine as _;
 use super::kinds::{ApiError, Kind};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::{Cluster, Shared};
@@ -199,13 +202,58 @@ impl Selection {
     }
 }
 
-/// The list answer: matching objects and the version a watch continues from.
-pub(super) fn list(cluster: &Cluster, selection: &Selection) -> Value {
+/// Where a list page starts: the `continue` token of the previous page.
+pub(super) struct Page {
+    pub limit: Option<usize>,
+    /// `(resourceVersion of the first page, namespace/name of the last item sent)`.
+    pub after: Option<(u64, String)>,
+}
+
+impl Page {
+    /// Reads `limit` and `continue`; a token we did not issue is a 400, as on a real server.
+    pub(super) fn parse(params: &std::collections::HashMap<String, String>) -> Result<Self, String> {
+        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+        let after = match params.get("continue").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(token) => {
+                let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(token)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .and_then(|text| text.split_once('|').map(|(rv, key)| (rv.parse::<u64>().ok(), key.to_string())));
+                match decoded {
+                    Some((Some(rv), key)) => Some((rv, key)),
+                    _ => return Err("continue key is not valid".into()),
+                }
+            }
+        };
+        Ok(Self { limit, after })
+    }
+}
+
+fn object_key(object: &Value) -> String {
+    let metadata = &object["metadata"];
+    format!("{}/{}", metadata["namespace"].as_str().unwrap_or(""), metadata["name"].as_str().unwrap_or(""))
+}
+
+/// The list answer: one page of matching objects and the version a watch continues from.
+pub(super) fn list(cluster: &Cluster, selection: &Selection, page: &Page) -> Value {
     let info = selection.kind.info();
-    let items: Vec<Value> = cluster
+    let resource_version = page.after.as_ref().map_or(cluster.resource_version, |(rv, _)| *rv);
+    let matching: Vec<Value> = cluster
         .snapshot(selection.kind, selection.namespace.as_deref())
-        .iter()
+        .into_iter()
         .filter(|object| selection.matches(object))
+        .filter(|object| page.after.as_ref().is_none_or(|(_, after)| object_key(object).as_str() > after.as_str()))
+        .collect();
+    let taken = page.limit.unwrap_or(usize::MAX).min(matching.len());
+    let remaining = matching.len() - taken;
+    let next = (remaining > 0).then(|| {
+        let last = object_key(&matching[taken - 1]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{resource_version}|{last}"))
+    });
+    let items: Vec<Value> = matching[..taken]
+        .iter()
         .map(|object| {
             let mut item = selection.shape(object);
             // Built-in list items carry no type; the list says it.
@@ -227,12 +275,12 @@ pub(super) fn list(cluster: &Cluster, selection: &Selection) -> Value {
     } else {
         (format!("{}List", info.kind), info.api_version())
     };
-    json!({
-        "kind": kind,
-        "apiVersion": api_version,
-        "metadata": { "resourceVersion": cluster.resource_version.to_string() },
-        "items": items,
-    })
+    let mut metadata = json!({ "resourceVersion": resource_version.to_string() });
+    if let Some(token) = next {
+        metadata["continue"] = json!(token);
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items })
 }
 
 /// Where a watch starts.
