@@ -156,10 +156,7 @@ impl Faults {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock only happens in a failing test; keep serving.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.state)
     }
 
     /// Queues `fault` for the next request to `route` not already claimed by an earlier fault.

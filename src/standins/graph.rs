@@ -22,7 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::faults::{DropConnectionMark, Faults};
-use super::https::serve_tls;
+use super::https::{serve_tls, ServerTask};
 use super::tenant::{AuthFailure, IssuedToken, StandinApp, StandinPassword, Tenant};
 use super::tls::TestPki;
 use crate::domain::MAX_SECRET_LIFETIME_DAYS;
@@ -39,7 +39,6 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use url::Url;
 use uuid::Uuid;
 
@@ -75,13 +74,8 @@ pub struct GraphStandin {
     faults: Faults,
     listing: listing::Extras,
     budget: budget::WriteBudget,
-    server: JoinHandle<()>,
-}
-
-impl Drop for GraphStandin {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    /// Keeps the server running; dropping it stops it.
+    _server: ServerTask,
 }
 
 #[derive(Clone)]
@@ -121,7 +115,7 @@ impl GraphStandin {
             faults,
             listing,
             budget,
-            server,
+            _server: server,
         })
     }
 
@@ -1000,10 +994,7 @@ mod listing {
 
     impl Extras {
         fn state(&self) -> MutexGuard<'_, ExtrasState> {
-            // A panic while holding the lock only happens in a failing test; keep serving.
-            self.state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+            crate::standins::lock(&self.state)
         }
 
         pub(super) fn add_certificate(
@@ -1351,10 +1342,7 @@ mod budget {
 
     impl WriteBudget {
         fn state(&self) -> MutexGuard<'_, BudgetState> {
-            // A panic while holding the lock only happens in a failing test; keep serving.
-            self.state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+            crate::standins::lock(&self.state)
         }
 
         pub(super) fn configure(&self, per_app: usize, per_tenant: usize, window: Duration) {

@@ -20,17 +20,29 @@ use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-/// Starts serving `router` over TLS on a free loopback port. Aborting the returned task
-/// stops the server and closes every open connection.
-pub async fn serve_tls(
-    router: Router,
-    pki: &TestPki,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+/// A stand-in's server task: dropping it stops the server and closes every connection.
+#[derive(Debug)]
+pub struct ServerTask(JoinHandle<()>);
+
+impl ServerTask {
+    pub fn new(task: JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts serving `router` over TLS on a free loopback port, until the task is dropped.
+pub async fn serve_tls(router: Router, pki: &TestPki) -> anyhow::Result<(SocketAddr, ServerTask)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let acceptor = TlsAcceptor::from(pki.server_config()?);
     let task = tokio::spawn(accept_loop(listener, acceptor, router));
-    Ok((address, task))
+    Ok((address, ServerTask::new(task)))
 }
 
 /// Owns every connection task, so aborting this loop drops (and aborts) them all.

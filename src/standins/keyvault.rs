@@ -15,7 +15,7 @@
 //! a real vault's throttling and outages apply to a caller.
 
 use super::faults::Faults;
-use super::https::serve_tls;
+use super::https::{serve_tls, ServerTask};
 use super::tenant::Tenant;
 use super::tls::TestPki;
 use axum::Router;
@@ -30,7 +30,6 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// The scope a token must have been issued for.
@@ -128,10 +127,7 @@ struct Shared {
 
 impl Shared {
     fn vault(&self) -> MutexGuard<'_, Vault> {
-        // A panic while holding the lock only happens in a failing test; keep serving.
-        self.vault
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.vault)
     }
 }
 
@@ -139,13 +135,8 @@ impl Shared {
 pub struct KeyVaultStandin {
     url: String,
     shared: Shared,
-    task: JoinHandle<()>,
-}
-
-impl Drop for KeyVaultStandin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Keeps the server running; dropping it stops it.
+    _task: ServerTask,
 }
 
 impl fmt::Debug for KeyVaultStandin {
@@ -171,7 +162,7 @@ impl KeyVaultStandin {
         Ok(Self {
             url: format!("https://{address}"),
             shared,
-            task,
+            _task: task,
         })
     }
 

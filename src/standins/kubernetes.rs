@@ -24,7 +24,7 @@
 //! Requests are counted per route (see [`routes`]) and faults are played before any work.
 
 use super::faults::Faults;
-use super::https::serve_tls;
+use super::https::{serve_tls, ServerTask};
 use super::tls::TestPki;
 use axum::Router;
 use axum::body::Bytes;
@@ -39,7 +39,6 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 mod api;
@@ -487,10 +486,7 @@ struct Shared {
 
 impl Shared {
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        // A panic while holding the lock only happens in a failing test; keep serving.
-        self.cluster
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.cluster)
     }
 }
 
@@ -498,13 +494,8 @@ impl Shared {
 pub struct KubernetesStandin {
     url: String,
     shared: Shared,
-    task: JoinHandle<()>,
-}
-
-impl Drop for KubernetesStandin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// Keeps the server running; dropping it stops it.
+    _task: ServerTask,
 }
 
 impl fmt::Debug for KubernetesStandin {
@@ -526,7 +517,7 @@ impl KubernetesStandin {
         Ok(Self {
             url: format!("https://{address}"),
             shared,
-            task,
+            _task: task,
         })
     }
 

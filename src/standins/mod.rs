@@ -16,3 +16,9 @@ pub mod scenario;
 pub mod smtp;
 pub mod tenant;
 pub mod tls;
+
+/// Locks a stand-in's state. A panic while holding the lock only happens in a failing
+/// test; the stand-in keeps serving rather than failing every later request too.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -20,11 +20,11 @@ use secrecy::{ExposeSecret, SecretString};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -177,12 +177,8 @@ struct Shared {
     counts: Mutex<HashMap<String, u64>>,
 }
 
-fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock only happens in a failing test; keep serving.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use super::https::ServerTask;
+use super::lock as locked;
 
 impl Shared {
     fn count(&self, key: &str) {
@@ -195,7 +191,8 @@ pub struct SmtpRelayStandin {
     addr: SocketAddr,
     implicit_tls_addr: SocketAddr,
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Keep the accept loops running; dropping them stops the relay.
+    _tasks: Vec<ServerTask>,
 }
 
 impl SmtpRelayStandin {
@@ -220,9 +217,9 @@ impl SmtpRelayStandin {
         Ok(Self {
             addr: starttls_listener.local_addr()?,
             implicit_tls_addr: implicit_listener.local_addr()?,
-            tasks: vec![
-                tokio::spawn(accept_loop(starttls_listener, shared.clone(), false)),
-                tokio::spawn(accept_loop(implicit_listener, shared.clone(), true)),
+            _tasks: vec![
+                ServerTask::new(tokio::spawn(accept_loop(starttls_listener, shared.clone(), false))),
+                ServerTask::new(tokio::spawn(accept_loop(implicit_listener, shared.clone(), true))),
             ],
             shared,
         })
@@ -277,14 +274,6 @@ impl SmtpRelayStandin {
     /// One entry of [`counts`](Self::counts); 0 when never seen.
     pub fn count(&self, key: &str) -> u64 {
         locked(&self.shared.counts).get(key).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for SmtpRelayStandin {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
     }
 }
 

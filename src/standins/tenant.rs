@@ -78,8 +78,7 @@ impl Tenant {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock only happens in a failing test; keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.state)
     }
 
     /// Registers an application and returns it.
