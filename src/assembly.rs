@@ -74,6 +74,16 @@ impl Assembly {
         options
     }
 
+    /// The HTTP client (with the configured trust) for other outbound calls, e.g. notifications.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// The extra trusted roots, for clients that are not HTTP (SMTP).
+    pub fn trust(&self) -> TlsTrust {
+        self.trust.clone()
+    }
+
     /// The Graph client shared by all rotations.
     pub fn directory(&self) -> Arc<dyn Directory> {
         self.directory.clone()

@@ -17,8 +17,6 @@ use reconcile::Context;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Connects to Kubernetes (in-cluster, else `$KUBECONFIG`) and Azure for the controller and
-/// the CronJob pass. `instance` names this process in Events (the pod name).
 /// How often every rotation is looked at, and how long an unstored secret of ours is left
 /// to the run that minted it.
 pub struct Timings {
@@ -26,15 +24,15 @@ pub struct Timings {
     pub orphan_grace: Duration,
 }
 
+/// Connects to Kubernetes (in-cluster, else `$KUBECONFIG`) and Azure for the controller and
+/// the CronJob pass. `instance` names this process in Events (the pod name).
 pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timings) -> anyhow::Result<Context> {
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig): {e}")
     })?;
     let metrics = Arc::new(Metrics::new());
     let assembly = Assembly::observed(&settings.azure, &settings.tls, Some(client.clone()), Some(metrics.clone()))?;
-    let trust = crate::assembly::load_trust(&settings.tls)?;
-    let http = crate::adapters::http::http_client(&trust, Duration::from_secs(30))?;
-    let notifier = Notifier::new(&settings.notifications, http, trust)?;
+    let notifier = Notifier::new(&settings.notifications, assembly.http(), assembly.trust())?;
     let reporter = Reporter { controller: "entra-rotator".into(), instance: Some(instance.to_string()) };
     Ok(Context {
         recorder: Recorder::new(client.clone(), reporter),
