@@ -35,7 +35,9 @@ pub struct Assembly {
     trust: TlsTrust,
     kube: Option<kube::Client>,
     observer: Option<Arc<dyn ApiObserver>>,
-    /// One Key Vault client per vault, so each learns the vault's challenge only once.
+    /// One Key Vault client per vault, so each learns the vault's challenge only once; they
+    /// request Key Vault's audience only, and skip the challenge's domain check only for the
+    /// administrator's `azure.keyVault.privateHosts`.
     vaults: crate::adapters::keyvault::KeyVaultClients,
 }
 
@@ -62,7 +64,10 @@ impl Assembly {
             graph = graph.with_observer(observer.clone());
         }
         let directory: Arc<dyn Directory> = Arc::new(graph);
-        Ok(Self { directory, credential, http, trust, kube, observer, vaults: Default::default() })
+        let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&azure.authority_host)
+            .with_private_hosts(azure.key_vault.private_hosts.iter().map(String::as_str));
+        let vaults = crate::adapters::keyvault::KeyVaultClients::new(vault_trust);
+        Ok(Self { directory, credential, http, trust, kube, observer, vaults })
     }
 
     /// azure_core options for Key Vault: the shared HTTP client, and the observer per attempt.
@@ -108,11 +113,10 @@ impl Assembly {
     for target in &config.targets {
         stores.push(match target {
             TargetConfig::KeyVault(vault) => {
-                let mut settings = crate::adapters::keyvault::KeyVaultSettings::new(
+                let settings = crate::adapters::keyvault::KeyVaultSettings::new(
                     vault.vault_url.as_str(),
                     vault.secret_name.clone(),
                 );
-                settings.verify_challenge_resource = vault.verify_challenge_resource;
                 Arc::new(
                     self.vaults
                         .store(settings, credential.clone(), || self.key_vault_options())

@@ -236,7 +236,9 @@ impl Rendered {
         let text = self.one("ConfigMap")["data"]["azure.yaml"]
             .as_str()
             .expect("azure.yaml in the ConfigMap");
-        serde_yaml::from_str(text).unwrap_or_else(|e| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        ServiceSettings::load(Some(file.path())).unwrap_or_else(|e| {
             panic!(
                 "{}: azure.yaml is not what --azure-config reads: {e}\n{text}",
                 self.scenario.name
@@ -1277,4 +1279,21 @@ fn the_install_notes_render_in_both_modes() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[test]
+fn private_vault_hosts_are_the_administrators_setting() {
+    let Some(helm) = helm() else { return };
+    let defaults = render(&helm, Scenario::new("controller, defaults", Mode::Controller));
+    assert!(defaults.settings().azure.key_vault.private_hosts.is_empty(), "no private vault hosts by default");
+
+    let mut proxied = Scenario::new("controller, a private vault host", Mode::Controller);
+    proxied.sets.push("azure.keyVault.privateHosts={kv-proxy.internal.example.com}");
+    assert_eq!(render(&helm, proxied).settings().azure.key_vault.private_hosts, ["kv-proxy.internal.example.com"]);
+
+    let mut bad = template_command(&helm, &Scenario::new("controller, a URL as host", Mode::Controller));
+    bad.args(["--set", "azure.keyVault.privateHosts={https://kv.example.com}"]);
+    let refused = bad.output().unwrap();
+    assert!(!refused.status.success(), "a URL is not a host name");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("privateHosts"), "{}", String::from_utf8_lossy(&refused.stderr));
 }

@@ -89,3 +89,14 @@ fn what_cel_cannot_see_is_caught_before_anything_runs() {
     let problems = rotation.to_rotation_config().unwrap_err().join("\n");
     assert!(problems.contains("unknown variable {{smtp_host}}"), "{problems}");
 }
+
+#[test]
+fn a_key_vault_target_may_not_switch_the_challenge_check_off() {
+    let vault = json!({ "keyVault": { "vaultUrl": "https://kv-mail.vault.azure.net", "secretName": "smtp", "verifyChallengeResource": false } });
+    let refused = admission(with(example(), "/spec/targets", json!([vault]))).unwrap_err();
+    assert!(refused.contains("verifyChallengeResource was removed"), "{refused}");
+    assert!(refused.contains("azure.keyVault.privateHosts"), "{refused}");
+
+    let plain = json!({ "keyVault": { "vaultUrl": "https://kv-mail.vault.azure.net", "secretName": "smtp" } });
+    assert!(admission(with(example(), "/spec/targets", json!([plain]))).is_ok());
+}

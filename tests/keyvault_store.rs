@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
 use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
 use entra_rotator::adapters::keyvault::{
-    CONTENT_TYPE, KeyVaultSettings, KeyVaultSetupError, KeyVaultStore,
+    CONTENT_TYPE, KeyVaultSettings, KeyVaultSetupError, KeyVaultStore, VaultTrust,
 };
 use entra_rotator::domain::{AppRef, ExposeSecret, SecretString, SecretToStore};
 use entra_rotator::engine::ports::{SecretStore, StoreErrorKind};
@@ -78,11 +78,13 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     fn settings(&self) -> KeyVaultSettings {
-        KeyVaultSettings {
-            // A vault at 127.0.0.1 cannot be under vault.azure.net, as the check demands.
-            verify_challenge_resource: false,
-            ..KeyVaultSettings::new(self.vault.vault_url(), SECRET_NAME)
-        }
+        KeyVaultSettings::new(self.vault.vault_url(), SECRET_NAME)
+    }
+
+    /// Public cloud, with the stand-in's host trusted as a private vault host name: a vault
+    /// at 127.0.0.1 cannot be under vault.azure.net, as the challenge check demands.
+    fn trust(&self) -> VaultTrust {
+        public_cloud().with_private_hosts(["127.0.0.1"])
     }
 
     fn http(&self) -> reqwest::Client {
@@ -106,6 +108,15 @@ impl Fixture {
         settings: KeyVaultSettings,
         credential: Arc<dyn TokenCredential>,
     ) -> KeyVaultStore {
+        self.store_trusting(settings, &self.trust(), credential)
+    }
+
+    fn store_trusting(
+        &self,
+        settings: KeyVaultSettings,
+        trust: &VaultTrust,
+        credential: Arc<dyn TokenCredential>,
+    ) -> KeyVaultStore {
         let mut options = azure_client_options(self.http());
         options.retry = RetryOptions::exponential(ExponentialRetryOptions {
             initial_delay: azure_core::time::Duration::milliseconds(2),
@@ -113,7 +124,7 @@ impl Fixture {
             max_total_elapsed: azure_core::time::Duration::seconds(10),
             max_delay: azure_core::time::Duration::milliseconds(20),
         });
-        KeyVaultStore::new(settings, credential, options).unwrap()
+        KeyVaultStore::new(settings, trust, credential, options).unwrap()
     }
 
     fn store(&self) -> KeyVaultStore {
@@ -353,10 +364,7 @@ async fn a_token_for_another_audience_is_refused() {
 #[tokio::test]
 async fn challenge_resource_verification_refuses_a_vault_outside_the_vault_domain() {
     let f = fixture().await;
-    let store = f.store_with(
-        KeyVaultSettings::new(f.vault.vault_url(), SECRET_NAME),
-        f.credential(None),
-    );
+    let store = f.store_trusting(f.settings(), &public_cloud(), f.credential(None));
 
     let err = store.read().await.unwrap_err();
 
@@ -377,11 +385,13 @@ async fn bad_settings_are_refused_before_any_request() {
 
     let bad_name = KeyVaultStore::new(
         KeyVaultSettings::new(f.vault.vault_url(), "smtp_password"),
+        &f.trust(),
         credential.clone(),
         options(),
     );
     let plain_http = KeyVaultStore::new(
         KeyVaultSettings::new("http://kv.vault.azure.net", SECRET_NAME),
+        &f.trust(),
         credential,
         options(),
     );
@@ -427,4 +437,64 @@ async fn debug_output_and_errors_never_show_the_value() {
         assert!(!text.contains("do-not-print-me"), "{text}");
     }
     assert!(!format!("{:?}", f.vault.latest(SECRET_NAME).unwrap()).contains("do-not-print-me"));
+}
+
+fn public_cloud() -> VaultTrust {
+    VaultTrust::for_authority(&"https://login.microsoftonline.com".parse().unwrap())
+}
+
+/// A host named as a vault whose challenge asks for another audience (Graph, ARM, or a
+/// resource of its own) gets no token, whether its host is trusted as a private vault host
+/// (the SDK's domain check off: our audience guard refuses) or not (the SDK refuses). The
+/// guard's refusal of a challenge that passes the SDK's check is a unit test in
+/// src/adapters/keyvault.rs: no host name other than an IP resolves to loopback here.
+#[tokio::test]
+async fn a_challenge_for_another_audience_gets_no_token() {
+    let foreign = [
+        "https://graph.microsoft.com",
+        "https://management.azure.com",
+        "https://attacker.example",
+    ];
+    for resource in foreign {
+        for private in [true, false] {
+            let f = fixture().await;
+            f.vault.impersonate(resource);
+            let trust = if private { f.trust() } else { public_cloud() };
+            let store = f.store_trusting(f.settings(), &trust, f.credential(None));
+
+            let err = store.read().await.unwrap_err();
+
+            let case = format!("challenge for {resource}, private host: {private}");
+            assert_eq!(f.vault.bearer_requests(), 0, "{case}: the host received a token");
+            assert!(f.tenant.issued_scopes().is_empty(), "{case}: a token was issued: {:?}", f.tenant.issued_scopes());
+            assert_eq!(err.kind, StoreErrorKind::Rejected, "{case}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(&f.vault.vault_url()), "{case}: the error names the host: {text}");
+            if private {
+                assert!(
+                    text.contains(&format!("{resource}/.default")) && text.contains("not Key Vault's"),
+                    "{case}: the error names the scope asked for: {text}"
+                );
+            } else {
+                assert!(text.contains("challenge resource"), "{case}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_vault_is_asked_for_the_audience_of_its_cloud() {
+    let f = fixture().await;
+    let store = f.store_with(f.settings(), f.credential(None));
+
+    store.read().await.unwrap();
+
+    assert_eq!(f.tenant.issued_scopes(), ["https://vault.azure.net/.default"]);
+    for (authority, audience) in [
+        ("https://login.microsoftonline.com", "https://vault.azure.net"),
+        ("https://login.chinacloudapi.cn", "https://vault.azure.cn"),
+        ("https://login.microsoftonline.us", "https://vault.usgovcloudapi.net"),
+    ] {
+        assert_eq!(VaultTrust::for_authority(&authority.parse().unwrap()).audience, audience);
+    }
 }

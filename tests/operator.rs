@@ -20,7 +20,7 @@ fn spec(scenario: &Scenario, revoke_grace: &str) -> Value {
         "targets": [
             { "secret": { "name": SECRET_NAME, "keys": {
                 "SMTP_USERNAME": "{{smtpUsername}}", "SMTP_PASSWORD": "{{secret}}", "SMTP_SERVER": "{{smtpHost}}" } } },
-            { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": VAULT_SECRET, "verifyChallengeResource": false } }
+            { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": VAULT_SECRET } }
         ],
         "verification": { "smtp": {
             "host": "localhost", "port": scenario.relay.port(),

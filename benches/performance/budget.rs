@@ -57,7 +57,7 @@ fn seed_due_apps(scenario: &Scenario, prefix: &str, count: usize) -> PathBuf {
     application: {{ tenantId: {tenant}, clientId: {client}, objectId: {object} }}
     revokeGracePeriod: 0s
     targets:
-      - keyVault: {{ vaultUrl: "{vault}", secretName: {name}, verifyChallengeResource: false }}
+      - keyVault: {{ vaultUrl: "{vault}", secretName: {name} }}
     verification:
       smtp: {{ host: localhost, port: {port}, username: "{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}", from: "{sender}", to: canary@contoso.example, retryInterval: 1s }}
 "#,

@@ -204,7 +204,7 @@ fn rotation_spec(scenario: &Scenario, revoke_grace: &str) -> Value {
         "revokeGracePeriod": revoke_grace,
         "targets": [
             { "secret": { "name": SECRET_NAME, "keys": { "SMTP_USERNAME": "{{smtpUsername}}", "SMTP_PASSWORD": "{{secret}}" } } },
-            { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": VAULT_SECRET, "verifyChallengeResource": false } }
+            { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": VAULT_SECRET } }
         ],
         "verification": { "smtp": {
             "host": "localhost", "port": scenario.relay.port(),

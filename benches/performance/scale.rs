@@ -53,7 +53,7 @@ fn seed_rotations(scenario: &Scenario, count: usize) {
         let spec = json!({
             "application": { "tenantId": scenario.tenant.tenant_id, "clientId": app.app_id, "objectId": app.object_id },
             "lifetime": "4320h",
-            "targets": [ { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": name, "verifyChallengeResource": false } } ],
+            "targets": [ { "keyVault": { "vaultUrl": scenario.vault.vault_url(), "secretName": name } } ],
             "verification": { "smtp": {
                 "host": "localhost", "port": scenario.relay.port(),
                 "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),

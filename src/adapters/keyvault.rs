@@ -7,7 +7,8 @@
 //! The `keyId` tag is how the rotator later recognises which credential the value is.
 //!
 //! The client is the official `azure_security_keyvault_secrets` `SecretClient`; it
-//! discovers the token scope from Key Vault's `WWW-Authenticate` challenge and retries
+//! discovers the token scope from Key Vault's `WWW-Authenticate` challenge (we only ever
+//! let it ask for Key Vault's own audience: [`VaultTrust`]) and retries
 //! 408/429/5xx and connection faults itself (see `ClientOptions::retry`). A client learns
 //! the challenge on its first request, so long-running processes share one client per vault
 //! ([`KeyVaultClients`]): otherwise every store built afresh (each reconcile builds its
@@ -16,7 +17,7 @@
 use crate::domain::{ExposeSecret, SecretString, SecretToStore, StoredSecret};
 use crate::engine::ports::{SecretStore, StoreError, StoreErrorKind};
 use async_trait::async_trait;
-use azure_core::credentials::TokenCredential;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
 use azure_core::http::ClientOptions;
 use azure_core::time::OffsetDateTime;
@@ -25,7 +26,7 @@ use azure_security_keyvault_secrets::models::{
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -50,21 +51,107 @@ pub struct KeyVaultSettings {
     pub vault_url: String,
     /// The secret's name: 1 to 127 letters, digits and dashes.
     pub secret_name: String,
-    /// Whether the resource named in Key Vault's authentication challenge must be a parent
-    /// domain of the vault's host (the SDK's protection against a look-alike vault
-    /// harvesting tokens). Keep it on; turn it off only for a vault behind a host name
-    /// that is not under the cloud's vault domain (a private proxy, the local stand-in).
-    pub verify_challenge_resource: bool,
 }
 
 impl KeyVaultSettings {
-    /// Settings with challenge-resource verification on.
     pub fn new(vault_url: impl Into<String>, secret_name: impl Into<String>) -> Self {
         Self {
             vault_url: vault_url.into(),
             secret_name: secret_name.into(),
-            verify_challenge_resource: true,
         }
+    }
+}
+
+/// What the rotator authenticates to when it talks to a vault. It comes from the
+/// administrator's settings, never from a rotation: whoever names a vault must not also
+/// choose which token it receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultTrust {
+    /// The only audience a vault token is requested for, e.g. `https://vault.azure.net`.
+    pub audience: String,
+    /// Lower-case host names of vaults reached through a name outside the cloud's vault
+    /// domain (a private proxy, the local stand-in). For these the SDK's check that the
+    /// challenge names a parent domain of the host is skipped; the audience still is not.
+    pub private_hosts: BTreeSet<String>,
+}
+
+impl VaultTrust {
+    /// Key Vault's audience in the cloud `authority_host` signs in to, and no private hosts.
+    pub fn for_authority(authority_host: &url::Url) -> Self {
+        Self {
+            audience: key_vault_audience(authority_host).to_string(),
+            private_hosts: BTreeSet::new(),
+        }
+    }
+
+    /// The same, trusting `hosts` as private vault host names.
+    pub fn with_private_hosts<'a>(mut self, hosts: impl IntoIterator<Item = &'a str>) -> Self {
+        self.private_hosts = hosts.into_iter().map(str::to_ascii_lowercase).collect();
+        self
+    }
+
+    fn verifies_challenge_of(&self, vault_url: &str) -> bool {
+        let host = url::Url::parse(vault_url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase));
+        !host.is_some_and(|host| self.private_hosts.contains(&host))
+    }
+}
+
+/// Key Vault's resource in the cloud whose Entra authority is `authority_host`. An
+/// authority we do not know (a proxy, the local stand-in) gets the public cloud's.
+pub fn key_vault_audience(authority_host: &url::Url) -> &'static str {
+    match authority_host.host_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("login.chinacloudapi.cn" | "login.partner.microsoftonline.cn") => "https://vault.azure.cn",
+        Some("login.microsoftonline.us") => "https://vault.usgovcloudapi.net",
+        _ => "https://vault.azure.net",
+    }
+}
+
+/// A vault's challenge asked for a token that is not for Key Vault.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{vault_url} asked for a token for scope {scope:?}, which is not Key Vault's ({audience}/.default); the rotator sends vaults Key Vault tokens only and sent none. Check that vaultUrl is a Key Vault"
+)]
+pub struct ForeignAudience {
+    vault_url: String,
+    scope: String,
+    audience: String,
+}
+
+/// Hands the rotator's credential only requests for Key Vault's audience.
+///
+/// The SDK asks the credential for whatever scope the answering host's `WWW-Authenticate`
+/// challenge names (azure_security_keyvault_secrets 1.0, `authorizer.rs`), and sends the
+/// token to that host. Without this guard a host named as a vault could ask for, and
+/// receive, the rotator's Graph token. The SDK has no option to pin the audience, hence
+/// this wrapper.
+#[derive(Debug)]
+struct VaultAudienceOnly {
+    inner: Arc<dyn TokenCredential>,
+    vault_url: String,
+    audience: String,
+}
+
+#[async_trait]
+impl TokenCredential for VaultAudienceOnly {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let allowed = format!("{}/.default", self.audience);
+        if let Some(foreign) = scopes.iter().find(|scope| **scope != allowed) {
+            return Err(azure_core::Error::new(
+                ErrorKind::Other,
+                ForeignAudience {
+                    vault_url: self.vault_url.clone(),
+                    scope: (*foreign).to_string(),
+                    audience: self.audience.clone(),
+                },
+            ));
+        }
+        self.inner.get_token(scopes, options).await
     }
 }
 
@@ -114,15 +201,20 @@ fn validate_vault_url(raw: &str) -> Result<String, KeyVaultSetupError> {
 
 fn secret_client(
     vault_url: &str,
-    verify_challenge_resource: bool,
+    trust: &VaultTrust,
     credential: Arc<dyn TokenCredential>,
     client_options: ClientOptions,
 ) -> Result<Arc<SecretClient>, KeyVaultSetupError> {
     let options = SecretClientOptions {
         client_options,
-        verify_challenge_resource: Some(verify_challenge_resource),
+        verify_challenge_resource: Some(trust.verifies_challenge_of(vault_url)),
         ..Default::default()
     };
+    let credential = Arc::new(VaultAudienceOnly {
+        inner: credential,
+        vault_url: vault_url.to_string(),
+        audience: trust.audience.clone(),
+    });
     SecretClient::new(vault_url, credential, Some(options))
         .map(Arc::new)
         .map_err(|e| KeyVaultSetupError::InvalidVaultUrl {
@@ -131,14 +223,20 @@ fn secret_client(
         })
 }
 
-/// One `SecretClient` per vault (and challenge-verification setting), shared by every
-/// store of that vault that a process builds.
-#[derive(Default)]
+/// One `SecretClient` per vault, shared by every store of that vault that a process builds.
 pub struct KeyVaultClients {
-    clients: Mutex<HashMap<(String, bool), Arc<SecretClient>>>,
+    trust: VaultTrust,
+    clients: Mutex<HashMap<String, Arc<SecretClient>>>,
 }
 
 impl KeyVaultClients {
+    pub fn new(trust: VaultTrust) -> Self {
+        Self {
+            trust,
+            clients: Mutex::default(),
+        }
+    }
+
     /// A store for `settings`, on the vault's shared client (created with `credential` and
     /// `client_options()` the first time the vault is seen).
     pub fn store(
@@ -149,18 +247,12 @@ impl KeyVaultClients {
     ) -> Result<KeyVaultStore, KeyVaultSetupError> {
         let vault_url = validate_vault_url(&settings.vault_url)?;
         validate_secret_name(&settings.secret_name)?;
-        let key = (vault_url.clone(), settings.verify_challenge_resource);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let client = match clients.get(&key) {
+        let client = match clients.get(&vault_url) {
             Some(client) => client.clone(),
             None => {
-                let client = secret_client(
-                    &vault_url,
-                    settings.verify_challenge_resource,
-                    credential,
-                    client_options(),
-                )?;
-                clients.insert(key, client.clone());
+                let client = secret_client(&vault_url, &self.trust, credential, client_options())?;
+                clients.insert(vault_url.clone(), client.clone());
                 client
             }
         };
@@ -194,17 +286,13 @@ impl KeyVaultStore {
     /// (adjust `client_options.retry` to change the SDK's retries).
     pub fn new(
         settings: KeyVaultSettings,
+        trust: &VaultTrust,
         credential: Arc<dyn TokenCredential>,
         client_options: ClientOptions,
     ) -> Result<Self, KeyVaultSetupError> {
         let vault_url = validate_vault_url(&settings.vault_url)?;
         validate_secret_name(&settings.secret_name)?;
-        let client = secret_client(
-            &vault_url,
-            settings.verify_challenge_resource,
-            credential,
-            client_options,
-        )?;
+        let client = secret_client(&vault_url, trust, credential, client_options)?;
         Ok(Self {
             client,
             vault_url,
@@ -260,6 +348,10 @@ impl KeyVaultStore {
                     error_chain(err)
                 ),
             ),
+            _ if find_in_chain::<ForeignAudience>(err).is_some() => (
+                StoreErrorKind::Rejected,
+                find_in_chain::<ForeignAudience>(err).map(ToString::to_string).unwrap_or_default(),
+            ),
             ErrorKind::Credential => (
                 StoreErrorKind::Forbidden,
                 format!(
@@ -270,7 +362,7 @@ impl KeyVaultStore {
             _ => (
                 StoreErrorKind::Rejected,
                 format!(
-                    "the Key Vault client failed before the vault answered ({}). If this is about the challenge resource: the vaultUrl's host is not under the domain the vault authenticates for (vault.azure.net in Azure public cloud); use the vault's own URI, and turn verifyChallengeResource off only for a trusted private host name",
+                    "the Key Vault client failed before the vault answered ({}). If this is about the challenge resource: the vaultUrl's host is not under the domain the vault authenticates for (vault.azure.net in Azure public cloud); use the vault's own URI, or, for a vault reached through a private host name you trust, ask the rotator's administrator to list that host under azure.keyVault.privateHosts",
                     error_chain(err)
                 ),
             ),
@@ -426,6 +518,24 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// The first error of type `T` in `err`'s source chain.
+fn find_in_chain<T: std::error::Error + 'static>(err: &azure_core::Error) -> Option<&T> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(found) = error
+            .downcast_ref::<azure_core::Error>()
+            .and_then(|e| e.downcast_ref::<T>())
+        {
+            return Some(found);
+        }
+        current = error.source();
+    }
+    None
+}
+
 fn is_dns_failure(err: &azure_core::Error) -> bool {
     let chain = error_chain(err).to_ascii_lowercase();
     chain.contains("dns error") || chain.contains("failed to lookup address")
@@ -526,9 +636,47 @@ mod tests {
         }
     }
 
+    /// Counts the requests that reach the rotator's credential.
+    #[derive(Debug, Default)]
+    struct CountingCredential(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl TokenCredential for CountingCredential {
+        async fn get_token(
+            &self,
+            _: &[&str],
+            _: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(azure_core::Error::with_message(ErrorKind::Credential, "counted"))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_key_vault_scopes_reach_the_credential() {
+        let inner = Arc::new(CountingCredential::default());
+        let guard = VaultAudienceOnly {
+            inner: inner.clone(),
+            vault_url: "https://kv.evil.example".into(),
+            audience: "https://vault.azure.net".into(),
+        };
+        // What a host passing the SDK's domain check (kv.evil.example, resource
+        // https://evil.example) or a trusted private host asking for Graph would get.
+        for scope in ["https://evil.example/.default", "https://graph.microsoft.com/.default", "https://vault.azure.net"] {
+            let err = guard.get_token(&[scope], None).await.unwrap_err();
+            let refusal = find_in_chain::<ForeignAudience>(&err).expect("refused by the guard").to_string();
+            assert!(refusal.contains("https://kv.evil.example") && refusal.contains(scope), "{refusal}");
+        }
+        assert_eq!(inner.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        guard.get_token(&["https://vault.azure.net/.default"], None).await.unwrap_err();
+        assert_eq!(inner.0.load(std::sync::atomic::Ordering::SeqCst), 1, "Key Vault's scope is passed on");
+    }
+
     fn store(url: &str) -> KeyVaultStore {
         let settings = KeyVaultSettings::new(url, "smtp");
-        KeyVaultStore::new(settings, Arc::new(NoCredential), ClientOptions::default()).unwrap()
+        let trust = VaultTrust::for_authority(&"https://login.microsoftonline.com".parse().unwrap());
+        KeyVaultStore::new(settings, &trust, Arc::new(NoCredential), ClientOptions::default()).unwrap()
     }
 
     #[test]

@@ -43,6 +43,34 @@ pub struct AzureSettings {
     /// Graph calls in flight at once, shared by every rotation of the process.
     #[serde(default = "default_graph_concurrency", deserialize_with = "graph_concurrency")]
     pub max_concurrent_graph_requests: usize,
+    #[serde(default)]
+    pub key_vault: KeyVaultTrustSettings,
+}
+
+/// How the rotator authenticates to vaults; the administrator's, never a rotation's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyVaultTrustSettings {
+    /// Host names of vaults reached through a name outside the cloud's vault domain (a
+    /// private proxy, the local stand-in): their challenge need not name a parent domain.
+    /// Only Key Vault's own audience is requested for them, as for every vault.
+    #[serde(default)]
+    pub private_hosts: Vec<String>,
+}
+
+impl KeyVaultTrustSettings {
+    fn check(&self, problems: &mut Vec<String>) {
+        for host in &self.private_hosts {
+            let plain = url::Host::parse(host).is_ok()
+                && !host.is_empty()
+                && !host.contains(['/', ':', '*', ' ']);
+            if !plain {
+                problems.push(format!(
+                    "azure.keyVault.privateHosts: {host:?} is not a host name; list bare host names such as kv-proxy.internal.example.com (no scheme, port, path or wildcard)"
+                ));
+            }
+        }
+    }
 }
 
 impl Default for AzureSettings {
@@ -52,6 +80,7 @@ impl Default for AzureSettings {
             graph_url: default_graph_url(),
             credential: CredentialConfig::default(),
             max_concurrent_graph_requests: default_graph_concurrency(),
+            key_vault: KeyVaultTrustSettings::default(),
         }
     }
 }
@@ -194,14 +223,14 @@ pub enum TargetConfig {
 pub struct KeyVaultTarget {
     pub vault_url: Url,
     pub secret_name: String,
-    /// Whether Key Vault's authentication challenge must name the vault's own domain.
-    #[serde(default = "yes")]
-    pub verify_challenge_resource: bool,
+    /// Removed: read only to refuse it with a message saying where the setting went
+    /// ([`VERIFY_CHALLENGE_MOVED`]), instead of serde's "unknown field".
+    #[serde(default)]
+    pub verify_challenge_resource: Option<bool>,
 }
 
-fn yes() -> bool {
-    true
-}
+/// Why `verifyChallengeResource` is refused, and what to do instead.
+pub const VERIFY_CHALLENGE_MOVED: &str = "verifyChallengeResource is no longer a per-target setting (whoever names a vault must not also decide which token it gets): remove it, and if this vault is reached through a private host name, list that host under azure.keyVault.privateHosts in the rotator's settings (the configuration file, or the controller's --azure-config: chart value azure.keyVault.privateHosts). See README, Upgrading";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -305,7 +334,15 @@ impl ServiceSettings {
         let Some(path) = path else { return Ok(Self::default()) };
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        serde_yaml::from_str(&text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })
+        let settings: Self = serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })?;
+        let mut problems = Vec::new();
+        settings.azure.key_vault.check(&mut problems);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        }
     }
 }
 
@@ -350,6 +387,7 @@ impl Config {
                 problems.push(format!("azure: {url} must use https"));
             }
         }
+        self.azure.key_vault.check(&mut problems);
         let mut names = std::collections::HashSet::new();
         for (index, rotation) in self.rotations.iter().enumerate() {
             let at = format!("rotations[{index}] ({})", rotation.name);
@@ -439,6 +477,9 @@ impl TargetConfig {
             TargetConfig::KeyVault(vault) => {
                 if vault.vault_url.scheme() != "https" {
                     problems.push(format!("{at}.keyVault.vaultUrl: {} must use https", vault.vault_url));
+                }
+                if vault.verify_challenge_resource.is_some() {
+                    problems.push(format!("{at}.keyVault.verifyChallengeResource: {VERIFY_CHALLENGE_MOVED}"));
                 }
                 let name_ok = (1..=127).contains(&vault.secret_name.len())
                     && vault.secret_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');

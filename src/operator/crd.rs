@@ -118,6 +118,7 @@ pub struct Target {
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.verifyChallengeResource)").message("verifyChallengeResource was removed: whoever names a vault must not also decide which token it gets. Remove the field; for a vault behind a private host name, the rotator's administrator lists that host under azure.keyVault.privateHosts in the controller's settings (chart value azure.keyVault.privateHosts). See the README, Upgrading"))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyVaultTarget {
     /// e.g. https://contoso-mail.vault.azure.net
@@ -125,8 +126,8 @@ pub struct KeyVaultTarget {
     pub vault_url: String,
     #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
     pub secret_name: String,
-    /// Whether Key Vault's authentication challenge must name the vault's own domain
-    /// (default true). Turn off only for a vault behind a private host name or proxy.
+    /// Removed, refused at admission and by the controller: private vault host names are
+    /// the administrator's setting azure.keyVault.privateHosts in the controller's settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_challenge_resource: Option<bool>,
 }
@@ -308,7 +309,7 @@ impl ClientSecretRotation {
                 (Some(vault), _) => Some(TargetConfig::KeyVault(KeyVaultConfigTarget {
                     vault_url: url::Url::parse(&vault.vault_url).ok()?,
                     secret_name: vault.secret_name.clone(),
-                    verify_challenge_resource: vault.verify_challenge_resource.unwrap_or(true),
+                    verify_challenge_resource: vault.verify_challenge_resource,
                 })),
                 (None, Some(secret)) => Some(TargetConfig::KubernetesSecret(KubernetesSecretTarget {
                     namespace: namespace.clone(),

@@ -116,6 +116,11 @@ impl SecretEntry {
 struct Vault {
     secrets: BTreeMap<String, SecretEntry>,
     access: Access,
+    /// The resource its challenge names: Key Vault's own, or another one when the vault
+    /// plays a host that harvests tokens ([`KeyVaultStandin::impersonate`]).
+    challenge_resource: String,
+    /// Requests that carried an `Authorization` header, whatever their token.
+    bearer_requests: u64,
 }
 
 #[derive(Clone)]
@@ -156,6 +161,8 @@ impl KeyVaultStandin {
             vault: Arc::new(Mutex::new(Vault {
                 secrets: BTreeMap::new(),
                 access: Access::Full,
+                challenge_resource: KEY_VAULT_RESOURCE.to_string(),
+                bearer_requests: 0,
             })),
         };
         let (address, task) = serve_tls(router(shared.clone()), pki).await?;
@@ -174,6 +181,17 @@ impl KeyVaultStandin {
     /// Fault queues and request counts, keyed by [`routes`].
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// Makes the challenge name `resource` (e.g. Graph's or ARM's) instead of Key Vault's,
+    /// as a host set up to harvest the caller's tokens would.
+    pub fn impersonate(&self, resource: &str) {
+        self.shared.vault().challenge_resource = resource.to_string();
+    }
+
+    /// How many requests carried an `Authorization` header, valid or not.
+    pub fn bearer_requests(&self) -> u64 {
+        self.shared.vault().bearer_requests
     }
 
     /// Every version of `name`, oldest first (deleted secrets included).
@@ -350,6 +368,9 @@ async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Uuid, Refu
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    if headers.contains_key(header::AUTHORIZATION) {
+        shared.vault().bearer_requests += 1;
+    }
     let Some(bearer) = bearer else {
         if let Some(fault) = shared.faults.intercept(routes::CHALLENGE).await {
             return Err(fault.into());
@@ -383,8 +404,9 @@ async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Uuid, Refu
 fn unauthorized(shared: &Shared, message: &str) -> Response {
     let mut response = kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message, None);
     let challenge = format!(
-        r#"Bearer authorization="https://login.microsoftonline.com/{}", resource="{KEY_VAULT_RESOURCE}""#,
-        shared.tenant.tenant_id
+        r#"Bearer authorization="https://login.microsoftonline.com/{}", resource="{}""#,
+        shared.tenant.tenant_id,
+        shared.vault().challenge_resource
     );
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response

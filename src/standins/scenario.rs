@@ -128,6 +128,8 @@ impl Scenario {
     tenantId: {tenant_id}
     clientId: {rotator_id}
     secretFile: {secret_file}
+  keyVault:
+    privateHosts: [{vault_host}]   # the stand-in vault is not under vault.azure.net
 tls:
   extraRootCertificates: [{ca}]
 kubernetes:
@@ -144,7 +146,6 @@ rotations:
       - keyVault:
           vaultUrl: {vault}
           secretName: {VAULT_SECRET}
-          verifyChallengeResource: false   # the stand-in vault is not under vault.azure.net
       - kubernetesSecret:
           namespace: {SECRET_NAMESPACE}
           name: {SECRET_NAME}
@@ -172,6 +173,7 @@ rotations:
             ca = ca.display(),
             kubeconfig = kubeconfig.display(),
             vault = self.vault.vault_url(),
+            vault_host = url::Url::parse(&self.vault.vault_url())?.host_str().unwrap_or_default(),
             port = self.relay.port(),
         ))
     }

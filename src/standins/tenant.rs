@@ -222,6 +222,11 @@ impl Tenant {
         token
     }
 
+    /// The scopes of every token issued so far, in no particular order.
+    pub fn issued_scopes(&self) -> Vec<String> {
+        self.state().tokens.values().map(|t| t.scope.clone()).collect()
+    }
+
     /// The token's grant if it was issued here and has not expired.
     pub fn token(&self, bearer: &str) -> Option<IssuedToken> {
         let state = self.state();

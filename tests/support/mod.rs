@@ -465,7 +465,7 @@ pub fn in_process_rotation(
     use entra_rotator::adapters::graph::{GraphClient, GraphConfig, RetryPolicy};
     use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
     use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
-    use entra_rotator::adapters::keyvault::{KeyVaultSettings, KeyVaultStore};
+    use entra_rotator::adapters::keyvault::{KeyVaultSettings, KeyVaultStore, VaultTrust};
     use entra_rotator::adapters::kubernetes::{
         KubernetesSecretSettings, KubernetesSecretStore, SmtpVariables,
     };
@@ -541,12 +541,14 @@ pub fn in_process_rotation(
     for target in &rotation.targets {
         match target {
             TargetConfig::KeyVault(vault) => {
-                let mut settings =
+                let settings =
                     KeyVaultSettings::new(vault.vault_url.as_str(), vault.secret_name.clone());
-                settings.verify_challenge_resource = false;
+                let trust = VaultTrust::for_authority(&scenario.graph.authority_host())
+                    .with_private_hosts(vault.vault_url.host_str());
                 stores.push(Arc::new(
                     KeyVaultStore::new(
                         settings,
+                        &trust,
                         credential.clone(),
                         azure_client_options(http.clone()),
                     )

@@ -94,6 +94,8 @@ azure:
     clientId: {{ . | quote }}
 {{- end }}
 {{- end }}
+  keyVault:
+    privateHosts: {{ .Values.azure.keyVault.privateHosts | toJson }}
 tls:
   extraRootCertificates:
 {{- if .Values.tls.extraRootCertificatesConfigMap }}
