@@ -81,17 +81,23 @@ pub struct MintedSecret {
     pub value: SecretString,
 }
 
-/// What a store holds: the value and, when we wrote it, which credential it is.
+/// What a store holds: the value and, when we wrote it, which credential it is and whose.
 #[derive(Debug)]
 pub struct StoredSecret {
     /// The `keyId` recorded next to the value; `None` when the value was not written by us.
     pub key_id: Option<Uuid>,
     pub value: SecretString,
+    /// The rotation that wrote it, as recorded next to the value (absent before 0.2).
+    pub rotation: Option<String>,
+    /// The application (client id) recorded next to the value.
+    pub app_id: Option<Uuid>,
 }
 
 /// Everything a store needs to write one credential.
 #[derive(Debug)]
 pub struct SecretToStore<'a> {
+    /// The rotation writing it: recorded next to the value as the store's owner.
+    pub rotation: &'a str,
     pub app: &'a AppRef,
     pub key_id: Uuid,
     pub value: &'a SecretString,

@@ -456,6 +456,7 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         held_in_secrecy(&held.value);
     }
     let to_store = SecretToStore {
+        rotation: "debug-check",
         app: &rotation.app,
         key_id: minted.credential.key_id,
         value: &minted.value,

@@ -139,6 +139,7 @@ fn whole_seconds(time: DateTime<Utc>) -> DateTime<Utc> {
 fn to_store<'a>(app: &'a AppRef, key_id: Uuid, value: &'a SecretString) -> SecretToStore<'a> {
     let start = whole_seconds(Utc::now());
     SecretToStore {
+        rotation: "dify/dify-smtp",
         app,
         key_id,
         value,

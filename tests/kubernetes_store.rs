@@ -79,6 +79,7 @@ impl Fixture {
 fn to_store<'a>(app: &'a AppRef, key_id: Uuid, value: &'a SecretString) -> SecretToStore<'a> {
     let start = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
     SecretToStore {
+        rotation: "dify/dify-smtp",
         app,
         key_id,
         value,

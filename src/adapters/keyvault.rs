@@ -42,6 +42,8 @@ pub const TAG_MANAGED_BY: &str = "managed-by";
 pub const TAG_APP_ID: &str = "appId";
 pub const TAG_TENANT_ID: &str = "tenantId";
 pub const TAG_KEY_ID: &str = "keyId";
+/// The rotation that owns the secret (`namespace/name` for a ClientSecretRotation).
+pub const TAG_ROTATION: &str = "rotation";
 pub const MANAGED_BY: &str = "entra-rotator";
 
 /// Where the secret lives.
@@ -551,6 +553,7 @@ fn tags_for(secret: &SecretToStore<'_>) -> HashMap<String, String> {
         (TAG_APP_ID.to_string(), secret.app.client_id.to_string()),
         (TAG_TENANT_ID.to_string(), secret.app.tenant_id.to_string()),
         (TAG_KEY_ID.to_string(), secret.key_id.to_string()),
+        (TAG_ROTATION.to_string(), secret.rotation.to_string()),
     ])
 }
 
@@ -578,13 +581,12 @@ impl SecretStore for KeyVaultStore {
                 "the vault returned the secret without a value".to_string(),
             )
         })?;
-        let key_id = secret
-            .tags
-            .as_ref()
-            .and_then(|tags| tags.get(TAG_KEY_ID))
-            .and_then(|raw| Uuid::parse_str(raw).ok());
+        let tag = |name: &str| secret.tags.as_ref().and_then(|tags| tags.get(name));
+        let key_id = tag(TAG_KEY_ID).and_then(|raw| Uuid::parse_str(raw).ok());
         Ok(Some(StoredSecret {
             key_id,
+            rotation: tag(TAG_ROTATION).cloned(),
+            app_id: tag(TAG_APP_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
             value: SecretString::from(value),
         }))
     }

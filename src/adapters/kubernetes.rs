@@ -34,6 +34,8 @@ use zeroize::Zeroize;
 pub const FIELD_MANAGER: &str = "entra-rotator";
 pub const ANNOTATION_APP_ID: &str = "entra-rotator.io/app-id";
 pub const ANNOTATION_KEY_ID: &str = "entra-rotator.io/key-id";
+/// The rotation that owns the Secret (`namespace/name` for a ClientSecretRotation).
+pub const ANNOTATION_ROTATION: &str = "entra-rotator.io/rotation";
 pub const ANNOTATION_EXPIRES_AT: &str = "entra-rotator.io/expires-at";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "entra-rotator";
@@ -309,6 +311,7 @@ impl KubernetesSecretStore {
                 secret.app.client_id.to_string(),
             ),
             (ANNOTATION_KEY_ID.to_string(), secret.key_id.to_string()),
+            (ANNOTATION_ROTATION.to_string(), secret.rotation.to_string()),
         ]);
         if let Some(expires) = secret.expires {
             annotations.insert(
@@ -398,6 +401,10 @@ impl SecretStore for KubernetesSecretStore {
         )
     }
 
+    /// The value under our `{{secret}}` key, with the keyId and owner our annotations
+    /// record. A Secret without that key but with our annotations (another rotation's,
+    /// with other keys) is returned with an empty value and no keyId, so the engine sees
+    /// whose it is and leaves it alone; the value is never used without a keyId.
     async fn read(&self) -> Result<Option<StoredSecret>, StoreError> {
         let Some(secret) = self
             .api
@@ -407,13 +414,18 @@ impl SecretStore for KubernetesSecretStore {
         else {
             return Ok(None);
         };
+        let annotation = |name: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(name)).cloned();
+        let rotation = annotation(ANNOTATION_ROTATION);
+        let app_id = annotation(ANNOTATION_APP_ID).and_then(|raw| Uuid::parse_str(&raw).ok());
         let Some(bytes) = secret
             .data
             .and_then(|mut data| data.remove(&self.secret_key))
+            .map(|bytes| bytes.0)
         else {
-            return Ok(None);
+            let owned = rotation.is_some() || app_id.is_some();
+            return Ok(owned.then(|| StoredSecret { key_id: None, value: SecretString::from(String::new()), rotation, app_id }));
         };
-        let value = String::from_utf8(bytes.0).map_err(|e| {
+        let value = String::from_utf8(bytes).map_err(|e| {
             let mut bytes = e.into_bytes();
             bytes.zeroize();
             self.error(
@@ -430,6 +442,8 @@ impl SecretStore for KubernetesSecretStore {
         Ok(Some(StoredSecret {
             key_id,
             value: SecretString::from(value),
+            rotation,
+            app_id,
         }))
     }
 

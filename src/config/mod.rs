@@ -389,10 +389,18 @@ impl Config {
         }
         self.azure.key_vault.check(&mut problems);
         let mut names = std::collections::HashSet::new();
+        let mut applications = std::collections::HashMap::new();
         for (index, rotation) in self.rotations.iter().enumerate() {
             let at = format!("rotations[{index}] ({})", rotation.name);
             if !names.insert(rotation.name.as_str()) {
                 problems.push(format!("{at}.name: used twice; each rotation needs its own name"));
+            }
+            let app = (rotation.application.tenant_id.to_ascii_lowercase(), rotation.application.client_id.to_ascii_lowercase());
+            if let Some(first) = applications.insert(app, rotation.name.as_str()) {
+                problems.push(format!(
+                    "{at}.application: {} is also rotated by {first:?}; one rotation per application (two would each revoke the other's secrets)",
+                    rotation.application.client_id
+                ));
             }
             rotation.check(&at, &mut problems);
             rotation.check_orphan_grace(&at, &mut problems);
@@ -444,6 +452,14 @@ impl RotationConfig {
         }
         if self.targets.is_empty() {
             problems.push(format!("{at}.targets: name at least one store (keyVault or kubernetesSecret)"));
+        }
+        // The owner is recorded as a Key Vault tag, whose values hold at most 256 characters.
+        let in_vault = self.targets.iter().any(|t| matches!(t, TargetConfig::KeyVault(_)));
+        if in_vault && self.name.len() > 256 {
+            problems.push(format!(
+                "{at}.name: {} characters; a rotation with a keyVault target needs a name of at most 256 (it is recorded as a Key Vault tag)",
+                self.name.len()
+            ));
         }
         for (index, target) in self.targets.iter().enumerate() {
             target.check(&format!("{at}.targets[{index}]"), problems);

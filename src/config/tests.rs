@@ -72,3 +72,20 @@ fn plain_auth_against_acs_is_refused_before_anything_runs() {
     let text = example().replace("        port: 587\n", "        port: 587\n        authMechanism: PLAIN\n");
     assert!(problems(&text).contains("accepts AUTH LOGIN only"));
 }
+
+#[test]
+fn two_rotations_of_one_application_are_refused() {
+    let text = example();
+    let rotation = &text[text.find("  - name: dify-smtp").unwrap()..];
+    let twice = format!("{text}{}", rotation.replace("name: dify-smtp", "name: dify-smtp-copy"));
+    let refused = problems(&twice);
+    assert!(refused.contains("rotations[1] (dify-smtp-copy).application: 0b5e2f3c-9d0a-4f6e-8a53-1e0b9c7d2a11 is also rotated by \"dify-smtp\""), "{refused}");
+}
+
+#[test]
+fn private_vault_hosts_are_bare_host_names() {
+    let text = example().replace("  graphUrl: https://graph.microsoft.com\n", "  graphUrl: https://graph.microsoft.com\n  keyVault:\n    privateHosts: [kv-proxy.internal.example.com, \"https://kv.example.com\"]\n");
+    let refused = problems(&text);
+    assert!(refused.contains("azure.keyVault.privateHosts: \"https://kv.example.com\" is not a host name"), "{refused}");
+    assert!(refused.contains("has 1 problem(s)"), "the bare host name is accepted: {refused}");
+}

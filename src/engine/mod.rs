@@ -6,6 +6,7 @@
 //! pure [`policy::plan`]; this module carries it out through the [`ports`].
 
 pub mod events;
+pub mod ownership;
 pub mod policy;
 pub mod ports;
 pub mod reasons;
@@ -110,6 +111,9 @@ pub enum EngineError {
     Rollout(#[from] RolloutError),
     #[error("{store} should hold keyId {key_id} but holds {found}; will retry from what the stores say on the next run")]
     StoreChanged { store: String, key_id: Uuid, found: String },
+    /// Another rotation owns the application or a store; nothing was read from it or sent.
+    #[error("{0}. Nothing was minted, stored, sent or revoked")]
+    Claimed(#[from] ownership::Claim),
 }
 
 impl EngineError {
@@ -121,6 +125,7 @@ impl EngineError {
             EngineError::Verification { .. } => "VerificationFailed",
             EngineError::Rollout(_) => "RolloutFailed",
             EngineError::StoreChanged { .. } => "StoreChanged",
+            EngineError::Claimed(_) => "ClaimedByAnother",
         }
     }
 
@@ -132,6 +137,7 @@ impl EngineError {
             EngineError::Verification { last, .. } => last.is_retryable(),
             EngineError::Rollout(e) => e.transient,
             EngineError::StoreChanged { .. } => true,
+            EngineError::Claimed(_) => false,
         }
     }
 }
@@ -175,7 +181,7 @@ impl Engine {
             forced: options.force,
             timing: &rotation.timing,
         });
-        let current = policy::current_credential(&observation.app, &keys);
+        let current = policy::current_credential(&rotation.name, &observation.app, &keys);
         self.emit(rotation, Event::Observed {
             current: current.map(|c| c.key_id),
             expires: current.and_then(|c| c.end),
@@ -187,11 +193,18 @@ impl Engine {
         self.execute(rotation, observation, plan, reverify).await
     }
 
+    /// Reads Graph, then (unless another rotation claims the application) every store,
+    /// refusing stores another rotation owns before anything acts on their values.
     async fn observe(&self, rotation: &Rotation) -> Result<Observation, EngineError> {
         let app = rotation.directory.application(&rotation.app).await?;
+        ownership::check_application(&rotation.name, rotation.app.client_id, &app, self.clock.now())?;
         let mut stored = Vec::with_capacity(rotation.stores.len());
         for store in &rotation.stores {
-            stored.push(store.read().await?);
+            let held = store.read().await?;
+            if let Some(held) = &held {
+                ownership::check_store(&rotation.name, &app, &store.describe(), held)?;
+            }
+            stored.push(held);
         }
         Ok(Observation { app, stored })
     }
@@ -308,7 +321,7 @@ impl Engine {
         expires: Option<DateTime<Utc>>,
     ) -> Result<(), EngineError> {
         store
-            .write(&SecretToStore { app: &rotation.app, key_id, value, not_before, expires })
+            .write(&SecretToStore { rotation: &rotation.name, app: &rotation.app, key_id, value, not_before, expires })
             .await?;
         self.emit(rotation, Event::Stored { key_id, store: store.describe() });
         Ok(())

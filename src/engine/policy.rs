@@ -163,12 +163,14 @@ pub fn renewal_of(rotation: &str, app_id: Uuid, renew_before: &Duration, current
     Some(end - *renew_before - jitter)
 }
 
-/// The newest credential that some store holds and Graph still lists.
-pub fn current_credential<'a>(app: &'a Application, stored: &StoredKeys) -> Option<&'a PasswordCredential> {
+/// The newest credential of this rotation's that some store holds and Graph still lists.
+/// A stored credential without our marker is never adopted as ours: the rotation mints
+/// its own instead of re-verifying or copying somebody else's.
+pub fn current_credential<'a>(rotation: &str, app: &'a Application, stored: &StoredKeys) -> Option<&'a PasswordCredential> {
     let stored_ids: Vec<Uuid> = stored.iter().flatten().flatten().copied().collect();
     app.password_credentials
         .iter()
-        .filter(|c| stored_ids.contains(&c.key_id))
+        .filter(|c| c.is_minted_by(rotation) && stored_ids.contains(&c.key_id))
         .max_by_key(|c| c.start)
 }
 
@@ -182,7 +184,7 @@ pub fn plan(observed: &Observed) -> Plan {
         .collect();
     let stored_ids: Vec<Uuid> = observed.stored.iter().flatten().flatten().copied().collect();
 
-    let current = current_credential(observed.app, observed.stored);
+    let current = current_credential(observed.rotation, observed.app, observed.stored);
     let stored_but_not_live = stored_ids
         .iter()
         .copied()

@@ -136,6 +136,8 @@ impl SecretStore for FakeStore {
         Ok(self.held.lock().unwrap().as_ref().map(|(key_id, value)| StoredSecret {
             key_id: *key_id,
             value: SecretString::from(value.clone()),
+            rotation: None,
+            app_id: None,
         }))
     }
     async fn write(&self, secret: &SecretToStore<'_>) -> Result<(), StoreError> {
@@ -460,11 +462,26 @@ async fn secrets_we_did_not_mint_are_never_touched() {
     let w = world(Days::zero());
     let now = w.clock.now();
     let theirs = w.directory.add_existing("created by hand", now - Days::days(700), now + Days::days(1));
-    let other_rotation = w.directory.add_existing("entra-rotator:other", now, now + Days::days(1));
     w.settled().await;
     w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap();
-    assert!(w.directory.has(theirs) && w.directory.has(other_rotation));
-    assert_eq!(w.directory.credentials().len(), 3);
+    assert!(w.directory.has(theirs));
+    assert_eq!(w.directory.credentials().len(), 2);
+}
+
+#[tokio::test]
+async fn an_application_another_rotation_owns_is_refused_before_any_store_is_read() {
+    let w = world(Days::zero());
+    let now = w.clock.now();
+    let other_rotation = w.directory.add_existing("entra-rotator:other", now, now + Days::days(1));
+    w.vault.put(other_rotation, "their value");
+
+    let error = w.run().await.unwrap_err();
+
+    assert_eq!(error.category(), "ClaimedByAnother");
+    assert!(!error.is_transient());
+    assert!(error.to_string().contains("already rotated by \"other\""), "{error}");
+    assert_eq!(w.directory.writes(), 0, "nothing minted or revoked");
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), 0, "their value was sent nowhere");
 }
 
 #[tokio::test]
