@@ -7,11 +7,11 @@
 //!   It only knows the small traits in [`engine::ports`], so it runs without a network.
 //! - [`adapters`]: the production implementations of those traits (Microsoft Graph,
 //!   Key Vault, Kubernetes Secrets, the SMTP relay). They hold every wire detail.
-//! - [`standins`]: faithful local servers speaking the wire formats of Graph, the Entra
-//!   token endpoint, Key Vault, the Kubernetes API (Secrets) and the ACS SMTP relay, used by
-//!   the tests and by `entra-rotator demo`.
 //! - [`config`]: the YAML configuration of `entra-rotator run`, validated before anything runs.
 //! - [`cli`]: the command line.
+//!
+//! The stand-ins the tests and `entra-rotator demo` run against live in their own crate
+//! (`standins/`), reached only through the `demo` feature and as a dev-dependency.
 #![forbid(unsafe_code)]
 
 pub mod adapters;
@@ -23,5 +23,4 @@ pub mod domain;
 pub mod engine;
 pub mod metrics;
 pub mod operator;
-pub mod standins;
 pub mod template;

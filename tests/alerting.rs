@@ -3,10 +3,10 @@
 //! and the controller's /metrics.
 
 use axum::{routing::post, Json, Router};
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator::standins::kubernetes::WorkloadKind;
-use entra_rotator::standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
+use entra_rotator_standins::kubernetes::WorkloadKind;
+use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! `entra-rotator run` and `entra-rotator demo` end to end: the real binary, the
 //! production clients, the stand-ins over sockets.
 
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator::standins::scenario::{Scenario, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
 use std::process::Output;
 
 fn rotator(args: &[&str]) -> tokio::process::Command {

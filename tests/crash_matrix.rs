@@ -20,14 +20,14 @@
 
 mod support;
 
-use entra_rotator::standins::faults::{Fault, FaultAction, Faults};
-use entra_rotator::standins::graph::{
+use entra_rotator_standins::faults::{Fault, FaultAction, Faults};
+use entra_rotator_standins::graph::{
     ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD,
 };
-use entra_rotator::standins::keyvault::routes as vault_routes;
-use entra_rotator::standins::kubernetes::routes as kube_routes;
-use entra_rotator::standins::scenario::Scenario;
-use entra_rotator::standins::smtp::SmtpFault;
+use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::kubernetes::routes as kube_routes;
+use entra_rotator_standins::scenario::Scenario;
+use entra_rotator_standins::smtp::SmtpFault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;

@@ -11,14 +11,14 @@
 mod support;
 
 use entra_rotator::engine::{EngineError, Outcome, RunOptions};
-use entra_rotator::standins::faults::{Fault, Faults};
-use entra_rotator::standins::graph::{
+use entra_rotator_standins::faults::{Fault, Faults};
+use entra_rotator_standins::graph::{
     ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD,
 };
-use entra_rotator::standins::keyvault::routes as vault_routes;
-use entra_rotator::standins::kubernetes::routes as kube_routes;
-use entra_rotator::standins::scenario::Scenario;
-use entra_rotator::standins::smtp::SmtpFault;
+use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::kubernetes::routes as kube_routes;
+use entra_rotator_standins::scenario::Scenario;
+use entra_rotator_standins::smtp::SmtpFault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
@@ -539,7 +539,7 @@ async fn add_password_timing_out_after_graph_acted_leaves_an_orphan_the_next_run
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let now = chrono::Utc::now();
-        let marker = entra_rotator::domain::marker_for(entra_rotator::standins::scenario::ROTATION);
+        let marker = entra_rotator::domain::marker_for(entra_rotator_standins::scenario::ROTATION);
         scenario.tenant.add_password(
             scenario.target.object_id,
             Some(marker),

@@ -7,12 +7,12 @@ use entra_rotator::adapters::http::{TlsTrust, http_client};
 use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
 use entra_rotator::domain::{AppRef, ExposeSecret, SecretString, marker_for};
 use entra_rotator::engine::ports::{Directory, GraphError};
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::graph::{
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::graph::{
     GraphStandin, ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD, ROUTE_TOKEN,
 };
-use entra_rotator::standins::tenant::{StandinApp, Tenant};
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::tenant::{StandinApp, Tenant};
+use entra_rotator_standins::tls::TestPki;
 use std::time::Duration;
 use uuid::Uuid;
 

@@ -12,11 +12,11 @@ use entra_rotator::adapters::keyvault::{
 };
 use entra_rotator::domain::{AppRef, ExposeSecret, SecretString, SecretToStore};
 use entra_rotator::engine::ports::{SecretStore, StoreErrorKind};
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::graph::GraphStandin;
-use entra_rotator::standins::keyvault::{Access, KeyVaultStandin, routes};
-use entra_rotator::standins::tenant::Tenant;
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::graph::GraphStandin;
+use entra_rotator_standins::keyvault::{Access, KeyVaultStandin, routes};
+use entra_rotator_standins::tenant::Tenant;
+use entra_rotator_standins::tls::TestPki;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;

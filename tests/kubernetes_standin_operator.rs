@@ -3,9 +3,9 @@
 //! resource with `/status`, list+watch (including streaming lists, `410 Gone` and label
 //! selectors), Leases with optimistic concurrency, Events, and workload roll-outs.
 
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::kubernetes::{KubernetesStandin, WorkloadKind, routes};
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::kubernetes::{KubernetesStandin, WorkloadKind, routes};
+use entra_rotator_standins::tls::TestPki;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;

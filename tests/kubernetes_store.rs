@@ -8,9 +8,9 @@ use entra_rotator::adapters::kubernetes::{
 };
 use entra_rotator::domain::{AppRef, ExposeSecret, SecretString, SecretToStore};
 use entra_rotator::engine::ports::{SecretStore, StoreErrorKind};
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::kubernetes::{KubernetesStandin, routes};
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::kubernetes::{KubernetesStandin, routes};
+use entra_rotator_standins::tls::TestPki;
 use entra_rotator::template::Template;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};

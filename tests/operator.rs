@@ -1,9 +1,9 @@
 //! The operator end to end: the real `entra-rotator controller` and CronJob pass, kube's
 //! real client and kube-runtime, against the stand-ins over sockets.
 
-use entra_rotator::standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator::standins::kubernetes::WorkloadKind;
-use entra_rotator::standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, VAULT_SECRET};
+use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
+use entra_rotator_standins::kubernetes::WorkloadKind;
+use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, VAULT_SECRET};
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
@@ -138,7 +138,7 @@ async fn cronjob_pass_rotates_once_then_finds_nothing_due() {
 #[tokio::test]
 async fn cronjob_pass_fails_with_exit_1_and_a_degraded_status() {
     let scenario = world("0s").await;
-    scenario.graph.faults().push(ROUTE_ADD_PASSWORD, entra_rotator::standins::faults::Fault::status(403));
+    scenario.graph.faults().push(ROUTE_ADD_PASSWORD, entra_rotator_standins::faults::Fault::status(403));
     let output = rotator(&scenario, &["run", "--namespace", NAMESPACE]).output().await.unwrap();
     assert_eq!(output.status.code(), Some(1));
     let status = status(&scenario);
@@ -164,7 +164,7 @@ async fn two_controllers_never_rotate_the_same_app_twice() {
 
 #[tokio::test]
 async fn a_leader_stopped_mid_rotation_is_cleaned_up_by_the_next_one() {
-    use entra_rotator::standins::smtp::SmtpFault;
+    use entra_rotator_standins::smtp::SmtpFault;
     let scenario = world("0s").await;
     // The first verification hangs: the leader is stopped after minting, before any store
     // got the secret (secrets are proven before they are stored).
@@ -206,9 +206,9 @@ async fn a_leader_stopped_mid_rotation_is_cleaned_up_by_the_next_one() {
 /// object costs (the drift check), asserted like a request scenario.
 #[tokio::test]
 async fn an_up_to_date_reconcile_reads_and_writes_nothing_more_than_needed() {
-    use entra_rotator::standins::graph::{ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD};
-    use entra_rotator::standins::keyvault::routes as vault;
-    use entra_rotator::standins::kubernetes::routes as kube;
+    use entra_rotator_standins::graph::{ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD};
+    use entra_rotator_standins::keyvault::routes as vault;
+    use entra_rotator_standins::kubernetes::routes as kube;
     let scenario = world("0s").await;
     assert!(rotator(&scenario, &["run", "--namespace", NAMESPACE]).output().await.unwrap().status.success());
     let settled = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"].clone();

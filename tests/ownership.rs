@@ -3,9 +3,9 @@
 //! them, minted, stored or sent. The real CronJob pass against the stand-ins over sockets,
 //! with a second relay playing the intruder's host that would harvest the secret.
 
-use entra_rotator::standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator::standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
-use entra_rotator::standins::smtp::{RelaySettings, SmtpRelayStandin};
+use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
+use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
+use entra_rotator_standins::smtp::{RelaySettings, SmtpRelayStandin};
 use serde_json::{json, Value};
 use std::process::Output;
 use uuid::Uuid;

@@ -14,9 +14,9 @@ use entra_rotator::domain::{AppRef, SecretString, marker_for};
 use entra_rotator::engine::events::RecordingSink;
 use entra_rotator::engine::ports::{Directory, GraphError, SystemClock};
 use entra_rotator::engine::{Engine, Outcome, RunOptions};
-use entra_rotator::standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION};
-use entra_rotator::standins::keyvault::routes as vault_routes;
-use entra_rotator::standins::scenario::Scenario;
+use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION};
+use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::scenario::Scenario;
 use std::sync::Arc;
 use std::time::Duration;
 

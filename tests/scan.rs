@@ -3,10 +3,10 @@
 //! output formats, certificates, and the ways to narrow the listing.
 
 use chrono::{Duration as ChronoDuration, Utc};
-use entra_rotator::standins::faults::Fault;
-use entra_rotator::standins::graph::{ROUTE_LIST_APPLICATIONS, ROUTE_LIST_OWNED_APPLICATIONS};
-use entra_rotator::standins::scenario::Scenario;
-use entra_rotator::standins::tenant::StandinApp;
+use entra_rotator_standins::faults::Fault;
+use entra_rotator_standins::graph::{ROUTE_LIST_APPLICATIONS, ROUTE_LIST_OWNED_APPLICATIONS};
+use entra_rotator_standins::scenario::Scenario;
+use entra_rotator_standins::tenant::StandinApp;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::process::Output;

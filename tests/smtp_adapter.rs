@@ -6,9 +6,9 @@ use entra_rotator::adapters::http::TlsTrust;
 use entra_rotator::adapters::smtp::{AuthMechanism, SmtpVerification, SmtpVerifier, TlsMode};
 use entra_rotator::domain::{AppRef, SecretString};
 use entra_rotator::engine::ports::{Verifier, VerifyError, VerifyFailureKind};
-use entra_rotator::standins::smtp::{RelaySettings, SmtpFault, SmtpRelayStandin};
-use entra_rotator::standins::tenant::{StandinApp, Tenant};
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::smtp::{RelaySettings, SmtpFault, SmtpRelayStandin};
+use entra_rotator_standins::tenant::{StandinApp, Tenant};
+use entra_rotator_standins::tls::TestPki;
 use entra_rotator::template::Template;
 use std::time::Duration;
 

@@ -3,9 +3,9 @@
 //! each known failure, and that the password never shows.
 
 use chrono::{Duration as ChronoDuration, Utc};
-use entra_rotator::standins::smtp::{RelaySettings, SmtpRelayStandin};
-use entra_rotator::standins::tenant::Tenant;
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::smtp::{RelaySettings, SmtpRelayStandin};
+use entra_rotator_standins::tenant::Tenant;
+use entra_rotator_standins::tls::TestPki;
 use std::path::PathBuf;
 use std::process::Output;
 

@@ -9,7 +9,7 @@ use entra_rotator::adapters::http::TlsTrust;
 use entra_rotator::adapters::smtp::{AuthMechanism, SmtpVerification, SmtpVerifier};
 use entra_rotator::domain::{AppRef, SecretString};
 use entra_rotator::engine::ports::{Verifier, VerifyFailureKind};
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::tls::TestPki;
 use entra_rotator::template::Template;
 use std::path::Path;
 use std::process::Stdio;

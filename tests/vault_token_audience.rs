@@ -3,8 +3,8 @@
 //! challenge check off. The real binary (`run --config` and the CronJob pass) against the
 //! stand-ins over sockets, the vault stand-in playing a token-harvesting host.
 
-use entra_rotator::standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator::standins::scenario::{Scenario, ACS_RESOURCE, VAULT_SECRET};
+use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
+use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, VAULT_SECRET};
 use serde_json::json;
 use std::process::Output;
 
@@ -122,7 +122,7 @@ async fn a_rotation_carrying_verify_challenge_resource_is_refused_by_the_control
     assert!(status.contains("verifyChallengeResource is no longer a per-target setting"), "{status}");
     assert!(status.contains("azure.keyVault.privateHosts"), "{status}");
     assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 0);
-    assert_eq!(scenario.vault.faults().count(entra_rotator::standins::keyvault::routes::CHALLENGE), 0, "the vault was not contacted");
+    assert_eq!(scenario.vault.faults().count(entra_rotator_standins::keyvault::routes::CHALLENGE), 0, "the vault was not contacted");
 }
 
 #[tokio::test]

@@ -11,12 +11,12 @@ use entra_rotator::config::Config;
 use entra_rotator::engine::events::RecordingSink;
 use entra_rotator::engine::ports::Clock;
 use entra_rotator::engine::{Engine, Outcome, RunOptions};
-use entra_rotator::standins::graph::{
+use entra_rotator_standins::graph::{
     ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_REMOVE_PASSWORD, ROUTE_TOKEN,
 };
-use entra_rotator::standins::keyvault::routes as vault_routes;
-use entra_rotator::standins::kubernetes::WorkloadKind;
-use entra_rotator::standins::scenario::{ACS_RESOURCE, SECRET_NAME, Scenario, VAULT_SECRET};
+use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::kubernetes::WorkloadKind;
+use entra_rotator_standins::scenario::{ACS_RESOURCE, SECRET_NAME, Scenario, VAULT_SECRET};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

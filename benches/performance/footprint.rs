@@ -5,7 +5,7 @@
 use crate::Row;
 use crate::probe::{self, BINARY, Controller};
 use crate::scale::scaled;
-use entra_rotator::standins::scenario::Scenario;
+use entra_rotator_standins::scenario::Scenario;
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Measuring instruments: request counts of the stand-ins, and CPU time and memory of the
 //! real binary (read from /proc while it runs, or from GNU time for one-shot commands).
 
-use entra_rotator::standins::scenario::Scenario;
+use entra_rotator_standins::scenario::Scenario;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;

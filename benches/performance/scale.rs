@@ -6,9 +6,9 @@
 use crate::Row;
 use crate::probe::{self, Controller, Counts};
 use entra_rotator::domain::marker_for;
-use entra_rotator::standins::graph::ROUTE_GET_APPLICATION;
-use entra_rotator::standins::kubernetes::routes;
-use entra_rotator::standins::scenario::{ACS_RESOURCE, Scenario};
+use entra_rotator_standins::graph::ROUTE_GET_APPLICATION;
+use entra_rotator_standins::kubernetes::routes;
+use entra_rotator_standins::scenario::{ACS_RESOURCE, Scenario};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -155,7 +155,7 @@ pub async fn rows() -> Vec<Row> {
             &format!(
                 "every object gets its drift check: Graph read {}, KV read {}, K8s (without Leases) {}",
                 restart_cost.graph(ROUTE_GET_APPLICATION),
-                restart_cost.vault(entra_rotator::standins::keyvault::routes::GET_SECRET),
+                restart_cost.vault(entra_rotator_standins::keyvault::routes::GET_SECRET),
                 restart_cost.kubernetes_without_leases()
             ),
         ),

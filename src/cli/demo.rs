@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::events::{Event, EventSink};
 use crate::engine::ports::SystemClock;
 use crate::engine::{Engine, Rotation, RunOptions};
-use crate::standins::scenario::{Scenario, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! The command line: `run` (one pass over a configuration file) and `demo` (the whole
 //! loop against the local stand-ins).
 
+#[cfg(feature = "demo")]
 mod demo;
 mod operator_cli;
 mod report;
@@ -73,6 +74,7 @@ enum Command {
     Controller(ControllerArgs),
     /// Run the whole loop twice on local stand-ins of Graph, Key Vault, Kubernetes and the
     /// ACS SMTP relay, and print the timeline.
+    #[cfg(feature = "demo")]
     Demo,
     /// Print the ClientSecretRotation CustomResourceDefinition (YAML), generated from the
     /// Rust types; `crds/` holds the same text.
@@ -127,6 +129,7 @@ pub fn main() -> ExitCode {
                 operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref(), concurrency.into()).await
             }
             Command::Controller(args) => operator_cli::run_controller(args).await,
+            #[cfg(feature = "demo")]
             Command::Demo => demo::run().await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());

@@ -4,7 +4,7 @@
 //! the client falls silent. Served in clear text or with TLS from the first byte, so the
 //! phases after the TLS handshake (AUTH, MAIL, DATA) can be reached too.
 
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::tls::TestPki;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};

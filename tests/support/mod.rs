@@ -9,11 +9,11 @@
 pub mod hostile_smtp;
 
 use base64::Engine as _;
-use entra_rotator::standins::graph::ROUTE_REMOVE_PASSWORD;
-use entra_rotator::standins::scenario::{
+use entra_rotator_standins::graph::ROUTE_REMOVE_PASSWORD;
+use entra_rotator_standins::scenario::{
     ROTATION, SECRET_NAME, SECRET_NAMESPACE, Scenario, VAULT_SECRET,
 };
-use entra_rotator::standins::tenant::AuthFailure;
+use entra_rotator_standins::tenant::AuthFailure;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -533,7 +533,7 @@ pub fn in_process_rotation(
     };
     let username = format!(
         "{}|{}|{}",
-        entra_rotator::standins::scenario::ACS_RESOURCE,
+        entra_rotator_standins::scenario::ACS_RESOURCE,
         app.client_id,
         app.tenant_id
     );

@@ -13,8 +13,8 @@
 //! ACS's exact behaviour (which replies, in which state, with which enhanced codes), and
 //! the subset of SMTP the relay speaks is small.
 
-use crate::standins::tenant::Tenant;
-use crate::standins::tls::TestPki;
+use crate::tenant::Tenant;
+use crate::tls::TestPki;
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::{HashMap, VecDeque};

@@ -25,7 +25,7 @@ use super::faults::{DropConnectionMark, Faults};
 use super::https::{serve_tls, ServerTask};
 use super::tenant::{AuthFailure, IssuedToken, StandinApp, StandinPassword, Tenant};
 use super::tls::TestPki;
-use crate::domain::MAX_SECRET_LIFETIME_DAYS;
+use crate::MAX_SECRET_LIFETIME_DAYS;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -994,7 +994,7 @@ mod listing {
 
     impl Extras {
         fn state(&self) -> MutexGuard<'_, ExtrasState> {
-            crate::standins::lock(&self.state)
+            crate::lock(&self.state)
         }
 
         pub(super) fn add_certificate(
@@ -1342,7 +1342,7 @@ mod budget {
 
     impl WriteBudget {
         fn state(&self) -> MutexGuard<'_, BudgetState> {
-            crate::standins::lock(&self.state)
+            crate::lock(&self.state)
         }
 
         pub(super) fn configure(&self, per_app: usize, per_tenant: usize, window: Duration) {

@@ -6,6 +6,16 @@
 //!
 //! They share one [`tenant::Tenant`]: the relay and the token endpoint accept exactly the
 //! secrets the Graph stand-in has minted, after a configurable propagation delay.
+//!
+//! Test and demo infrastructure, never part of the production build: the product reaches
+//! this crate only through its `demo` feature and as a dev-dependency. This crate does not
+//! depend on the product; what it must agree on with it (the 2-year cap on a secret's
+//! lifetime) is its own constant, and a test of the product checks that the two agree.
+#![forbid(unsafe_code)]
+
+/// The longest lifetime Entra allows for a client secret (the portal's maximum), which
+/// the Graph stand-in enforces on `addPassword` as Graph does.
+pub const MAX_SECRET_LIFETIME_DAYS: i64 = 730;
 
 pub mod faults;
 pub mod graph;
