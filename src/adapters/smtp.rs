@@ -297,6 +297,8 @@ impl SmtpRelay {
                 offered: offered_mechanisms(conn),
             });
         }
+        // This copy of the secret belongs to lettre from here on, which clones it into the
+        // AUTH command strings it builds; lettre offers no way to zeroize either.
         let credentials =
             Credentials::new(username.to_string(), secret.expose_secret().to_string());
         conn.auth(&[mechanism], &credentials).await?;
@@ -809,12 +811,16 @@ impl CredentialForms {
         let mut forms = vec![zeroize::Zeroizing::new(value.to_string())];
         for encoded in [value.as_bytes(), plain.as_bytes()] {
             // AUTH LOGIN sends base64(secret); AUTH PLAIN base64("\0user\0secret"). A relay
-            // may echo either with or without the padding.
-            let padded =
-                zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(encoded));
-            let unpadded = zeroize::Zeroizing::new(padded.trim_end_matches('=').to_string());
-            forms.push(padded);
-            forms.push(unpadded);
+            // may echo either with or without the padding, or re-encoded URL-safe.
+            for engine in [
+                &base64::engine::general_purpose::STANDARD,
+                &base64::engine::general_purpose::URL_SAFE,
+            ] {
+                let padded = zeroize::Zeroizing::new(engine.encode(encoded));
+                let unpadded = zeroize::Zeroizing::new(padded.trim_end_matches('=').to_string());
+                forms.push(padded);
+                forms.push(unpadded);
+            }
         }
         // Longest first, so that a form containing another is replaced whole.
         forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
@@ -918,14 +924,17 @@ mod tests {
 
     #[test]
     fn redacts_the_secret_and_its_base64_forms() {
-        let secret = SecretString::from("s3cr3t~value");
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = SecretString::from("s3cr3t~~~>value");
         let forms = CredentialForms::new("user", &secret);
-        let login = base64::engine::general_purpose::STANDARD.encode("s3cr3t~value");
-        let plain = base64::engine::general_purpose::STANDARD.encode("\0user\0s3cr3t~value");
-        let echoed = format!("got s3cr3t~value, {login} and {plain} back");
+        let login = STANDARD.encode("s3cr3t~~~>value");
+        let plain = STANDARD.encode("\0user\0s3cr3t~~~>value");
+        let url_safe = URL_SAFE_NO_PAD.encode("s3cr3t~~~>value");
+        assert_ne!(login.trim_end_matches('='), url_safe, "the URL-safe form differs");
+        let echoed = format!("got s3cr3t~~~>value, {login}, {plain} and {url_safe} back");
         assert_eq!(
             forms.redact(&echoed),
-            "got [REDACTED], [REDACTED] and [REDACTED] back"
+            "got [REDACTED], [REDACTED], [REDACTED] and [REDACTED] back"
         );
     }
 
