@@ -6,7 +6,7 @@
 mod support;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use entra_rotator::adapters::http::TlsTrust;
 use entra_rotator::adapters::smtp::{
     AuthMechanism, MAX_REPLY_TEXT, SmtpVerification, SmtpVerifier, TlsMode,
@@ -79,15 +79,14 @@ fn verifier(port: u16, tls: TlsMode, mechanism: AuthMechanism, pki: &TestPki) ->
 }
 
 /// The credential as it crosses the wire: plain, AUTH LOGIN's base64(secret) and AUTH
-/// PLAIN's base64("\0user\0secret"), each with and without padding.
+/// PLAIN's base64("\0user\0secret"), each with and without padding, and URL-safe.
 fn credential_forms() -> Vec<String> {
     let mut forms = vec![SECRET.to_string()];
-    for encoded in [
-        STANDARD.encode(SECRET),
-        STANDARD.encode(format!("\0{USERNAME}\0{SECRET}")),
-    ] {
+    for value in [SECRET.to_string(), format!("\0{USERNAME}\0{SECRET}")] {
+        let encoded = STANDARD.encode(&value);
         forms.push(encoded.trim_end_matches('=').to_string());
         forms.push(encoded);
+        forms.push(URL_SAFE_NO_PAD.encode(&value));
     }
     forms
 }

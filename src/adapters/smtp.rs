@@ -22,7 +22,7 @@
 //! crossed the wire in (plain, base64 for AUTH LOGIN, base64 of `\0user\0secret` for
 //! AUTH PLAIN), since a relay may echo what it was sent.
 
-pub mod wire;
+pub(crate) mod wire;
 
 use crate::adapters::http::TlsTrust;
 use crate::domain::{AppRef, ExposeSecret, SecretString};
