@@ -32,7 +32,8 @@ use tokio_rustls::client::TlsStream;
 /// Longest reply line accepted, CRLF included. RFC 5321 §4.5.3.1.5 allows 512 octets;
 /// about twice that leaves room for relays that overstep it, as lettre's own check does.
 pub const MAX_LINE: usize = 1000;
-/// Most lines in one (multi-line) reply. ACS's EHLO answer has 8; RFC 5321 sets no limit.
+/// Most lines in one (multi-line) reply. EHLO answers, the longest real ones, list a dozen
+/// extensions or so; RFC 5321 sets no limit.
 pub const MAX_REPLY_LINES: usize = 100;
 
 /// Stands in for the greeting lettre waits for when it takes over a session that is
