@@ -13,7 +13,7 @@
 //! command that failed, whatever the relay's wording.
 //!
 //! lettre gets the session only once it is encrypted, through a stream that bounds every
-//! reply: connecting, the plaintext exchange and STARTTLS happen in [`wire`], which
+//! reply: connecting, the plaintext exchange and STARTTLS happen in `wire`, which
 //! refuses overlong replies and bytes injected after STARTTLS. The same session
 //! ([`SmtpRelay`]) serves the verifier, `smtp-test` and the email notifier.
 //!

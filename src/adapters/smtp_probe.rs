@@ -7,7 +7,7 @@
 //! from the session that sends the mail. The probe never authenticates and sends no mail;
 //! the verdict and its explanation come from [`super::smtp::SmtpVerifier`]. It trusts the same
 //! roots as the verifier (webpki roots plus the extra ones), and reads through the same
-//! [`wire`] code: bounded replies, and no bytes accepted after the answer to STARTTLS.
+//! `wire` code: bounded replies, and no bytes accepted after the answer to STARTTLS.
 
 use super::http::TlsTrust;
 use super::smtp::wire::{self, Plaintext, WireError};
