@@ -293,11 +293,13 @@ fn facts(notification: &Notification) -> Vec<(&'static str, String)> {
     facts
 }
 
+/// Sends the notification through the same guarded session as the verifier (STARTTLS
+/// required, AUTH LOGIN, bounded replies, no bytes accepted after STARTTLS), so a failure
+/// carries the same explanation and never the password.
 async fn send_email(config: &EmailConfig, password: &SecretString, notification: &Notification, trust: &TlsTrust) -> Result<(), String> {
+    use crate::adapters::smtp::{AuthMechanism, SmtpRelay, TlsMode};
+    use lettre::Message;
     use lettre::message::Mailbox;
-    use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
     let from: Mailbox = config.from.parse().map_err(|e| format!("from address: {e}"))?;
     let mut message = Message::builder().from(from).subject(notification.title());
@@ -305,22 +307,9 @@ async fn send_email(config: &EmailConfig, password: &SecretString, notification:
         message = message.to(to.parse().map_err(|e| format!("to address {to}: {e}"))?);
     }
     let message = message.body(notification.text()).map_err(|e| e.to_string())?;
-    let mut tls = TlsParameters::builder(config.host.clone());
-    for pem in &trust.extra_root_pems {
-        tls = tls.add_root_certificate(Certificate::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);
-    }
-    let tls = tls.build().map_err(|e| e.to_string())?;
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-        .port(config.port)
-        .tls(Tls::Required(tls))
-        .credentials(Credentials::new(config.username.clone(), password.expose_secret().to_string()))
-        .authentication(vec![Mechanism::Login])
-        .timeout(Some(Duration::from_secs(30)))
-        .build();
-    transport.send(message).await.map(|_| ()).map_err(|e| {
-        // lettre's message carries the relay's reply, never our password.
-        format!("the relay refused it: {e}")
-    })
+    let relay = SmtpRelay::new(&config.host, config.port, TlsMode::StartTls, AuthMechanism::Login, Duration::from_secs(30), trust)
+        .map_err(|e| e.to_string())?;
+    relay.send(&config.username, password, message).await.map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -11,18 +11,32 @@
 //! `AsyncSmtpConnection` (what `AsyncSmtpTransport` uses underneath) one command at a
 //! time and record the phase before each step: every failure is attributed to the exact
 //! command that failed, whatever the relay's wording.
+//!
+//! lettre gets the session only once it is encrypted, through a stream that bounds every
+//! reply: connecting, the plaintext exchange and STARTTLS happen in `wire`, which
+//! refuses overlong replies and bytes injected after STARTTLS. The same session
+//! ([`SmtpRelay`]) serves the verifier, `smtp-test` and the email notifier.
+//!
+//! Reply text shown to users is relay-controlled: it is stripped of control characters,
+//! bounded to [`MAX_REPLY_TEXT`] characters, and freed of the credential in every form it
+//! crossed the wire in (plain, base64 for AUTH LOGIN, base64 of `\0user\0secret` for
+//! AUTH PLAIN), since a relay may echo what it was sent.
+
+pub(crate) mod wire;
 
 use crate::adapters::http::TlsTrust;
 use crate::domain::{AppRef, ExposeSecret, SecretString};
 use crate::engine::ports::{Verifier, VerifyError, VerifyFailureKind};
 use crate::template::Template;
 use async_trait::async_trait;
+use base64::Engine as _;
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::CertificateDer;
@@ -30,11 +44,15 @@ use rustls::pki_types::pem::PemObject as _;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
+use tokio_rustls::TlsConnector;
+use wire::{Plaintext, ReplyLimit, WireError};
 
 /// The submission port ACS documents (25 works too, but is blocked outbound from Azure VMs).
 pub const DEFAULT_PORT: u16 = 587;
 /// How long one verification session may take, connect to QUIT.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a relay's reply text an explanation quotes, in characters.
+pub const MAX_REPLY_TEXT: usize = 300;
 
 /// How the connection is encrypted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -121,10 +139,397 @@ pub enum SmtpSetupError {
     Tls { host: String, detail: String },
 }
 
+/// One SMTP relay and how to reach it: the session that sends a mail, shared by the
+/// verifier, `smtp-test` and the email notifier, with every failure explained in words.
+pub struct SmtpRelay {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    mechanism: AuthMechanism,
+    timeout: Duration,
+    connector: TlsConnector,
+}
+
+impl fmt::Debug for SmtpRelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl SmtpRelay {
+    /// Builds the TLS trust for `host` (system roots plus `trust`).
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: TlsMode,
+        mechanism: AuthMechanism,
+        timeout: Duration,
+        trust: &TlsTrust,
+    ) -> Result<Self, SmtpSetupError> {
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+            mechanism,
+            timeout,
+            connector: tls_connector(host, trust)?,
+        })
+    }
+
+    /// `SMTP relay smtp.azurecomm.net:587 (STARTTLS, AUTH LOGIN)`.
+    pub fn describe(&self) -> String {
+        let tls = match self.tls {
+            TlsMode::StartTls => "STARTTLS",
+            TlsMode::Implicit => "implicit TLS",
+        };
+        format!(
+            "SMTP relay {}:{} ({tls}, AUTH {})",
+            self.host,
+            self.port,
+            mechanism_name(self.mechanism)
+        )
+    }
+
+    /// One session sending `message` to its envelope's recipients as `username`, its
+    /// failure explained in words.
+    pub async fn send(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        message: Message,
+    ) -> Result<(), VerifyError> {
+        let forms = CredentialForms::new(username, secret);
+        let envelope = message.envelope().clone();
+        let email = message.formatted();
+        let mut phase = Phase::Connect;
+        let outcome = tokio::time::timeout(
+            self.timeout,
+            self.session(username, secret, &envelope, &email, &mut phase),
+        )
+        .await;
+        match outcome.unwrap_or(Err(Failure::TimedOut)) {
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                let (kind, message) = self.explain(phase, failure, username, &envelope, &forms);
+                Err(VerifyError {
+                    target: self.describe(),
+                    kind,
+                    message: forms.redact(&message),
+                })
+            }
+        }
+    }
+
+    /// One SMTP session; `phase` says how far it got when it fails.
+    async fn session(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        envelope: &Envelope,
+        email: &[u8],
+        phase: &mut Phase,
+    ) -> Result<(), Failure> {
+        let hello = ClientId::default();
+        *phase = Phase::Connect;
+        let mut conn = self.connect(&hello, phase).await?;
+        let result = self
+            .converse(&mut conn, username, secret, envelope, email, phase)
+            .await;
+        match &result {
+            // The mail is accepted at this point; a failed QUIT changes nothing.
+            Ok(()) => {
+                let _ = conn.quit().await;
+            }
+            // The relay answered: the stream is sound, say QUIT politely.
+            Err(failure) if failure.relay_answered() => conn.abort().await,
+            // Network failure or a broken limit: the stream is unusable, just drop it.
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Connects, encrypts (STARTTLS or implicit TLS) and hands the session to lettre,
+    /// which has then read the greeting and the EHLO answer over TLS.
+    async fn connect(
+        &self,
+        hello: &ClientId,
+        phase: &mut Phase,
+    ) -> Result<AsyncSmtpConnection, Failure> {
+        let stream = match self.tls {
+            TlsMode::Implicit => {
+                let plain = Plaintext::connect(&self.host, self.port).await?;
+                let peer = plain.peer();
+                wire::bounded(plain.handshake(&self.connector, &self.host).await?, peer)
+            }
+            TlsMode::StartTls => {
+                let mut plain = Plaintext::connect(&self.host, self.port).await?;
+                plain.expect(220).await?;
+                let capabilities = plain.ehlo(hello).await?;
+                *phase = Phase::StartTls;
+                if !capabilities
+                    .iter()
+                    .any(|c| c.trim().eq_ignore_ascii_case("STARTTLS"))
+                {
+                    plain.quit().await;
+                    return Err(Failure::StartTlsNotOffered);
+                }
+                let peer = plain.peer();
+                let tls = plain.starttls(&self.connector, &self.host).await?;
+                wire::resumed_after_starttls(tls, peer)
+            }
+        };
+        Ok(AsyncSmtpConnection::connect_with_transport(stream, hello).await?)
+    }
+
+    async fn converse(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        username: &str,
+        secret: &SecretString,
+        envelope: &Envelope,
+        email: &[u8],
+        phase: &mut Phase,
+    ) -> Result<(), Failure> {
+        *phase = Phase::Auth;
+        let mechanism = self.mechanism.lettre();
+        if !conn.server_info().supports_auth_mechanism(mechanism) {
+            return Err(Failure::MechanismNotOffered {
+                offered: offered_mechanisms(conn),
+            });
+        }
+        // This copy of the secret belongs to lettre from here on, which clones it into the
+        // AUTH command strings it builds; lettre offers no way to zeroize either.
+        let credentials =
+            Credentials::new(username.to_string(), secret.expose_secret().to_string());
+        conn.auth(&[mechanism], &credentials).await?;
+        *phase = Phase::MailFrom;
+        conn.command(Mail::new(envelope.from().cloned(), vec![]))
+            .await?;
+        *phase = Phase::RcptTo;
+        for recipient in envelope.to() {
+            conn.command(Rcpt::new(recipient.clone(), vec![])).await?;
+        }
+        *phase = Phase::Data;
+        conn.command(Data).await?;
+        conn.message(email).await?;
+        Ok(())
+    }
+
+    fn explain(
+        &self,
+        phase: Phase,
+        failure: Failure,
+        username: &str,
+        envelope: &Envelope,
+        forms: &CredentialForms,
+    ) -> (VerifyFailureKind, String) {
+        match failure {
+            Failure::TimedOut => (
+                VerifyFailureKind::Connection,
+                format!(
+                    "the SMTP relay {}:{} did not answer within {:?} {phase}. {CONNECTION_ADVICE}",
+                    self.host, self.port, self.timeout
+                ),
+            ),
+            Failure::StartTlsNotOffered => (
+                VerifyFailureKind::Tls,
+                format!(
+                    "the SMTP relay {}:{} does not offer STARTTLS, so the credential was not sent. \
+                     ACS offers STARTTLS on port 587; for a port that speaks TLS from the start (465) set tls: implicit",
+                    self.host, self.port
+                ),
+            ),
+            Failure::MechanismNotOffered { offered } => (
+                VerifyFailureKind::MechanismRejected,
+                format!(
+                    "the SMTP relay does not offer AUTH {} (it offers: {}). {MECHANISM_ADVICE}",
+                    mechanism_name(self.mechanism),
+                    if offered.is_empty() {
+                        "no AUTH at all".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            ),
+            Failure::Wire(error) => self.explain_wire(phase, error, username, envelope, forms),
+            Failure::Smtp(error) => match error.status() {
+                Some(code) => {
+                    let text = lettre_reply_text(&error);
+                    self.explain_reply(phase, u16::from(code), &text, username, envelope, forms)
+                }
+                None => self.explain_transport(phase, &error),
+            },
+        }
+    }
+
+    /// Failures before lettre took over: connecting, the plaintext exchange, STARTTLS and
+    /// the TLS handshake.
+    fn explain_wire(
+        &self,
+        phase: Phase,
+        error: WireError,
+        username: &str,
+        envelope: &Envelope,
+        forms: &CredentialForms,
+    ) -> (VerifyFailureKind, String) {
+        let (host, port) = (&self.host, self.port);
+        match error {
+            WireError::Connect(io) => (
+                VerifyFailureKind::Connection,
+                format!("could not reach the SMTP relay {host}:{port}: {io}. {CONNECTION_ADVICE}"),
+            ),
+            WireError::Reply { code, text } => {
+                self.explain_reply(phase, code, &text, username, envelope, forms)
+            }
+            WireError::Limit(limit) => self.explain_limit(phase, limit),
+            WireError::BytesAfterStartTls => (
+                VerifyFailureKind::Tls,
+                format!(
+                    "the SMTP relay {host}:{port} sent bytes after STARTTLS reply: possible STARTTLS command \
+                     injection (CVE-2011-0411 class). The session was stopped before the TLS handshake and the \
+                     credential was not sent. Something on the path to the relay (or the relay itself) writes \
+                     into the plaintext connection: check for proxies and that this host and port are the relay"
+                ),
+            ),
+            WireError::Tls(io) => (
+                VerifyFailureKind::Tls,
+                format!(
+                    "the TLS handshake with the SMTP relay {host}:{port} failed {phase}: {}. {}",
+                    root_cause(&io),
+                    tls_advice(rustls_error(&io))
+                ),
+            ),
+            WireError::NotAReply(line) => {
+                self.unreadable(phase, &format!("not an SMTP reply: `{line}`"))
+            }
+            WireError::Io(io) => self.unreadable(phase, &root_cause(&io)),
+        }
+    }
+
+    fn explain_limit(&self, phase: Phase, limit: ReplyLimit) -> (VerifyFailureKind, String) {
+        (
+            VerifyFailureKind::Other,
+            format!(
+                "the SMTP relay {}:{} sent {limit} {phase}, so the session was stopped before reading more. \
+                 This is not an SMTP relay that works: check the host and port (ACS: smtp.azurecomm.net, port 587)",
+                self.host, self.port
+            ),
+        )
+    }
+
+    fn unreadable(&self, phase: Phase, detail: &str) -> (VerifyFailureKind, String) {
+        (
+            VerifyFailureKind::Connection,
+            format!(
+                "the SMTP relay {}:{} closed the connection or answered something unreadable {phase} ({detail}). \
+                 It will be tried again; if it keeps happening, check that this host and port are an SMTP relay \
+                 and that no proxy or firewall cuts SMTP sessions",
+                self.host, self.port
+            ),
+        )
+    }
+
+    /// A reply with a failure code, explained by the command that drew it.
+    fn explain_reply(
+        &self,
+        phase: Phase,
+        code: u16,
+        text: &str,
+        username: &str,
+        envelope: &Envelope,
+        forms: &CredentialForms,
+    ) -> (VerifyFailureKind, String) {
+        let mut text = sanitize_reply(&forms.redact(text));
+        if phase == Phase::Auth {
+            text = drop_encoded_tokens(&text);
+        }
+        let reply = if text.is_empty() {
+            code.to_string()
+        } else {
+            format!("{code} {text}")
+        };
+        let enhanced = enhanced_code(&reply);
+        let kind = match phase {
+            _ if (400..500).contains(&code) => VerifyFailureKind::Temporary,
+            Phase::Auth if code == 535 => VerifyFailureKind::BadCredentials,
+            Phase::Auth if code == 504 || enhanced.as_deref() == Some("5.7.4") => {
+                VerifyFailureKind::MechanismRejected
+            }
+            Phase::Auth if code == 530 || code == 538 => VerifyFailureKind::Tls,
+            Phase::MailFrom => VerifyFailureKind::SenderRejected,
+            Phase::RcptTo => VerifyFailureKind::RecipientRejected,
+            _ => VerifyFailureKind::Other,
+        };
+        let sender = envelope
+            .from()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "<>".to_string());
+        let recipients: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
+        let advice = match kind {
+            VerifyFailureKind::Temporary => TEMPORARY_ADVICE.to_string(),
+            VerifyFailureKind::BadCredentials => format!(
+                "The relay refused username `{username}` with this secret. {CREDENTIALS_ADVICE}"
+            ),
+            VerifyFailureKind::MechanismRejected => MECHANISM_ADVICE.to_string(),
+            VerifyFailureKind::Tls => {
+                "The relay wants an encrypted connection before AUTH; use tls: startTls on port 587"
+                    .to_string()
+            }
+            VerifyFailureKind::SenderRejected => {
+                format!("The relay refused the sender {sender}. {SENDER_ADVICE}")
+            }
+            VerifyFailureKind::RecipientRejected => match recipients.as_slice() {
+                [one] => format!(
+                    "The relay refused the recipient {one}; check the verification `to` address"
+                ),
+                many => format!(
+                    "The relay refused one of the recipients {}; check the `to` addresses",
+                    many.join(", ")
+                ),
+            },
+            _ => "See the relay's reply for the reason".to_string(),
+        };
+        (
+            kind,
+            format!("the SMTP relay answered `{reply}` {phase}. {advice}"),
+        )
+    }
+
+    /// lettre's failures without an SMTP reply: network, TLS, a broken limit, or an
+    /// unreadable answer.
+    fn explain_transport(&self, phase: Phase, error: &SmtpError) -> (VerifyFailureKind, String) {
+        if let Some(limit) = ReplyLimit::find(error) {
+            return self.explain_limit(phase, limit);
+        }
+        let detail = sanitize_reply(&root_cause(error));
+        if error.is_timeout() {
+            return (
+                VerifyFailureKind::Connection,
+                format!(
+                    "the SMTP relay {}:{} timed out {phase} ({detail}). {CONNECTION_ADVICE}",
+                    self.host, self.port
+                ),
+            );
+        }
+        if error.is_tls() || rustls_error(error).is_some() {
+            return (
+                VerifyFailureKind::Tls,
+                format!(
+                    "the TLS connection with the SMTP relay {}:{} failed {phase}: {detail}. {}",
+                    self.host,
+                    self.port,
+                    tls_advice(rustls_error(error))
+                ),
+            );
+        }
+        self.unreadable(phase, &detail)
+    }
+}
+
 /// Sends one test mail per [`verify`](Verifier::verify) through an SMTP relay.
 pub struct SmtpVerifier {
     settings: SmtpVerification,
-    tls: TlsParameters,
+    relay: SmtpRelay,
     from: Mailbox,
     to: Mailbox,
 }
@@ -142,10 +547,17 @@ impl SmtpVerifier {
     pub fn new(settings: SmtpVerification, trust: &TlsTrust) -> Result<Self, SmtpSetupError> {
         let from = parse_mailbox("from", &settings.from)?;
         let to = parse_mailbox("to", &settings.to)?;
-        let tls = tls_parameters(&settings.host, trust)?;
+        let relay = SmtpRelay::new(
+            &settings.host,
+            settings.port,
+            settings.tls,
+            settings.mechanism,
+            settings.timeout,
+            trust,
+        )?;
         Ok(Self {
             settings,
-            tls,
+            relay,
             from,
             to,
         })
@@ -202,267 +614,25 @@ impl SmtpVerifier {
         self.deliver(username, secret, message).await
     }
 
-    /// One session sending `message`, its failure explained in words.
     async fn deliver(
         &self,
         username: &str,
         secret: &SecretString,
         message: Result<Message, lettre::error::Error>,
     ) -> Result<(), VerifyError> {
-        let fail = |kind, message: String| VerifyError {
+        let message = message.map_err(|e| VerifyError {
             target: self.describe(),
-            kind,
-            message: redact(&message, secret),
-        };
-        let email = message
-            .map_err(|e| {
-                fail(
-                    VerifyFailureKind::Other,
-                    format!("could not build the verification mail: {e}"),
-                )
-            })?
-            .formatted();
-        let mut phase = Phase::Connect;
-        let outcome = tokio::time::timeout(
-            self.settings.timeout,
-            self.session(username, secret, &email, &mut phase),
-        )
-        .await;
-        match outcome.unwrap_or(Err(Failure::TimedOut)) {
-            Ok(()) => Ok(()),
-            Err(failure) => {
-                let (kind, message) = self.explain(phase, failure, username);
-                Err(fail(kind, message))
-            }
-        }
-    }
-
-    /// One SMTP session; `phase` says how far it got when it fails.
-    async fn session(
-        &self,
-        username: &str,
-        secret: &SecretString,
-        email: &[u8],
-        phase: &mut Phase,
-    ) -> Result<(), Failure> {
-        let s = &self.settings;
-        let hello = ClientId::default();
-        *phase = Phase::Connect;
-        let implicit = (s.tls == TlsMode::Implicit).then(|| self.tls.clone());
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (s.host.as_str(), s.port),
-            Some(s.timeout),
-            &hello,
-            implicit,
-            None,
-        )
-        .await?;
-        let result = self
-            .converse(&mut conn, &hello, username, secret, email, phase)
-            .await;
-        match &result {
-            // The mail is accepted at this point; a failed QUIT changes nothing.
-            Ok(()) => {
-                let _ = conn.quit().await;
-            }
-            // The relay answered: the stream is sound, say QUIT politely.
-            Err(failure) if failure.relay_answered() => conn.abort().await,
-            // Network or TLS failure: the stream is unusable (after a failed STARTTLS
-            // lettre has no stream left to write QUIT to), so just drop it.
-            Err(_) => {}
-        }
-        result
-    }
-
-    async fn converse(
-        &self,
-        conn: &mut AsyncSmtpConnection,
-        hello: &ClientId,
-        username: &str,
-        secret: &SecretString,
-        email: &[u8],
-        phase: &mut Phase,
-    ) -> Result<(), Failure> {
-        if self.settings.tls == TlsMode::StartTls {
-            *phase = Phase::StartTls;
-            if !conn.can_starttls() {
-                return Err(Failure::StartTlsNotOffered);
-            }
-            conn.starttls(self.tls.clone(), hello).await?;
-        }
-        *phase = Phase::Auth;
-        let mechanism = self.settings.mechanism.lettre();
-        if !conn.server_info().supports_auth_mechanism(mechanism) {
-            return Err(Failure::MechanismNotOffered {
-                offered: offered_mechanisms(conn),
-            });
-        }
-        let credentials =
-            Credentials::new(username.to_string(), secret.expose_secret().to_string());
-        conn.auth(&[mechanism], &credentials).await?;
-        *phase = Phase::MailFrom;
-        conn.command(Mail::new(Some(self.from.email.clone()), vec![]))
-            .await?;
-        *phase = Phase::RcptTo;
-        conn.command(Rcpt::new(self.to.email.clone(), vec![]))
-            .await?;
-        *phase = Phase::Data;
-        conn.command(Data).await?;
-        conn.message(email).await?;
-        Ok(())
-    }
-
-    fn explain(
-        &self,
-        phase: Phase,
-        failure: Failure,
-        username: &str,
-    ) -> (VerifyFailureKind, String) {
-        let s = &self.settings;
-        match failure {
-            Failure::TimedOut => (
-                VerifyFailureKind::Connection,
-                format!(
-                    "the SMTP relay {}:{} did not answer within {:?} {phase}. {CONNECTION_ADVICE}",
-                    s.host, s.port, s.timeout
-                ),
-            ),
-            Failure::StartTlsNotOffered => (
-                VerifyFailureKind::Tls,
-                format!(
-                    "the SMTP relay {}:{} does not offer STARTTLS, so the credential was not sent. \
-                     ACS offers STARTTLS on port 587; for a port that speaks TLS from the start (465) set tls: implicit",
-                    s.host, s.port
-                ),
-            ),
-            Failure::MechanismNotOffered { offered } => (
-                VerifyFailureKind::MechanismRejected,
-                format!(
-                    "the SMTP relay does not offer AUTH {} (it offers: {}). {MECHANISM_ADVICE}",
-                    mechanism_name(s.mechanism),
-                    if offered.is_empty() {
-                        "no AUTH at all".to_string()
-                    } else {
-                        offered.join(", ")
-                    }
-                ),
-            ),
-            Failure::Smtp(error) => self.explain_smtp(phase, &error, username),
-        }
-    }
-
-    fn explain_smtp(
-        &self,
-        phase: Phase,
-        error: &SmtpError,
-        username: &str,
-    ) -> (VerifyFailureKind, String) {
-        let s = &self.settings;
-        let Some(code) = error.status() else {
-            return self.explain_transport(phase, error);
-        };
-        let code = u16::from(code);
-        let reply = reply_text(code, error);
-        let enhanced = enhanced_code(&reply);
-        let kind = match phase {
-            _ if (400..500).contains(&code) => VerifyFailureKind::Temporary,
-            Phase::Auth if code == 535 => VerifyFailureKind::BadCredentials,
-            Phase::Auth if code == 504 || enhanced.as_deref() == Some("5.7.4") => {
-                VerifyFailureKind::MechanismRejected
-            }
-            Phase::Auth if code == 530 || code == 538 => VerifyFailureKind::Tls,
-            Phase::MailFrom => VerifyFailureKind::SenderRejected,
-            Phase::RcptTo => VerifyFailureKind::RecipientRejected,
-            _ => VerifyFailureKind::Other,
-        };
-        let advice = match kind {
-            VerifyFailureKind::Temporary => TEMPORARY_ADVICE.to_string(),
-            VerifyFailureKind::BadCredentials => format!(
-                "The relay refused username `{username}` with this secret. {CREDENTIALS_ADVICE}"
-            ),
-            VerifyFailureKind::MechanismRejected => MECHANISM_ADVICE.to_string(),
-            VerifyFailureKind::Tls => {
-                "The relay wants an encrypted connection before AUTH; use tls: startTls on port 587"
-                    .to_string()
-            }
-            VerifyFailureKind::SenderRejected => {
-                format!("The relay refused the sender {}. {SENDER_ADVICE}", s.from)
-            }
-            VerifyFailureKind::RecipientRejected => {
-                format!(
-                    "The relay refused the recipient {}; check the verification `to` address",
-                    s.to
-                )
-            }
-            _ => "See the relay's reply for the reason".to_string(),
-        };
-        (
-            kind,
-            format!("the SMTP relay answered `{reply}` {phase}. {advice}"),
-        )
-    }
-
-    /// Failures without an SMTP reply: network, TLS, or an unreadable answer.
-    fn explain_transport(&self, phase: Phase, error: &SmtpError) -> (VerifyFailureKind, String) {
-        let s = &self.settings;
-        let detail = root_cause(error);
-        if error.is_timeout() {
-            return (
-                VerifyFailureKind::Connection,
-                format!(
-                    "the SMTP relay {}:{} timed out {phase} ({detail}). {CONNECTION_ADVICE}",
-                    s.host, s.port
-                ),
-            );
-        }
-        // A connection cut during the STARTTLS handshake is a TLS failure too (a proxy
-        // that refuses TLS, a relay that does not speak it on this port).
-        if error.is_tls() || rustls_error(error).is_some() || phase == Phase::StartTls {
-            return (
-                VerifyFailureKind::Tls,
-                format!(
-                    "the TLS handshake with the SMTP relay {}:{} failed {phase}: {detail}. {}",
-                    s.host,
-                    s.port,
-                    tls_advice(rustls_error(error))
-                ),
-            );
-        }
-        if phase == Phase::Connect && !error.is_response() {
-            return (
-                VerifyFailureKind::Connection,
-                format!(
-                    "could not reach the SMTP relay {}:{}: {detail}. {CONNECTION_ADVICE}",
-                    s.host, s.port
-                ),
-            );
-        }
-        (
-            VerifyFailureKind::Connection,
-            format!(
-                "the SMTP relay {}:{} closed the connection or answered something unreadable {phase} ({detail}). \
-                 It will be tried again; if it keeps happening, check that this host and port are an SMTP relay \
-                 and that no proxy or firewall cuts SMTP sessions",
-                s.host, s.port
-            ),
-        )
+            kind: VerifyFailureKind::Other,
+            message: format!("could not build the verification mail: {e}"),
+        })?;
+        self.relay.send(username, secret, message).await
     }
 }
 
 #[async_trait]
 impl Verifier for SmtpVerifier {
     fn describe(&self) -> String {
-        let s = &self.settings;
-        let tls = match s.tls {
-            TlsMode::StartTls => "STARTTLS",
-            TlsMode::Implicit => "implicit TLS",
-        };
-        format!(
-            "SMTP relay {}:{} ({tls}, AUTH {})",
-            s.host,
-            s.port,
-            mechanism_name(s.mechanism)
-        )
+        self.relay.describe()
     }
 
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
@@ -499,6 +669,7 @@ impl fmt::Display for Phase {
 /// Why a session failed.
 enum Failure {
     Smtp(SmtpError),
+    Wire(WireError),
     StartTlsNotOffered,
     MechanismNotOffered { offered: Vec<String> },
     TimedOut,
@@ -509,6 +680,8 @@ impl Failure {
     fn relay_answered(&self) -> bool {
         match self {
             Failure::Smtp(error) => error.status().is_some(),
+            // Failures before lettre had the stream: there is no session left to QUIT.
+            Failure::Wire(_) => false,
             Failure::StartTlsNotOffered | Failure::MechanismNotOffered { .. } => true,
             Failure::TimedOut => false,
         }
@@ -518,6 +691,12 @@ impl Failure {
 impl From<SmtpError> for Failure {
     fn from(error: SmtpError) -> Self {
         Failure::Smtp(error)
+    }
+}
+
+impl From<WireError> for Failure {
+    fn from(error: WireError) -> Self {
+        Failure::Wire(error)
     }
 }
 
@@ -569,13 +748,10 @@ fn offered_mechanisms(conn: &AsyncSmtpConnection) -> Vec<String> {
         .collect()
 }
 
-/// `535 5.7.3 Authentication unsuccessful`: lettre keeps the reply's text as the error's source.
-fn reply_text(code: u16, error: &SmtpError) -> String {
+/// `5.7.3 Authentication unsuccessful`: lettre keeps the reply's text as the error's source.
+fn lettre_reply_text(error: &SmtpError) -> String {
     use std::error::Error as _;
-    match error.source() {
-        Some(text) => format!("{code} {text}"),
-        None => code.to_string(),
-    }
+    error.source().map(ToString::to_string).unwrap_or_default()
 }
 
 /// The enhanced status code (`5.7.4`) at the start of a reply's text, if present.
@@ -590,8 +766,8 @@ fn enhanced_code(reply: &str) -> Option<String> {
 }
 
 /// The rustls error behind a TLS failure; tokio-rustls wraps it in an `io::Error`.
-fn rustls_error(error: &SmtpError) -> Option<&rustls::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut source = Some(error);
     while let Some(current) = source {
         if let Some(found) = current.downcast_ref::<rustls::Error>() {
             return Some(found);
@@ -610,7 +786,7 @@ fn rustls_error(error: &SmtpError) -> Option<&rustls::Error> {
 
 /// The innermost cause, e.g. `Connection refused (os error 111)` or
 /// `invalid peer certificate: UnknownIssuer`; lettre's own layers only repeat "Connection error".
-fn root_cause(error: &SmtpError) -> String {
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause: &(dyn std::error::Error + 'static) = error;
     while let Some(next) = cause.source() {
         cause = next;
@@ -618,14 +794,84 @@ fn root_cause(error: &SmtpError) -> String {
     cause.to_string()
 }
 
-/// Belt and braces: a relay that echoes what it was sent must not leak the secret.
-fn redact(message: &str, secret: &SecretString) -> String {
-    let value = secret.expose_secret();
-    if value.is_empty() {
-        message.to_string()
-    } else {
-        message.replace(value, "[REDACTED]")
+/// The credential in every form it crosses the wire in, so that none of them reaches an
+/// error, a log or a status even when a relay echoes what it was sent.
+///
+/// Zeroized when dropped. (lettre's `Credentials` and the AUTH command strings it builds
+/// hold copies too; lettre offers no way to wipe those.)
+struct CredentialForms(Vec<zeroize::Zeroizing<String>>);
+
+impl CredentialForms {
+    fn new(username: &str, secret: &SecretString) -> Self {
+        let value = secret.expose_secret();
+        if value.is_empty() {
+            return Self(Vec::new());
+        }
+        let plain = zeroize::Zeroizing::new(format!("\0{username}\0{value}"));
+        let mut forms = vec![zeroize::Zeroizing::new(value.to_string())];
+        for encoded in [value.as_bytes(), plain.as_bytes()] {
+            // AUTH LOGIN sends base64(secret); AUTH PLAIN base64("\0user\0secret"). A relay
+            // may echo either with or without the padding, or re-encoded URL-safe.
+            for engine in [
+                &base64::engine::general_purpose::STANDARD,
+                &base64::engine::general_purpose::URL_SAFE,
+            ] {
+                let padded = zeroize::Zeroizing::new(engine.encode(encoded));
+                let unpadded = zeroize::Zeroizing::new(padded.trim_end_matches('=').to_string());
+                forms.push(padded);
+                forms.push(unpadded);
+            }
+        }
+        // Longest first, so that a form containing another is replaced whole.
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        Self(forms)
     }
+
+    fn redact(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_string(), |text, form| {
+            text.replace(form.as_str(), "[REDACTED]")
+        })
+    }
+}
+
+/// Relay text made fit to show: control characters removed (a newline or tab becomes a
+/// space), and at most [`MAX_REPLY_TEXT`] characters.
+pub fn sanitize_reply(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .filter_map(|c| match c {
+            '\r' | '\n' | '\t' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect();
+    let cleaned = cleaned.trim();
+    match cleaned.char_indices().nth(MAX_REPLY_TEXT) {
+        Some((cut, _)) => format!("{}…", &cleaned[..cut]),
+        None => cleaned.to_string(),
+    }
+}
+
+/// In replies to AUTH, words that look base64-encoded (16 or more characters of the base64
+/// alphabet, not an ordinary word) are removed: a relay may echo part of what it was sent,
+/// which exact-match redaction would miss. Real AUTH replies
+/// (`535 5.7.3 Authentication unsuccessful`) have no such words.
+fn drop_encoded_tokens(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let base64ish = word.len() >= 16
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+            let ordinary = word.bytes().skip(1).all(|b| b.is_ascii_lowercase());
+            if base64ish && !ordinary {
+                "[removed]"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, SmtpSetupError> {
@@ -638,8 +884,8 @@ fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, SmtpSetupE
         })
 }
 
-fn tls_parameters(host: &str, trust: &TlsTrust) -> Result<TlsParameters, SmtpSetupError> {
-    let mut builder = TlsParameters::builder(host.to_string());
+fn tls_connector(host: &str, trust: &TlsTrust) -> Result<TlsConnector, SmtpSetupError> {
+    let mut roots = Vec::new();
     for (index, pem) in trust.extra_root_pems.iter().enumerate() {
         let certificates: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -654,19 +900,11 @@ fn tls_parameters(host: &str, trust: &TlsTrust) -> Result<TlsParameters, SmtpSet
                 detail: "no certificate found".into(),
             });
         }
-        for der in certificates {
-            let certificate = Certificate::from_der(der.to_vec()).map_err(|e| {
-                SmtpSetupError::BadCertificate {
-                    index,
-                    detail: e.to_string(),
-                }
-            })?;
-            builder = builder.add_root_certificate(certificate);
-        }
+        roots.extend(certificates);
     }
-    builder.build_rustls().map_err(|e| SmtpSetupError::Tls {
+    wire::connector(roots).map_err(|detail| SmtpSetupError::Tls {
         host: host.to_string(),
-        detail: e.to_string(),
+        detail,
     })
 }
 
@@ -685,11 +923,34 @@ mod tests {
     }
 
     #[test]
-    fn redacts_the_secret() {
-        let secret = SecretString::from("s3cr3t~value");
+    fn redacts_the_secret_and_its_base64_forms() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = SecretString::from("s3cr3t~~~>value");
+        let forms = CredentialForms::new("user", &secret);
+        let login = STANDARD.encode("s3cr3t~~~>value");
+        let plain = STANDARD.encode("\0user\0s3cr3t~~~>value");
+        let url_safe = URL_SAFE_NO_PAD.encode("s3cr3t~~~>value");
+        assert_ne!(login.trim_end_matches('='), url_safe, "the URL-safe form differs");
+        let echoed = format!("got s3cr3t~~~>value, {login}, {plain} and {url_safe} back");
         assert_eq!(
-            redact("got s3cr3t~value back", &secret),
-            "got [REDACTED] back"
+            forms.redact(&echoed),
+            "got [REDACTED], [REDACTED], [REDACTED] and [REDACTED] back"
+        );
+    }
+
+    #[test]
+    fn reply_text_is_bounded_and_free_of_control_characters() {
+        let shown = sanitize_reply(&format!("5.7.1 \x1b[31mred\x07\r\n{}", "x".repeat(1000)));
+        assert!(shown.starts_with("5.7.1 [31mred "), "{shown}");
+        assert_eq!(shown.chars().count(), MAX_REPLY_TEXT + 1);
+        assert!(!shown.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn auth_replies_lose_encoded_words_but_keep_ordinary_ones() {
+        assert_eq!(
+            drop_encoded_tokens("5.7.3 Authentication unsuccessful aGVsbG8gd29ybGQgMTIzNA"),
+            "5.7.3 Authentication unsuccessful [removed]"
         );
     }
 

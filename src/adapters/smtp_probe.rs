@@ -6,25 +6,19 @@
 //! expose the rustls session, so neither the capability lines nor the TLS facts can be read
 //! from the session that sends the mail. The probe never authenticates and sends no mail;
 //! the verdict and its explanation come from [`super::smtp::SmtpVerifier`]. It trusts the same
-//! roots as the verifier (webpki roots plus the extra ones).
+//! roots as the verifier (webpki roots plus the extra ones), and reads through the same
+//! `wire` code: bounded replies, and no bytes accepted after the answer to STARTTLS.
 
 use super::http::TlsTrust;
-use super::smtp::TlsMode;
+use super::smtp::wire::{self, Plaintext, WireError};
+use super::smtp::{TlsMode, sanitize_reply};
+use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::extension::ClientId;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufRead, AsyncWrite, BufReader};
 use tokio_rustls::TlsConnector;
-
-/// Longest reply line read (RFC 5321 allows 512 octets; be generous, but bounded).
-const MAX_LINE: u64 = 4_096;
-/// Most lines in one reply.
-const MAX_REPLY_LINES: usize = 100;
 
 /// What the probe saw; everything is optional because it stops at the first problem.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,73 +70,99 @@ async fn converse(
     trust: &TlsTrust,
     report: &mut ProbeReport,
 ) -> Result<(), String> {
-    let hello = format!("EHLO {}", ClientId::default());
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("could not connect: {e}"))?;
+    let hello = ClientId::default();
     let connector = connector(trust)?;
-    let server_name = ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host} is not a valid server name: {e}"))?;
-    match mode {
+    let stop = |step: &'static str| move |error: WireError| stopped(host, port, step, error);
+    let mut plain = Plaintext::connect(host, port)
+        .await
+        .map_err(stop("connecting"))?;
+    let peer = plain.peer();
+    let mut stream = match mode {
         TlsMode::Implicit => {
-            let tls = connector
-                .connect(server_name, tcp)
+            let tls = plain
+                .handshake(&connector, host)
                 .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                .map_err(stop("the TLS handshake"))?;
             report.tls = Some(tls_facts(tls.get_ref().1));
-            let mut stream = BufReader::new(tls);
-            report.greeting = Some(expect(&mut stream, 220).await?.join(" "));
-            report.capabilities_tls = ehlo(&mut stream, &hello).await?;
-            quit(&mut stream).await;
+            let mut stream = BufReader::new(wire::bounded(tls, peer));
+            let greeting = wire::read_reply(&mut stream)
+                .await
+                .map_err(stop("the greeting"))?;
+            report.greeting = Some(shown(&greeting.lines).join(" "));
+            stream
         }
         TlsMode::StartTls => {
-            let mut plain = BufReader::new(tcp);
-            report.greeting = Some(expect(&mut plain, 220).await?.join(" "));
-            report.capabilities_plain = ehlo(&mut plain, &hello).await?;
+            let greeting = plain.expect(220).await.map_err(stop("the greeting"))?;
+            report.greeting = Some(shown(&greeting.lines).join(" "));
+            report.capabilities_plain = shown(&plain.ehlo(&hello).await.map_err(stop("EHLO"))?);
             if !report
                 .capabilities_plain
                 .iter()
                 .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
             {
-                quit(&mut plain).await;
+                plain.quit().await;
                 return Err("the relay does not offer STARTTLS".into());
             }
-            send(&mut plain, "STARTTLS").await?;
-            expect(&mut plain, 220).await?;
-            let tls = connector
-                .connect(server_name, plain.into_inner())
+            let tls = plain
+                .starttls(&connector, host)
                 .await
-                .map_err(|e| format!("TLS handshake after STARTTLS failed: {e}"))?;
+                .map_err(stop("STARTTLS"))?;
             report.tls = Some(tls_facts(tls.get_ref().1));
-            let mut stream = BufReader::new(tls);
-            report.capabilities_tls = ehlo(&mut stream, &hello).await?;
-            quit(&mut stream).await;
+            BufReader::new(wire::bounded(tls, peer))
         }
+    };
+    report.capabilities_tls = shown(
+        &ehlo(&mut stream, &hello)
+            .await
+            .map_err(stop("EHLO over TLS"))?,
+    );
+    // Politeness only: the probe has what it came for.
+    if wire::send(&mut stream, "QUIT\r\n").await.is_ok() {
+        let _ = wire::read_reply(&mut stream).await;
     }
     Ok(())
 }
 
+/// Why the probe stopped at `step`, in words.
+fn stopped(host: &str, port: u16, step: &str, error: WireError) -> String {
+    match error {
+        WireError::Connect(e) => format!("could not connect: {e}"),
+        WireError::Io(e) => format!("{step} failed: {e}"),
+        WireError::Limit(limit) => format!(
+            "{host}:{port} sent {limit} in {step}, so the probe stopped before reading more"
+        ),
+        WireError::NotAReply(line) => format!("not an SMTP reply in {step}: `{line}`"),
+        WireError::Reply { code, text } => format!(
+            "the relay answered `{code} {}` to {step}",
+            sanitize_reply(&text)
+        ),
+        WireError::BytesAfterStartTls => format!(
+            "{host}:{port} sent bytes after STARTTLS reply: possible STARTTLS command injection \
+             (CVE-2011-0411 class); the probe stopped before the TLS handshake"
+        ),
+        WireError::Tls(e) if step == "STARTTLS" => {
+            format!("TLS handshake after STARTTLS failed: {e}")
+        }
+        WireError::Tls(e) => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// Relay text as shown on a terminal: no control characters (no escape sequences), bounded.
+fn shown(lines: &[String]) -> Vec<String> {
+    lines.iter().map(|line| sanitize_reply(line)).collect()
+}
+
 fn connector(trust: &TlsTrust) -> Result<TlsConnector, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let mut roots = Vec::new();
     for (index, pem) in trust.extra_root_pems.iter().enumerate() {
         for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let certificate = certificate
-                .map_err(|e| format!("extra root certificate #{index} is not PEM: {e}"))?;
-            roots
-                .add(certificate)
-                .map_err(|e| format!("extra root certificate #{index} is not usable: {e}"))?;
+            roots.push(
+                certificate
+                    .map_err(|e| format!("extra root certificate #{index} is not PEM: {e}"))?,
+            );
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS set-up failed: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    wire::connector(roots)
 }
 
 fn tls_facts(session: &rustls::ClientConnection) -> TlsFacts {
@@ -165,68 +185,15 @@ fn tls_facts(session: &rustls::ClientConnection) -> TlsFacts {
 /// EHLO's capability lines: the reply without its first line (the server's name).
 async fn ehlo<S: AsyncBufRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    hello: &str,
-) -> Result<Vec<String>, String> {
-    send(stream, hello).await?;
-    Ok(expect(stream, 250).await?.into_iter().skip(1).collect())
-}
-
-async fn quit<S: AsyncBufRead + AsyncWrite + Unpin>(stream: &mut S) {
-    // Politeness only: the probe has what it came for.
-    if send(stream, "QUIT").await.is_ok() {
-        let _ = reply(stream).await;
+    hello: &ClientId,
+) -> Result<Vec<String>, WireError> {
+    wire::send(stream, &Ehlo::new(hello.clone()).to_string()).await?;
+    let reply = wire::read_reply(stream).await?;
+    if reply.code != 250 {
+        return Err(WireError::Reply {
+            code: reply.code,
+            text: reply.lines.join(" "),
+        });
     }
-}
-
-async fn send<S: AsyncWrite + Unpin>(stream: &mut S, line: &str) -> Result<(), String> {
-    stream
-        .write_all(format!("{line}\r\n").as_bytes())
-        .await
-        .map_err(|e| format!("could not send {line}: {e}"))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| format!("could not send {line}: {e}"))
-}
-
-/// Reads one reply and checks its code; returns the text of each line.
-async fn expect<S: AsyncBufRead + Unpin>(stream: &mut S, code: u16) -> Result<Vec<String>, String> {
-    let (got, lines) = reply(stream).await?;
-    if got == code {
-        Ok(lines)
-    } else {
-        Err(format!(
-            "expected {code}, the relay answered `{got} {}`",
-            lines.join(" ")
-        ))
-    }
-}
-
-/// One (possibly multi-line) reply: `250-first`, ..., `250 last`.
-async fn reply<S: AsyncBufRead + Unpin>(stream: &mut S) -> Result<(u16, Vec<String>), String> {
-    let mut lines = Vec::new();
-    loop {
-        let mut raw = Vec::new();
-        let read = (&mut *stream)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut raw)
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
-        if read == 0 {
-            return Err("the relay closed the connection".into());
-        }
-        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-        let code = line
-            .get(..3)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an SMTP reply: {line:?}"))?;
-        let last = line.as_bytes().get(3) != Some(&b'-');
-        lines.push(line.get(4..).unwrap_or("").to_string());
-        if last {
-            return Ok((code, lines));
-        }
-        if lines.len() >= MAX_REPLY_LINES {
-            return Err(format!("a reply of more than {MAX_REPLY_LINES} lines"));
-        }
-    }
+    Ok(reply.lines.into_iter().skip(1).collect())
 }

@@ -190,8 +190,11 @@ fn password(args: &SmtpTestArgs) -> Result<SecretString, String> {
                 format!("--password-env {variable}: the environment variable is not set or empty")
             })?
     } else if let Some(path) = &args.password_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--password-file {}: cannot read it: {e}", path.display()))?;
+        // The whole file is a second copy of the password (with its line end): wiped too.
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--password-file {}: cannot read it: {e}", path.display()))?,
+        );
         text.trim_end_matches(['\r', '\n']).to_string()
     } else if std::io::stdin().is_terminal() {
         rpassword::prompt_password("SMTP password (the app's client secret, not shown): ")
@@ -199,10 +202,13 @@ fn password(args: &SmtpTestArgs) -> Result<SecretString, String> {
     } else {
         return Err("no password: give --password-env NAME or --password-file PATH (a prompt needs a terminal)".into());
     };
+    // Copied into the SecretString, then wiped: `SecretString::from(String)` may move it to
+    // a smaller allocation and free the old one unwiped (a prompt's String has spare room).
+    let value = zeroize::Zeroizing::new(value);
     if value.is_empty() {
         return Err(
             "the password is empty; it is the Entra application's client secret value".into(),
         );
     }
-    Ok(SecretString::from(value))
+    Ok(SecretString::from(value.as_str()))
 }
