@@ -14,7 +14,7 @@ use entra_rotator::adapters::smtp::{
 use entra_rotator::alerting::{Notification, NotificationSettings, Notifier};
 use entra_rotator::domain::{AppRef, SecretString};
 use entra_rotator::engine::ports::{Verifier, VerifyFailureKind};
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::tls::TestPki;
 use entra_rotator::template::Template;
 use std::process::Output;
 use std::time::Duration;

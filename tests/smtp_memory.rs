@@ -16,7 +16,7 @@ use entra_rotator::adapters::smtp_probe::probe;
 use entra_rotator::alerting::{Notification, NotificationSettings, Notifier};
 use entra_rotator::domain::{AppRef, SecretString};
 use entra_rotator::engine::ports::Verifier;
-use entra_rotator::standins::tls::TestPki;
+use entra_rotator_standins::tls::TestPki;
 use entra_rotator::template::Template;
 use std::time::Duration;
 use support::hostile_smtp::{FLOOD_BYTES, Flood, HostileSmtp};
