@@ -23,4 +23,5 @@ pub mod domain;
 pub mod engine;
 pub mod metrics;
 pub mod operator;
+pub mod report;
 pub mod template;

@@ -1,4 +1,6 @@
 //! Production implementations of the engine's ports. Every wire detail lives here.
+//!
+//! Imports `domain`, `template` and `engine::ports`; never configuration, operator or CLI.
 pub mod graph;
 pub mod http;
 pub mod identity;

@@ -2,7 +2,7 @@
 //! points the production clients at them, and runs the whole loop twice (the second time
 //! with Entra replication delay, so verification has to retry). Nothing leaves the machine.
 
-use super::report::{error_line, outcome_line};
+use crate::report::{error_line, outcome_line};
 use super::wiring::wire;
 use super::EXIT_FAILED;
 use crate::config::Config;

@@ -1,15 +1,13 @@
-//! The command line: `run` (one pass over a configuration file) and `demo` (the whole
-//! loop against the local stand-ins).
+//! The command line, a face over everything below it: `run` (a configuration file, or one
+//! CronJob pass), `controller`, `scan`, `smtp-test`, `crd` and, with the `demo` feature,
+//! `demo` (the whole loop against the local stand-ins). Nothing under `src/` imports it.
 
 #[cfg(feature = "demo")]
 mod demo;
 mod operator_cli;
-mod report;
 mod scan;
 mod smtp_test;
 mod wiring;
-
-pub use report::{error_line, outcome_line};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use operator_cli::ControllerArgs;

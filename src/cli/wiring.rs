@@ -1,7 +1,7 @@
 //! Turns a validated configuration into engine rotations wired to the production
 //! adapters, and runs them (`entra-rotator run`).
 
-use super::report::{error_line, outcome_line};
+use crate::report::{error_line, outcome_line};
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
 use crate::assembly::{kube_client, Assembly, AssemblyError};
 use crate::config::{Config, TargetConfig};

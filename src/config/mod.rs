@@ -3,6 +3,9 @@
 //!
 //! Loading checks everything before anything runs; a bad file is reported with every
 //! problem found, each naming the field, and changes nothing.
+//!
+//! Imports `domain`, `template`, and the defaults and settings types of the adapters and
+//! alerting it parses; never operator or CLI.
 
 pub mod duration;
 

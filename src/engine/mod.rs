@@ -4,6 +4,8 @@
 //! It keeps no state of its own: every run starts from what Graph and the stores say, so
 //! a run killed at any point is finished (or undone) by the next one. The decision is the
 //! pure [`policy::plan`]; this module carries it out through the [`ports`].
+//!
+//! Imports only `domain` (and the standard crates): never adapters, configuration or faces.
 
 pub mod events;
 pub mod ownership;

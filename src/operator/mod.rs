@@ -1,5 +1,8 @@
 //! The Kubernetes operator: the `ClientSecretRotation` resource, the controller that
 //! reconciles it with the rotation engine, and the one-shot pass for CronJobs.
+//!
+//! A face over everything below it (engine, adapters, assembly, config, alerting, metrics,
+//! report); never the CLI.
 pub mod controller;
 pub mod crd;
 pub mod pass;

@@ -103,14 +103,14 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
     let (mut next, summary, failed, mut soonest) = match &result {
         Ok(outcome) => (
             status::after_outcome(&previous, outcome, generation, now, &thresholds),
-            crate::cli::outcome_line(&name, outcome),
+            crate::report::outcome_line(&name, outcome),
             false,
             due_time(outcome),
         ),
         Err(error) => {
             let next = status::after_error(&previous, error, generation, now, &thresholds);
             let retry = now + chrono::Duration::from_std(status::backoff(next.failed_attempts)).unwrap_or_default();
-            (next, crate::cli::error_line(&name, error), true, Some(retry))
+            (next, crate::report::error_line(&name, error), true, Some(retry))
         }
     };
     let verified_now = events.iter().rev().find_map(|(_, e)| match e {

@@ -1,4 +1,6 @@
-//! One line per rotation for people, after a run.
+//! One line per rotation for people, after a run: what the CLI prints and what the
+//! operator writes into status and Events, so both faces say the same thing. Below both
+//! faces; imports only the engine.
 
 use crate::engine::policy::Decision;
 use crate::engine::{EngineError, Outcome};
