@@ -1,9 +1,12 @@
 //! The command line, a face over everything below it: `run` (a configuration file, or one
 //! CronJob pass), `controller`, `scan`, `smtp-test`, `crd` and, with the `demo` feature,
-//! `demo` (the whole loop against the local stand-ins). Nothing under `src/` imports it.
+//! `demo` (the whole loop against the local stand-ins) and `playground` (the stand-ins and a
+//! controller left running for trying things by hand). Nothing under `src/` imports it.
 
 #[cfg(feature = "demo")]
 mod demo;
+#[cfg(feature = "demo")]
+mod playground;
 mod operator_cli;
 mod scan;
 mod smtp_test;
@@ -74,6 +77,15 @@ enum Command {
     /// ACS SMTP relay, and print the timeline.
     #[cfg(feature = "demo")]
     Demo,
+    /// Start the local stand-ins and a controller against them and keep them running, with
+    /// a kubeconfig, a CA, a configuration file and a ClientSecretRotation in DIR, so you
+    /// can try kubectl, `run --config`, `smtp-test` and swaks by hand. Ctrl-C stops it.
+    #[cfg(feature = "demo")]
+    Playground {
+        /// Where the files are written (created if missing; left in place afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
     /// Print the ClientSecretRotation CustomResourceDefinition (YAML), generated from the
     /// Rust types; `crds/` holds the same text.
     Crd,
@@ -129,6 +141,8 @@ pub fn main() -> ExitCode {
             Command::Controller(args) => operator_cli::run_controller(args).await,
             #[cfg(feature = "demo")]
             Command::Demo => demo::run().await,
+            #[cfg(feature = "demo")]
+            Command::Playground { dir } => playground::run(dir).await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
                 ExitCode::SUCCESS

@@ -35,12 +35,27 @@ pub struct Scenario {
     /// The rotator's own client secret (read by the configuration from a file).
     pub rotator_secret: String,
     pub config_path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The temporary folder the files are in, unless the caller chose one.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Scenario {
-    /// Starts everything and writes the configuration with `revokeGracePeriod: 0s`.
+    /// Starts everything and writes the configuration with `revokeGracePeriod: 0s` into a
+    /// temporary folder, deleted when the scenario is dropped.
     pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("rotator.yaml");
+        Self::start_writing(config_path, Some(dir)).await
+    }
+
+    /// Like [`Scenario::start`], writing the files into `dir` (created if missing), which
+    /// is left in place afterwards.
+    pub async fn start_in(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Self::start_writing(dir.join("rotator.yaml"), None).await
+    }
+
+    async fn start_writing(config_path: PathBuf, temporary: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
         let pki = TestPki::generate()?;
         let tenant = Tenant::new();
         let graph = GraphStandin::start(tenant.clone(), &pki).await?;
@@ -61,7 +76,6 @@ impl Scenario {
             .ok_or_else(|| anyhow::anyhow!("the rotator application vanished"))?
             .secret_text;
 
-        let dir = tempfile::tempdir()?;
         let mut scenario = Self {
             tenant,
             graph,
@@ -72,8 +86,8 @@ impl Scenario {
             target,
             foreign_key_id: foreign.key_id,
             rotator_secret,
-            config_path: dir.path().join("rotator.yaml"),
-            _dir: dir,
+            config_path,
+            _dir: temporary,
         };
         let config = scenario.write_support_files(rotator.app_id)?;
         std::fs::write(&scenario.config_path, config)?;
