@@ -265,6 +265,23 @@ pub(crate) fn resolve_credential(config: &CredentialConfig) -> Result<RotatorCre
     })
 }
 
+/// Why no cluster could be found, naming the kubeconfig that was looked for (kube's own
+/// message quotes the path twice and leads with the in-cluster attempt).
+fn no_cluster(error: kube::config::InferConfigError) -> AssemblyError {
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .filter(|value| !value.is_empty())
+        .and_then(|value| std::env::split_paths(&value).next())
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".kube").join("config")));
+    match kubeconfig {
+        Some(path) if !path.exists() => AssemblyError(format!(
+            "kubernetes: no cluster to write Secrets to: not running in a pod (KUBERNETES_SERVICE_HOST is not set) and there is no kubeconfig at {}. Set kubernetes.kubeconfig in the configuration file, or KUBECONFIG",
+            path.display()
+        )),
+        Some(path) => assembly_error(&format!("kubernetes: cannot use the kubeconfig {}", path.display()), error),
+        None => assembly_error("kubernetes: not running in a pod and neither KUBECONFIG nor HOME is set to find a kubeconfig", error),
+    }
+}
+
 /// The Kubernetes client: a kubeconfig when given, else in-cluster, else `$KUBECONFIG`.
 pub async fn kube_client(settings: &KubernetesSettings) -> Result<kube::Client, AssemblyError> {
     let options = kube::config::KubeConfigOptions { context: settings.context.clone(), ..Default::default() };
@@ -279,9 +296,7 @@ pub async fn kube_client(settings: &KubernetesSettings) -> Result<kube::Client, 
         None if settings.context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
             .map_err(|e| assembly_error("kubernetes.context", e))?,
-        None => kube::Config::infer().await.map_err(|e| {
-            assembly_error("kubernetes: no in-cluster service account and no usable kubeconfig", e)
-        })?,
+        None => kube::Config::infer().await.map_err(no_cluster)?,
     };
     kube::Client::try_from(kube_config).map_err(|e| assembly_error("kubernetes: cannot build a client", e))
 }

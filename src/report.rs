@@ -37,10 +37,17 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
                 Decision::InFlight { key_id, stale_at } => {
                     format!("wait: keyId {key_id} is being stored by another run (until {})", day(&Some(*stale_at)))
                 }
+                Decision::UpToDate { key_id, expires, renew_at } if clean.is_empty() => {
+                    return format!(
+                        "{name}: nothing to do until {}: keyId {key_id} expires {}",
+                        day(&Some(*renew_at)),
+                        day(expires)
+                    );
+                }
                 Decision::UpToDate { key_id, expires, renew_at } => format!(
-                    "nothing: keyId {key_id} expires {}, renewal {}",
-                    day(expires),
-                    day(&Some(*renew_at))
+                    "nothing more until {}: keyId {key_id} expires {}",
+                    day(&Some(*renew_at)),
+                    day(expires)
                 ),
             };
             format!("would {clean}{action}")
@@ -56,7 +63,7 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
         ),
         Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at, .. } => {
             let mut line = if *minted {
-                format!("rotated: new keyId {key_id} stored and verified, expires {}", day(expires))
+                format!("rotated: new keyId {key_id} verified and stored, expires {}", day(expires))
             } else {
                 format!("settled: keyId {key_id} stored everywhere and verified, expires {}", day(expires))
             };

@@ -56,7 +56,7 @@ async fn demo() -> anyhow::Result<bool> {
     let rotation = &rotations[0];
     let engine = Engine::new(Arc::new(SystemClock), Arc::new(Timeline { started: Instant::now() }));
 
-    println!("Run 1: nothing is stored yet, so the rotator mints, stores, verifies.");
+    println!("Run 1: nothing is stored yet, so the rotator mints, verifies, stores.");
     let first = run_once(&engine, rotation, false).await;
 
     println!("\nRun 2: forced rotation; Entra now takes 2s to replicate a new secret, so verification retries.");

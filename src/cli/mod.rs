@@ -111,6 +111,15 @@ enum Command {
     /// printed. Exit codes: 0 the relay accepted the test mail, 1 it did not (the reason is
     /// printed), 2 bad input.
     SmtpTest(smtp_test::SmtpTestArgs),
+    /// Print a shell completion script, e.g. `entra-rotator completions bash >
+    /// /etc/bash_completion.d/entra-rotator` (zsh: into a directory of your fpath as
+    /// `_entra-rotator`; fish: ~/.config/fish/completions/entra-rotator.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `entra-rotator man > /usr/local/share/man/man1/entra-rotator.1`.
+    Man,
 }
 
 /// Rotations in progress at once unless `--concurrency` says otherwise (`run`, `controller`).
@@ -149,6 +158,17 @@ pub fn main() -> ExitCode {
             }
             Command::Scan(args) => scan::run(args).await,
             Command::SmtpTest(args) => smtp_test::run(args).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "entra-rotator", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+            Command::Man => match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: cannot write the man page: {error}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            },
         }
     })
 }
@@ -156,7 +176,14 @@ pub fn main() -> ExitCode {
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org): log
+    // files and collectors get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -510,6 +510,18 @@ impl TargetConfig {
                 }
             }
             TargetConfig::KubernetesSecret(secret) => {
+                if !is_dns_label(&secret.namespace) {
+                    problems.push(format!(
+                        "{at}.kubernetesSecret.namespace: {:?} is not a Kubernetes namespace name: at most 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
+                        secret.namespace
+                    ));
+                }
+                if secret.name.len() > 253 || !secret.name.split('.').all(is_dns_label) {
+                    problems.push(format!(
+                        "{at}.kubernetesSecret.name: {:?} is not a Kubernetes Secret name: at most 253 characters of a-z, 0-9, '-' and '.', each part starting and ending with a letter or digit",
+                        secret.name
+                    ));
+                }
                 let exact: Vec<&String> =
                     secret.keys.iter().filter(|(_, t)| t.source().trim() == "{{secret}}").map(|(k, _)| k).collect();
                 if exact.len() != 1 {
@@ -546,6 +558,15 @@ impl SmtpConfig {
             ));
         }
     }
+}
+
+/// An RFC 1123 label, as Kubernetes requires of namespace names.
+fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
 }
 
 fn check_guid(field: &str, value: &str, problems: &mut Vec<String>) {
