@@ -184,6 +184,20 @@ async fn fail_within_sets_the_exit_code() {
     assert!(all(&bad).contains("write it like 180d"), "{}", all(&bad));
 }
 
+/// Regression: `--fail-within 300000y` panicked (the horizon overflowed the calendar).
+#[tokio::test]
+async fn fail_within_past_the_calendar_is_refused_not_a_panic() {
+    let scenario = Scenario::start().await.unwrap();
+    let widest = scan(&scenario, &["--fail-within", "36500d"]).await;
+    assert_eq!(widest.status.code(), Some(1), "every credential ends within 100 years: {}", all(&widest));
+    for text in ["36501d", "300000y"] {
+        let refused = scan(&scenario, &["--fail-within", text]).await;
+        assert_eq!(refused.status.code(), Some(2), "{text}: {}", all(&refused));
+        assert!(all(&refused).contains("--fail-within: ") && all(&refused).contains("is outside 0s..36500d"), "{text}: {}", all(&refused));
+        assert!(!all(&refused).contains("panicked"), "{}", all(&refused));
+    }
+}
+
 #[tokio::test]
 async fn refused_sign_in_is_bad_input() {
     let scenario = Scenario::start().await.unwrap();

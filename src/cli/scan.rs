@@ -84,7 +84,8 @@ pub(crate) struct ScanArgs {
     output: Format,
     /// Exit with code 1 when any credential expires within this window, e.g. 30d
     /// (already expired ones count, unless --ignore-expired).
-    #[arg(long, value_name = "DURATION", value_parser = HumanDuration::parse)]
+    /// At most 36500d (100 years).
+    #[arg(long, value_name = "DURATION", value_parser = parse_fail_within)]
     fail_within: Option<HumanDuration>,
     /// Leave out credentials that have already expired.
     #[arg(long)]
@@ -115,6 +116,18 @@ struct ConnectionSettings {
     tls: TlsSettings,
 }
 
+/// The longest `--fail-within`: every credential Entra issues ends well within it, and
+/// "now" plus it stays on the calendar (`300000y` used to overflow and panic).
+const MAX_FAIL_WITHIN_DAYS: u64 = 36_500;
+
+fn parse_fail_within(text: &str) -> Result<HumanDuration, String> {
+    let window = HumanDuration::parse(text)?;
+    let mut problems = Vec::new();
+    let max = HumanDuration::days(MAX_FAIL_WITHIN_DAYS);
+    window.check_range("--fail-within", HumanDuration::seconds(0), max, "credentials end well within 100 years", &mut problems);
+    problems.pop().map_or(Ok(window), Err)
+}
+
 /// `entra-rotator scan`.
 pub(crate) async fn run(args: ScanArgs) -> ExitCode {
     let (client, scope) = match connect(&args) {
@@ -128,7 +141,7 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
     let warn_within = args
         .fail_within
         .unwrap_or(HumanDuration::days(DEFAULT_WARN_WITHIN_DAYS));
-    let horizon = now + warn_within.chrono();
+    let horizon = now.checked_add_signed(warn_within.chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC);
     let mut report = Report::new(args.output, now, horizon, args.ignore_expired);
     let contains = args.contains.as_deref().map(str::to_lowercase);
     let prefix_after_listing = match &scope {

@@ -207,7 +207,8 @@ pub fn notified_threshold(status: &ClientSecretRotationStatus) -> Option<Duratio
 /// The next moment an alert threshold is crossed, so the controller wakes up for it.
 pub fn next_threshold_crossing(status: &ClientSecretRotationStatus, now: DateTime<Utc>, thresholds: &[Duration]) -> Option<DateTime<Utc>> {
     let not_after = parse_time(&status.not_after)?;
-    thresholds.iter().map(|t| not_after - *t).filter(|at| *at > now).min()
+    // Checked: a threshold past the calendar (once `300000y`) crosses never, not a panic.
+    thresholds.iter().filter_map(|t| not_after.checked_sub_signed(*t)).filter(|at| *at > now).min()
 }
 
 /// Back-off after failures: 30 s doubling per attempt, at most an hour.
@@ -283,6 +284,17 @@ mod tests {
     fn backoff_doubles_from_30s_up_to_an_hour() {
         let seconds: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(seconds, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+
+    /// Regression: `alertThresholds: ["300000y"]` panicked here (`DateTime - TimeDelta
+    /// overflowed`) and crash-looped the controller.
+    #[test]
+    fn a_threshold_past_the_calendar_is_crossed_but_never_scheduled() {
+        let huge = crate::config::duration::HumanDuration::parse("300000y").unwrap().chrono();
+        let thresholds = [huge, Duration::MAX, Duration::days(1)];
+        let status = after_outcome(&Default::default(), &up_to_date(20), None, now(), &thresholds);
+        assert_eq!(value(&status, EXPIRING_SOON), ("True", WITHIN_THRESHOLD));
+        assert_eq!(next_threshold_crossing(&status, now(), &thresholds), Some(now() + Duration::days(19)));
     }
 
     #[test]
