@@ -261,8 +261,9 @@ fn next_wake(
     soonest.unwrap_or(drift).clamp(Duration::from_secs(1), drift)
 }
 
+/// The usable thresholds; the spec check (`to_rotation_config`) reports the others.
 fn alert_thresholds(object: &ClientSecretRotation) -> Vec<chrono::Duration> {
-    object.spec.alert_thresholds.iter().filter_map(|t| HumanDuration::parse(t).ok()).map(HumanDuration::chrono).collect()
+    super::crd::alert_thresholds(&object.spec.alert_thresholds, &mut Vec::new())
 }
 
 async fn refuse_spec(
