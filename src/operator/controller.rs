@@ -3,7 +3,7 @@
 //! one replica ever rotates.
 
 use super::crd::ClientSecretRotation;
-use super::reconcile::{reconcile, Context, ReconcileError};
+use super::reconcile::{reconcile_isolated, BackgroundRuns, Context, ReconcileError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -94,15 +94,20 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let lookup = reader.clone();
+    let background = Arc::new(BackgroundRuns::default());
     Controller::for_stream(rotation_stream, reader)
         .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup, &secret))
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency.max(1)))
         .shutdown_on_signal()
         .run(
-            |object, ctx: Arc<Context>| async move {
-                let reconciled = reconcile(&object, &ctx).await?;
-                tracing::info!(requeue_in = ?reconciled.requeue_after, "{}", reconciled.summary);
-                Ok::<_, ReconcileError>(Action::requeue(reconciled.requeue_after))
+            move |object, ctx: Arc<Context>| {
+                let background = background.clone();
+                async move {
+                    // A panic fails this object only; the long waits do not hold the worker.
+                    let reconciled = reconcile_isolated(&object, &ctx, Some(&background)).await?;
+                    tracing::info!(requeue_in = ?reconciled.requeue_after, "{}", reconciled.summary);
+                    Ok::<_, ReconcileError>(Action::requeue(reconciled.requeue_after))
+                }
             },
             |object, error, _ctx| {
                 tracing::warn!(rotation = %object.rotation_name(), %error, "reconcile failed; retrying in 30s");

@@ -30,6 +30,8 @@ pub mod conditions {
     pub const VERIFICATION_PASSED: &str = "VerificationPassed";
     pub const VERIFICATION_DISABLED: &str = "VerificationDisabled";
     pub const NOT_YET_VERIFIED: &str = "NotYetVerified";
+    pub const IN_PROGRESS: &str = "InProgress";
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
 use conditions::*;
