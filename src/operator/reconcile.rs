@@ -542,7 +542,7 @@ async fn publish(ctx: &Context, object: &ClientSecretRotation, type_: EventType,
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(truncate_bytes(note, 1024)),
+        note: Some(truncate_bytes(&status::one_line(note), 1024)),
         action: "Reconcile".into(),
         secondary: None,
     };

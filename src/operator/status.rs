@@ -67,12 +67,18 @@ pub fn set_condition(
         type_: type_.to_string(),
         status: value.to_string(),
         reason: reason.to_string(),
-        // The API server caps messages at 32768 bytes.
-        message: message.chars().take(4000).collect(),
+        // The API server caps messages at 32768 bytes. Relay and vault replies end up here:
+        // no control characters (terminal escapes, forged extra lines in kubectl output).
+        message: one_line(&message).chars().take(4000).collect(),
         observed_generation: generation,
         last_transition_time: transition,
     });
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// `text` with every control character (line breaks, escapes) replaced by a space.
+pub fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 pub fn condition<'a>(status: &'a ClientSecretRotationStatus, type_: &str) -> Option<&'a Condition> {
@@ -280,6 +286,14 @@ mod tests {
         let recovered = after_outcome(&twice, &up_to_date(120), None, now(), &thresholds());
         assert_eq!(recovered.failed_attempts, 0);
         assert_eq!(recovered.last_error, None);
+    }
+
+    #[test]
+    fn condition_messages_carry_no_control_characters() {
+        let mut status = ClientSecretRotationStatus::default();
+        let reply = "451 4.4.3 try later\r\nReady: True\u{1b}[32m".to_string();
+        set_condition(&mut status, READY, false, "VerificationFailed", reply, None, now());
+        assert_eq!(condition(&status, READY).unwrap().message, "451 4.4.3 try later  Ready: True [32m");
     }
 
     #[test]
