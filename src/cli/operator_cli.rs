@@ -37,9 +37,14 @@ pub struct ControllerArgs {
     /// This replica's name in the Lease and in Events.
     #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
     identity: String,
-    /// Address of /healthz and /readyz.
+    /// Address of /healthz and /readyz, and of /metrics unless --metrics-addr is given.
     #[arg(long, default_value = "0.0.0.0:8080")]
     health_addr: SocketAddr,
+    /// Serve /metrics here instead, apart from the probes: the metrics list every
+    /// application and keyId the controller rotates, e.g. 127.0.0.1:9090 for a scraping
+    /// sidecar only (the chart keeps them on the probes' port behind its NetworkPolicy).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once (1 to 256). Graph calls are bounded separately, by
     /// azure.maxConcurrentGraphRequests.
     #[arg(long, default_value_t = super::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -94,6 +99,7 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         lease_name: args.lease_name,
         identity: args.identity,
         health_addr: args.health_addr,
+        metrics_addr: args.metrics_addr,
         concurrency: args.concurrency,
     };
     match controller::run(ctx, controller_settings).await {

@@ -26,8 +26,11 @@ pub struct ControllerSettings {
     pub lease_name: String,
     /// This replica's identity in the Lease (the pod name).
     pub identity: String,
-    /// Serves /healthz and /readyz.
+    /// Serves /healthz and /readyz, and /metrics unless `metrics_addr` is set.
     pub health_addr: SocketAddr,
+    /// Serves /metrics apart from the probes (they list every application and keyId, so
+    /// they may belong on a narrower address than the probes).
+    pub metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once.
     pub concurrency: u16,
 }
@@ -36,7 +39,7 @@ pub struct ControllerSettings {
 /// process exits and Kubernetes restarts it as a standby).
 pub async fn run(ctx: Arc<Context>, settings: ControllerSettings) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
-    let health = tokio::spawn(serve_health(settings.health_addr, ready.clone(), ctx.metrics.clone()));
+    let health = tokio::spawn(serve_health(settings.health_addr, settings.metrics_addr, ready.clone(), ctx.metrics.clone()));
 
     let lease = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &settings.lease_name)
         .with_namespace(&settings.lease_namespace)
@@ -156,14 +159,15 @@ fn rotations_writing(
         .collect()
 }
 
-/// `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
-async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<crate::metrics::Metrics>) {
+/// `/healthz`, `/readyz` and `/metrics` (Prometheus text format) on `addr`, or `/metrics`
+/// on `metrics_addr` alone when it is set.
+async fn serve_health(addr: SocketAddr, metrics_addr: Option<SocketAddr>, ready: Arc<AtomicBool>, metrics: Arc<crate::metrics::Metrics>) {
     use axum::{http::StatusCode, routing::get, Router};
     let metrics_route = get(move || {
         let metrics = metrics.clone();
         async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], metrics.encode()) }
     });
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", metrics_route).route(
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/readyz",
         get(move || {
             let ready = ready.clone();
@@ -176,12 +180,21 @@ async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<cra
             }
         }),
     );
+    match metrics_addr {
+        Some(metrics_addr) => {
+            tokio::join!(serve(addr, app), serve(metrics_addr, Router::new().route("/metrics", metrics_route)));
+        }
+        None => serve(addr, app.route("/metrics", metrics_route)).await,
+    }
+}
+
+async fn serve(addr: SocketAddr, app: axum::Router) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
             if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "health endpoint stopped");
+                tracing::error!(%addr, %error, "the health or metrics endpoint stopped");
             }
         }
-        Err(error) => tracing::error!(%addr, %error, "cannot serve the health endpoint"),
+        Err(error) => tracing::error!(%addr, %error, "cannot serve the health or metrics endpoint"),
     }
 }
