@@ -98,13 +98,14 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .predicate_filter(predicates::generation, Default::default());
     let lookup = reader.clone();
     let background = Arc::new(BackgroundRuns::default());
+    let runs = background.clone();
     Controller::for_stream(rotation_stream, reader)
         .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup, &secret))
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency.max(1)))
         .shutdown_on_signal()
         .run(
             move |object, ctx: Arc<Context>| {
-                let background = background.clone();
+                let background = runs.clone();
                 async move {
                     // A panic fails this object only; the long waits do not hold the worker.
                     let reconciled = reconcile_isolated(&object, &ctx, Some(&background)).await?;
@@ -120,6 +121,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         )
         .for_each(|_| futures::future::ready(()))
         .await;
+    background.wait_all().await;
 }
 
 /// Our Secrets as they change. A deletion is marked with a deletion timestamp (the watch

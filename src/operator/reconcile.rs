@@ -99,6 +99,17 @@ impl BackgroundRuns {
     fn keep(&self, rotation: String, run: BackgroundRun) {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(rotation, run);
     }
+
+    /// Waits for every run still going, as the controller stops on SIGTERM: a rotation
+    /// half done is finished within the pod's grace period rather than cut off (either is
+    /// safe; the next leader starts from what Graph and the stores say).
+    pub async fn wait_all(&self) {
+        let handles: Vec<_> =
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, run)| run.handle).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
 }
 
 /// A panic is not caught here: it is re-raised in the reconcile, which fails that object
