@@ -79,10 +79,38 @@ async fn rotations_stuck_verifying_do_not_starve_a_healthy_one() {
     // The stuck ones keep their budget: still retrying, none failed or given up yet.
     let sessions = stuck_relay.sessions();
     eventually("the stuck rotations retry again", || stuck_relay.sessions() > sessions).await;
+    let in_progress = |name: &str| condition(&scenario, name, "Rotating") == Some(("True".into(), "InProgress".into()));
+    eventually("every stuck rotation says it goes on in the background", || (0..STUCK).all(|i| in_progress(&format!("stuck-{i}")))).await;
     for index in 0..STUCK {
         let name = format!("stuck-{index}");
         assert_ne!(condition(&scenario, &name, "Ready").map(|(s, _)| s), Some("True".to_string()), "{name}");
         assert_eq!(condition(&scenario, &name, "Degraded").map(|(s, _)| s), None, "{name} has not failed within its 5m budget");
     }
     assert!(stuck_relay.accepted_messages().is_empty());
+}
+
+/// A verification that outlasts the worker's slice (Entra takes 11s to replicate, the
+/// slice is 10s) goes on in the background and is finished by a later reconcile: the
+/// status says so meanwhile, and the end is the same as a rotation that held its worker.
+#[tokio::test]
+async fn a_verification_longer_than_the_slice_finishes_in_the_background() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.tenant.set_propagation_delay(Duration::from_secs(11));
+    let healthy = spec(&scenario, &scenario.target.app_id.to_string(), "dify-smtp", &scenario.relay);
+    scenario.kubernetes.create_rotation(NAMESPACE, "slow", healthy).unwrap();
+    let _controller = controller(&scenario);
+
+    let in_progress = || condition(&scenario, "slow", "Rotating") == Some(("True".into(), "InProgress".into()));
+    eventually("the status says the rotation goes on in the background", in_progress).await;
+    eventually("the rotation is Ready", || condition(&scenario, "slow", "Ready") == Some(("True".into(), "Rotated".into()))).await;
+    assert_eq!(condition(&scenario, "slow", "Verified"), Some(("True".into(), "VerificationPassed".into())));
+    assert_eq!(condition(&scenario, "slow", "Rotating"), Some(("False".into(), "Idle".into())));
+    let status = scenario.kubernetes.rotation(NAMESPACE, "slow").unwrap()["status"].clone();
+    let key_id = status["currentKeyId"].as_str().unwrap().to_string();
+    assert_eq!(scenario.kubernetes.secret(NAMESPACE, "dify-smtp").unwrap().annotations["entra-rotator.io/key-id"], key_id);
+    let reasons: Vec<String> = scenario.kubernetes.events(NAMESPACE).into_iter().map(|e| e.reason).collect();
+    for reason in ["Minted", "VerificationRetry", "Verified", "Stored"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason} in {reasons:?}");
+    }
+    assert_eq!(scenario.relay.accepted_messages().len(), 1, "one test mail, once replicated");
 }
