@@ -139,3 +139,13 @@ fn every_duration_field_is_bounded_at_admission_and_in_the_conversion() {
     }
     assert_eq!(spec["alertThresholds"]["maxItems"], 8);
 }
+
+/// Regression: `renewBeforePercentage` of a lifetime near the largest duration overflowed
+/// (`Duration * 99`) and panicked in the conversion; now the lifetime is refused.
+#[test]
+fn a_percentage_of_a_lifetime_past_the_calendar_is_refused_not_a_panic() {
+    let object = with(with(example(), "/spec/renewBefore", Value::Null), "/spec/renewBeforePercentage", json!(99));
+    let object: ClientSecretRotation = serde_json::from_value(with(object, "/spec/lifetime", json!("500000000000y"))).unwrap();
+    let problems = object.to_rotation_config().unwrap_err().join("; ");
+    assert!(problems.contains("spec.lifetime: ") && problems.contains("is outside 1s..730d"), "{problems}");
+}

@@ -236,7 +236,7 @@ fn every_duration_of_a_rotation_object_is_refused_or_computable() {
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes/dify-smtp-rotation.yaml")).unwrap(),
     )
     .unwrap();
-    let fields = ["lifetime", "renewBefore", "revokeGracePeriod", "alertThresholds", "retryBudget"];
+    let fields = ["lifetime", "renewBefore", "revokeGracePeriod", "alertThresholds", "retryBudget", "lifetime with renewBeforePercentage"];
     let strategy = (0..fields.len(), "[0-9]{1,20}(ns|us|ms|s|m|h|d|w|M|y)");
     runner(cases)
         .run(&strategy, |(field, value)| {
@@ -245,6 +245,11 @@ fn every_duration_of_a_rotation_object_is_refused_or_computable() {
             match fields[field] {
                 "alertThresholds" => spec["alertThresholds"] = json!(["24h", value]),
                 "retryBudget" => spec["verification"]["smtp"]["retryBudget"] = json!(value),
+                "lifetime with renewBeforePercentage" => {
+                    spec.as_object_mut().unwrap().remove("renewBefore");
+                    spec["renewBeforePercentage"] = json!(99);
+                    spec["lifetime"] = json!(value);
+                }
                 name => spec[name] = json!(value),
             }
             let rotation: ClientSecretRotation = serde_json::from_value(object).unwrap();
@@ -261,7 +266,7 @@ fn every_duration_of_a_rotation_object_is_refused_or_computable() {
                     let _ = status::next_threshold_crossing(&after, now, &thresholds);
                 }
                 Err(problems) => {
-                    let name = fields[field];
+                    let name = fields[field].split(' ').next().unwrap();
                     prop_assert!(problems.iter().any(|p| p.contains(name)), "{name}: {value} refused without naming it: {problems:?}");
                 }
             }

@@ -311,7 +311,10 @@ impl ClientSecretRotation {
         let lifetime = duration("lifetime", &spec.lifetime, &mut problems);
         let renew_before = match (&spec.renew_before, spec.renew_before_percentage) {
             (Some(text), _) => Some(duration("renewBefore", text, &mut problems)),
-            (None, Some(percent)) => Some(HumanDuration(lifetime.0 * u32::from(percent) / 100)),
+            // Checked: a lifetime past the calendar is refused below, not a panic here.
+            (None, Some(percent)) => {
+                Some(HumanDuration(lifetime.0.checked_mul(u32::from(percent)).map_or(lifetime.0, |d| d / 100)))
+            }
             (None, None) => None,
         };
         let revoke_grace_period = duration("revokeGracePeriod", &spec.revoke_grace_period, &mut problems);
