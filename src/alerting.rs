@@ -261,7 +261,9 @@ pub fn teams_payload(notification: &Notification) -> serde_json::Value {
                 "version": "1.4",
                 "body": [
                     { "type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true, "text": notification.title() },
-                    { "type": "TextBlock", "wrap": true, "text": notification.message },
+                    // A TextRun renders no markdown (a TextBlock would turn `[click](…)` in a
+                    // relay's reply into a link).
+                    { "type": "RichTextBlock", "inlines": [{ "type": "TextRun", "text": defanged(&notification.message) }] },
                     { "type": "FactSet", "facts": facts(notification).into_iter().map(|(t, v)| json!({"title": t, "value": v})).collect::<Vec<_>>() }
                 ]
             }
@@ -276,10 +278,35 @@ pub fn slack_payload(notification: &Notification) -> serde_json::Value {
         "text": notification.title(),
         "blocks": [
             { "type": "header", "text": { "type": "plain_text", "text": notification.title() } },
-            { "type": "section", "text": { "type": "mrkdwn", "text": notification.message } },
+            { "type": "section", "text": { "type": "mrkdwn", "text": slack_quoted(&notification.message) } },
             { "type": "section", "fields": fields }
         ]
     })
+}
+
+/// The longest message text a chat notification carries; relay and vault replies can be
+/// long, and the status and Events hold the whole story.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// A message for a chat channel: relay and vault replies end up in it, so a hostile peer
+/// writes part of it. Control characters (line breaks included) become spaces, the length
+/// is bounded, and every URL is defanged (`https[:]//evil`) so that nothing in it is a
+/// link the platform team might click.
+fn defanged(message: &str) -> String {
+    let line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let line = line.replace("://", "[:]//");
+    match line.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line,
+    }
+}
+
+/// A message as Slack mrkdwn that formats nothing: `&`, `<` and `>` escaped as Slack
+/// requires (so `<https://evil|click>` is no link), inside a code block (no bold, no
+/// auto-linking), which the text cannot close (backticks become `ˋ`).
+fn slack_quoted(message: &str) -> String {
+    let text = defanged(message).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('`', "ˋ");
+    format!("```{text}```")
 }
 
 fn facts(notification: &Notification) -> Vec<(&'static str, String)> {
@@ -336,6 +363,40 @@ mod tests {
         let slack = slack_payload(&expiring());
         assert_eq!(slack["text"], "entra-rotator: the client secret of dify/dify-smtp expires in 6 day(s)");
         assert!(slack["blocks"][2]["fields"][2]["text"].as_str().unwrap().contains("7d87ea3d"));
+    }
+
+    /// A relay's reply lands in the message of a failure: it must not become links,
+    /// formatting or extra lines in the platform team's chat.
+    #[test]
+    fn reply_text_from_a_peer_is_no_markup_in_teams_and_slack() {
+        let hostile = Notification {
+            kind: FAILED,
+            message: "535 5.7.3 <https://evil.example|click here> or [click](https://evil.example) `x` & **bold**\r\n250 OK\u{7}".into(),
+            ..expiring()
+        };
+        let slack = slack_payload(&hostile)["blocks"][1]["text"]["text"].as_str().unwrap().to_string();
+        assert_eq!(
+            slack,
+            "```535 5.7.3 &lt;https[:]//evil.example|click here&gt; or [click](https[:]//evil.example) ˋxˋ &amp; **bold**  250 OK ```"
+        );
+        let teams = teams_payload(&hostile);
+        let block = &teams["attachments"][0]["content"]["body"][1];
+        assert_eq!(block["type"], "RichTextBlock");
+        assert_eq!(block["inlines"][0]["type"], "TextRun", "a TextRun renders no markdown");
+        let text = block["inlines"][0]["text"].as_str().unwrap();
+        assert_eq!(text, "535 5.7.3 <https[:]//evil.example|click here> or [click](https[:]//evil.example) `x` & **bold**  250 OK ");
+        assert!(!slack.contains(char::is_control) && !text.contains(char::is_control), "one line each");
+        for payload in [slack_payload(&hostile).to_string(), teams.to_string()] {
+            assert!(!payload.contains("://evil"), "{payload}");
+        }
+    }
+
+    #[test]
+    fn chat_messages_are_bounded() {
+        let long = Notification { message: "é".repeat(5000), ..expiring() };
+        let text = defanged(&long.message);
+        assert_eq!(text.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(text.ends_with('…'));
     }
 
     #[test]

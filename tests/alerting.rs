@@ -165,3 +165,34 @@ async fn controller_exposes_expiry_and_request_metrics() {
         assert!(!text.contains(&value), "a secret value reached the metrics");
     }
 }
+
+/// `--metrics-addr` moves /metrics (which names every application and keyId) off the
+/// probes' address: the probes' port answers 404 for it, the metrics port serves it.
+#[tokio::test]
+async fn metrics_can_be_served_apart_from_the_probes() {
+    let receiver = receiver().await;
+    let (scenario, settings) = world(&receiver).await;
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (health, metrics) = (free_port(), free_port());
+    let _controller = Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+        .args(["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--azure-config", settings.to_str().unwrap()])
+        .args(["--health-addr", &format!("127.0.0.1:{health}"), "--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .env("KUBECONFIG", scenario.kubeconfig_path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let get = |port: u16, path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move { reqwest::get(&url).await.ok().map(|r| r.status().as_u16()) }
+    };
+    for _ in 0..300 {
+        if get(health, "/healthz").await.is_some() && get(metrics, "/metrics").await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(health, "/healthz").await, Some(200));
+    assert_eq!(get(health, "/metrics").await, Some(404), "no metrics on the probes' port");
+    assert_eq!(get(metrics, "/metrics").await, Some(200));
+    assert_eq!(get(metrics, "/healthz").await, Some(404), "the metrics port serves metrics only");
+}

@@ -55,6 +55,8 @@ struct Scenario {
     rollout: bool,
     client_secret: bool,
     monitoring: bool,
+    /// `networkPolicy.enabled` with this many `metricsFrom` peers.
+    network_policy_peers: Option<usize>,
 }
 
 impl Scenario {
@@ -73,7 +75,14 @@ impl Scenario {
             rollout: false,
             client_secret: false,
             monitoring: false,
+            network_policy_peers: None,
         }
+    }
+    fn network_policy(mut self, peers: &[&'static str]) -> Self {
+        self.sets.push("networkPolicy.enabled=true");
+        self.sets.extend_from_slice(peers);
+        self.network_policy_peers = Some(peers.len());
+        self
     }
     fn cluster_wide(mut self) -> Self {
         self.sets.push("watch.allNamespaces=true");
@@ -120,7 +129,13 @@ fn scenarios() -> Vec<Scenario> {
             Mode::Controller,
         )
         .monitoring(),
+        Scenario::new("controller, NetworkPolicy for Prometheus", Mode::Controller).network_policy(&[
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+            "networkPolicy.metricsFrom[1].podSelector.matchLabels.app=prometheus",
+        ]),
+        Scenario::new("controller, NetworkPolicy without peers", Mode::Controller).network_policy(&[]),
         Scenario::new("cronjob, defaults", Mode::CronJob),
+        Scenario::new("cronjob, NetworkPolicy asked for", Mode::CronJob).network_policy(&[]),
         Scenario::new(
             "cronjob, cluster-wide, roll-out, client secret",
             Mode::CronJob,
@@ -786,6 +801,44 @@ fn the_controller_serves_probes_and_metrics_on_the_http_port() {
                 s.name
             );
         }
+    }
+}
+
+/// /metrics names every application and keyId: with `networkPolicy.enabled`, only the
+/// configured peers reach the controller's pods, only on the `http` port; no peers means
+/// nobody (an ingress rule without `from` would admit everyone). Off by default, and
+/// nothing to protect in CronJob mode.
+#[test]
+fn the_network_policy_admits_only_the_configured_peers_to_the_http_port() {
+    let Some(helm) = helm() else { return };
+    for rendered in render_all(&helm) {
+        let s = &rendered.scenario;
+        let policies = rendered.kind("NetworkPolicy");
+        let Some(peers) = s.network_policy_peers.filter(|_| s.mode == Mode::Controller) else {
+            assert!(policies.is_empty(), "{}: no NetworkPolicy unless asked for, in controller mode", s.name);
+            continue;
+        };
+        let policy = rendered.one("NetworkPolicy");
+        let pod_labels = &rendered.pod()["metadata"]["labels"];
+        let selector = policy["spec"]["podSelector"]["matchLabels"].as_mapping().expect("matchLabels");
+        assert!(!selector.is_empty(), "{}: selects the controller pods, not the namespace", s.name);
+        for (key, value) in selector {
+            assert_eq!(&pod_labels[key], value, "{}: the policy selects the controller pods", s.name);
+        }
+        assert_eq!(strings(&policy["spec"]["policyTypes"]), ["Ingress"], "{}", s.name);
+        let ingress = policy["spec"]["ingress"].as_sequence().expect("ingress rules");
+        if peers == 0 {
+            assert!(ingress.is_empty(), "{}: no peers, no way in: {ingress:?}", s.name);
+            continue;
+        }
+        assert_eq!(ingress.len(), 1, "{}", s.name);
+        let ports = ingress[0]["ports"].as_sequence().expect("ports");
+        assert_eq!(ports.len(), 1, "{}", s.name);
+        assert_eq!((ports[0]["port"].as_str(), ports[0]["protocol"].as_str()), (Some("http"), Some("TCP")), "{}", s.name);
+        let from = ingress[0]["from"].as_sequence().expect("from");
+        assert_eq!(from.len(), peers, "{}", s.name);
+        assert_eq!(from[0]["namespaceSelector"]["matchLabels"]["name"].as_str(), Some("monitoring"), "{}", s.name);
+        assert_eq!(from[1]["podSelector"]["matchLabels"]["app"].as_str(), Some("prometheus"), "{}", s.name);
     }
 }
 

@@ -100,3 +100,63 @@ fn a_key_vault_target_may_not_switch_the_challenge_check_off() {
     let plain = json!({ "keyVault": { "vaultUrl": "https://kv-mail.vault.azure.net", "secretName": "smtp" } });
     assert!(admission(with(example(), "/spec/targets", json!([plain]))).is_ok());
 }
+
+/// Every duration field at its extremes: admitted at the edge, refused just past it by a
+/// CEL rule that names the field and the range, and (for a cluster without CEL, or the
+/// `300000y` that once crash-looped the controller) refused by the conversion with the
+/// field, the value and the range.
+#[test]
+fn every_duration_field_is_bounded_at_admission_and_in_the_conversion() {
+    // (pointer, largest admitted, refused just past, the CEL message)
+    let cases = [
+        ("/spec/lifetime", json!("17520h"), json!("17521h"), "lifetime must be at most 17520h"),
+        ("/spec/revokeGracePeriod", json!("4320h"), json!("4321h"), "revokeGracePeriod must be at most the lifetime"),
+        ("/spec/alertThresholds", json!(["17520h", "24h"]), json!(["24h", "17521h"]), "each alertThresholds entry must be at most 17520h"),
+        ("/spec/verification/smtp/retryBudget", json!("1h"), json!("61m"), "retryBudget must be at most 1h"),
+        ("/spec/renewBefore", json!("4319h"), json!("4320h"), "renewBefore must be shorter than lifetime"),
+    ];
+    for (pointer, edge, past, message) in cases {
+        let admitted = admission(with(example(), pointer, edge.clone())).unwrap_or_else(|e| panic!("{pointer} = {edge}: {e}"));
+        admitted.to_rotation_config().unwrap_or_else(|e| panic!("{pointer} = {edge} admitted but not usable: {e:?}"));
+        let refused = admission(with(example(), pointer, past.clone())).expect_err(&format!("{pointer} = {past} was admitted"));
+        assert!(refused.contains(message), "{pointer} = {past}: {refused:?} lacks {message:?}");
+    }
+
+    let shortest = with(with(example(), "/spec/renewBefore", Value::Null), "/spec/revokeGracePeriod", json!("1h"));
+    admission(with(shortest.clone(), "/spec/lifetime", json!("1h"))).unwrap().to_rotation_config().unwrap();
+    let refused = admission(with(shortest, "/spec/lifetime", json!("59m"))).unwrap_err();
+    assert!(refused.contains("lifetime must be at least 1h"), "{refused}");
+
+    // What the API server's pattern keeps out, should it reach the controller anyway.
+    let converted = [
+        ("/spec/lifetime", json!("300000y"), "spec.lifetime: 109575000d is outside 1s..730d"),
+        ("/spec/revokeGracePeriod", json!("300000y"), "spec.revokeGracePeriod: 109575000d is longer than lifetime 180d"),
+        ("/spec/alertThresholds", json!(["24h", "300000y"]), "spec.alertThresholds[1]: 109575000d is outside 0s..730d"),
+        ("/spec/alertThresholds", json!(["soon"]), "spec.alertThresholds[0]: \"soon\" is not a duration"),
+        ("/spec/verification/smtp/retryBudget", json!("87600h"), "spec.verification.smtp.retryBudget: 3650d is outside 0s..1h"),
+    ];
+    for (pointer, value, message) in converted {
+        let object: ClientSecretRotation = serde_json::from_value(with(example(), pointer, value.clone())).unwrap();
+        let problems = object.to_rotation_config().expect_err(&format!("{pointer} = {value} converted")).join("; ");
+        assert!(problems.contains(message), "{pointer} = {value}: {problems:?} lacks {message:?}");
+    }
+
+    // The schema bounds every duration text so CEL's duration() can always evaluate it.
+    let crd: Value = serde_yaml::from_str(crd_yaml().trim_start_matches(|c| c != '\n').trim_start_matches(['\n', '-'])).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    for field in [&spec["lifetime"], &spec["renewBefore"], &spec["revokeGracePeriod"], &spec["alertThresholds"]["items"], &spec["verification"]["properties"]["smtp"]["properties"]["retryBudget"]] {
+        assert_eq!(field["maxLength"], 32, "{field}");
+        assert!(field["pattern"].as_str().unwrap().contains("{1,7}"), "{field}");
+    }
+    assert_eq!(spec["alertThresholds"]["maxItems"], 8);
+}
+
+/// Regression: `renewBeforePercentage` of a lifetime near the largest duration overflowed
+/// (`Duration * 99`) and panicked in the conversion; now the lifetime is refused.
+#[test]
+fn a_percentage_of_a_lifetime_past_the_calendar_is_refused_not_a_panic() {
+    let object = with(with(example(), "/spec/renewBefore", Value::Null), "/spec/renewBeforePercentage", json!(99));
+    let object: ClientSecretRotation = serde_json::from_value(with(object, "/spec/lifetime", json!("500000000000y"))).unwrap();
+    let problems = object.to_rotation_config().unwrap_err().join("; ");
+    assert!(problems.contains("spec.lifetime: ") && problems.contains("is outside 1s..730d"), "{problems}");
+}

@@ -79,6 +79,8 @@ rotations:
         from: DoNotReply@example.azurecomm.net
         to: canary@contoso.example
         retryBudget: 5m
+        retryInterval: 5s
+        timeout: 30s
 "#,
         t = "72f988bf-86f1-41af-91ab-2d7cd011db47",
         c = "0b6a4f7e-3d52-4d2b-9a8e-8f3c2b1a0e11",
@@ -171,6 +173,8 @@ fn every_duration_field_accepts_only_what_the_engine_can_compute_with() {
         "revokeGracePeriod: 1h",
         "orphanGracePeriod: 10m",
         "retryBudget: 5m",
+        "retryInterval: 5s",
+        "timeout: 30s",
     ];
     let strategy = (0..fields.len(), "[0-9]{1,20}(ns|us|ms|s|m|h|d|w|M|y)");
     runner(cases)
@@ -193,6 +197,20 @@ fn every_duration_field_accepts_only_what_the_engine_can_compute_with() {
                         "{key}: {value} was accepted but overflows a date"
                     );
                 }
+                // Verification patience: bounded, and never a loop without a pause.
+                let entra_rotator::config::VerificationConfig::Smtp(smtp) = &rotation.verification else {
+                    unreachable!("the seed verifies through SMTP")
+                };
+                prop_assert!(smtp.retry_budget.0 <= Duration::from_secs(3600), "retryBudget: {value} accepted");
+                prop_assert!(smtp.retry_interval.0 >= Duration::from_millis(100), "retryInterval: {value} accepted");
+                prop_assert!((1..=300).contains(&smtp.timeout.0.as_secs()), "timeout: {value} accepted");
+            } else {
+                let error = Config::parse(&text, Path::new("rotator.yaml")).unwrap_err().to_string();
+                // A text that is no duration at all is named with its line (YAML's own error).
+                prop_assert!(
+                    error.contains(key) || error.contains(&format!("{value:?} is not a duration")),
+                    "{key}: {value} refused without naming the field or the value: {error}"
+                );
             }
             Ok(())
         })
@@ -202,6 +220,60 @@ fn every_duration_field_accepts_only_what_the_engine_can_compute_with() {
         cases,
         started,
     );
+}
+
+/// The operator's duration fields (as a cluster without CEL would pass them): converted
+/// or refused naming the field, and whatever is accepted goes through the status and
+/// wake-up arithmetic without a panic (`alertThresholds: ["300000y"]` crash-looped the
+/// controller).
+#[test]
+fn every_duration_of_a_rotation_object_is_refused_or_computable() {
+    use entra_rotator::operator::crd::ClientSecretRotation;
+    use entra_rotator::operator::status;
+    let started = Instant::now();
+    let cases = 128;
+    let example: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes/dify-smtp-rotation.yaml")).unwrap(),
+    )
+    .unwrap();
+    let fields = ["lifetime", "renewBefore", "revokeGracePeriod", "alertThresholds", "retryBudget", "lifetime with renewBeforePercentage"];
+    let strategy = (0..fields.len(), "[0-9]{1,20}(ns|us|ms|s|m|h|d|w|M|y)");
+    runner(cases)
+        .run(&strategy, |(field, value)| {
+            let mut object = example.clone();
+            let spec = &mut object["spec"];
+            match fields[field] {
+                "alertThresholds" => spec["alertThresholds"] = json!(["24h", value]),
+                "retryBudget" => spec["verification"]["smtp"]["retryBudget"] = json!(value),
+                "lifetime with renewBeforePercentage" => {
+                    spec.as_object_mut().unwrap().remove("renewBefore");
+                    spec["renewBeforePercentage"] = json!(99);
+                    spec["lifetime"] = json!(value);
+                }
+                name => spec[name] = json!(value),
+            }
+            let rotation: ClientSecretRotation = serde_json::from_value(object).unwrap();
+            match rotation.to_rotation_config() {
+                Ok(_) => {
+                    let thresholds = entra_rotator::operator::crd::alert_thresholds(&rotation.spec.alert_thresholds, &mut Vec::new());
+                    let now = chrono::Utc::now();
+                    let outcome = entra_rotator::engine::Outcome::UpToDate {
+                        key_id: uuid::Uuid::nil(),
+                        expires: Some(now + chrono::Duration::days(700)),
+                        renew_at: now + chrono::Duration::days(600),
+                    };
+                    let after = status::after_outcome(&Default::default(), &outcome, None, now, &thresholds);
+                    let _ = status::next_threshold_crossing(&after, now, &thresholds);
+                }
+                Err(problems) => {
+                    let name = fields[field].split(' ').next().unwrap();
+                    prop_assert!(problems.iter().any(|p| p.contains(name)), "{name}: {value} refused without naming it: {problems:?}");
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    row("duration fields of a ClientSecretRotation (refused or computable)", cases, started);
 }
 
 #[test]

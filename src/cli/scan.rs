@@ -84,7 +84,8 @@ pub(crate) struct ScanArgs {
     output: Format,
     /// Exit with code 1 when any credential expires within this window, e.g. 30d
     /// (already expired ones count, unless --ignore-expired).
-    #[arg(long, value_name = "DURATION", value_parser = HumanDuration::parse)]
+    /// At most 36500d (100 years).
+    #[arg(long, value_name = "DURATION", value_parser = parse_fail_within)]
     fail_within: Option<HumanDuration>,
     /// Leave out credentials that have already expired.
     #[arg(long)]
@@ -115,6 +116,18 @@ struct ConnectionSettings {
     tls: TlsSettings,
 }
 
+/// The longest `--fail-within`: every credential Entra issues ends well within it, and
+/// "now" plus it stays on the calendar (`300000y` used to overflow and panic).
+const MAX_FAIL_WITHIN_DAYS: u64 = 36_500;
+
+fn parse_fail_within(text: &str) -> Result<HumanDuration, String> {
+    let window = HumanDuration::parse(text)?;
+    let mut problems = Vec::new();
+    let max = HumanDuration::days(MAX_FAIL_WITHIN_DAYS);
+    window.check_range("--fail-within", HumanDuration::seconds(0), max, "credentials end well within 100 years", &mut problems);
+    problems.pop().map_or(Ok(window), Err)
+}
+
 /// `entra-rotator scan`.
 pub(crate) async fn run(args: ScanArgs) -> ExitCode {
     let (client, scope) = match connect(&args) {
@@ -128,7 +141,7 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
     let warn_within = args
         .fail_within
         .unwrap_or(HumanDuration::days(DEFAULT_WARN_WITHIN_DAYS));
-    let horizon = now + warn_within.chrono();
+    let horizon = now.checked_add_signed(warn_within.chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC);
     let mut report = Report::new(args.output, now, horizon, args.ignore_expired);
     let contains = args.contains.as_deref().map(str::to_lowercase);
     let prefix_after_listing = match &scope {
@@ -580,12 +593,12 @@ fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool) -> std::io::
 
 fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
     let fields = [
-        row.app.display_name.clone(),
+        spreadsheet_text(&row.app.display_name),
         row.app.app_id.to_string(),
         row.app.object_id.to_string(),
         row.kind.to_string(),
         row.key_id.to_string(),
-        row.name.unwrap_or("").to_string(),
+        spreadsheet_text(row.name.unwrap_or("")),
         row.start.map(timestamp).unwrap_or_default(),
         row.end.map(timestamp).unwrap_or_default(),
         row.days_left.map(|d| d.to_string()).unwrap_or_default(),
@@ -597,6 +610,18 @@ fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
 
 fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Display and credential names are anybody's text: one starting with `=`, `+`, `-`, `@`,
+/// a tab or a carriage return would be a formula in a spreadsheet (`=HYPERLINK(...)`), so it
+/// gets a leading `'`, as OWASP's CSV injection guidance says. Only these free-text columns:
+/// `daysLeft` is a number and may rightly start with `-`.
+fn spreadsheet_text(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    }
 }
 
 /// RFC 4180: quote a field holding a comma, a quote or a line break; double its quotes.
@@ -677,6 +702,10 @@ mod tests {
         assert_eq!(fit("ab", 4), "ab  ");
         assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
         assert_eq!(csv_field("plain"), "plain");
+        for formula in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_text(formula), format!("'{formula}"));
+        }
+        assert_eq!(spreadsheet_text("Contoso = mail"), "Contoso = mail");
         assert_eq!(printable("a\x1b[31mb\n"), "a?[31mb?");
     }
 }

@@ -21,7 +21,24 @@ impl HumanDuration {
     pub fn days(days: u64) -> Self {
         Self(std::time::Duration::from_secs(days * 86_400))
     }
+
+    pub const fn seconds(seconds: u64) -> Self {
+        Self(std::time::Duration::from_secs(seconds))
+    }
+
+    /// Checks that `self` lies in `min..=max`; the message names the field, the value, the
+    /// range and why the range is what it is.
+    pub fn check_range(self, field: &str, min: Self, max: Self, why: &str, problems: &mut Vec<String>) {
+        if self < min || self > max {
+            problems.push(format!("{field}: {self} is outside {min}..{max}; {why}"));
+        }
+    }
 }
+
+/// The longest duration any setting accepts: a client secret lives at most 730 days, so a
+/// longer wait, warning or grace period means nothing, and a date plus it stays on the
+/// calendar (`300000y` used to overflow the date arithmetic and panic).
+pub const LONGEST: HumanDuration = HumanDuration::seconds(crate::domain::MAX_SECRET_LIFETIME_DAYS as u64 * 86_400);
 
 impl fmt::Debug for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -32,6 +49,9 @@ impl fmt::Debug for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The largest whole unit, as people wrote it: 180d, not "5months 27days 13h".
+        if self.0.subsec_nanos() != 0 {
+            return write!(f, "{}", humantime::format_duration(self.0));
+        }
         let secs = self.0.as_secs();
         match secs {
             s if s > 0 && s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
@@ -59,5 +79,19 @@ mod tests {
         assert_eq!(HumanDuration::parse("1h 30m").unwrap().0.as_secs(), 5400);
         let err = HumanDuration::parse("six months").unwrap_err();
         assert!(err.contains("write it like 180d"), "{err}");
+    }
+
+    #[test]
+    fn a_range_check_names_field_value_and_range() {
+        let mut problems = Vec::new();
+        let (min, max) = (HumanDuration::seconds(1), HumanDuration::seconds(3600));
+        for text in ["0s", "1s", "1h", "61m", "300000y"] {
+            HumanDuration::parse(text).unwrap().check_range("retryBudget", min, max, "why", &mut problems);
+        }
+        assert_eq!(problems, [
+            "retryBudget: 0s is outside 1s..1h; why",
+            "retryBudget: 61m is outside 1s..1h; why",
+            "retryBudget: 109575000d is outside 1s..1h; why",
+        ]);
     }
 }

@@ -542,8 +542,35 @@ impl TargetConfig {
     }
 }
 
+/// The longest verification patience: Entra replication takes seconds to about two
+/// minutes, and a verification holds its secret unstored (and, in a run from a file, the
+/// run) while it waits; a secret that takes longer is discarded and the next run mints again.
+pub const MAX_RETRY_BUDGET: HumanDuration = HumanDuration::seconds(3600);
+
 impl SmtpConfig {
     fn check(&self, at: &str, problems: &mut Vec<String>) {
+        let second = HumanDuration::seconds(1);
+        self.retry_budget.check_range(
+            &format!("{at}.retryBudget"),
+            HumanDuration::seconds(0),
+            MAX_RETRY_BUDGET,
+            "Entra replicates a new secret within minutes; a longer budget only holds the rotation",
+            problems,
+        );
+        self.retry_interval.check_range(
+            &format!("{at}.retryInterval"),
+            HumanDuration(std::time::Duration::from_millis(100)),
+            HumanDuration::seconds(300),
+            "the wait between attempts starts there and doubles up to a minute",
+            problems,
+        );
+        self.timeout.check_range(
+            &format!("{at}.timeout"),
+            second,
+            HumanDuration::seconds(300),
+            "a relay that has not answered in 5 minutes will not",
+            problems,
+        );
         for (field, address) in [("from", &self.from), ("to", &self.to)] {
             if address.parse::<lettre::Address>().is_err() {
                 problems.push(format!("{at}.{field}: {address:?} is not an email address"));

@@ -89,3 +89,47 @@ fn private_vault_hosts_are_bare_host_names() {
     assert!(refused.contains("azure.keyVault.privateHosts: \"https://kv.example.com\" is not a host name"), "{refused}");
     assert!(refused.contains("has 1 problem(s)"), "the bare host name is accepted: {refused}");
 }
+
+/// Every duration a rotation takes, at its extremes: accepted at the edge of its range,
+/// refused past it (up to `300000y`, which once overflowed the date arithmetic) with the
+/// field, the value and the range in the message.
+#[test]
+fn every_duration_field_is_bounded_and_says_its_range() {
+    let smtp = "        retryBudget: 5m                # Entra replication of a new secret takes seconds to minutes";
+    let with = |field: &str, value: &str| -> String {
+        let text = example()
+            .replace(smtp, &format!("{smtp}\n        retryInterval: 5s\n        timeout: 30s"))
+            .replace("    targets:\n", "    orphanGracePeriod: 2h\n    targets:\n");
+        let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field} in the example"));
+        let indent = &line[..line.len() - line.trim_start().len()];
+        text.replace(line, &format!("{indent}{field}: {value}"))
+    };
+    // (field, largest accepted, smallest refused above, message for the refused one)
+    let cases = [
+        ("lifetime", "730d", "731d", "lifetime: 731d is outside 1s..730d"),
+        ("revokeGracePeriod", "180d", "181d", "revokeGracePeriod: 181d is longer than lifetime 180d"),
+        ("retryBudget", "1h", "61m", "retryBudget: 61m is outside 0s..1h"),
+        ("retryInterval", "5m", "301s", "retryInterval: 301s is outside 100ms..5m"),
+        ("timeout", "5m", "301s", "timeout: 301s is outside 1s..5m"),
+    ];
+    for (field, edge, past, message) in cases {
+        assert!(parse(&with(field, edge)).is_ok(), "{field}: {edge} refused: {}", problems(&with(field, edge)));
+        for value in [past, "300000y"] {
+            let refused = problems(&with(field, value));
+            assert!(refused.contains(&format!("{field}: ")) && refused.contains("nothing was changed"), "{field}: {value}: {refused}");
+        }
+        assert!(problems(&with(field, past)).contains(message), "{field}: {past}: {}", problems(&with(field, past)));
+    }
+    // The lower ends.
+    for (field, value, message) in [
+        ("lifetime", "0s", "lifetime: 0s is outside 1s..730d"),
+        ("retryInterval", "0s", "retryInterval: 0s is outside 100ms..5m"),
+        ("timeout", "0s", "timeout: 0s is outside 1s..5m"),
+        ("renewBefore", "180d", "renewBefore: 180d must be shorter than lifetime 180d"),
+    ] {
+        assert!(problems(&with(field, value)).contains(message), "{field}: {value}: {}", problems(&with(field, value)));
+    }
+    assert!(parse(&with("retryBudget", "0s")).is_ok(), "a budget of 0s means one attempt");
+    let orphan = example().replace("    revokeGracePeriod: 1h", "    revokeGracePeriod: 1h\n    orphanGracePeriod: 300000y");
+    assert!(problems(&orphan).contains("orphanGracePeriod: 109575000d is longer than lifetime 180d"));
+}

@@ -3,7 +3,7 @@
 //! one replica ever rotates.
 
 use super::crd::ClientSecretRotation;
-use super::reconcile::{reconcile, Context, ReconcileError};
+use super::reconcile::{reconcile_isolated, BackgroundRuns, Context, ReconcileError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,8 +26,11 @@ pub struct ControllerSettings {
     pub lease_name: String,
     /// This replica's identity in the Lease (the pod name).
     pub identity: String,
-    /// Serves /healthz and /readyz.
+    /// Serves /healthz and /readyz, and /metrics unless `metrics_addr` is set.
     pub health_addr: SocketAddr,
+    /// Serves /metrics apart from the probes (they list every application and keyId, so
+    /// they may belong on a narrower address than the probes).
+    pub metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once.
     pub concurrency: u16,
 }
@@ -36,7 +39,7 @@ pub struct ControllerSettings {
 /// process exits and Kubernetes restarts it as a standby).
 pub async fn run(ctx: Arc<Context>, settings: ControllerSettings) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
-    let health = tokio::spawn(serve_health(settings.health_addr, ready.clone(), ctx.metrics.clone()));
+    let health = tokio::spawn(serve_health(settings.health_addr, settings.metrics_addr, ready.clone(), ctx.metrics.clone()));
 
     let lease = kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &settings.lease_name)
         .with_namespace(&settings.lease_namespace)
@@ -94,15 +97,21 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let lookup = reader.clone();
+    let background = Arc::new(BackgroundRuns::default());
+    let runs = background.clone();
     Controller::for_stream(rotation_stream, reader)
         .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup, &secret))
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency.max(1)))
         .shutdown_on_signal()
         .run(
-            |object, ctx: Arc<Context>| async move {
-                let reconciled = reconcile(&object, &ctx).await?;
-                tracing::info!(requeue_in = ?reconciled.requeue_after, "{}", reconciled.summary);
-                Ok::<_, ReconcileError>(Action::requeue(reconciled.requeue_after))
+            move |object, ctx: Arc<Context>| {
+                let background = runs.clone();
+                async move {
+                    // A panic fails this object only; the long waits do not hold the worker.
+                    let reconciled = reconcile_isolated(&object, &ctx, Some(&background)).await?;
+                    tracing::info!(requeue_in = ?reconciled.requeue_after, "{}", reconciled.summary);
+                    Ok::<_, ReconcileError>(Action::requeue(reconciled.requeue_after))
+                }
             },
             |object, error, _ctx| {
                 tracing::warn!(rotation = %object.rotation_name(), %error, "reconcile failed; retrying in 30s");
@@ -112,6 +121,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         )
         .for_each(|_| futures::future::ready(()))
         .await;
+    background.wait_all().await;
 }
 
 /// Our Secrets as they change. A deletion is marked with a deletion timestamp (the watch
@@ -151,14 +161,15 @@ fn rotations_writing(
         .collect()
 }
 
-/// `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
-async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<crate::metrics::Metrics>) {
+/// `/healthz`, `/readyz` and `/metrics` (Prometheus text format) on `addr`, or `/metrics`
+/// on `metrics_addr` alone when it is set.
+async fn serve_health(addr: SocketAddr, metrics_addr: Option<SocketAddr>, ready: Arc<AtomicBool>, metrics: Arc<crate::metrics::Metrics>) {
     use axum::{http::StatusCode, routing::get, Router};
     let metrics_route = get(move || {
         let metrics = metrics.clone();
         async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], metrics.encode()) }
     });
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", metrics_route).route(
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/readyz",
         get(move || {
             let ready = ready.clone();
@@ -171,12 +182,21 @@ async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: Arc<cra
             }
         }),
     );
+    match metrics_addr {
+        Some(metrics_addr) => {
+            tokio::join!(serve(addr, app), serve(metrics_addr, Router::new().route("/metrics", metrics_route)));
+        }
+        None => serve(addr, app.route("/metrics", metrics_route)).await,
+    }
+}
+
+async fn serve(addr: SocketAddr, app: axum::Router) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
             if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "health endpoint stopped");
+                tracing::error!(%addr, %error, "the health or metrics endpoint stopped");
             }
         }
-        Err(error) => tracing::error!(%addr, %error, "cannot serve the health endpoint"),
+        Err(error) => tracing::error!(%addr, %error, "cannot serve the health or metrics endpoint"),
     }
 }

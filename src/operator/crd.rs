@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A Go duration as the API server's CEL `duration()` understands it, e.g. `4320h`, `90m`.
-const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+/// At most 7 digits per unit and [`DURATION_MAX_LENGTH`] characters keep every accepted
+/// text inside CEL's duration range, so the bounds below decide and name the field.
+const DURATION_PATTERN: &str = r"^([0-9]{1,7}(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+const DURATION_MAX_LENGTH: u32 = 32;
 const GUID_PATTERN: &str = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 /// Keeps an Entra application's client secret rotated, stored and verified.
@@ -40,7 +43,9 @@ const GUID_PATTERN: &str = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
     validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(self.lifetime)").message("renewBefore must be shorter than lifetime, or every reconcile would rotate"),
     validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))").message("set renewBefore or renewBeforePercentage, not both"),
     validation = Rule::new("duration(self.lifetime) <= duration('17520h')").message("lifetime must be at most 17520h (730 days): Entra client secrets live at most 2 years"),
-    validation = Rule::new("duration(self.lifetime) >= duration('1h')").message("lifetime must be at least 1h")
+    validation = Rule::new("duration(self.lifetime) >= duration('1h')").message("lifetime must be at least 1h"),
+    validation = Rule::new("duration(self.revokeGracePeriod) <= duration(self.lifetime)").message("revokeGracePeriod must be at most the lifetime: the old secret has expired by then anyway"),
+    validation = Rule::new("self.alertThresholds.all(t, duration(t) <= duration('17520h'))").message("each alertThresholds entry must be at most 17520h (730 days), the longest a client secret lives")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClientSecretRotationSpec {
@@ -48,11 +53,11 @@ pub struct ClientSecretRotationSpec {
     pub application: ApplicationRef,
     /// Lifetime of each new secret (Go duration). Default 4320h (180 days); at most 17520h.
     #[serde(default = "default_lifetime")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub lifetime: String,
     /// Rotate this long before expiry (Go duration). Default: a third of the lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub renew_before: Option<String>,
     /// Rotate when this percentage of the lifetime remains (alternative to renewBefore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,9 +68,10 @@ pub struct ClientSecretRotationSpec {
     pub targets: Vec<Target>,
     /// How a new secret is proven to work before the old one is revoked.
     pub verification: Verification,
-    /// How long an old secret stays valid after its successor was minted (Go duration).
+    /// How long an old secret stays valid after its successor was minted (Go duration);
+    /// at most the lifetime.
     #[serde(default = "default_revoke_grace")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub revoke_grace_period: String,
     /// Workloads restarted (pod-template annotation) after a new secret is stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -73,8 +79,10 @@ pub struct ClientSecretRotationSpec {
     /// Stop rotating; status and alerts continue.
     #[serde(default)]
     pub suspend: bool,
-    /// Warn this long before expiry (Go durations). Default 720h, 336h, 168h, 24h.
+    /// Warn this long before expiry (Go durations, each at most 17520h; up to 8). Default
+    /// 720h, 336h, 168h, 24h.
     #[serde(default = "default_alert_thresholds")]
+    #[schemars(length(max = 8), inner(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH)))]
     pub alert_thresholds: Vec<String>,
 }
 
@@ -155,7 +163,10 @@ pub struct Verification {
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.authMechanism != 'PLAIN' || !self.host.endsWith('azurecomm.net')").message("the ACS relay accepts AUTH LOGIN only (PLAIN gets 504 5.7.4)"))]
+#[x_kube(
+    validation = Rule::new("self.authMechanism != 'PLAIN' || !self.host.endsWith('azurecomm.net')").message("the ACS relay accepts AUTH LOGIN only (PLAIN gets 504 5.7.4)"),
+    validation = Rule::new("duration(self.retryBudget) <= duration('1h')").message("retryBudget must be at most 1h: Entra replicates a new secret within minutes")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SmtpVerification {
     #[serde(default = "default_smtp_host")]
@@ -175,9 +186,13 @@ pub struct SmtpVerification {
     pub from: String,
     #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
     pub to: String,
-    /// How long to retry while Entra replicates a new secret (Go duration).
+    /// How long to retry while Entra replicates a new secret (Go duration, default 5m, at
+    /// most 1h). The secret stays unstored meanwhile; one that still fails is discarded and
+    /// the next reconcile mints again. The controller does not hold a worker for the whole
+    /// budget: a verification still waiting after a short while continues in the background
+    /// and the object is looked at again.
     #[serde(default = "default_retry_budget")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub retry_budget: String,
 }
 
@@ -297,10 +312,14 @@ impl ClientSecretRotation {
         let lifetime = duration("lifetime", &spec.lifetime, &mut problems);
         let renew_before = match (&spec.renew_before, spec.renew_before_percentage) {
             (Some(text), _) => Some(duration("renewBefore", text, &mut problems)),
-            (None, Some(percent)) => Some(HumanDuration(lifetime.0 * u32::from(percent) / 100)),
+            // Checked: a lifetime past the calendar is refused below, not a panic here.
+            (None, Some(percent)) => {
+                Some(HumanDuration(lifetime.0.checked_mul(u32::from(percent)).map_or(lifetime.0, |d| d / 100)))
+            }
             (None, None) => None,
         };
         let revoke_grace_period = duration("revokeGracePeriod", &spec.revoke_grace_period, &mut problems);
+        alert_thresholds(&spec.alert_thresholds, &mut problems);
         let targets = spec
             .targets
             .iter()
@@ -375,6 +394,22 @@ fn duration(field: &str, text: &str, problems: &mut Vec<String>) -> HumanDuratio
         problems.push(format!("spec.{field}: {e}"));
         HumanDuration::days(1)
     })
+}
+
+/// The alert thresholds of a spec, each checked: parsed and at most the longest lifetime.
+pub fn alert_thresholds(texts: &[String], problems: &mut Vec<String>) -> Vec<chrono::Duration> {
+    texts
+        .iter()
+        .enumerate()
+        .filter_map(|(index, text)| {
+            let field = format!("spec.alertThresholds[{index}]");
+            let threshold = HumanDuration::parse(text).map_err(|e| problems.push(format!("{field}: {e}"))).ok()?;
+            let before = problems.len();
+            let (min, max) = (HumanDuration::seconds(0), crate::config::duration::LONGEST);
+            threshold.check_range(&field, min, max, "a client secret lives at most 730 days", problems);
+            (problems.len() == before).then(|| threshold.chrono())
+        })
+        .collect()
 }
 
 fn template(field: &str, text: &str, problems: &mut Vec<String>) -> Template {

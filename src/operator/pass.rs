@@ -2,9 +2,10 @@
 //! with the same engine and status handling as the controller, then exit.
 
 use super::crd::ClientSecretRotation;
-use super::reconcile::{reconcile, Context};
+use super::reconcile::{reconcile_isolated, Context, ReconcileError, Reconciled};
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
+use std::future::Future;
 
 /// What a pass did: one summary line per object, and how many failed.
 pub struct PassReport {
@@ -13,7 +14,8 @@ pub struct PassReport {
 }
 
 /// Reconciles every object once, `concurrency` at a time, reporting in name order.
-/// `namespace: None` means all namespaces.
+/// `namespace: None` means all namespaces. A panic while reconciling one object fails
+/// that object; the others are reconciled all the same.
 pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize) -> Result<PassReport, kube::Error> {
     let api: Api<ClientSecretRotation> = match namespace {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
@@ -21,11 +23,23 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
     };
     let mut objects = api.list(&ListParams::default()).await?.items;
     objects.sort_by_key(|o| o.rotation_name());
+    let names: Vec<String> = objects.iter().map(ClientSecretRotation::rotation_name).collect();
+    let results = reconcile_each(&objects, concurrency, |object| reconcile_isolated(object, ctx, None)).await;
+    Ok(report(&names, results))
+}
+
+/// Runs `reconcile_one` for every object, `concurrency` at a time, results in order.
+async fn reconcile_each<'a, T, F, Fut>(objects: &'a [T], concurrency: usize, reconcile_one: F) -> Vec<Fut::Output>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: Future,
+{
+    futures::stream::iter(objects).map(reconcile_one).buffered(concurrency.max(1)).collect().await
+}
+
+fn report(names: &[String], results: Vec<Result<Reconciled, ReconcileError>>) -> PassReport {
     let mut report = PassReport { lines: Vec::new(), failed: 0 };
-    let mut results = futures::stream::iter(&objects)
-        .map(|object| async move { (object, reconcile(object, ctx).await) })
-        .buffered(concurrency.max(1));
-    while let Some((object, result)) = results.next().await {
+    for (name, result) in names.iter().zip(results) {
         match result {
             Ok(reconciled) => {
                 report.failed += usize::from(reconciled.failed);
@@ -33,9 +47,43 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
             }
             Err(error) => {
                 report.failed += 1;
-                report.lines.push(format!("{}: FAILED: {error}", object.rotation_name()));
+                report.lines.push(format!("{name}: FAILED: {error}"));
             }
         }
     }
-    Ok(report)
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::reconcile::isolate;
+    use std::time::Duration;
+
+    /// One object whose reconcile panics (a bug; `alertThresholds: ["300000y"]` was one)
+    /// fails alone: the pass goes on, the other objects of the same pass are reconciled,
+    /// and the report says which failed.
+    #[tokio::test]
+    async fn a_panicking_reconcile_fails_its_object_and_the_pass_goes_on() {
+        let names: Vec<String> = ["dify/a", "dify/panics", "dify/z"].map(String::from).to_vec();
+        let results = reconcile_each(&names, 2, |name| async move {
+            match isolate(async {
+                assert_ne!(name, "dify/panics", "a bug in one reconcile");
+                Reconciled { summary: format!("{name}: up to date"), failed: false, requeue_after: Duration::from_secs(60) }
+            })
+            .await
+            {
+                Ok(reconciled) => Ok(reconciled),
+                Err(_) => Err(ReconcileError::Internal { object: name.clone() }),
+            }
+        })
+        .await;
+        let report = report(&names, results);
+        assert_eq!(report.failed, 1);
+        assert_eq!(report.lines, [
+            "dify/a: up to date",
+            "dify/panics: FAILED: internal error while reconciling dify/panics; please report it with the controller's log, which has the details",
+            "dify/z: up to date",
+        ]);
+    }
 }

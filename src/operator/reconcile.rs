@@ -44,61 +44,171 @@ pub struct Reconciled {
     pub requeue_after: Duration,
 }
 
-/// Only Kubernetes itself failing (the status write) is an error here; rotation failures
-/// are recorded in the status and retried with back-off.
+/// Only Kubernetes itself failing (the status write) and bugs are errors here; rotation
+/// failures are recorded in the status and retried with back-off.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("could not read or write the status of {object}: {source}")]
     Status { object: String, source: kube::Error },
+    #[error("internal error while reconciling {object}; please report it with the controller's log, which has the details")]
+    Internal { object: String },
 }
 
-/// Reconciles one object once.
-pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<Reconciled, ReconcileError> {
-    let now = ctx.clock.now();
+/// How long a controller reconcile waits for its engine run before it gives the worker
+/// back. A verification may wait for Entra for the whole retryBudget (up to an hour); a
+/// worker held that long starves every other rotation once a few relays keep answering
+/// 451. The run goes on in the background, and a later reconcile collects its result.
+pub const ENGINE_SLICE: Duration = Duration::from_secs(10);
+
+/// How soon a rotation whose engine run goes on in the background is looked at again.
+const BACKGROUND_POLL: Duration = Duration::from_secs(5);
+
+type EngineResult = Result<Outcome, EngineError>;
+
+/// An engine run that outlived the reconcile that started it.
+struct BackgroundRun {
+    generation: Option<i64>,
+    sink: Arc<RecordingSink>,
+    /// Events already published as Kubernetes Events.
+    published: usize,
+    handle: tokio::task::JoinHandle<EngineResult>,
+}
+
+/// The controller's engine runs still going after their reconcile gave its worker back,
+/// by rotation. The run keeps the minted secret's value in memory and its own retry
+/// budget, so it finishes (or discards the secret) exactly as if the worker had waited.
+#[derive(Default)]
+pub struct BackgroundRuns(std::sync::Mutex<std::collections::HashMap<String, BackgroundRun>>);
+
+enum Resumed {
+    Nothing,
+    StillRunning,
+    Finished(BackgroundRun),
+}
+
+impl BackgroundRuns {
+    fn resume(&self, rotation: &str) -> Resumed {
+        let mut runs = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match runs.get(rotation) {
+            None => Resumed::Nothing,
+            Some(run) if !run.handle.is_finished() => Resumed::StillRunning,
+            Some(_) => runs.remove(rotation).map_or(Resumed::Nothing, Resumed::Finished),
+        }
+    }
+
+    fn keep(&self, rotation: String, run: BackgroundRun) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(rotation, run);
+    }
+
+    /// Waits for every run still going, as the controller stops on SIGTERM: a rotation
+    /// half done is finished within the pod's grace period rather than cut off (either is
+    /// safe; the next leader starts from what Graph and the stores say).
+    pub async fn wait_all(&self) {
+        let handles: Vec<_> =
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, run)| run.handle).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// A panic is not caught here: it is re-raised in the reconcile, which fails that object
+/// ([`reconcile_isolated`]).
+fn joined(result: Result<EngineResult, tokio::task::JoinError>, object: &str) -> Result<EngineResult, ReconcileError> {
+    match result {
+        Ok(result) => Ok(result),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Err(ReconcileError::Internal { object: object.to_string() }),
+    }
+}
+
+/// A panic caught by [`isolate`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Panicked;
+
+/// Runs `future`, turning a panic into `Err(Panicked)`, so that one object's bug fails
+/// that object and not the process (`alertThresholds: ["300000y"]` once crash-looped
+/// the controller this way). The panic hook has printed the message to the log already.
+pub async fn isolate<F: std::future::Future>(future: F) -> Result<F::Output, Panicked> {
+    use futures::FutureExt;
+    // Unwind safety: what a reconcile shares (the context's clients, metrics and caches)
+    // is behind locks that tolerate poisoning, or is read-only.
+    std::panic::AssertUnwindSafe(future).catch_unwind().await.map_err(|_| Panicked)
+}
+
+/// [`reconcile`], with a panic turned into a failure of this object: its status says so
+/// (Ready False, reason InternalError), and the other objects go on.
+pub async fn reconcile_isolated(
+    object: &ClientSecretRotation,
+    ctx: &Context,
+    background: Option<&BackgroundRuns>,
+) -> Result<Reconciled, ReconcileError> {
+    match isolate(reconcile(object, ctx, background)).await {
+        Ok(result) => result,
+        Err(Panicked) => {
+            record_internal_error(ctx, object).await;
+            Err(ReconcileError::Internal { object: object.rotation_name() })
+        }
+    }
+}
+
+async fn record_internal_error(ctx: &Context, object: &ClientSecretRotation) {
+    let Ok(previous) = fresh_status(ctx, object).await else { return };
+    let (now, generation) = (ctx.clock.now(), object.metadata.generation);
+    let message = "internal error while reconciling; please report it with the controller's log (it names the cause). Retried with back-off; the next attempt starts again from what Graph and the stores hold".to_string();
+    let mut next = previous.clone();
+    next.last_error = Some(message.clone());
+    status::set_condition(&mut next, conditions::READY, false, conditions::INTERNAL_ERROR, message.clone(), generation, now);
+    status::set_condition(&mut next, conditions::DEGRADED, true, conditions::INTERNAL_ERROR, message.clone(), generation, now);
+    if let Err(error) = write_status(ctx, object, &previous, &next).await {
+        tracing::warn!(rotation = %object.rotation_name(), %error, "could not record the internal error in the status");
+    }
+    publish(ctx, object, EventType::Warning, conditions::INTERNAL_ERROR, &message).await;
+}
+
+/// Reconciles one object once. With `background` (the controller), an engine run that
+/// takes longer than [`ENGINE_SLICE`] goes on without holding the worker; without it (the
+/// CronJob pass), the reconcile waits for the run.
+pub async fn reconcile(
+    object: &ClientSecretRotation,
+    ctx: &Context,
+    background: Option<&BackgroundRuns>,
+) -> Result<Reconciled, ReconcileError> {
     let name = object.rotation_name();
-    let generation = object.metadata.generation;
+    let resumed = match background.map(|runs| runs.resume(&name)) {
+        Some(Resumed::StillRunning) => {
+            return Ok(Reconciled {
+                summary: format!("{name}: still rotating (the engine run goes on in the background)"),
+                failed: false,
+                requeue_after: BACKGROUND_POLL,
+            });
+        }
+        Some(Resumed::Finished(run)) => Some(run),
+        Some(Resumed::Nothing) | None => None,
+    };
+    let now = ctx.clock.now();
     // The cached object may predate our last status write (a Secret event can trigger a
     // reconcile before the watch delivers it); writing from it would undo that status.
     let previous = fresh_status(ctx, object).await?;
     let thresholds = alert_thresholds(object);
-
-    if object.spec.suspend {
-        let mut next = previous.clone();
-        next.observed_generation = generation;
-        status::set_condition(&mut next, conditions::ROTATING, false, conditions::SUSPENDED, "spec.suspend is true; nothing is rotated".into(), generation, now);
-        status::update_expiry(&mut next, generation, now, &thresholds);
-        write_status(ctx, object, &previous, &next).await?;
-        let requeue = next_wake(&next, now, &thresholds, None, ctx.drift_interval);
-        return Ok(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue });
-    }
-
-    let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|mut config| {
-        config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
-        let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
-            Arc::new(WorkloadRollout::new(
-                ctx.client.clone(),
-                object.metadata.namespace.clone().unwrap_or_default(),
-                object.spec.rollout.clone(),
-            )) as Arc<dyn Rollout>
-        });
-        ctx.assembly.rotation(&config, rollout).map_err(|e| e.to_string())
-    }) {
-        Ok(rotation) => rotation,
-        Err(problems) => return refuse_spec(object, ctx, previous, problems, now).await,
-    };
-
-    let sink = Arc::new(RecordingSink::default());
-    let engine = Engine::new(ctx.clock.clone(), sink.clone());
     let verification_enabled = object.spec.verification.smtp.is_some();
-    let reverify = if verification_enabled {
-        let verified = previous.verified_key_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
-        Reverify::UnlessVerified(verified)
-    } else {
-        Reverify::No
+    let (sink, result, generation) = match resumed {
+        Some(run) => {
+            let events = run.sink.events();
+            publish_events(ctx, object, &events[run.published.min(events.len())..]).await;
+            (run.sink, joined(run.handle.await, &name)?, run.generation)
+        }
+        None => match start(object, ctx, &previous, &thresholds, now, background).await? {
+            Started::Done(sink, result) => {
+                publish_events(ctx, object, &sink.events()).await;
+                (sink, result, object.metadata.generation)
+            }
+            Started::Returned(reconciled) => return Ok(reconciled),
+        },
     };
-    let result = engine.run_with(&rotation, RunOptions::default(), reverify).await;
-    publish_events(ctx, object, &sink.events(), result.as_ref().err()).await;
-
+    if let Err(error) = &result {
+        publish(ctx, object, EventType::Warning, error.category(), &error.to_string()).await;
+    }
     let events = sink.events();
     let (mut next, summary, failed, mut soonest) = match &result {
         Ok(outcome) => (
@@ -124,8 +234,91 @@ pub async fn reconcile(object: &ClientSecretRotation, ctx: &Context) -> Result<R
         soonest = soonest.min(Some(now + chrono::Duration::minutes(1))).or(Some(now + chrono::Duration::minutes(1)));
     }
     write_status(ctx, object, &previous, &next).await?;
-    let requeue_after = next_wake(&next, now, &thresholds, soonest, ctx.drift_interval);
+    let requeue_after = if generation == object.metadata.generation {
+        next_wake(&next, now, &thresholds, soonest, ctx.drift_interval)
+    } else {
+        // A background run of an older spec finished; the current one has not run yet.
+        Duration::from_secs(1)
+    };
     Ok(Reconciled { summary, failed, requeue_after })
+}
+
+/// What [`start`] did: ran the engine to the end, or answered without it (suspended,
+/// invalid spec, or the run went to the background).
+enum Started {
+    Done(Arc<RecordingSink>, EngineResult),
+    Returned(Reconciled),
+}
+
+/// Translates the spec and starts the engine run, unless the object is suspended or its
+/// spec unusable.
+async fn start(
+    object: &ClientSecretRotation,
+    ctx: &Context,
+    previous: &super::crd::ClientSecretRotationStatus,
+    thresholds: &[chrono::Duration],
+    now: DateTime<Utc>,
+    background: Option<&BackgroundRuns>,
+) -> Result<Started, ReconcileError> {
+    let name = object.rotation_name();
+    let generation = object.metadata.generation;
+    if object.spec.suspend {
+        let mut next = previous.clone();
+        next.observed_generation = generation;
+        status::set_condition(&mut next, conditions::ROTATING, false, conditions::SUSPENDED, "spec.suspend is true; nothing is rotated".into(), generation, now);
+        status::update_expiry(&mut next, generation, now, thresholds);
+        write_status(ctx, object, previous, &next).await?;
+        let requeue = next_wake(&next, now, thresholds, None, ctx.drift_interval);
+        return Ok(Started::Returned(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue }));
+    }
+
+    let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|mut config| {
+        config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
+        let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
+            Arc::new(WorkloadRollout::new(
+                ctx.client.clone(),
+                object.metadata.namespace.clone().unwrap_or_default(),
+                object.spec.rollout.clone(),
+            )) as Arc<dyn Rollout>
+        });
+        ctx.assembly.rotation(&config, rollout).map_err(|e| e.to_string())
+    }) {
+        Ok(rotation) => rotation,
+        Err(problems) => return refuse_spec(object, ctx, previous.clone(), problems, now).await.map(Started::Returned),
+    };
+
+    let sink = Arc::new(RecordingSink::default());
+    let engine = Engine::new(ctx.clock.clone(), sink.clone());
+    let reverify = if object.spec.verification.smtp.is_some() {
+        let verified = previous.verified_key_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
+        Reverify::UnlessVerified(verified)
+    } else {
+        Reverify::No
+    };
+    // A task of its own: it can outlive this reconcile (below), and a panic in it stays in it.
+    let mut handle = tokio::spawn(async move { engine.run_with(&rotation, RunOptions::default(), reverify).await });
+    let Some(runs) = background else {
+        return Ok(Started::Done(sink, joined(handle.await, &name)?));
+    };
+    match tokio::time::timeout(ENGINE_SLICE, &mut handle).await {
+        Ok(result) => Ok(Started::Done(sink, joined(result, &name)?)),
+        Err(_) => {
+            let events = sink.events();
+            publish_events(ctx, object, &events).await;
+            let last = events.last().map(|(_, e)| e.to_string()).unwrap_or_default();
+            let mut next = previous.clone();
+            next.observed_generation = generation;
+            let message = format!("the rotation goes on in the background (e.g. verification retrying while Entra replicates a new secret); last step: {last}");
+            status::set_condition(&mut next, conditions::ROTATING, true, conditions::IN_PROGRESS, message, generation, now);
+            write_status(ctx, object, previous, &next).await?;
+            runs.keep(name.clone(), BackgroundRun { generation, sink, published: events.len(), handle });
+            Ok(Started::Returned(Reconciled {
+                summary: format!("{name}: still rotating; the worker is given back while the engine run goes on"),
+                failed: false,
+                requeue_after: BACKGROUND_POLL,
+            }))
+        }
+    }
 }
 
 fn record_metrics(
@@ -261,8 +454,9 @@ fn next_wake(
     soonest.unwrap_or(drift).clamp(Duration::from_secs(1), drift)
 }
 
+/// The usable thresholds; the spec check (`to_rotation_config`) reports the others.
 fn alert_thresholds(object: &ClientSecretRotation) -> Vec<chrono::Duration> {
-    object.spec.alert_thresholds.iter().filter_map(|t| HumanDuration::parse(t).ok()).map(HumanDuration::chrono).collect()
+    super::crd::alert_thresholds(&object.spec.alert_thresholds, &mut Vec::new())
 }
 
 async fn refuse_spec(
@@ -334,14 +528,11 @@ fn event_kind(event: &EngineEvent) -> Option<(EventType, &'static str)> {
     })
 }
 
-async fn publish_events(ctx: &Context, object: &ClientSecretRotation, events: &[(String, EngineEvent)], error: Option<&EngineError>) {
+async fn publish_events(ctx: &Context, object: &ClientSecretRotation, events: &[(String, EngineEvent)]) {
     for (_, event) in events {
         if let Some((type_, reason)) = event_kind(event) {
             publish(ctx, object, type_, reason, &event.to_string()).await;
         }
-    }
-    if let Some(error) = error {
-        publish(ctx, object, EventType::Warning, error.category(), &error.to_string()).await;
     }
 }
 
@@ -362,7 +553,7 @@ async fn publish(ctx: &Context, object: &ClientSecretRotation, type_: EventType,
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(truncate_bytes(note, 1024)),
+        note: Some(truncate_bytes(&status::one_line(note), 1024)),
         action: "Reconcile".into(),
         secondary: None,
     };

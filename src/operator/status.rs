@@ -30,6 +30,8 @@ pub mod conditions {
     pub const VERIFICATION_PASSED: &str = "VerificationPassed";
     pub const VERIFICATION_DISABLED: &str = "VerificationDisabled";
     pub const NOT_YET_VERIFIED: &str = "NotYetVerified";
+    pub const IN_PROGRESS: &str = "InProgress";
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
 use conditions::*;
@@ -65,12 +67,18 @@ pub fn set_condition(
         type_: type_.to_string(),
         status: value.to_string(),
         reason: reason.to_string(),
-        // The API server caps messages at 32768 bytes.
-        message: message.chars().take(4000).collect(),
+        // The API server caps messages at 32768 bytes. Relay and vault replies end up here:
+        // no control characters (terminal escapes, forged extra lines in kubectl output).
+        message: one_line(&message).chars().take(4000).collect(),
         observed_generation: generation,
         last_transition_time: transition,
     });
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// `text` with every control character (line breaks, escapes) replaced by a space.
+pub fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 pub fn condition<'a>(status: &'a ClientSecretRotationStatus, type_: &str) -> Option<&'a Condition> {
@@ -207,7 +215,8 @@ pub fn notified_threshold(status: &ClientSecretRotationStatus) -> Option<Duratio
 /// The next moment an alert threshold is crossed, so the controller wakes up for it.
 pub fn next_threshold_crossing(status: &ClientSecretRotationStatus, now: DateTime<Utc>, thresholds: &[Duration]) -> Option<DateTime<Utc>> {
     let not_after = parse_time(&status.not_after)?;
-    thresholds.iter().map(|t| not_after - *t).filter(|at| *at > now).min()
+    // Checked: a threshold past the calendar (once `300000y`) crosses never, not a panic.
+    thresholds.iter().filter_map(|t| not_after.checked_sub_signed(*t)).filter(|at| *at > now).min()
 }
 
 /// Back-off after failures: 30 s doubling per attempt, at most an hour.
@@ -280,9 +289,28 @@ mod tests {
     }
 
     #[test]
+    fn condition_messages_carry_no_control_characters() {
+        let mut status = ClientSecretRotationStatus::default();
+        let reply = "451 4.4.3 try later\r\nReady: True\u{1b}[32m".to_string();
+        set_condition(&mut status, READY, false, "VerificationFailed", reply, None, now());
+        assert_eq!(condition(&status, READY).unwrap().message, "451 4.4.3 try later  Ready: True [32m");
+    }
+
+    #[test]
     fn backoff_doubles_from_30s_up_to_an_hour() {
         let seconds: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(seconds, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+
+    /// Regression: `alertThresholds: ["300000y"]` panicked here (`DateTime - TimeDelta
+    /// overflowed`) and crash-looped the controller.
+    #[test]
+    fn a_threshold_past_the_calendar_is_crossed_but_never_scheduled() {
+        let huge = crate::config::duration::HumanDuration::parse("300000y").unwrap().chrono();
+        let thresholds = [huge, Duration::MAX, Duration::days(1)];
+        let status = after_outcome(&Default::default(), &up_to_date(20), None, now(), &thresholds);
+        assert_eq!(value(&status, EXPIRING_SOON), ("True", WITHIN_THRESHOLD));
+        assert_eq!(next_threshold_crossing(&status, now(), &thresholds), Some(now() + Duration::days(19)));
     }
 
     #[test]
