@@ -39,9 +39,6 @@ pub async fn run() -> ExitCode {
 async fn demo() -> anyhow::Result<bool> {
     println!("entra-rotator demo: the whole rotation loop against local stand-ins (nothing leaves this machine)\n");
     let scenario = Scenario::start().await?;
-    if let Some(dir) = scenario.config_path.parent() {
-        keep_private(dir).map_err(|e| anyhow::anyhow!("cannot restrict the permissions of {}: {e}", dir.display()))?;
-    }
     println!("Stand-ins (real wire formats, real sockets):");
     println!("  Microsoft Graph + Entra token endpoint  {}", scenario.graph.graph_url());
     println!("  Azure Key Vault                         {}", scenario.vault.vault_url());
@@ -68,21 +65,6 @@ async fn demo() -> anyhow::Result<bool> {
 
     print_final_state(&scenario);
     Ok(first && second)
-}
-
-/// The demo's folder holds the stand-in rotator's client secret: only the user running the
-/// demo may read it (folder 0700, files 0600). The folder is created 0700, so the files
-/// were never readable by anyone else before this tightens them.
-fn keep_private(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    Ok(())
 }
 
 async fn run_once(engine: &Engine, rotation: &Rotation, force: bool) -> bool {
@@ -131,29 +113,4 @@ fn print_final_state(scenario: &Scenario) {
         scenario.relay.accepted_messages().len(),
         scenario.relay.sessions()
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn mode(path: &std::path::Path) -> u32 {
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
-
-    /// What the demo writes (the rotator's secret among it) is the user's alone.
-    #[tokio::test]
-    async fn the_demo_files_are_readable_by_their_owner_only() {
-        let scenario = Scenario::start().await.unwrap();
-        let dir = scenario.config_path.parent().unwrap();
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        keep_private(dir).unwrap();
-        assert_eq!(mode(dir), 0o700);
-        let files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        assert!(files.iter().any(|f| f.ends_with("rotator-secret")), "{files:?}");
-        for file in files {
-            assert_eq!(mode(&file), 0o600, "{}", file.display());
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! `smtp-test`, swaks), until interrupted. Built with the `demo` feature only.
 
 use super::EXIT_FAILED;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
+use entra_rotator_standins::scenario::{write_private, Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
@@ -28,7 +28,8 @@ async fn playground(dir: &Path) -> anyhow::Result<()> {
     let rotation = dir.join("rotation.yaml");
     std::fs::write(&rotation, rotation_yaml(&scenario))?;
     let app_secret = dir.join("app-secret");
-    write_private(&app_secret, &hand_made_secret(&scenario)?)?;
+    // A working client secret of the seeded application: readable by its owner only.
+    write_private(&app_secret, hand_made_secret(&scenario)?.as_bytes())?;
 
     let log_path = dir.join("controller.log");
     let log = std::fs::File::create(&log_path)?;
@@ -62,18 +63,6 @@ fn hand_made_secret(scenario: &Scenario) -> anyhow::Result<String> {
         .find(|p| p.key_id == scenario.foreign_key_id)
         .ok_or_else(|| anyhow::anyhow!("the seeded application lost its secret"))?;
     Ok(password.secret_text.clone())
-}
-
-/// Readable by the owner only: it is a working client secret of the seeded application.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(text.as_bytes())
 }
 
 fn rotation_yaml(scenario: &Scenario) -> String {

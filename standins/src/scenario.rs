@@ -43,7 +43,9 @@ impl Scenario {
     /// Starts everything and writes the configuration with `revokeGracePeriod: 0s` into a
     /// temporary folder, deleted when the scenario is dropped.
     pub async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()?;
         let config_path = dir.path().join("rotator.yaml");
         Self::start_writing(config_path, Some(dir)).await
     }
@@ -51,7 +53,9 @@ impl Scenario {
     /// Like [`Scenario::start`], writing the files into `dir` (created if missing), which
     /// is left in place afterwards.
     pub async fn start_in(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
+        }
         Self::start_writing(dir.join("rotator.yaml"), None).await
     }
 
@@ -90,7 +94,7 @@ impl Scenario {
             _dir: temporary,
         };
         let config = scenario.write_support_files(rotator.app_id)?;
-        std::fs::write(&scenario.config_path, config)?;
+        write_private(&scenario.config_path, config.as_bytes())?;
         scenario.target = scenario.target_now();
         Ok(scenario)
     }
@@ -104,7 +108,7 @@ impl Scenario {
     pub fn edit_config(&self, from: &str, to: &str) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.config_path)?;
         anyhow::ensure!(text.contains(from), "the configuration has no {from:?}");
-        std::fs::write(&self.config_path, text.replace(from, to))?;
+        write_private(&self.config_path, text.replace(from, to).as_bytes())?;
         Ok(())
     }
 
@@ -122,15 +126,16 @@ impl Scenario {
         let ca = self.dir().join("stand-in-ca.pem");
         std::fs::write(&ca, self.pki.ca_pem())?;
         let secret_file = self.dir().join("rotator-secret");
-        std::fs::write(&secret_file, &self.rotator_secret)?;
+        write_private(&secret_file, self.rotator_secret.as_bytes())?;
         let kubeconfig = self.dir().join("kubeconfig");
-        std::fs::write(
+        write_private(
             &kubeconfig,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: rotator\n  user:\n    token: stand-in\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: rotator\ncurrent-context: standin\n",
                 server = self.kubernetes.url(),
                 ca = base64::engine::general_purpose::STANDARD.encode(self.pki.ca_pem()),
-            ),
+            )
+            .as_bytes(),
         )?;
         let sender = self.relay.settings().default_sender().unwrap_or("DoNotReply@example.azurecomm.net").to_string();
         Ok(format!(
@@ -190,5 +195,36 @@ rotations:
             vault_host = url::Url::parse(&self.vault.vault_url())?.host_str().unwrap_or_default(),
             port = self.relay.port(),
         ))
+    }
+}
+
+/// Writes a file only its owner may read or write (0600): the scenario's files include the
+/// stand-in rotator's client secret and a kubeconfig. Created so from the start, never
+/// tightened afterwards.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?.write_all(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_files_are_readable_by_their_owner_only() {
+        let parent = tempfile::tempdir().unwrap();
+        for scenario in [Scenario::start().await.unwrap(), Scenario::start_in(&parent.path().join("new")).await.unwrap()] {
+            let dir = scenario.dir();
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+            for name in ["rotator.yaml", "rotator-secret", "kubeconfig"] {
+                assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+            }
+        }
     }
 }
