@@ -6,8 +6,10 @@
 //! too. A custom authority host (sovereign or private cloud, the stand-ins) goes in through
 //! `azure_core`'s custom cloud configuration. `azure_identity` caches each token until five
 //! minutes before it expires, so callers simply ask for a token before every request.
+//!
+//! Every answer is read through the bounded transport of [`super::http`].
 
-use super::http::azure_client_options;
+use super::http::bounded_azure_client_options;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::ClientOptions;
@@ -21,6 +23,9 @@ use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use url::Url;
+
+/// Ends the message of a token answer refused for its size or encoding.
+const TOKEN_ADVICE: &str = "check that azure.authorityHost is the Entra login endpoint of your cloud";
 
 /// How the rotator proves who it is to Entra.
 #[derive(Clone, Debug)]
@@ -123,7 +128,7 @@ pub fn rotator_credential(
 }
 
 fn client_options(authority_host: Option<&Url>, http: reqwest::Client) -> ClientOptions {
-    let mut options = azure_client_options(http);
+    let mut options = bounded_azure_client_options(http, TOKEN_ADVICE);
     if let Some(host) = authority_host {
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = host.as_str().trim_end_matches('/').to_string();
