@@ -53,6 +53,18 @@ pub fn http_client(trust: &TlsTrust, timeout: Duration) -> Result<reqwest::Clien
         .map_err(|e| HttpSetupError::Build(e.to_string()))
 }
 
+/// Builds a reqwest client for the managed-identity endpoint (IMDS at 169.254.169.254,
+/// App Service's `IDENTITY_ENDPOINT` on the host): it never uses a proxy, because those
+/// endpoints exist only on the machine's own link and a system proxy (`HTTP_PROXY`)
+/// would otherwise receive the request and could answer with a token of its choosing.
+/// They speak plain HTTP, so no extra trusted roots apply.
+pub fn direct_http_client(timeout: Duration) -> Result<reqwest::Client, HttpSetupError> {
+    builder(timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| HttpSetupError::Build(e.to_string()))
+}
+
 fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(timeout)

@@ -7,9 +7,12 @@
 //! `azure_core`'s custom cloud configuration. `azure_identity` caches each token until five
 //! minutes before it expires, so callers simply ask for a token before every request.
 //!
+//! The managed-identity endpoint is the exception: it is reached directly, never through a
+//! proxy (see [`super::http::direct_http_client`]).
+//!
 //! Every answer is read through the bounded transport of [`super::http`].
 
-use super::http::bounded_azure_client_options;
+use super::http::{bounded_azure_client_options, direct_http_client};
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::ClientOptions;
@@ -22,10 +25,16 @@ use azure_identity::{
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use url::Url;
 
+/// Per-request timeout towards the managed-identity endpoint, as for the other Azure calls.
+const MANAGED_IDENTITY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Ends the message of a token answer refused for its size or encoding.
 const TOKEN_ADVICE: &str = "check that azure.authorityHost is the Entra login endpoint of your cloud";
+/// The same for the managed-identity endpoint, which the platform sets.
+const MANAGED_IDENTITY_ADVICE: &str =
+    "the managed-identity endpoint is the platform's; check IDENTITY_ENDPOINT if it is set";
 
 /// How the rotator proves who it is to Entra.
 #[derive(Clone, Debug)]
@@ -81,7 +90,7 @@ pub fn rotator_credential(
     http: reqwest::Client,
 ) -> Result<Arc<dyn TokenCredential>, IdentityError> {
     let client_options = client_options(authority_host, http);
-    let fail = |error: azure_core::Error| IdentityError {
+    let fail = |error: &dyn std::fmt::Display| IdentityError {
         kind: credential.kind(),
         detail: error.to_string(),
         advice: advice(credential),
@@ -97,13 +106,14 @@ pub fn rotator_credential(
             tenant_id: Some(tenant_id.clone()),
             token_file_path: Some(token_file.clone()),
         }))
-        .map_err(fail)?,
+        .map_err(|e| fail(&e))?,
         RotatorCredential::ManagedIdentity { client_id } => {
+            let direct = direct_http_client(MANAGED_IDENTITY_TIMEOUT).map_err(|e| fail(&e))?;
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                client_options,
+                client_options: bounded_azure_client_options(direct, MANAGED_IDENTITY_ADVICE),
             }))
-            .map_err(fail)?
+            .map_err(|e| fail(&e))?
         }
         RotatorCredential::ClientSecret {
             tenant_id,
@@ -115,13 +125,13 @@ pub fn rotator_credential(
             Secret::new(secret.expose_secret().to_string()),
             Some(ClientSecretCredentialOptions { client_options }),
         )
-        .map_err(fail)?,
+        .map_err(|e| fail(&e))?,
         RotatorCredential::AzureCli { tenant_id } => {
             AzureCliCredential::new(Some(AzureCliCredentialOptions {
                 tenant_id: tenant_id.clone(),
                 ..Default::default()
             }))
-            .map_err(fail)?
+            .map_err(|e| fail(&e))?
         }
     };
     Ok(built)
