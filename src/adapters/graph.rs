@@ -15,7 +15,7 @@
 //! it is exhausted and is shared across applications in arrival order.
 
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
-use crate::domain::{AppRef, Application, MintedSecret, PasswordCredential, SecretString};
+use crate::domain::{AppRef, Application, ExposeSecret, MintedSecret, PasswordCredential, SecretString};
 use crate::engine::ports::{Directory, GraphError};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -210,7 +210,9 @@ impl GraphClient {
         })
     }
 
-    async fn bearer(&self) -> Result<String, GraphError> {
+    /// The token as a zeroized copy; the copies inside azure_identity's token cache and in
+    /// reqwest's header value (marked sensitive, so never logged) are beyond our reach.
+    async fn bearer(&self) -> Result<Zeroizing<String>, GraphError> {
         let token = self
             .credential
             .get_token(&[self.scope.as_str()], None)
@@ -218,7 +220,7 @@ impl GraphClient {
             .map_err(|e| GraphError::Auth {
                 detail: with_causes(&e),
             })?;
-        Ok(token.token.secret().to_string())
+        Ok(Zeroizing::new(token.token.secret().to_string()))
     }
 
     /// Sends one Graph request, retrying as `mode` allows; returns the body of a 2xx answer.
@@ -273,7 +275,7 @@ impl GraphClient {
         let mut request = self
             .http
             .request(call.method.clone(), call.url.clone())
-            .bearer_auth(bearer)
+            .bearer_auth(bearer.as_str())
             .header("client-request-id", client_request_id);
         if let Some(body) = &call.body {
             request = request.json(body);
@@ -510,12 +512,14 @@ struct PasswordCredentialJson {
     start_date_time: Option<DateTime<Utc>>,
     end_date_time: Option<DateTime<Utc>>,
     hint: Option<String>,
-    /// Only `addPassword` fills it in.
-    secret_text: Option<String>,
+    /// Only `addPassword` fills it in. Parsed straight into a zeroizing string; serde_json
+    /// copies a string through its own scratch buffer only when it has escapes, which a
+    /// generated secret (letters, digits, `~._-`) has not.
+    secret_text: Option<SecretString>,
 }
 
 impl PasswordCredentialJson {
-    fn into_parts(self) -> (PasswordCredential, Option<String>) {
+    fn into_parts(self) -> (PasswordCredential, Option<SecretString>) {
         let credential = PasswordCredential {
             key_id: self.key_id,
             display_name: self.display_name,
@@ -600,14 +604,11 @@ impl Directory for GraphClient {
                 ),
             })?;
         let (credential, secret_text) = parsed.into_parts();
-        let value = secret_text.filter(|s| !s.is_empty()).ok_or_else(|| GraphError::Protocol {
+        let value = secret_text.filter(|s| !s.expose_secret().is_empty()).ok_or_else(|| GraphError::Protocol {
             operation: operation.clone(),
             detail: format!("the answer has no secretText for keyId {}; remove that credential, it cannot be used", credential.key_id),
         })?;
-        Ok(MintedSecret {
-            credential,
-            value: SecretString::from(value),
-        })
+        Ok(MintedSecret { credential, value })
     }
 
     async fn remove_password(&self, object_id: Uuid, key_id: Uuid) -> Result<(), GraphError> {

@@ -319,3 +319,29 @@ impl azure_core::http::policies::Policy for ObservingPolicy {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_body_is_read_in_place_up_to_its_limit() {
+        // A reallocation would leave a copy of the secret behind, outside the zeroized
+        // buffer: the preallocated buffer must never move while it fills.
+        let mut buffer = BoundedBuffer::preallocated(1000);
+        let start = buffer.bytes.as_ptr();
+        for _ in 0..10 {
+            assert!(buffer.push(&[7; 100]));
+        }
+        assert_eq!(buffer.bytes.len(), 1000);
+        assert_eq!(buffer.bytes.as_ptr(), start, "the buffer moved");
+        assert!(!buffer.push(&[7]), "one byte past the limit is refused");
+        assert_eq!(buffer.bytes.len(), 1000, "a refused chunk is not appended");
+    }
+
+    #[test]
+    fn only_identity_content_coding_is_read() {
+        assert!(is_identity("identity") && is_identity("") && is_identity("Identity, identity"));
+        assert!(!is_identity("gzip") && !is_identity("identity, gzip") && !is_identity("br"));
+    }
+}

@@ -10,7 +10,11 @@
 //! The managed-identity endpoint is the exception: it is reached directly, never through a
 //! proxy (see [`super::http::direct_http_client`]).
 //!
-//! Every answer is read through the bounded transport of [`super::http`].
+//! Every answer is read through the bounded transport of [`super::http`]. What is not
+//! zeroized, and why: the client secret is handed to azure_core as its `Secret`, a plain
+//! string it keeps for the credential's life and drops without zeroizing; tokens live in
+//! azure_identity's cache and in the bodies reqwest and azure_core read, which are shared
+//! `Bytes` buffers freed without zeroizing. None of these types lets a caller wipe them.
 
 use super::http::{bounded_azure_client_options, direct_http_client};
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -122,6 +126,7 @@ pub fn rotator_credential(
         } => ClientSecretCredential::new(
             tenant_id,
             client_id.clone(),
+            // azure_core's `Secret` is not zeroized (see the module comment).
             Secret::new(secret.expose_secret().to_string()),
             Some(ClientSecretCredentialOptions { client_options }),
         )
