@@ -293,7 +293,7 @@ impl GraphClient {
         let headers = response.headers().clone();
         let method = call.method.as_str();
         let read = match call.answer {
-            Answer::Public { limit } => read_body(response, method, limit, BODY_ADVICE).await.map(Zeroizing::new),
+            Answer::Public { limit } => read_body(response, method, limit, BODY_ADVICE).await,
             Answer::Secret { limit } => read_secret_body(response, method, limit, BODY_ADVICE).await,
         };
         let body = match read {

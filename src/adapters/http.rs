@@ -16,6 +16,7 @@ use futures::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
+use zeroize::Zeroizing;
 
 /// The largest answer read through azure_core: Key Vault (a secret value is at most
 /// 25 KiB, its JSON envelope a few hundred bytes more), the Entra token endpoint and the
@@ -164,21 +165,22 @@ fn is_identity(encoding: &str) -> bool {
     })
 }
 
-/// A body being read: refuses to grow past its limit. Reserves the whole limit up front
-/// when asked to, so a body holding a secret is never copied by a reallocation (a copy
-/// the final buffer's zeroizing would miss).
+/// A body being read: refuses to grow past its limit, and is zeroized when dropped, also
+/// when reading stops half-way. Reserves the whole limit up front when asked to, so a
+/// body holding a secret is never copied by a reallocation (a copy the zeroizing would
+/// miss).
 struct BoundedBuffer {
-    bytes: Vec<u8>,
+    bytes: Zeroizing<Vec<u8>>,
     limit: usize,
 }
 
 impl BoundedBuffer {
     fn new(limit: usize) -> Self {
-        Self { bytes: Vec::new(), limit }
+        Self { bytes: Zeroizing::new(Vec::new()), limit }
     }
 
     fn preallocated(limit: usize) -> Self {
-        Self { bytes: Vec::with_capacity(limit), limit }
+        Self { bytes: Zeroizing::new(Vec::with_capacity(limit)), limit }
     }
 
     /// Appends `chunk`, or returns `false` (appending nothing) when it would pass the limit.
@@ -198,21 +200,22 @@ pub async fn read_body(
     method: &str,
     limit: usize,
     advice: &'static str,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<Zeroizing<Vec<u8>>, BodyError> {
     Ok(read_into(response, method, BoundedBuffer::new(limit), advice).await?.bytes)
 }
 
-/// [`read_body`] for an answer that holds a secret: the buffer is zeroized when dropped and
-/// never reallocated (it reserves `limit` up front, so keep `limit` small). The chunks
-/// reqwest hands over are shared buffers it frees without zeroizing; they are out of reach.
+/// [`read_body`] for an answer that holds a secret: the buffer is never reallocated (it
+/// reserves `limit` up front, so keep `limit` small), so no copy escapes its zeroizing.
+/// The chunks reqwest hands over are shared buffers it frees without zeroizing; they are
+/// out of reach.
 pub async fn read_secret_body(
     response: reqwest::Response,
     method: &str,
     limit: usize,
     advice: &'static str,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, BodyError> {
+) -> Result<Zeroizing<Vec<u8>>, BodyError> {
     let buffer = BoundedBuffer::preallocated(limit);
-    Ok(zeroize::Zeroizing::new(read_into(response, method, buffer, advice).await?.bytes))
+    Ok(read_into(response, method, buffer, advice).await?.bytes)
 }
 
 async fn read_into(
@@ -274,7 +277,9 @@ impl HttpClient for BoundedTransport {
                 return Err(refuse(RefusedBody::too_large(url, &method, self.limit, self.advice)));
             }
         }
-        Ok(AsyncRawResponse::from_bytes(status, headers, buffer.bytes))
+        // azure_core takes the body as a plain buffer and frees it without zeroizing (a
+        // Key Vault value or a token answer: see `adapters::identity`).
+        Ok(AsyncRawResponse::from_bytes(status, headers, std::mem::take(&mut *buffer.bytes)))
     }
 }
 
