@@ -1,7 +1,12 @@
 //! Value types shared by the engine and the adapters.
 //!
-//! Secret values only ever travel inside [`SecretString`], whose `Debug` prints
-//! `[REDACTED]` and whose memory is zeroized on drop.
+//! In the rotator's own code, secret values travel inside [`SecretString`], whose `Debug`
+//! prints `[REDACTED]` and whose memory is zeroized on drop; the buffers our code fills
+//! on the way (the `addPassword` answer, the Graph bearer token) are zeroized too. Copies
+//! made inside the libraries are not: reqwest's, hyper's and rustls's read and write
+//! buffers, azure_core's `Secret` and azure_identity's token cache, the SDK clients'
+//! bodies. Those crates free them without zeroizing and give callers no way to wipe them
+//! (see `adapters::identity`).
 
 use chrono::{DateTime, Utc};
 pub use secrecy::{ExposeSecret, SecretString};

@@ -469,3 +469,46 @@ async fn the_stand_in_refuses_calls_without_a_graph_token_in_graphs_error_shape(
     );
     assert!(body["error"]["innerError"]["date"].is_string());
 }
+
+#[tokio::test]
+async fn an_add_password_answer_over_its_limit_is_refused_without_quoting_it() {
+    let env = env().await;
+    let graph = client(&env);
+    let secret = "s".repeat(100 * 1024);
+    let answer = serde_json::json!({
+        "keyId": Uuid::new_v4(),
+        "displayName": marker_for("smtp"),
+        "secretText": secret,
+    });
+    env.graph.faults().push(ROUTE_ADD_PASSWORD, Fault::status(200).body(answer));
+
+    let error = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), Utc::now() + ChronoDuration::days(30))
+        .await
+        .expect_err("an answer over 64 KiB is refused");
+
+    let message = error.to_string();
+    assert!(matches!(error, GraphError::Protocol { .. }), "{message}");
+    assert!(!error.is_transient(), "the same peer would send the same answer: {message}");
+    assert!(message.contains("answered POST /v1.0/applications/"), "{message}");
+    assert!(message.contains("with a body over 64 KiB"), "{message}");
+    assert!(message.contains("check that azure.graphUrl points at Microsoft Graph"), "{message}");
+    assert!(!message.contains("sss"), "the answer is not quoted: {message}");
+    assert_eq!(env.graph.faults().count(ROUTE_ADD_PASSWORD), 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_listing_page_over_its_limit_is_refused() {
+    use entra_rotator::adapters::graph::ListScope;
+    use entra_rotator_standins::graph::ROUTE_LIST_APPLICATIONS;
+    let env = env().await;
+    let graph = client(&env);
+    let page = serde_json::json!({ "value": [], "padding": "p".repeat(17 * 1024 * 1024) });
+    env.graph.faults().push(ROUTE_LIST_APPLICATIONS, Fault::status(200).body(page));
+
+    let mut pages = graph.list_applications(&ListScope::Tenant { name_prefix: None }, 999).unwrap();
+    let error = pages.next_page().await.expect_err("a page over 16 MiB is refused");
+
+    let message = error.to_string();
+    assert!(message.contains("answered GET /v1.0/applications with a body over 16 MiB"), "{message}");
+}

@@ -14,8 +14,8 @@
 //! pauses every call of the client until then, so the write budget is not hammered while
 //! it is exhausted and is shared across applications in arrival order.
 
-use super::http::ApiObserver;
-use crate::domain::{AppRef, Application, MintedSecret, PasswordCredential, SecretString};
+use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
+use crate::domain::{AppRef, Application, ExposeSecret, MintedSecret, PasswordCredential, SecretString};
 use crate::engine::ports::{Directory, GraphError};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 /// Graph's public endpoint.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
@@ -37,6 +38,19 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
 const SELECT_APPLICATION: &str = "$select=id,appId,displayName,passwordCredentials";
 /// Graph's answer to `removePassword` for a keyId the application does not have.
 const NO_SUCH_PASSWORD: &str = "No password credential found with keyId";
+
+/// The largest answer read for one application: an application with many credentials is
+/// tens of KiB of JSON.
+pub const APPLICATION_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// The largest page of a listing read: [`MAX_PAGE_SIZE`] applications of a few KiB each
+/// make 2 to 6 MiB.
+pub const PAGE_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// The largest answer read from `addPassword` and `removePassword`: one
+/// passwordCredential, or an error, is under 1 KiB. Small, because the `addPassword`
+/// buffer (it holds the secret) is reserved whole in advance.
+pub const WRITE_BODY_LIMIT: usize = 64 * 1024;
+/// Ends the message of an answer refused for its size or encoding.
+const BODY_ADVICE: &str = "check that azure.graphUrl points at Microsoft Graph";
 
 /// How hard to retry a Graph call that failed transiently.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,19 +210,21 @@ impl GraphClient {
         })
     }
 
-    async fn bearer(&self) -> Result<String, GraphError> {
+    /// The token as a zeroized copy; the copies inside azure_identity's token cache and in
+    /// reqwest's header value (marked sensitive, so never logged) are beyond our reach.
+    async fn bearer(&self) -> Result<Zeroizing<String>, GraphError> {
         let token = self
             .credential
             .get_token(&[self.scope.as_str()], None)
             .await
             .map_err(|e| GraphError::Auth {
-                detail: e.to_string(),
+                detail: with_causes(&e),
             })?;
-        Ok(token.token.secret().to_string())
+        Ok(Zeroizing::new(token.token.secret().to_string()))
     }
 
     /// Sends one Graph request, retrying as `mode` allows; returns the body of a 2xx answer.
-    async fn send(&self, call: &Call<'_>) -> Result<Vec<u8>, GraphError> {
+    async fn send(&self, call: &Call<'_>) -> Result<Zeroizing<Vec<u8>>, GraphError> {
         // The semaphore is never closed; should it be, calls simply go unbounded.
         let _permit = self.in_flight.acquire().await.ok();
         let client_request_id = Uuid::new_v4().to_string();
@@ -259,7 +275,7 @@ impl GraphClient {
         let mut request = self
             .http
             .request(call.method.clone(), call.url.clone())
-            .bearer_auth(bearer)
+            .bearer_auth(bearer.as_str())
             .header("client-request-id", client_request_id);
         if let Some(body) = &call.body {
             request = request.json(body);
@@ -275,9 +291,21 @@ impl GraphClient {
         let status = response.status();
         self.observe(call.metric, Some(status.as_u16()), started);
         let headers = response.headers().clone();
-        let body = match response.bytes().await {
-            Ok(body) => body.to_vec(),
-            Err(error) => return Ok(transport_failure(call, &error)),
+        let method = call.method.as_str();
+        let read = match call.answer {
+            Answer::Public { limit } => read_body(response, method, limit, BODY_ADVICE).await,
+            Answer::Secret { limit } => read_secret_body(response, method, limit, BODY_ADVICE).await,
+        };
+        let body = match read {
+            Ok(body) => body,
+            Err(BodyError::Read(error)) => return Ok(transport_failure(call, &error)),
+            // The same peer would send the same answer: not retried.
+            Err(BodyError::Refused(refused)) => {
+                return Err(GraphError::Protocol {
+                    operation: call.operation.to_string(),
+                    detail: refused.to_string(),
+                });
+            }
         };
         if status.is_success() {
             return Ok(Attempt::Success(body));
@@ -304,6 +332,15 @@ struct Call<'a> {
     url: Url,
     body: Option<serde_json::Value>,
     mode: RetryMode,
+    answer: Answer,
+}
+
+/// How much of the answer to read, and whether it holds a secret.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Public { limit: usize },
+    /// Read into a zeroized buffer that is never reallocated.
+    Secret { limit: usize },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,7 +353,7 @@ enum RetryMode {
 }
 
 enum Attempt {
-    Success(Vec<u8>),
+    Success(Zeroizing<Vec<u8>>),
     /// `wait`: `None` when retrying cannot help or is not safe.
     Failed {
         error: GraphError,
@@ -382,14 +419,26 @@ fn transport_failure(call: &Call<'_>, error: &reqwest::Error) -> Attempt {
 
 /// reqwest's message plus its causes (TLS and connection details live in the sources).
 fn describe_transport(error: &reqwest::Error) -> String {
-    let mut detail = if error.is_timeout() {
-        "timed out".to_string()
-    } else {
-        error.to_string()
-    };
-    let mut source = std::error::Error::source(error);
+    if error.is_timeout() {
+        return append_causes("timed out".to_string(), error);
+    }
+    with_causes(error)
+}
+
+/// `error`'s message followed by each cause's (azure_identity puts what the token endpoint
+/// did wrong only in the causes).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    append_causes(error.to_string(), error)
+}
+
+fn append_causes(mut detail: String, error: &dyn std::error::Error) -> String {
+    let mut source = error.source();
     while let Some(cause) = source {
-        detail.push_str(&format!(": {cause}"));
+        let text = cause.to_string();
+        // Wrappers often repeat their cause's message.
+        if !detail.contains(&text) {
+            detail.push_str(&format!(": {text}"));
+        }
         source = cause.source();
     }
     detail
@@ -463,12 +512,14 @@ struct PasswordCredentialJson {
     start_date_time: Option<DateTime<Utc>>,
     end_date_time: Option<DateTime<Utc>>,
     hint: Option<String>,
-    /// Only `addPassword` fills it in.
-    secret_text: Option<String>,
+    /// Only `addPassword` fills it in. Parsed straight into a zeroizing string; serde_json
+    /// copies a string through its own scratch buffer only when it has escapes, which a
+    /// generated secret (letters, digits, `~._-`) has not.
+    secret_text: Option<SecretString>,
 }
 
 impl PasswordCredentialJson {
-    fn into_parts(self) -> (PasswordCredential, Option<String>) {
+    fn into_parts(self) -> (PasswordCredential, Option<SecretString>) {
         let credential = PasswordCredential {
             key_id: self.key_id,
             display_name: self.display_name,
@@ -497,6 +548,7 @@ impl Directory for GraphClient {
             url,
             body: None,
             mode: RetryMode::Always,
+            answer: Answer::Public { limit: APPLICATION_BODY_LIMIT },
         };
         let body = self.send(&call).await?;
         let parsed: ApplicationJson =
@@ -537,6 +589,7 @@ impl Directory for GraphClient {
             url,
             body: Some(body),
             mode: RetryMode::OnlyIfNotActedOn,
+            answer: Answer::Secret { limit: WRITE_BODY_LIMIT },
         };
         let answer = self.send(&call).await?;
         // The answer holds the secret: a parse error must not quote it, so only say where it failed.
@@ -551,14 +604,11 @@ impl Directory for GraphClient {
                 ),
             })?;
         let (credential, secret_text) = parsed.into_parts();
-        let value = secret_text.filter(|s| !s.is_empty()).ok_or_else(|| GraphError::Protocol {
+        let value = secret_text.filter(|s| !s.expose_secret().is_empty()).ok_or_else(|| GraphError::Protocol {
             operation: operation.clone(),
             detail: format!("the answer has no secretText for keyId {}; remove that credential, it cannot be used", credential.key_id),
         })?;
-        Ok(MintedSecret {
-            credential,
-            value: SecretString::from(value),
-        })
+        Ok(MintedSecret { credential, value })
     }
 
     async fn remove_password(&self, object_id: Uuid, key_id: Uuid) -> Result<(), GraphError> {
@@ -576,6 +626,7 @@ impl Directory for GraphClient {
             url,
             body: Some(body),
             mode: RetryMode::Always,
+            answer: Answer::Public { limit: WRITE_BODY_LIMIT },
         };
         match self.send(&call).await {
             Ok(_) => Ok(()),
@@ -765,6 +816,7 @@ impl ApplicationPages<'_> {
             url,
             body: None,
             mode: RetryMode::Always,
+            answer: Answer::Public { limit: PAGE_BODY_LIMIT },
         };
         let body = self.client.send(&call).await?;
         let page: PageJson = serde_json::from_slice(&body).map_err(|e| GraphError::Protocol {

@@ -6,8 +6,17 @@
 //! too. A custom authority host (sovereign or private cloud, the stand-ins) goes in through
 //! `azure_core`'s custom cloud configuration. `azure_identity` caches each token until five
 //! minutes before it expires, so callers simply ask for a token before every request.
+//!
+//! The managed-identity endpoint is the exception: it is reached directly, never through a
+//! proxy (see [`super::http::direct_http_client`]).
+//!
+//! Every answer is read through the bounded transport of [`super::http`]. What is not
+//! zeroized, and why: the client secret is handed to azure_core as its `Secret`, a plain
+//! string it keeps for the credential's life and drops without zeroizing; tokens live in
+//! azure_identity's cache and in the bodies reqwest and azure_core read, which are shared
+//! `Bytes` buffers freed without zeroizing. None of these types lets a caller wipe them.
 
-use super::http::azure_client_options;
+use super::http::{bounded_azure_client_options, direct_http_client};
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::ClientOptions;
@@ -20,7 +29,16 @@ use azure_identity::{
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use url::Url;
+
+/// Per-request timeout towards the managed-identity endpoint, as for the other Azure calls.
+const MANAGED_IDENTITY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ends the message of a token answer refused for its size or encoding.
+const TOKEN_ADVICE: &str = "check that azure.authorityHost is the Entra login endpoint of your cloud";
+/// The same for the managed-identity endpoint, which the platform sets.
+const MANAGED_IDENTITY_ADVICE: &str =
+    "the managed-identity endpoint is the platform's; check IDENTITY_ENDPOINT if it is set";
 
 /// How the rotator proves who it is to Entra.
 #[derive(Clone, Debug)]
@@ -76,7 +94,7 @@ pub fn rotator_credential(
     http: reqwest::Client,
 ) -> Result<Arc<dyn TokenCredential>, IdentityError> {
     let client_options = client_options(authority_host, http);
-    let fail = |error: azure_core::Error| IdentityError {
+    let fail = |error: &dyn std::fmt::Display| IdentityError {
         kind: credential.kind(),
         detail: error.to_string(),
         advice: advice(credential),
@@ -92,13 +110,14 @@ pub fn rotator_credential(
             tenant_id: Some(tenant_id.clone()),
             token_file_path: Some(token_file.clone()),
         }))
-        .map_err(fail)?,
+        .map_err(|e| fail(&e))?,
         RotatorCredential::ManagedIdentity { client_id } => {
+            let direct = direct_http_client(MANAGED_IDENTITY_TIMEOUT).map_err(|e| fail(&e))?;
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                client_options,
+                client_options: bounded_azure_client_options(direct, MANAGED_IDENTITY_ADVICE),
             }))
-            .map_err(fail)?
+            .map_err(|e| fail(&e))?
         }
         RotatorCredential::ClientSecret {
             tenant_id,
@@ -107,23 +126,24 @@ pub fn rotator_credential(
         } => ClientSecretCredential::new(
             tenant_id,
             client_id.clone(),
+            // azure_core's `Secret` is not zeroized (see the module comment).
             Secret::new(secret.expose_secret().to_string()),
             Some(ClientSecretCredentialOptions { client_options }),
         )
-        .map_err(fail)?,
+        .map_err(|e| fail(&e))?,
         RotatorCredential::AzureCli { tenant_id } => {
             AzureCliCredential::new(Some(AzureCliCredentialOptions {
                 tenant_id: tenant_id.clone(),
                 ..Default::default()
             }))
-            .map_err(fail)?
+            .map_err(|e| fail(&e))?
         }
     };
     Ok(built)
 }
 
 fn client_options(authority_host: Option<&Url>, http: reqwest::Client) -> ClientOptions {
-    let mut options = azure_client_options(http);
+    let mut options = bounded_azure_client_options(http, TOKEN_ADVICE);
     if let Some(host) = authority_host {
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = host.as_str().trim_end_matches('/').to_string();
