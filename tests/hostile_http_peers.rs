@@ -229,6 +229,7 @@ async fn assert_refused(peer: Peer, answer: Answer, expected: &[&str]) {
     for part in expected {
         assert!(finished.output.contains(part), "missing {part:?} in:\n{}", finished.output);
     }
+    assert!(!finished.output.contains("challenge resource"), "the refusal is not blamed on the challenge:\n{}", finished.output);
     assert!(
         finished.peak_rss_kib < PEAK_RSS_BOUND_KIB,
         "peak RSS {} KiB, bound {PEAK_RSS_BOUND_KIB} KiB",

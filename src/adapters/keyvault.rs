@@ -350,6 +350,10 @@ impl KeyVaultStore {
                     error_chain(err)
                 ),
             ),
+            _ if find_in_chain::<crate::adapters::http::RefusedBody>(err).is_some() => (
+                StoreErrorKind::Rejected,
+                find_in_chain::<crate::adapters::http::RefusedBody>(err).map(ToString::to_string).unwrap_or_default(),
+            ),
             _ if find_in_chain::<ForeignAudience>(err).is_some() => (
                 StoreErrorKind::Rejected,
                 find_in_chain::<ForeignAudience>(err).map(ToString::to_string).unwrap_or_default(),
