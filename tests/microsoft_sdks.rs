@@ -21,7 +21,10 @@ const PACKAGES: &str = "azure-identity azure-keyvault-secrets msgraph-sdk";
 /// Whether python3 can import the SDKs; otherwise explains how to get them.
 async fn sdks_available() -> bool {
     let probe = Command::new("python3")
-        .args(["-c", "import azure.identity, azure.keyvault.secrets, msgraph, msal"])
+        .args([
+            "-c",
+            "import azure.identity, azure.keyvault.secrets, msgraph, msal",
+        ])
         .output()
         .await;
     if probe.is_ok_and(|output| output.status.success()) {
@@ -40,14 +43,20 @@ async fn run_script(scenario: &Scenario, foreign_app: uuid::Uuid) -> HashMap<Str
     let ca = scenario.ca_path();
     let output = Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(SCRIPT))
-        .env("STANDIN_AUTHORITY", scenario.graph.authority_host().as_str())
+        .env(
+            "STANDIN_AUTHORITY",
+            scenario.graph.authority_host().as_str(),
+        )
         .env("STANDIN_TENANT_ID", scenario.tenant.tenant_id.to_string())
         .env("STANDIN_TENANT_DOMAIN", TENANT_DOMAIN)
         .env("STANDIN_CLIENT_ID", scenario.rotator_client_id.to_string())
         .env("STANDIN_CLIENT_SECRET", &scenario.rotator_secret)
         .env("STANDIN_VAULT_URL", scenario.vault.vault_url())
         .env("STANDIN_GRAPH_URL", scenario.graph.graph_url().as_str())
-        .env("STANDIN_OWNED_APP_OBJECT_ID", scenario.target.object_id.to_string())
+        .env(
+            "STANDIN_OWNED_APP_OBJECT_ID",
+            scenario.target.object_id.to_string(),
+        )
         .env("STANDIN_OWNED_APP_ID", scenario.target.app_id.to_string())
         .env("STANDIN_FOREIGN_APP_OBJECT_ID", foreign_app.to_string())
         .env("SSL_CERT_FILE", &ca)
@@ -75,10 +84,15 @@ async fn run_script(scenario: &Scenario, foreign_app: uuid::Uuid) -> HashMap<Str
     );
     let lines: HashMap<String, Value> = stdout
         .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        })
         .map(|value| (value["op"].as_str().unwrap_or_default().to_string(), value))
         .collect();
-    assert!(lines.contains_key("done"), "the script stopped early:\n{stdout}\n{stderr}");
+    assert!(
+        lines.contains_key("done"),
+        "the script stopped early:\n{stdout}\n{stderr}"
+    );
     lines
 }
 
@@ -94,7 +108,10 @@ fn failed<'a>(lines: &'a HashMap<String, Value>, op: &str, expected: &str) -> &'
     let line = lines.get(op).unwrap_or_else(|| panic!("no line for {op}"));
     assert_eq!(line["ok"], false, "{op} should have failed: {line:#}");
     let error = line["error"].as_str().unwrap_or_default();
-    assert!(error.contains(expected), "{op}: expected {expected:?} in {error:?}");
+    assert!(
+        error.contains(expected),
+        "{op}: expected {expected:?} in {error:?}"
+    );
     line
 }
 
@@ -106,7 +123,9 @@ async fn microsofts_python_sdks_agree_with_the_stand_ins() {
     let scenario = Scenario::start().await.unwrap();
     let foreign = scenario.tenant.register_app("owned-by-someone-else");
     scenario.graph.require_ownership();
-    scenario.graph.add_owner(scenario.target.object_id, scenario.rotator_client_id);
+    scenario
+        .graph
+        .add_owner(scenario.target.object_id, scenario.rotator_client_id);
     let lines = run_script(&scenario, foreign.object_id).await;
 
     // Sign-in: MSAL's instance and tenant discovery, the tenant named by its domain.
@@ -115,18 +134,30 @@ async fn microsofts_python_sdks_agree_with_the_stand_ins() {
     assert_eq!(msal["has_access_token"], true, "{msal:#}");
     let tenant_id = scenario.tenant.tenant_id.to_string();
     assert!(
-        msal["token_endpoint"].as_str().unwrap_or_default().contains(&tenant_id),
+        msal["token_endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&tenant_id),
         "the OpenID configuration names the tenant by id: {msal:#}"
     );
     let token = succeeded(&lines, "identity_token");
     assert_eq!(token["has_token"], true);
-    assert!(token["expires_in"].as_i64().unwrap_or_default() > 3000, "{token:#}");
+    assert!(
+        token["expires_in"].as_i64().unwrap_or_default() > 3000,
+        "{token:#}"
+    );
     let refused = failed(&lines, "identity_bad_secret", "AADSTS7000215");
-    assert_eq!(refused["error_type"], "ClientAuthenticationError", "{refused:#}");
+    assert_eq!(
+        refused["error_type"], "ClientAuthenticationError",
+        "{refused:#}"
+    );
 
     // Key Vault: the SDK's default api-version, versions, paging, update, delete.
     let client = &lines["keyvault_client"];
-    assert_eq!(client["api_version"], "2026-04-01", "the SDK's default api-version changed: {client:#}");
+    assert_eq!(
+        client["api_version"], "2026-04-01",
+        "the SDK's default api-version changed: {client:#}"
+    );
     let first = succeeded(&lines, "keyvault_set");
     assert_eq!(first["tags"]["keyId"], "k1");
     assert_eq!(first["content_type"], "text/plain");
@@ -139,13 +170,31 @@ async fn microsofts_python_sdks_agree_with_the_stand_ins() {
     assert_eq!(old["version"], first["version"]);
     assert_eq!(old["value_matches"], true);
     let listed = succeeded(&lines, "keyvault_list_secrets");
-    assert_eq!(listed["page_sizes"], serde_json::json!([1, 1]), "one secret per page, two secrets: {listed:#}");
-    assert_eq!(listed["names"], serde_json::json!([name.clone(), format!("{name}-other")]));
+    assert_eq!(
+        listed["page_sizes"],
+        serde_json::json!([1, 1]),
+        "one secret per page, two secrets: {listed:#}"
+    );
+    assert_eq!(
+        listed["names"],
+        serde_json::json!([name.clone(), format!("{name}-other")])
+    );
     let versions = succeeded(&lines, "keyvault_list_versions");
-    assert_eq!(versions["page_sizes"], serde_json::json!([1, 1]), "{versions:#}");
-    let mut listed_versions: Vec<&str> =
-        versions["versions"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    let mut written = vec![first["version"].as_str().unwrap(), second["version"].as_str().unwrap()];
+    assert_eq!(
+        versions["page_sizes"],
+        serde_json::json!([1, 1]),
+        "{versions:#}"
+    );
+    let mut listed_versions: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut written = vec![
+        first["version"].as_str().unwrap(),
+        second["version"].as_str().unwrap(),
+    ];
     listed_versions.sort_unstable();
     written.sort_unstable();
     assert_eq!(listed_versions, written);
@@ -165,16 +214,26 @@ async fn microsofts_python_sdks_agree_with_the_stand_ins() {
     assert!(scenario.vault.is_soft_deleted(&name));
     let gone = failed(&lines, "keyvault_get_deleted_name", "SecretNotFound");
     assert_eq!(gone["error_type"], "ResourceNotFoundError", "{gone:#}");
-    failed(&lines, "keyvault_unknown_api_version", "The specified version (2015-06-01) is not recognized");
+    failed(
+        &lines,
+        "keyvault_unknown_api_version",
+        "The specified version (2015-06-01) is not recognized",
+    );
 
     // Graph: read, filter, addPassword, removePassword, and an application not owned.
     let app = succeeded(&lines, "graph_get_application");
     assert_eq!(app["id"], scenario.target.object_id.to_string());
     assert_eq!(app["app_id"], scenario.target.app_id.to_string());
     assert_eq!(app["display_name"], scenario.target.display_name);
-    assert_eq!(app["password_key_ids"], serde_json::json!([scenario.foreign_key_id.to_string()]));
+    assert_eq!(
+        app["password_key_ids"],
+        serde_json::json!([scenario.foreign_key_id.to_string()])
+    );
     let filtered = succeeded(&lines, "graph_filter_by_app_id");
-    assert_eq!(filtered["ids"], serde_json::json!([scenario.target.object_id.to_string()]));
+    assert_eq!(
+        filtered["ids"],
+        serde_json::json!([scenario.target.object_id.to_string()])
+    );
     let added = succeeded(&lines, "graph_add_password");
     assert_eq!(added["display_name"], "msgraph-sdk");
     assert_eq!(added["has_secret_text"], true);
@@ -183,11 +242,25 @@ async fn microsofts_python_sdks_agree_with_the_stand_ins() {
     assert_eq!(removed["key_id"], added["key_id"]);
     let now = scenario.target_now();
     assert_eq!(
-        now.passwords.iter().map(|p| p.key_id.to_string()).collect::<Vec<_>>(),
+        now.passwords
+            .iter()
+            .map(|p| p.key_id.to_string())
+            .collect::<Vec<_>>(),
         vec![scenario.foreign_key_id.to_string()],
         "the SDK's password came and went; the hand-made one stayed"
     );
-    let denied = failed(&lines, "graph_add_password_not_owned", "Insufficient privileges to complete the operation");
+    let denied = failed(
+        &lines,
+        "graph_add_password_not_owned",
+        "Insufficient privileges to complete the operation",
+    );
     assert_eq!(denied["error_type"], "ODataError", "{denied:#}");
-    assert!(scenario.tenant.app(foreign.object_id).unwrap().passwords.is_empty());
+    assert!(
+        scenario
+            .tenant
+            .app(foreign.object_id)
+            .unwrap()
+            .passwords
+            .is_empty()
+    );
 }

@@ -666,12 +666,13 @@ struct GraphCall {
 impl GraphCall {
     /// The handler's answer, with the throttling header Graph adds near a limit.
     fn finish(&self, mut response: Response) -> Response {
-        if let Some(used) = self.limit_used {
-            if let Ok(value) = HeaderValue::from_str(&format!("{used:.2}")) {
-                response
-                    .headers_mut()
-                    .insert("x-ms-throttle-limit-percentage", value);
-            }
+        if let Some(value) = self
+            .limit_used
+            .and_then(|used| HeaderValue::from_str(&format!("{used:.2}")).ok())
+        {
+            response
+                .headers_mut()
+                .insert("x-ms-throttle-limit-percentage", value);
         }
         response
     }
