@@ -512,3 +512,383 @@ async fn a_listing_page_over_its_limit_is_refused() {
     let message = error.to_string();
     assert!(message.contains("answered GET /v1.0/applications with a body over 16 MiB"), "{message}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fidelity of the stand-in itself: what real clients (MSAL, the Graph SDKs) rely on
+// ---------------------------------------------------------------------------------------------
+
+const DOMAIN: &str = "contoso.onmicrosoft.com";
+
+fn graph_token(env: &Env) -> String {
+    env.tenant.issue_token(
+        env.rotator.app_id,
+        "https://graph.microsoft.com/.default",
+        Duration::from_secs(600),
+    )
+}
+
+async fn get_json(
+    env: &Env,
+    path_and_query: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let url = format!("{}{path_and_query}", env.graph.graph_url());
+    let response = env
+        .http
+        .get(&url)
+        .bearer_auth(graph_token(env))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn post_json(
+    env: &Env,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let url = format!("{}{path}", env.graph.graph_url());
+    let response = env
+        .http
+        .post(&url)
+        .bearer_auth(graph_token(env))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_openid_configuration_names_the_tenant_by_id_whether_asked_by_id_or_domain() {
+    let env = env().await;
+    env.tenant.add_verified_domain(DOMAIN);
+    let tenant_id = env.tenant.tenant_id.to_string();
+    for name in [tenant_id.as_str(), DOMAIN, "CONTOSO.onmicrosoft.com"] {
+        let (status, _, body) = get_json(
+            &env,
+            &format!("{name}/v2.0/.well-known/openid-configuration"),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {body}");
+        let base = env
+            .graph
+            .authority_host()
+            .as_str()
+            .trim_end_matches('/')
+            .to_string();
+        assert_eq!(
+            body["token_endpoint"],
+            format!("{base}/{tenant_id}/oauth2/v2.0/token")
+        );
+        assert_eq!(
+            body["authorization_endpoint"],
+            format!("{base}/{tenant_id}/oauth2/v2.0/authorize")
+        );
+        assert_eq!(body["issuer"], format!("{base}/{tenant_id}/v2.0"));
+        let methods = body["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .unwrap();
+        assert!(
+            methods.contains(&"client_secret_basic".into())
+                && methods.contains(&"client_secret_post".into())
+        );
+    }
+
+    let (status, _, body) = get_json(
+        &env,
+        "fabrikam.onmicrosoft.com/v2.0/.well-known/openid-configuration",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_tenant");
+    assert_eq!(body["error_codes"], serde_json::json!([90002]));
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.starts_with("AADSTS90002: Tenant 'fabrikam.onmicrosoft.com' not found."),
+        "{description}"
+    );
+    // Entra separates the trace id, correlation id and time by CRLF, and repeats them as fields.
+    let lines: Vec<&str> = description.split("\r\n").collect();
+    assert_eq!(lines.len(), 4, "{description:?}");
+    assert_eq!(
+        lines[1],
+        format!("Trace ID: {}", body["trace_id"].as_str().unwrap())
+    );
+    assert_eq!(
+        lines[2],
+        format!(
+            "Correlation ID: {}",
+            body["correlation_id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(
+        lines[3],
+        format!("Timestamp: {}", body["timestamp"].as_str().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn instance_discovery_knows_the_stand_ins_host_and_no_other() {
+    let env = env().await;
+    let authority = env.graph.authority_host();
+    let host = authority.host_str().unwrap();
+    // MSAL sends the authority's host without its port.
+    let known = format!("https://{host}/{DOMAIN}/oauth2/v2.0/authorize");
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("api-version", "1.1")
+        .append_pair("authorization_endpoint", &known)
+        .finish();
+    let (status, _, body) = get_json(&env, &format!("common/discovery/instance?{query}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["tenant_discovery_endpoint"],
+        format!(
+            "{}{DOMAIN}/v2.0/.well-known/openid-configuration",
+            authority
+        )
+    );
+    assert!(body["metadata"][0]["aliases"].is_array());
+
+    let unknown = "https://login.example.com/common/oauth2/v2.0/authorize";
+    let (status, _, body) = get_json(
+        &env,
+        &format!("common/discovery/instance?api-version=1.1&authorization_endpoint={unknown}"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_instance");
+    assert_eq!(body["error_codes"], serde_json::json!([50049]));
+}
+
+#[tokio::test]
+async fn the_token_endpoint_accepts_http_basic_client_authentication_and_a_domain_as_tenant() {
+    use base64::Engine as _;
+    let env = env().await;
+    env.tenant.add_verified_domain(DOMAIN);
+    let token_url = format!("{}{DOMAIN}/oauth2/v2.0/token", env.graph.authority_host());
+    let basic = |secret: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            env.rotator.app_id,
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
+        ))
+    };
+    let form = "grant_type=client_credentials&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default";
+
+    let response = env
+        .http
+        .post(&token_url)
+        .header(
+            "authorization",
+            format!("Basic {}", basic(&env.rotator_secret)),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        env.tenant.token(token).unwrap().client_id,
+        env.rotator.app_id
+    );
+
+    let response = env
+        .http
+        .post(&token_url)
+        .header("authorization", format!("Basic {}", basic("wrong")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(body["error_codes"], serde_json::json!([7000215]));
+}
+
+#[tokio::test]
+async fn a_write_to_an_application_the_rotator_does_not_own_is_denied_and_says_which_permission() {
+    let env = env().await;
+    env.graph.require_ownership();
+    let graph = client(&env);
+    let end = Utc::now() + ChronoDuration::days(30);
+
+    let denied = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), end)
+        .await
+        .unwrap_err();
+
+    let GraphError::Api { status, code, .. } = &denied else {
+        panic!("expected an API error, got {denied:?}")
+    };
+    assert_eq!(
+        (*status, code.as_str()),
+        (403, "Authorization_RequestDenied")
+    );
+    let message = denied.to_string();
+    assert!(
+        message.contains("Insufficient privileges to complete the operation"),
+        "{message}"
+    );
+    assert!(message.contains("owner of this application"), "{message}");
+    assert_eq!(
+        env.tenant
+            .app(env.target.object_id)
+            .unwrap()
+            .passwords
+            .len(),
+        1,
+        "nothing was minted"
+    );
+
+    env.graph
+        .add_owner(env.target.object_id, env.rotator.app_id);
+    let minted = graph
+        .add_password(env.target.object_id, &marker_for("smtp"), end)
+        .await
+        .unwrap();
+    graph
+        .remove_password(env.target.object_id, minted.credential.key_id)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn get_application_carries_key_credentials_and_the_collection_filters_by_app_id() {
+    let env = env().await;
+    let now = Utc::now();
+    let certificate = env.graph.add_certificate(
+        env.target.object_id,
+        "signing",
+        now,
+        now + ChronoDuration::days(90),
+    );
+
+    let (status, _, app) =
+        get_json(&env, &format!("v1.0/applications/{}", env.target.object_id)).await;
+    assert_eq!(status, 200, "{app}");
+    assert_eq!(app["keyCredentials"][0]["keyId"], certificate.to_string());
+    assert_eq!(app["keyCredentials"][0]["type"], "AsymmetricX509Cert");
+
+    let filter = format!("appId eq '{}'", env.target.app_id);
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("$filter", &filter)
+        .append_pair("$select", "id,appId")
+        .finish();
+    let (status, _, page) = get_json(&env, &format!("v1.0/applications?{query}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["value"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["value"][0]["id"], env.target.object_id.to_string());
+
+    let (status, _, refused) = get_json(&env, "v1.0/applications?$filter=appId%20ne%20'x'").await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "Request_UnsupportedQuery");
+}
+
+#[tokio::test]
+async fn writes_near_and_past_the_limit_carry_graphs_throttle_headers() {
+    let env = env().await;
+    env.graph
+        .set_write_budget(2, 100, Duration::from_secs(3600));
+    let path = format!("v1.0/applications/{}/addPassword", env.target.object_id);
+    let body = serde_json::json!({"passwordCredential": {"displayName": "x"}});
+
+    let (first, headers, _) = post_json(&env, &path, body.clone()).await;
+    assert_eq!(first, 200);
+    assert!(
+        headers.get("x-ms-throttle-limit-percentage").is_none(),
+        "half the limit is below 80 %"
+    );
+    let (second, headers, _) = post_json(&env, &path, body.clone()).await;
+    assert_eq!(second, 200);
+    assert_eq!(headers["x-ms-throttle-limit-percentage"], "1.00");
+    let (third, headers, refused) = post_json(&env, &path, body).await;
+    assert_eq!(third, 429, "{refused}");
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        headers["x-ms-throttle-scope"],
+        format!(
+            "Tenant_Application/Write/{}/{}",
+            env.rotator.app_id, env.tenant.tenant_id
+        )
+        .as_str()
+    );
+    assert_eq!(headers["x-ms-throttle-information"], "WriteLimitExceeded");
+}
+
+#[tokio::test]
+async fn a_remove_password_before_replication_is_graphs_400_although_the_credential_exists() {
+    let env = env().await;
+    env.graph.set_replication_delay(Duration::from_secs(3600));
+    let (_, _, minted) = post_json(
+        &env,
+        &format!("v1.0/applications/{}/addPassword", env.target.object_id),
+        serde_json::json!({"passwordCredential": {"displayName": "new"}}),
+    )
+    .await;
+    let key_id = minted["keyId"].as_str().unwrap().to_string();
+
+    let (status, _, body) = post_json(
+        &env,
+        &format!("v1.0/applications/{}/removePassword", env.target.object_id),
+        serde_json::json!({"keyId": key_id}),
+    )
+    .await;
+
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        format!("No password credential found with keyId {key_id}.")
+    );
+    let listed: Vec<String> = env
+        .tenant
+        .app(env.target.object_id)
+        .unwrap()
+        .passwords
+        .iter()
+        .map(|p| p.key_id.to_string())
+        .collect();
+    assert!(listed.contains(&key_id), "the credential is still there");
+    // One that replicated long ago is removed at once.
+    let now = Utc::now();
+    let old = env
+        .tenant
+        .add_replicated_password(
+            env.target.object_id,
+            Some("old".into()),
+            now,
+            now + ChronoDuration::days(9),
+        )
+        .unwrap();
+    let (status, _, _) = post_json(
+        &env,
+        &format!("v1.0/applications/{}/removePassword", env.target.object_id),
+        serde_json::json!({"keyId": old.key_id}),
+    )
+    .await;
+    assert_eq!(status, 204);
+}

@@ -499,3 +499,142 @@ async fn a_vault_is_asked_for_the_audience_of_its_cloud() {
         assert_eq!(VaultTrust::for_authority(&authority.parse().unwrap()).audience, audience);
     }
 }
+
+#[tokio::test]
+async fn a_deletion_still_in_progress_is_retried_later_not_a_rejection() {
+    let f = fixture().await;
+    f.vault.seed(SECRET_NAME, "old-value", &[]);
+    f.vault.hold_deletions();
+    f.vault.soft_delete(SECRET_NAME);
+    let store = f.store();
+    let value = SecretString::from("new-value");
+
+    let err = store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+    assert!(err.is_transient());
+    let text = err.to_string();
+    assert!(text.contains("ObjectIsBeingDeleted") || text.contains("being deleted"), "{text}");
+    assert!(text.contains(&f.vault.vault_url()) && text.contains(SECRET_NAME), "{text}");
+    assert!(!text.contains("new-value"), "{text}");
+
+    // Once the deletion has finished the name is soft-deleted: recover or purge.
+    f.vault.finish_deletions();
+    let err = store
+        .write(&to_store(&f.app, Uuid::new_v4(), &value))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::SoftDeleted, "{err}");
+}
+
+/// A raw request to the vault with a Key Vault token from the shared tenant.
+async fn raw(f: &Fixture, method: reqwest::Method, path_and_query: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let token = f.tenant.issue_token(
+        Uuid::new_v4(),
+        "https://vault.azure.net/.default",
+        Duration::from_secs(600),
+    );
+    let url = format!("{}{path_and_query}", f.vault.vault_url());
+    let mut request = f.http().request(method, &url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn the_vault_serves_the_api_versions_current_sdks_send_and_refuses_others_as_key_vault_does() {
+    let f = fixture().await;
+    f.vault.seed(SECRET_NAME, "value", &[]);
+    // Python azure-keyvault-secrets 4.12 defaults to 2026-04-01; the Rust SDK sends 2025-07-01.
+    for version in ["2026-04-01", "2025-07-01", "7.6", "7.5", "7.4", "7.0", "2016-10-01"] {
+        let (status, body) = raw(&f, reqwest::Method::GET, &format!("/secrets/{SECRET_NAME}/?api-version={version}"), None).await;
+        assert_eq!(status, 200, "api-version {version}: {body}");
+    }
+    for version in ["2015-06-01", "7.7", "2099-01-01", "latest"] {
+        let (status, body) = raw(&f, reqwest::Method::GET, &format!("/secrets/{SECRET_NAME}/?api-version={version}"), None).await;
+        assert_eq!(status, 400, "api-version {version}: {body}");
+        assert_eq!(body["error"]["code"], "BadParameter");
+        assert_eq!(
+            body["error"]["message"],
+            format!("The specified version ({version}) is not recognized. Consider using the latest supported version (2026-04-01).")
+        );
+    }
+}
+
+#[tokio::test]
+async fn listings_page_by_maxresults_with_next_links() {
+    let f = fixture().await;
+    for name in ["alpha", "bravo", "charlie"] {
+        f.vault.seed(name, "value", &[]);
+    }
+    f.vault.seed("alpha", "second", &[]);
+    let mut names = Vec::new();
+    let mut next = Some("/secrets?api-version=2026-04-01&maxresults=2".to_string());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let (status, body) = raw(&f, reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        for item in body["value"].as_array().unwrap() {
+            assert!(item.get("value").is_none(), "listings carry no values: {item}");
+            names.push(item["id"].as_str().unwrap().rsplit('/').next().unwrap().to_string());
+        }
+        next = body["nextLink"].as_str().map(|link| link.trim_start_matches(&f.vault.vault_url()).to_string());
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(names, ["alpha", "bravo", "charlie"]);
+
+    let (_, first) = raw(&f, reqwest::Method::GET, "/secrets/alpha/versions?api-version=7.6&maxresults=1", None).await;
+    assert_eq!(first["value"].as_array().unwrap().len(), 1);
+    let link = first["nextLink"].as_str().expect("a second version remains");
+    let (_, second) = raw(&f, reqwest::Method::GET, link.trim_start_matches(&f.vault.vault_url()), None).await;
+    assert_eq!(second["value"].as_array().unwrap().len(), 1);
+    assert!(second["nextLink"].is_null());
+
+    let (status, body) = raw(&f, reqwest::Method::GET, "/secrets?api-version=7.6&maxresults=26", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "BadParameter");
+}
+
+#[tokio::test]
+async fn patch_updates_a_versions_attributes_and_tags_but_not_its_value() {
+    let f = fixture().await;
+    let version = f.vault.seed(SECRET_NAME, "kept-value", &[("keyId", "k1")]);
+    let patch = serde_json::json!({"attributes": {"enabled": false, "exp": 2_000_000_000}, "tags": {"retired": "yes"}, "contentType": "text/plain"});
+
+    let (status, body) = raw(&f, reqwest::Method::PATCH, &format!("/secrets/{SECRET_NAME}/{}?api-version=2026-04-01", version.version), Some(patch)).await;
+
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("value").is_none(), "{body}");
+    assert_eq!(body["attributes"]["enabled"], false);
+    let stored = f.vault.latest(SECRET_NAME).unwrap();
+    assert!(!stored.enabled);
+    assert_eq!(stored.expires, Some(2_000_000_000));
+    assert_eq!(stored.tags.get("retired").map(String::as_str), Some("yes"));
+    assert_eq!(stored.tags.get("keyId"), None, "given tags replace all tags, as Key Vault does");
+    assert_eq!(stored.value, "kept-value");
+}
+
+#[tokio::test]
+async fn the_challenge_names_the_authority_the_vault_was_given() {
+    let f = fixture().await;
+    f.vault.set_authority("https://127.0.0.1:4443/");
+    let response = f
+        .http()
+        .get(format!("{}/secrets/{SECRET_NAME}/?api-version=2026-04-01", f.vault.vault_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert_eq!(
+        challenge,
+        format!(r#"Bearer authorization="https://127.0.0.1:4443/{}", resource="https://vault.azure.net""#, f.tenant.tenant_id)
+    );
+}

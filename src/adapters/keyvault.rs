@@ -391,6 +391,14 @@ impl KeyVaultStore {
                     "{what}. A deleted secret named {name} still holds the name. Recover it (`az keyvault secret recover --vault-name {vault} --name {name}`) or, if it must go, purge it (`az keyvault secret purge --vault-name {vault} --name {name}`; needs the purge permission), then run the rotation again"
                 ),
             ),
+            // The seconds after a delete, before the name is soft-deleted: trying again
+            // shortly gets a clear answer (written, or deleted-but-recoverable).
+            (409, Some("ObjectIsBeingDeleted")) => (
+                StoreErrorKind::Transient,
+                format!(
+                    "{what}. Somebody deleted the secret {name} moments ago and the vault is still deleting it; will try again shortly (once deleted it can be recovered with `az keyvault secret recover --vault-name {vault} --name {name}`)"
+                ),
+            ),
             (403, Some("SecretDisabled")) => (
                 StoreErrorKind::Rejected,
                 format!(

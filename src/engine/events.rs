@@ -11,7 +11,9 @@ pub enum Event {
     Observed { current: Option<Uuid>, expires: Option<DateTime<Utc>>, credentials: usize },
     Decided { reason: &'static str, message: String },
     OrphanRemoved { key_id: Uuid },
-    Discarded { key_id: Uuid },
+    /// A secret that failed verification; `left_behind` says why it is still on the
+    /// application when its removal did not take.
+    Discarded { key_id: Uuid, left_behind: Option<String> },
     Minted { key_id: Uuid, expires: Option<DateTime<Utc>> },
     Stored { key_id: Uuid, store: String },
     VerificationAttemptFailed { attempt: u32, retry_in: Option<std::time::Duration>, message: String },
@@ -38,9 +40,13 @@ impl fmt::Display for Event {
             Event::OrphanRemoved { key_id } => {
                 write!(f, "removed keyId {key_id}: minted earlier but its value reached no store")
             }
-            Event::Discarded { key_id } => {
+            Event::Discarded { key_id, left_behind: None } => {
                 write!(f, "removed keyId {key_id}: it failed verification and was never stored")
             }
+            Event::Discarded { key_id, left_behind: Some(why) } => write!(
+                f,
+                "keyId {key_id} failed verification and was never stored, but is still on the application ({why}); nobody holds its value, and a later run removes it as an orphan once orphanGracePeriod has passed"
+            ),
             Event::Minted { key_id, expires } => write!(
                 f,
                 "minted keyId {key_id}, expires {}",

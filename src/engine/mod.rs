@@ -305,12 +305,22 @@ impl Engine {
     }
 
     /// Removes a secret that failed verification: its value reached no store, so nobody
-    /// can use it. Should Graph refuse, the next run removes it as an orphan.
+    /// can use it. Right after its addPassword, Graph may answer that it has no such
+    /// credential (the removal reached a replica the new secret has not), which the
+    /// directory takes for "already gone"; so a read confirms it left. Whatever is left
+    /// behind is reported, and a later run removes it as an orphan.
     async fn discard(&self, rotation: &Rotation, object_id: Uuid, key_id: Uuid) {
-        match rotation.directory.remove_password(object_id, key_id).await {
-            Ok(()) => self.emit(rotation, Event::Discarded { key_id }),
-            Err(error) => tracing::warn!(rotation = %rotation.name, %key_id, %error, "could not remove the unverified secret; the next run removes it"),
-        }
+        let left_behind = match rotation.directory.remove_password(object_id, key_id).await {
+            Err(error) => Some(format!("Graph refused the removal: {error}")),
+            Ok(()) => match rotation.directory.application(&rotation.app).await {
+                Ok(app) if app.credential(key_id).is_some() => Some(
+                    "Graph accepted the removal but still lists it (directory replication)".to_string(),
+                ),
+                Ok(_) => None,
+                Err(error) => Some(format!("could not confirm the removal: {error}")),
+            },
+        };
+        self.emit(rotation, Event::Discarded { key_id, left_behind });
     }
 
     async fn store_one(

@@ -6,17 +6,32 @@
 //! `request-id`/`client-request-id` headers, and the token endpoint's OAuth error bodies with
 //! `AADSTS` codes. Tokens and secrets come from the shared [`Tenant`].
 //!
+//! The token endpoint also serves what MSAL-based clients read first: the tenant's OpenID
+//! configuration (`/{tenant}/v2.0/.well-known/openid-configuration`) and instance discovery
+//! (`/common/discovery/instance`). A tenant may be named by id or by a verified domain
+//! ([`Tenant::add_verified_domain`]); clients authenticate by form fields
+//! (`client_secret_post`) or HTTP Basic (`client_secret_basic`).
+//!
 //! Routes and their names for [`Faults`]: `token`, `getApplication`, `addPassword`,
 //! `removePassword`, `listApplications` (`GET /v1.0/applications` with `$top`, `$filter` on
-//! `startswith(displayName,…)` and `@odata.nextLink` paging by opaque `$skiptoken`) and
+//! `startswith(displayName,…)` or `appId eq '…'` and `@odata.nextLink` paging by opaque
+//! `$skiptoken`) and
 //! `listOwnedApplications` (`GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`).
 //! Listings also carry the certificate credentials (`keyCredentials`) added with
 //! [`GraphStandin::add_certificate`].
 //!
-//! Opt-in write throttling ([`GraphStandin::set_write_budget`]) models Graph's identity and
-//! access limits: writes (`addPassword`, `removePassword`) per calling application in the
-//! tenant and per tenant within a sliding window, refused beyond that with 429 and a
-//! `Retry-After` saying when the oldest write leaves the window.
+//! Opt-in behaviours of the real directory:
+//! - write throttling ([`GraphStandin::set_write_budget`]) models Graph's identity and access
+//!   limits: writes (`addPassword`, `removePassword`) per calling application in the tenant
+//!   and per tenant within a sliding window, refused beyond that with 429, `Retry-After`
+//!   saying when the oldest write leaves the window, and `x-ms-throttle-scope` /
+//!   `x-ms-throttle-information`; accepted writes past 80 % of a limit carry
+//!   `x-ms-throttle-limit-percentage`;
+//! - `Application.ReadWrite.OwnedBy` ([`GraphStandin::require_ownership`]): writes to an
+//!   application the caller does not own get 403 `Authorization_RequestDenied`;
+//! - replication ([`GraphStandin::set_replication_delay`]): a `removePassword` reaching a
+//!   replica before the `addPassword` it follows gets Graph's 400 "No password credential
+//!   found with keyId …" although the credential exists (and reads show it).
 
 // Helpers short-circuit with a ready axum `Response`; its size does not matter in a stand-in.
 #![allow(clippy::result_large_err)]
@@ -38,7 +53,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use url::Url;
 use uuid::Uuid;
 
@@ -74,6 +90,7 @@ pub struct GraphStandin {
     faults: Faults,
     listing: listing::Extras,
     budget: budget::WriteBudget,
+    directory: Arc<Mutex<DirectorySettings>>,
     /// Keeps the server running; dropping it stops it.
     _server: ServerTask,
 }
@@ -84,6 +101,20 @@ struct AppState {
     faults: Faults,
     listing: listing::Extras,
     budget: budget::WriteBudget,
+    directory: Arc<Mutex<DirectorySettings>>,
+}
+
+/// The opt-in behaviours of the real directory (see the module comment).
+#[derive(Default)]
+struct DirectorySettings {
+    require_ownership: bool,
+    replication_delay: Duration,
+}
+
+impl AppState {
+    fn directory(&self) -> MutexGuard<'_, DirectorySettings> {
+        crate::lock(&self.directory)
+    }
 }
 
 /// What the stand-in knows about each request before a handler runs: Graph's ids, which it
@@ -102,11 +133,13 @@ impl GraphStandin {
         let faults = Faults::with_error_body(graph_fault_body);
         let listing = listing::Extras::default();
         let budget = budget::WriteBudget::default();
+        let directory = Arc::new(Mutex::new(DirectorySettings::default()));
         let state = AppState {
             tenant: tenant.clone(),
             faults: faults.clone(),
             listing: listing.clone(),
             budget: budget.clone(),
+            directory: directory.clone(),
         };
         let (address, server) = serve_tls(router(state), pki).await?;
         Ok(Self {
@@ -115,6 +148,7 @@ impl GraphStandin {
             faults,
             listing,
             budget,
+            directory,
             _server: server,
         })
     }
@@ -166,6 +200,21 @@ impl GraphStandin {
         self.budget.configure(per_app, per_tenant, window);
     }
 
+    /// From now on callers hold `Application.ReadWrite.OwnedBy` only (the rotator's least
+    /// privilege): `addPassword` and `removePassword` on an application the caller is not an
+    /// owner of ([`add_owner`](Self::add_owner)) get 403 `Authorization_RequestDenied`, as
+    /// Graph answers. Reads stay allowed.
+    pub fn require_ownership(&self) {
+        crate::lock(&self.directory).require_ownership = true;
+    }
+
+    /// From now on a password credential is unknown to `removePassword` until `delay` after
+    /// its `addPassword` (400 "No password credential found with keyId …"), as when the
+    /// removal reaches a directory replica the new credential has not reached yet.
+    pub fn set_replication_delay(&self, delay: Duration) {
+        crate::lock(&self.directory).replication_delay = delay;
+    }
+
     /// How many writes the write budget refused with 429 so far.
     pub fn throttled_writes(&self) -> u64 {
         self.budget.throttled()
@@ -181,6 +230,11 @@ impl GraphStandin {
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(discovery::openid_configuration),
+        )
+        .route("/common/discovery/instance", get(discovery::instance_discovery))
         .route("/v1.0/applications/{id}", get(get_application))
         .route("/v1.0/applications/{id}/addPassword", post(add_password))
         .route(
@@ -239,12 +293,17 @@ async fn token(
     State(state): State<AppState>,
     Extension(ids): Extension<RequestContext>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Some(fault) = intercept(&state, ROUTE_TOKEN, &ids).await {
         return fault;
     }
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let mut form: HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    if let Err(refusal) = take_basic_credentials(&headers, &mut form) {
+        return refusal.into_response(&ids);
+    }
     match grant_token(&state.tenant, &tenant, &form) {
         Ok(access_token) => Json(json!({
             "token_type": "Bearer",
@@ -281,20 +340,75 @@ impl TokenRefusal {
     }
 }
 
+/// Client authentication by HTTP Basic (`client_secret_basic`, RFC 6749 section 2.3.1):
+/// `base64(urlencode(client_id) ":" urlencode(client_secret))`. Its values fill the form's
+/// `client_id` and `client_secret`; a form naming another client is refused.
+fn take_basic_credentials(
+    headers: &HeaderMap,
+    form: &mut HashMap<String, String>,
+) -> Result<(), TokenRefusal> {
+    use base64::Engine as _;
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return Ok(());
+    };
+    let malformed = || {
+        TokenRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000218,
+            "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'. The Authorization header is not a valid HTTP Basic client authentication.".into(),
+        )
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(malformed)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let unescape = |text: &str| -> String {
+        url::form_urlencoded::parse(format!("v={text}").as_bytes())
+            .map(|(_, value)| value.into_owned())
+            .next()
+            .unwrap_or_default()
+    };
+    let (id, secret) = (unescape(id), unescape(secret));
+    if form.get("client_id").is_some_and(|form_id| *form_id != id) {
+        return Err(TokenRefusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50148,
+            "AADSTS50148: The client_id in the request body does not match the client_id in the Authorization header.".into(),
+        ));
+    }
+    form.insert("client_id".into(), id);
+    form.insert("client_secret".into(), secret);
+    Ok(())
+}
+
+/// Entra's refusal of an unknown tenant: `invalid_request` at the token endpoint,
+/// `invalid_tenant` at the discovery documents.
+fn tenant_not_found(error: &'static str, tenant_in_path: &str) -> TokenRefusal {
+    TokenRefusal::new(
+        StatusCode::BAD_REQUEST,
+        error,
+        90002,
+        format!(
+            "AADSTS90002: Tenant '{tenant_in_path}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."
+        ),
+    )
+}
+
 fn grant_token(
     tenant: &Tenant,
     tenant_in_path: &str,
     form: &HashMap<String, String>,
 ) -> Result<String, TokenRefusal> {
-    if !tenant_in_path.eq_ignore_ascii_case(&tenant.tenant_id.to_string()) {
-        return Err(TokenRefusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            90002,
-            format!(
-                "AADSTS90002: Tenant '{tenant_in_path}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
-            ),
-        ));
+    if !tenant.is_named(tenant_in_path) {
+        return Err(tenant_not_found("invalid_request", tenant_in_path));
     }
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let grant_type = field("grant_type").ok_or_else(|| missing_parameter("grant_type"))?;
@@ -383,14 +497,15 @@ fn unknown_client(client_id: &str, tenant: &Tenant) -> TokenRefusal {
     )
 }
 
-/// Entra's OAuth error body; the description ends with the trace and correlation ids.
+/// Entra's OAuth error body; the description ends with the trace id, the correlation id
+/// and the time, each on its own CRLF-separated line as Entra sends them.
 fn aad_error_body(error: &str, code: u32, description: &str, ids: &RequestContext) -> Value {
     let now = Utc::now();
     let timestamp = now.format("%Y-%m-%d %H:%M:%SZ").to_string();
     json!({
         "error": error,
         "error_description": format!(
-            "{description} Trace ID: {} Correlation ID: {} Timestamp: {timestamp}",
+            "{description}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {timestamp}",
             ids.request_id, ids.client_request_id
         ),
         "error_codes": [code],
@@ -399,6 +514,94 @@ fn aad_error_body(error: &str, code: u32, description: &str, ids: &RequestContex
         "correlation_id": ids.client_request_id,
         "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
     })
+}
+
+/// The documents MSAL-based clients (azure-identity, MSAL Python, MSAL.NET) read before
+/// they ask for a token: the tenant's OpenID configuration and instance discovery.
+mod discovery {
+    use super::*;
+
+    /// `GET /{tenant}/v2.0/.well-known/openid-configuration`, for a tenant named by id or
+    /// verified domain; the endpoints always carry the tenant id, as Entra's do.
+    pub(super) async fn openid_configuration(
+        State(state): State<AppState>,
+        Extension(ids): Extension<RequestContext>,
+        Path(tenant): Path<String>,
+    ) -> Response {
+        if !state.tenant.is_named(&tenant) {
+            return tenant_not_found("invalid_tenant", &tenant).into_response(&ids);
+        }
+        let authority = format!("{}/{}", ids.base, state.tenant.tenant_id);
+        Json(json!({
+            "token_endpoint": format!("{authority}/oauth2/v2.0/token"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": format!("{authority}/discovery/v2.0/keys"),
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": format!("{authority}/v2.0"),
+            "request_uri_parameter_supported": false,
+            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+            "authorization_endpoint": format!("{authority}/oauth2/v2.0/authorize"),
+            "device_authorization_endpoint": format!("{authority}/oauth2/v2.0/devicecode"),
+            "http_logout_supported": true,
+            "frontchannel_logout_supported": true,
+            "end_session_endpoint": format!("{authority}/oauth2/v2.0/logout"),
+            "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
+            "kerberos_endpoint": format!("{authority}/kerberos"),
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+            "rbac_url": "https://pas.windows.net",
+        }))
+        .into_response()
+    }
+
+    /// `GET /common/discovery/instance?api-version=1.1&authorization_endpoint=…`: the
+    /// authority is known when the endpoint is this host's; the answer names the tenant's
+    /// discovery document and this host as its only alias. Another host is
+    /// `invalid_instance` (AADSTS50049), as Entra answers for an authority it does not know.
+    pub(super) async fn instance_discovery(
+        Extension(ids): Extension<RequestContext>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Response {
+        let endpoint = query
+            .get("authorization_endpoint")
+            .and_then(|e| Url::parse(e).ok());
+        // By host name only, as Entra knows its authorities: MSAL sends the authority's
+        // host without its port.
+        let own = Url::parse(&ids.base).ok();
+        let same_host = |e: &Url| own.as_ref().is_some_and(|own| own.host() == e.host());
+        let Some(endpoint) = endpoint.filter(same_host) else {
+            return TokenRefusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_instance",
+                50049,
+                "AADSTS50049: Unknown or invalid instance.".into(),
+            )
+            .into_response(&ids);
+        };
+        let tenant = endpoint
+            .path_segments()
+            .and_then(|mut segments| segments.next())
+            .filter(|t| !t.is_empty())
+            .unwrap_or("common")
+            .to_string();
+        let authority_host = ids.base.trim_start_matches("https://");
+        Json(json!({
+            "tenant_discovery_endpoint": format!("{}/{tenant}/v2.0/.well-known/openid-configuration", ids.base),
+            "api-version": "1.1",
+            "metadata": [{
+                "preferred_network": authority_host,
+                "preferred_cache": authority_host,
+                "aliases": [authority_host],
+            }],
+        }))
+        .into_response()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,6 +658,24 @@ struct GraphCall {
     state: AppState,
     ids: RequestContext,
     object_id: Uuid,
+    /// For writes past 80 % of a write limit: the share of it used, for the response's
+    /// `x-ms-throttle-limit-percentage`.
+    limit_used: Option<f64>,
+}
+
+impl GraphCall {
+    /// The handler's answer, with the throttling header Graph adds near a limit.
+    fn finish(&self, mut response: Response) -> Response {
+        if let Some(value) = self
+            .limit_used
+            .and_then(|used| HeaderValue::from_str(&format!("{used:.2}")).ok())
+        {
+            response
+                .headers_mut()
+                .insert("x-ms-throttle-limit-percentage", value);
+        }
+        response
+    }
 }
 
 /// Counts and faults the route, checks the bearer token, then resolves the application.
@@ -469,17 +690,32 @@ async fn begin(
         return Err(fault);
     }
     let caller = check_bearer(&state, headers, &ids)?;
-    if route == ROUTE_ADD_PASSWORD || route == ROUTE_REMOVE_PASSWORD {
+    let is_write = route == ROUTE_ADD_PASSWORD || route == ROUTE_REMOVE_PASSWORD;
+    let limit_used = if is_write {
         state
             .budget
             .admit(caller.client_id)
-            .map_err(|wait| budget::throttled_response(wait, &ids))?;
-    }
+            .map_err(|refusal| {
+                budget::throttled_response(&refusal, caller.client_id, state.tenant.tenant_id, &ids)
+            })?
+    } else {
+        None
+    };
     let object_id = address.resolve(&state.tenant, &ids)?;
+    let owned_only = state.directory().require_ownership;
+    if is_write && owned_only && !state.listing.is_owned_by(object_id, caller.client_id) {
+        return Err(graph_error(
+            StatusCode::FORBIDDEN,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation.",
+            &ids,
+        ));
+    }
     Ok(GraphCall {
         state,
         ids,
         object_id,
+        limit_used,
     })
 }
 
@@ -584,7 +820,7 @@ async fn read_application(
         "appId": app.app_id,
         "displayName": app.display_name,
         "signInAudience": "AzureADMyOrg",
-        "keyCredentials": [],
+        "keyCredentials": call.state.listing.certificates_json(app.object_id),
         "passwordCredentials": app.passwords.iter().map(password_json).collect::<Vec<_>>(),
     });
     let context = match &select {
@@ -735,7 +971,7 @@ async fn mint(
         "{}/v1.0/$metadata#microsoft.graph.passwordCredential",
         call.ids.base
     ));
-    Json(body).into_response()
+    call.finish(Json(body).into_response())
 }
 
 /// The tenant's app-management policy: a secret ends after it starts, at most two years later.
@@ -825,9 +1061,18 @@ async fn revoke(
             &call.ids,
         );
     };
+    let delay = call.state.directory().replication_delay;
+    let replicated = |key: Uuid| {
+        call.state.tenant.app(call.object_id).is_none_or(|app| {
+            app.passwords
+                .iter()
+                .filter(|p| p.key_id == key)
+                .all(|p| Instant::now() >= p.minted_at + delay)
+        })
+    };
     let removed = key_id
         .parse::<Uuid>()
-        .is_ok_and(|key| call.state.tenant.remove_password(call.object_id, key));
+        .is_ok_and(|key| replicated(key) && call.state.tenant.remove_password(call.object_id, key));
     if !removed {
         let message = format!("No password credential found with keyId {key_id}.");
         return graph_error(
@@ -837,7 +1082,7 @@ async fn revoke(
             &call.ids,
         );
     }
-    StatusCode::NO_CONTENT.into_response()
+    call.finish(StatusCode::NO_CONTENT.into_response())
 }
 
 fn bad_body(detail: &str, ids: &RequestContext) -> Response {
@@ -1027,7 +1272,7 @@ mod listing {
                 .push(owner_client_id);
         }
 
-        fn certificates_json(&self, object_id: Uuid) -> Vec<Value> {
+        pub(super) fn certificates_json(&self, object_id: Uuid) -> Vec<Value> {
             let state = self.state();
             let certificates = state
                 .certificates
@@ -1051,7 +1296,7 @@ mod listing {
                 .collect()
         }
 
-        fn is_owned_by(&self, object_id: Uuid, owner_client_id: Uuid) -> bool {
+        pub(super) fn is_owned_by(&self, object_id: Uuid, owner_client_id: Uuid) -> bool {
             self.state()
                 .owners
                 .get(&object_id)
@@ -1071,24 +1316,19 @@ mod listing {
         if let Err(response) = check_bearer(&state, &headers, &ids) {
             return response;
         }
-        let prefix = match query
+        let filter = match query
             .get("$filter")
-            .map(|f| parse_startswith(f, &ids))
+            .map(|f| parse_filter(f, &ids))
             .transpose()
         {
-            Ok(prefix) => prefix,
+            Ok(filter) => filter,
             Err(response) => return response,
-        };
-        let matches = |name: &str| {
-            prefix
-                .as_deref()
-                .is_none_or(|p| name.to_lowercase().starts_with(&p.to_lowercase()))
         };
         let apps = state
             .tenant
             .apps()
             .into_iter()
-            .filter(|a| matches(&a.display_name))
+            .filter(|a| filter.as_ref().is_none_or(|f| f.matches(a)))
             .collect();
         page(&state, &ids, "applications", &query, apps, false)
     }
@@ -1279,18 +1519,47 @@ mod listing {
             })
     }
 
-    /// The prefix of `startswith(displayName,'…')`, the one filter this stand-in serves.
-    fn parse_startswith(filter: &str, ids: &RequestContext) -> Result<String, Response> {
-        let literal = filter
-            .trim()
+    /// The filters this stand-in serves.
+    enum Filter {
+        /// `startswith(displayName,'…')`, case-insensitive as Graph's.
+        DisplayNameStartsWith(String),
+        /// `appId eq '…'`.
+        AppId(String),
+    }
+
+    impl Filter {
+        fn matches(&self, app: &StandinApp) -> bool {
+            match self {
+                Filter::DisplayNameStartsWith(prefix) => app
+                    .display_name
+                    .to_lowercase()
+                    .starts_with(&prefix.to_lowercase()),
+                Filter::AppId(app_id) => app.app_id.to_string().eq_ignore_ascii_case(app_id),
+            }
+        }
+    }
+
+    /// `startswith(displayName,'…')` or `appId eq '…'`; anything else is Graph's 400.
+    fn parse_filter(filter: &str, ids: &RequestContext) -> Result<Filter, Response> {
+        let trimmed = filter.trim();
+        let starts_with = trimmed
             .strip_prefix("startswith(displayName,")
-            .and_then(|rest| rest.strip_suffix(')'))
-            .map(str::trim)
-            .and_then(|quoted| quoted.strip_prefix('\'')?.strip_suffix('\''));
+            .and_then(|rest| rest.strip_suffix(')'));
+        let app_id = trimmed
+            .strip_prefix("appId")
+            .map(str::trim_start)
+            .and_then(|rest| rest.strip_prefix("eq "));
+        let quoted = starts_with.or(app_id).map(str::trim);
+        let literal = quoted.and_then(|q| q.strip_prefix('\'')?.strip_suffix('\''));
         match literal {
             // OData doubles single quotes inside string literals.
             Some(literal) if !literal.replace("''", "").contains('\'') => {
-                Ok(literal.replace("''", "'"))
+                let literal = literal.replace("''", "'");
+                Ok(if starts_with.is_some() {
+                    Filter::DisplayNameStartsWith(literal)
+                } else {
+                    Filter::AppId(literal)
+                })
             }
             _ => {
                 let message = format!(
@@ -1360,33 +1629,44 @@ mod budget {
             self.state().throttled
         }
 
-        /// Counts a write by `caller`, or says how long until the budget has room for it.
-        pub(super) fn admit(&self, caller: Uuid) -> Result<(), Duration> {
+        /// Counts a write by `caller`; `Ok(Some(share))` when it used more than 80 % of a
+        /// limit (the larger share of the two), or the refusal when either is used up.
+        pub(super) fn admit(&self, caller: Uuid) -> Result<Option<f64>, Throttled> {
             let mut state = self.state();
             let Some(limits) = state.limits else {
-                return Ok(());
+                return Ok(None);
             };
             let now = Instant::now();
             let BudgetState {
                 by_caller, tenant, ..
             } = &mut *state;
             let mine = by_caller.entry(caller).or_default();
-            let waits = [
-                room_in(mine, limits.per_app, limits.window, now),
-                room_in(tenant, limits.per_tenant, limits.window, now),
-            ];
-            match waits.into_iter().flatten().max() {
-                Some(wait) => {
-                    state.throttled += 1;
-                    Err(wait)
-                }
-                None => {
-                    mine.push_back(now);
-                    tenant.push_back(now);
-                    Ok(())
-                }
+            let app_wait = room_in(mine, limits.per_app, limits.window, now);
+            let tenant_wait = room_in(tenant, limits.per_tenant, limits.window, now);
+            if app_wait.is_some() || tenant_wait.is_some() {
+                state.throttled += 1;
+                let scope = if app_wait.is_some() {
+                    "Tenant_Application"
+                } else {
+                    "Tenant"
+                };
+                let wait = app_wait.into_iter().chain(tenant_wait).max().unwrap_or_default();
+                return Err(Throttled { wait, scope });
             }
+            mine.push_back(now);
+            tenant.push_back(now);
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+            let share = (mine.len() as f64 / limits.per_app.max(1) as f64)
+                .max(tenant.len() as f64 / limits.per_tenant.max(1) as f64);
+            Ok((share > 0.8).then_some(share))
         }
+    }
+
+    /// A write refused by the budget: how long until there is room, and which limit.
+    pub(super) struct Throttled {
+        wait: Duration,
+        /// `Tenant_Application` (this caller in this tenant) or `Tenant` (all callers).
+        scope: &'static str,
     }
 
     /// Drops writes older than `window`; `Some(wait)` when `limit` writes remain in it.
@@ -1409,8 +1689,15 @@ mod budget {
         Some((oldest + window).saturating_duration_since(now))
     }
 
-    /// Graph's 429: `Retry-After` in whole seconds, rounded up, at least one.
-    pub(super) fn throttled_response(wait: Duration, ids: &RequestContext) -> Response {
+    /// Graph's 429: `Retry-After` in whole seconds, rounded up, at least one, and the
+    /// throttle headers (`<Scope>/<Limit>/<ApplicationId>/<TenantId>`, the reason).
+    pub(super) fn throttled_response(
+        refusal: &Throttled,
+        caller: Uuid,
+        tenant_id: Uuid,
+        ids: &RequestContext,
+    ) -> Response {
+        let wait = refusal.wait;
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let seconds = seconds.max(1);
         let message = format!(
@@ -1422,9 +1709,16 @@ mod budget {
             &message,
             ids,
         );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        let scope = format!("{}/Write/{caller}/{tenant_id}", refusal.scope);
+        if let Ok(value) = HeaderValue::from_str(&scope) {
+            headers.insert("x-ms-throttle-scope", value);
+        }
+        headers.insert(
+            "x-ms-throttle-information",
+            HeaderValue::from_static("WriteLimitExceeded"),
+        );
         response
     }
 }

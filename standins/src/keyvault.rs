@@ -1,13 +1,21 @@
-//! A local Azure Key Vault speaking the secrets REST API (api-version `2025-07-01`, the one
-//! `azure_security_keyvault_secrets` 1.0 sends, and the `7.x` versions) over HTTPS.
+//! A local Azure Key Vault speaking the secrets REST API over HTTPS, in every api-version
+//! today's SDKs send ([`API_VERSIONS`]: `2026-04-01`, the default of Python's
+//! azure-keyvault-secrets 4.12; `2025-07-01`, the one `azure_security_keyvault_secrets` 1.0
+//! sends; `7.0` to `7.6`, `2016-10-01`); any other is refused with 400 `BadParameter`.
 //!
 //! What it models, because the rotator's safety depends on it:
 //! - challenge authentication: a request without `Authorization` gets 401 with
 //!   `WWW-Authenticate: Bearer authorization="…", resource="https://vault.azure.net"`; only
 //!   bearer tokens the shared [`Tenant`] issued for the Key Vault scope are accepted;
 //! - versions: every `PUT /secrets/{name}` adds a version; `GET /secrets/{name}/` is the latest;
+//!   `PATCH /secrets/{name}/{version}` updates a version's attributes, content type and tags;
+//! - listings: `GET /secrets` and `GET /secrets/{name}/versions` page by `maxresults`
+//!   (default and most 25) with an absolute `nextLink` carrying an opaque `$skiptoken`;
 //! - soft delete: a deleted name answers 404 to reads and 409 `ObjectIsDeletedButRecoverable`
-//!   to writes until it is recovered or purged;
+//!   to writes until it is recovered or purged. While a deletion is still in progress
+//!   ([`KeyVaultStandin::hold_deletions`]) writes, purge and recover get 409
+//!   `ObjectIsBeingDeleted` and the deleted secret is not yet readable, as in Azure, where
+//!   that lasts seconds;
 //! - authorisation: [`Access`] makes the vault refuse callers the way Azure RBAC does (403).
 //!
 //! Errors carry Key Vault's shape `{"error":{"code","message","innererror"?}}`. Requests are
@@ -36,6 +44,23 @@ use uuid::Uuid;
 pub const KEY_VAULT_RESOURCE: &str = "https://vault.azure.net";
 /// The api-version `azure_security_keyvault_secrets` 1.0 sends.
 pub const API_VERSION: &str = "2025-07-01";
+/// The newest api-version the vault serves (the default of Python's azure-keyvault-secrets 4.12).
+pub const LATEST_API_VERSION: &str = "2026-04-01";
+/// Every api-version the vault serves: those the current Azure SDKs know.
+pub const API_VERSIONS: &[&str] = &[
+    LATEST_API_VERSION,
+    API_VERSION,
+    "7.6",
+    "7.5",
+    "7.4",
+    "7.3",
+    "7.2",
+    "7.1",
+    "7.0",
+    "2016-10-01",
+];
+/// The page size of listings when `maxresults` is not given, and the most it may ask.
+const MAX_PAGE_SIZE: usize = 25;
 /// Days a deleted secret stays recoverable.
 pub const RECOVERABLE_DAYS: i64 = 90;
 const RECOVERY_LEVEL: &str = "Recoverable+Purgeable";
@@ -46,6 +71,8 @@ pub mod routes {
     pub const SET_SECRET: &str = "PUT /secrets/{name}";
     pub const GET_SECRET: &str = "GET /secrets/{name}/{version}";
     pub const GET_SECRET_VERSIONS: &str = "GET /secrets/{name}/versions";
+    pub const LIST_SECRETS: &str = "GET /secrets";
+    pub const UPDATE_SECRET: &str = "PATCH /secrets/{name}/{version}";
     pub const DELETE_SECRET: &str = "DELETE /secrets/{name}";
     pub const GET_DELETED_SECRET: &str = "GET /deletedsecrets/{name}";
     pub const PURGE_DELETED_SECRET: &str = "DELETE /deletedsecrets/{name}";
@@ -98,6 +125,8 @@ impl fmt::Debug for StoredVersion {
 struct Deletion {
     deleted_date: i64,
     scheduled_purge_date: i64,
+    /// Still being deleted: the name is neither a secret nor a readable deleted secret yet.
+    in_progress: bool,
 }
 
 #[derive(Debug, Default)]
@@ -119,8 +148,12 @@ struct Vault {
     /// The resource its challenge names: Key Vault's own, or another one when the vault
     /// plays a host that harvests tokens ([`KeyVaultStandin::impersonate`]).
     challenge_resource: String,
+    /// The authority host its challenge names (`authorization="{it}/{tenant id}"`).
+    authority: String,
     /// Requests that carried an `Authorization` header, whatever their token.
     bearer_requests: u64,
+    /// Deletions stay in progress until [`KeyVaultStandin::finish_deletions`].
+    hold_deletions: bool,
 }
 
 #[derive(Clone)]
@@ -162,7 +195,9 @@ impl KeyVaultStandin {
                 secrets: BTreeMap::new(),
                 access: Access::Full,
                 challenge_resource: KEY_VAULT_RESOURCE.to_string(),
+                authority: "https://login.microsoftonline.com".to_string(),
                 bearer_requests: 0,
+                hold_deletions: false,
             })),
         };
         let (address, task) = serve_tls(router(shared.clone()), pki).await?;
@@ -187,6 +222,29 @@ impl KeyVaultStandin {
     /// as a host set up to harvest the caller's tokens would.
     pub fn impersonate(&self, resource: &str) {
         self.shared.vault().challenge_resource = resource.to_string();
+    }
+
+    /// Makes the challenge's `authorization` name this authority host (e.g. the Graph
+    /// stand-in's token endpoint host) instead of `https://login.microsoftonline.com`, so
+    /// clients that follow the challenge ask the stand-in for their token.
+    pub fn set_authority(&self, authority_host: &str) {
+        self.shared.vault().authority = authority_host.trim_end_matches('/').to_string();
+    }
+
+    /// From now on a deletion stays in progress (409 `ObjectIsBeingDeleted` to writes, purge
+    /// and recover; the deleted secret 404) until [`finish_deletions`](Self::finish_deletions):
+    /// the window Azure keeps for seconds after a delete, held open for as long as a test needs.
+    pub fn hold_deletions(&self) {
+        self.shared.vault().hold_deletions = true;
+    }
+
+    /// Completes every deletion in progress and stops holding new ones.
+    pub fn finish_deletions(&self) {
+        let mut vault = self.shared.vault();
+        vault.hold_deletions = false;
+        for deletion in vault.secrets.values_mut().filter_map(|e| e.deleted.as_mut()) {
+            deletion.in_progress = false;
+        }
     }
 
     /// How many requests carried an `Authorization` header, valid or not.
@@ -227,6 +285,7 @@ impl KeyVaultStandin {
     /// start from "somebody deleted the secret". Returns `false` if already deleted.
     pub fn soft_delete(&self, name: &str) -> bool {
         let mut vault = self.shared.vault();
+        let in_progress = vault.hold_deletions;
         let entry = vault.secrets.entry(name.to_string()).or_default();
         if entry.deleted.is_some() {
             return false;
@@ -237,7 +296,7 @@ impl KeyVaultStandin {
                 &SetSecretBody::default(),
             ));
         }
-        entry.deleted = Some(deletion_now());
+        entry.deleted = Some(deletion_now(in_progress));
         true
     }
 
@@ -270,13 +329,17 @@ impl KeyVaultStandin {
 
 fn router(shared: Shared) -> Router {
     Router::new()
+        .route("/secrets", get(list_secrets))
         .route(
             "/secrets/{name}",
             put(set_secret).get(get_latest).delete(delete_secret),
         )
-        .route("/secrets/{name}/", get(get_latest))
+        .route("/secrets/{name}/", get(get_latest).patch(update_latest))
         .route("/secrets/{name}/versions", get(list_versions))
-        .route("/secrets/{name}/{version}", get(get_version))
+        .route(
+            "/secrets/{name}/{version}",
+            get(get_version).patch(update_version),
+        )
         .route(
             "/deletedsecrets/{name}",
             get(get_deleted).delete(purge_deleted),
@@ -290,6 +353,8 @@ fn router(shared: Shared) -> Router {
 enum Action {
     Get,
     Set,
+    Update,
+    List,
     ListVersions,
     Delete,
     GetDeleted,
@@ -301,7 +366,7 @@ impl Action {
     fn is_read(self) -> bool {
         matches!(
             self,
-            Action::Get | Action::ListVersions | Action::GetDeleted
+            Action::Get | Action::List | Action::ListVersions | Action::GetDeleted
         )
     }
 
@@ -309,7 +374,8 @@ impl Action {
         match self {
             Action::Get => "Microsoft.KeyVault/vaults/secrets/getSecret/action",
             Action::Set => "Microsoft.KeyVault/vaults/secrets/setSecret/action",
-            Action::ListVersions | Action::GetDeleted => {
+            Action::Update => "Microsoft.KeyVault/vaults/secrets/update/action",
+            Action::List | Action::ListVersions | Action::GetDeleted => {
                 "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
             }
             Action::Delete => "Microsoft.KeyVault/vaults/secrets/delete",
@@ -403,11 +469,13 @@ async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Uuid, Refu
 
 fn unauthorized(shared: &Shared, message: &str) -> Response {
     let mut response = kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message, None);
-    let challenge = format!(
-        r#"Bearer authorization="https://login.microsoftonline.com/{}", resource="{}""#,
-        shared.tenant.tenant_id,
-        shared.vault().challenge_resource
-    );
+    let challenge = {
+        let vault = shared.vault();
+        format!(
+            r#"Bearer authorization="{}/{}", resource="{}""#,
+            vault.authority, shared.tenant.tenant_id, vault.challenge_resource
+        )
+    };
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response
             .headers_mut()
@@ -432,16 +500,20 @@ fn forbidden(shared: &Shared, caller: Uuid, action: Action, name: &str) -> Respo
 
 fn check_api_version(params: &HashMap<String, String>) -> Result<(), Refusal> {
     match params.get("api-version") {
-        Some(v) if v == API_VERSION || v.starts_with("7.") => Ok(()),
+        Some(v) if API_VERSIONS.contains(&v.as_str()) => Ok(()),
         Some(v) => Err(bad_parameter(&format!(
-            "The specified version ({v}) is not recognized. Consider using the latest supported version ({API_VERSION})."
+            "The specified version ({v}) is not recognized. Consider using the latest supported version ({LATEST_API_VERSION})."
         ))
         .into()),
         None => Err(bad_parameter("The api-version query parameter is missing.").into()),
     }
 }
 
+/// An empty `name` is the collection (`GET /secrets`), which has none to check.
 fn check_name(name: &str) -> Result<(), Refusal> {
+    if name.is_empty() {
+        return Ok(());
+    }
     let valid = (1..=127).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if valid {
@@ -544,12 +616,23 @@ fn new_version(value: String, body: &SetSecretBody) -> StoredVersion {
     }
 }
 
-fn deletion_now() -> Deletion {
+fn deletion_now(in_progress: bool) -> Deletion {
     let now = Utc::now().timestamp();
     Deletion {
         deleted_date: now,
         scheduled_purge_date: now + RECOVERABLE_DAYS * 24 * 3600,
+        in_progress,
     }
+}
+
+/// Key Vault's answer while a deletion of `name` is still in progress.
+fn being_deleted() -> Response {
+    kv_error(
+        StatusCode::CONFLICT,
+        "Conflict",
+        "Secret is currently being deleted.",
+        Some("ObjectIsBeingDeleted"),
+    )
 }
 
 /// A SecretBundle (with the value) or, for listings and deletions, its properties only.
@@ -625,6 +708,9 @@ async fn set_secret(
     }
     let mut vault = shared.vault();
     let entry = vault.secrets.entry(name.clone()).or_default();
+    if entry.deleted.is_some_and(|d| d.in_progress) {
+        return being_deleted();
+    }
     if entry.deleted.is_some() {
         return kv_error(
             StatusCode::CONFLICT,
@@ -719,18 +805,168 @@ async fn list_versions(
     }
     let base = base_url(&headers);
     let vault = shared.vault();
-    let versions: Vec<Value> = vault
+    let versions: Vec<(String, Value)> = vault
         .secrets
         .get(&name)
         .filter(|e| e.deleted.is_none())
         .map(|e| {
             e.versions
                 .iter()
-                .map(|v| bundle(&base, &name, v, false))
+                .map(|v| (v.version.clone(), bundle(&base, &name, v, false)))
                 .collect()
         })
         .unwrap_or_default();
-    ok(json!({ "value": versions, "nextLink": null }))
+    drop(vault);
+    page(&format!("{base}/secrets/{name}/versions"), &params, versions)
+}
+
+/// `GET /secrets`: the latest version of every secret not deleted, without values, ids
+/// without version, as Key Vault lists them.
+async fn list_secrets(
+    State(shared): State<Shared>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Response {
+    let route = routes::LIST_SECRETS;
+    if let Err(response) = admit(&shared, route, &headers, &params, Action::List, "").await {
+        return response.into_response();
+    }
+    let base = base_url(&headers);
+    let vault = shared.vault();
+    let items: Vec<(String, Value)> = vault
+        .secrets
+        .iter()
+        .filter(|(_, e)| e.deleted.is_none())
+        .filter_map(|(name, e)| {
+            let mut item = bundle(&base, name, e.latest()?, false);
+            item["id"] = json!(format!("{base}/secrets/{name}"));
+            Some((name.clone(), item))
+        })
+        .collect();
+    drop(vault);
+    page(&format!("{base}/secrets"), &params, items)
+}
+
+/// One page of `items` (keyed by what orders them) after the `$skiptoken` if any, with
+/// a `nextLink` repeating the query while more remain.
+fn page(collection: &str, params: &HashMap<String, String>, mut items: Vec<(String, Value)>) -> Response {
+    use base64::Engine as _;
+    let size = match params.get("maxresults") {
+        None => MAX_PAGE_SIZE,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return bad_parameter(&format!(
+                    "Invalid value for maxresults: {text}. The value must be between 1 and {MAX_PAGE_SIZE}."
+                ));
+            }
+        },
+    };
+    let after = match params.get("$skiptoken") {
+        None => None,
+        Some(token) => match base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+        {
+            Some(after) => Some(after),
+            None => return bad_parameter(&format!("The $skiptoken value {token} is not valid.")),
+        },
+    };
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.retain(|(key, _)| after.as_ref().is_none_or(|after| key > after));
+    let more = items.len() > size;
+    items.truncate(size);
+    let next_link = match (more, items.last()) {
+        (true, Some((last, _))) => {
+            let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last);
+            let version = params.get("api-version").map_or(API_VERSION, String::as_str);
+            json!(format!(
+                "{collection}?api-version={version}&$skiptoken={token}&maxresults={size}"
+            ))
+        }
+        _ => Value::Null,
+    };
+    let value: Vec<Value> = items.into_iter().map(|(_, item)| item).collect();
+    ok(json!({ "value": value, "nextLink": next_link }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateSecretBody {
+    content_type: Option<String>,
+    attributes: Option<AttributesBody>,
+    tags: Option<BTreeMap<String, String>>,
+}
+
+async fn update_latest(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    update_secret(&shared, &name, None, &params, &headers, &body).await
+}
+
+async fn update_version(
+    State(shared): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    update_secret(&shared, &name, Some(&version), &params, &headers, &body).await
+}
+
+/// `PATCH /secrets/{name}/{version}`: changes what the body names (attributes, content
+/// type, tags: given tags replace all tags) and answers the properties without the value.
+async fn update_secret(
+    shared: &Shared,
+    name: &str,
+    version: Option<&str>,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let route = routes::UPDATE_SECRET;
+    if let Err(response) = admit(shared, route, headers, params, Action::Update, name).await {
+        return response.into_response();
+    }
+    let Ok(update) = serde_json::from_slice::<UpdateSecretBody>(body) else {
+        return bad_parameter("The request body is not a valid SecretUpdateParameters JSON object.");
+    };
+    let mut vault = shared.vault();
+    let found = vault
+        .secrets
+        .get_mut(name)
+        .filter(|e| e.deleted.is_none())
+        .and_then(|entry| match version {
+            Some(wanted) => entry.versions.iter_mut().find(|v| v.version == wanted),
+            None => entry.versions.last_mut(),
+        });
+    let Some(stored) = found else {
+        return secret_not_found(&version.map_or(name.to_string(), |v| format!("{name}/{v}")));
+    };
+    if let Some(content_type) = update.content_type {
+        stored.content_type = Some(content_type);
+    }
+    if let Some(attributes) = update.attributes {
+        if let Some(enabled) = attributes.enabled {
+            stored.enabled = enabled;
+        }
+        if attributes.nbf.is_some() {
+            stored.not_before = attributes.nbf;
+        }
+        if attributes.exp.is_some() {
+            stored.expires = attributes.exp;
+        }
+    }
+    if let Some(tags) = update.tags {
+        stored.tags = tags;
+    }
+    stored.updated = Utc::now().timestamp();
+    ok(bundle(&base_url(headers), name, stored, false))
 }
 
 async fn delete_secret(
@@ -752,10 +988,11 @@ async fn delete_secret(
         return response.into_response();
     }
     let mut vault = shared.vault();
+    let in_progress = vault.hold_deletions;
     let Some(entry) = vault.secrets.get_mut(&name).filter(|e| e.deleted.is_none()) else {
         return secret_not_found(&name);
     };
-    let deletion = deletion_now();
+    let deletion = deletion_now(in_progress);
     entry.deleted = Some(deletion);
     match entry.latest() {
         Some(latest) => ok(deleted_bundle(&base_url(&headers), &name, latest, deletion)),
@@ -777,6 +1014,7 @@ async fn get_deleted(
     let vault = shared.vault();
     let found = vault.secrets.get(&name).and_then(|e| {
         e.deleted
+            .filter(|d| !d.in_progress)
             .and_then(|deletion| e.latest().map(|latest| (latest, deletion)))
     });
     match found {
@@ -798,11 +1036,11 @@ async fn purge_deleted(
         return response.into_response();
     }
     let mut vault = shared.vault();
-    if vault
-        .secrets
-        .get(&name)
-        .is_some_and(|e| e.deleted.is_some())
-    {
+    let deletion = vault.secrets.get(&name).and_then(|e| e.deleted);
+    if deletion.is_some_and(|d| d.in_progress) {
+        return being_deleted();
+    }
+    if deletion.is_some() {
         vault.secrets.remove(&name);
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -824,6 +1062,9 @@ async fn recover_deleted(
     let Some(entry) = vault.secrets.get_mut(&name).filter(|e| e.deleted.is_some()) else {
         return deleted_secret_not_found(&name);
     };
+    if entry.deleted.is_some_and(|d| d.in_progress) {
+        return being_deleted();
+    }
     entry.deleted = None;
     match entry.latest() {
         Some(latest) => ok(bundle(&base_url(&headers), &name, latest, false)),

@@ -18,6 +18,8 @@ pub const VAULT_SECRET: &str = "dify-smtp-password";
 pub const SECRET_NAMESPACE: &str = "dify";
 pub const SECRET_NAME: &str = "dify-smtp";
 pub const ROTATION: &str = "dify-smtp";
+/// A verified domain of the tenant: sign-ins may name the tenant by it instead of its id.
+pub const TENANT_DOMAIN: &str = "contoso.onmicrosoft.com";
 
 /// The running stand-ins and the files describing them. Dropping it stops the servers
 /// and deletes the files.
@@ -32,6 +34,8 @@ pub struct Scenario {
     pub target: StandinApp,
     /// The hand-made secret on the target that is not ours.
     pub foreign_key_id: Uuid,
+    /// The rotator's own application (client) id.
+    pub rotator_client_id: Uuid,
     /// The rotator's own client secret (read by the configuration from a file).
     pub rotator_secret: String,
     pub config_path: PathBuf,
@@ -62,8 +66,10 @@ impl Scenario {
     async fn start_writing(config_path: PathBuf, temporary: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
         let pki = TestPki::generate()?;
         let tenant = Tenant::new();
+        tenant.add_verified_domain(TENANT_DOMAIN);
         let graph = GraphStandin::start(tenant.clone(), &pki).await?;
         let vault = KeyVaultStandin::start(tenant.clone(), &pki).await?;
+        vault.set_authority(graph.authority_host().as_str());
         let kubernetes = KubernetesStandin::start(&pki).await?;
         kubernetes.create_namespace(SECRET_NAMESPACE);
         let relay =
@@ -89,6 +95,7 @@ impl Scenario {
             pki,
             target,
             foreign_key_id: foreign.key_id,
+            rotator_client_id: rotator.app_id,
             rotator_secret,
             config_path,
             _dir: temporary,
@@ -112,6 +119,11 @@ impl Scenario {
         Ok(())
     }
 
+    /// The stand-ins' CA certificate (PEM), for clients that take a CA bundle file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir().join("stand-in-ca.pem")
+    }
+
     /// A kubeconfig for the Kubernetes stand-in (for `KUBECONFIG`).
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir().join("kubeconfig")
@@ -123,7 +135,7 @@ impl Scenario {
 
     /// Writes the CA, the rotator's secret and a kubeconfig; returns the configuration text.
     fn write_support_files(&self, rotator_id: Uuid) -> anyhow::Result<String> {
-        let ca = self.dir().join("stand-in-ca.pem");
+        let ca = self.ca_path();
         std::fs::write(&ca, self.pki.ca_pem())?;
         let secret_file = self.dir().join("rotator-secret");
         write_private(&secret_file, self.rotator_secret.as_bytes())?;

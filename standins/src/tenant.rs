@@ -54,6 +54,8 @@ struct State {
     /// Every secret value ever minted, revoked ones included, so tests can search
     /// logs and outputs for any of them.
     minted_values: Vec<String>,
+    /// Domain names (e.g. `contoso.onmicrosoft.com`) that name this tenant as its id does.
+    verified_domains: Vec<String>,
 }
 
 /// A bearer token the token endpoint issued.
@@ -79,6 +81,18 @@ impl Tenant {
 
     fn state(&self) -> MutexGuard<'_, State> {
         super::lock(&self.state)
+    }
+
+    /// Lets sign-ins name the tenant by `domain` (e.g. `contoso.onmicrosoft.com`), as a
+    /// tenant's verified domains do.
+    pub fn add_verified_domain(&self, domain: &str) {
+        self.state().verified_domains.push(domain.to_ascii_lowercase());
+    }
+
+    /// Whether `name` (a tenant id or a verified domain, any case) names this tenant.
+    pub fn is_named(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(&self.tenant_id.to_string())
+            || self.state().verified_domains.contains(&name.to_ascii_lowercase())
     }
 
     /// Registers an application and returns it.
