@@ -24,4 +24,5 @@ pub mod engine;
 pub mod metrics;
 pub mod operator;
 pub mod report;
+pub mod scan;
 pub mod template;

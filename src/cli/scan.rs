@@ -2,19 +2,20 @@
 //! registrations (or of those matching a name, or owned by the rotator) with its expiry and
 //! days left, as a table, JSON or CSV, and an exit code for pipelines.
 //!
+//! The command-line face of [`crate::scan`]: flags, sign-in, and the three output formats.
 //! Rows are written as Graph's pages arrive (one page in memory however large the tenant),
 //! so the table has fixed column widths and the JSON array is closed only at the end.
 
 use super::EXIT_INVALID_INPUT;
 use crate::adapters::graph::{
-    GraphClient, GraphConfig, KeyCredential, ListScope, ListedApplication, MAX_PAGE_SIZE,
+    GraphClient, GraphConfig, ListScope, ListedApplication, MAX_PAGE_SIZE,
 };
 use crate::adapters::http::http_client;
 use crate::adapters::identity::{RotatorCredential, rotator_credential};
 use crate::assembly::{load_trust, resolve_credential};
 use crate::config::duration::HumanDuration;
 use crate::config::{AzureSettings, CredentialConfig, TlsSettings};
-use crate::domain::PasswordCredential;
+use crate::scan::{Classifier, Row};
 use crate::engine::ports::GraphError;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, ValueEnum};
@@ -177,7 +178,7 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
         Ok(()) => {
             eprintln!("{}", report.summary(warn_within));
             // Expired credentials expire "within" any window.
-            if args.fail_within.is_some() && report.expired + report.expiring > 0 {
+            if args.fail_within.is_some() && report.classifier.expired + report.classifier.expiring > 0 {
                 ExitCode::from(EXIT_EXPIRING)
             } else {
                 ExitCode::SUCCESS
@@ -358,37 +359,6 @@ fn graph_failure(error: &GraphError) -> (u8, &'static str) {
 // Rows and their formats
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Status {
-    Expired,
-    Expiring,
-    Ok,
-    NoExpiry,
-}
-
-impl Status {
-    fn name(self) -> &'static str {
-        match self {
-            Status::Expired => "expired",
-            Status::Expiring => "expiring",
-            Status::Ok => "ok",
-            Status::NoExpiry => "no-expiry",
-        }
-    }
-}
-
-/// One credential of one application, as printed.
-struct Row<'a> {
-    app: &'a ListedApplication,
-    kind: &'static str,
-    key_id: Uuid,
-    name: Option<&'a str>,
-    start: Option<DateTime<Utc>>,
-    end: Option<DateTime<Utc>>,
-    days_left: Option<i64>,
-    status: Status,
-}
-
 const CSV_HEADER: &str = "appDisplayName,appId,objectId,credentialType,keyId,credentialName,startDateTime,endDateTime,daysLeft,status";
 
 /// Column widths of the table; longer values are cut with `…`.
@@ -406,13 +376,10 @@ const TABLE_COLUMNS: [(&str, usize); 7] = [
 struct Report {
     format: Format,
     out: std::io::BufWriter<std::io::Stdout>,
-    now: DateTime<Utc>,
-    horizon: DateTime<Utc>,
-    ignore_expired: bool,
-    rows: u64,
+    classifier: Classifier,
+    /// Rows written so far (the JSON array needs to know the first).
+    written: u64,
     scanned: u64,
-    expired: u64,
-    expiring: u64,
 }
 
 impl Report {
@@ -425,13 +392,9 @@ impl Report {
         Self {
             format,
             out: std::io::BufWriter::new(std::io::stdout()),
-            now,
-            horizon,
-            ignore_expired,
-            rows: 0,
+            classifier: Classifier::new(now, horizon, ignore_expired),
+            written: 0,
             scanned: 0,
-            expired: 0,
-            expiring: 0,
         }
     }
 
@@ -450,54 +413,16 @@ impl Report {
     }
 
     fn application(&mut self, app: &ListedApplication) -> std::io::Result<()> {
-        for password in &app.password_credentials {
-            self.row(app, "password", password_parts(password))?;
-        }
-        for certificate in &app.key_credentials {
-            self.row(app, "certificate", certificate_parts(certificate))?;
+        for row in self.classifier.rows(app) {
+            self.written += 1;
+            let first = self.written == 1;
+            match self.format {
+                Format::Table => write_table_row(&mut self.out, &row)?,
+                Format::Json => write_json_row(&mut self.out, &row, first)?,
+                Format::Csv => write_csv_row(&mut self.out, &row)?,
+            }
         }
         Ok(())
-    }
-
-    fn row<'a>(
-        &mut self,
-        app: &'a ListedApplication,
-        kind: &'static str,
-        parts: Parts<'a>,
-    ) -> std::io::Result<()> {
-        let (key_id, name, start, end) = parts;
-        let status = match end {
-            None => Status::NoExpiry,
-            Some(end) if end <= self.now => Status::Expired,
-            Some(end) if end <= self.horizon => Status::Expiring,
-            Some(_) => Status::Ok,
-        };
-        if status == Status::Expired && self.ignore_expired {
-            return Ok(());
-        }
-        match status {
-            Status::Expired => self.expired += 1,
-            Status::Expiring => self.expiring += 1,
-            Status::Ok | Status::NoExpiry => {}
-        }
-        // Whole days, toward zero: 8.9 days left is 8, expired 3.1 days ago is -3.
-        let days_left = end.map(|end| (end - self.now).num_days());
-        let row = Row {
-            app,
-            kind,
-            key_id,
-            name,
-            start,
-            end,
-            days_left,
-            status,
-        };
-        self.rows += 1;
-        match self.format {
-            Format::Table => write_table_row(&mut self.out, &row),
-            Format::Json => write_json_row(&mut self.out, &row, self.rows == 1),
-            Format::Csv => write_csv_row(&mut self.out, &row),
-        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -506,7 +431,7 @@ impl Report {
 
     fn end(&mut self) -> std::io::Result<()> {
         if self.format == Format::Json {
-            writeln!(self.out, "{}]", if self.rows == 0 { "" } else { "\n" })?;
+            writeln!(self.out, "{}]", if self.written == 0 { "" } else { "\n" })?;
         }
         self.out.flush()
     }
@@ -515,37 +440,11 @@ impl Report {
         format!(
             "scanned {} applications: {} credentials listed, {} expired, {} expiring within {window}",
             thousands(self.scanned),
-            thousands(self.rows),
-            self.expired,
-            self.expiring,
+            thousands(self.written),
+            self.classifier.expired,
+            self.classifier.expiring,
         )
     }
-}
-
-/// keyId, display name, start and end of a credential of either kind.
-type Parts<'a> = (
-    Uuid,
-    Option<&'a str>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
-
-fn password_parts(credential: &PasswordCredential) -> Parts<'_> {
-    (
-        credential.key_id,
-        credential.display_name.as_deref(),
-        credential.start,
-        credential.end,
-    )
-}
-
-fn certificate_parts(credential: &KeyCredential) -> Parts<'_> {
-    (
-        credential.key_id,
-        credential.display_name.as_deref(),
-        credential.start,
-        credential.end,
-    )
 }
 
 fn write_table_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
