@@ -376,7 +376,8 @@ async fn replication_slower_than_the_verification_budget_keeps_the_old_secret_an
 }
 
 /// Runner B starts while runner A is between mint and store: B sees A's fresh secret,
-/// mints nothing and exits; both end up on A's keyId.
+/// mints nothing and exits; both end up on A's keyId. B stands for another machine, so it
+/// has a lock of its own (on one machine the lock alone keeps B out: tests/run_lock.rs).
 #[tokio::test]
 async fn a_second_runner_during_a_rotation_waits_instead_of_minting() {
     let started = Instant::now();
@@ -392,7 +393,8 @@ async fn a_second_runner_during_a_rotation_waits_instead_of_minting() {
         vault.vault.faults().count(vault_routes::SET_SECRET) > 0
     })
     .await;
-    let b = run_ok(&scenario, &[], &transcript).await;
+    let other_machine = other_machines_lock(&scenario);
+    let b = run_ok(&scenario, &["--lock-file", &other_machine], &transcript).await;
     assert!(
         b.text.contains("dify-smtp: waiting: keyId"),
         "{}",
@@ -428,9 +430,9 @@ async fn a_second_runner_during_a_rotation_waits_instead_of_minting() {
     );
 }
 
-/// Two runners that both observe before either mints (no lock in `run`): both mint. The
-/// promise still holds: the consumers' credential works throughout and the next run
-/// converges on one keyId. The controller's Lease (or a CronJob with
+/// Two runners on two machines (each its own lock) that both observe before either mints:
+/// both mint. The promise still holds: the consumers' credential works throughout and the
+/// next run converges on one keyId. The controller's Lease (or a CronJob with
 /// `concurrencyPolicy: Forbid`) is what prevents the double mint.
 #[tokio::test]
 async fn two_runners_observing_at_once_mint_twice_but_lose_nothing() {
@@ -444,7 +446,8 @@ async fn two_runners_observing_at_once_mint_twice_but_lose_nothing() {
     );
     let adds = graph.count(ROUTE_ADD_PASSWORD);
     let mut a = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
-    let mut b = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
+    let other_machine = other_machines_lock(&scenario);
+    let mut b = Rotator::spawn(&scenario.config_path, &["--force", "--lock-file", &other_machine], &transcript);
     let s = scenario.clone();
     a.wait_until("both runners minting", || {
         s.graph.faults().count(ROUTE_ADD_PASSWORD) >= adds + 2
@@ -627,4 +630,9 @@ async fn timeouts_on_the_kubernetes_write_and_the_relay_stop_or_retry_then_conve
         "verification retried, settled",
         started,
     );
+}
+
+/// The lock a runner on another machine would take: not the one beside the configuration.
+fn other_machines_lock(scenario: &Scenario) -> String {
+    scenario.config_path.with_file_name("other-machine.lock").display().to_string()
 }

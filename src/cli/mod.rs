@@ -8,6 +8,7 @@ mod demo;
 #[cfg(feature = "demo")]
 mod playground;
 mod operator_cli;
+mod run_lock;
 mod scan;
 mod smtp_test;
 mod wiring;
@@ -66,6 +67,11 @@ enum Command {
         /// Only the rotations with these names (repeatable; configuration file only).
         #[arg(long = "only", value_name = "NAME", requires = "config")]
         only: Vec<String>,
+        /// The lock that keeps two runs of one configuration apart (configuration file only;
+        /// default `.<file name>.lock` beside it). A run that finds it held says by whom and
+        /// exits 1 without doing anything; dry runs take no lock.
+        #[arg(long, value_name = "PATH", requires = "config")]
+        lock_file: Option<PathBuf>,
         /// Rotations in progress at once (1 to 256). Graph calls are bounded separately, by
         /// azure.maxConcurrentGraphRequests; results are printed in configuration order.
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -141,8 +147,9 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run { config: Some(config), dry_run, force, only, concurrency, .. } => {
-                wiring::run_config_file(&config, dry_run, force, &only, concurrency.into()).await
+            Command::Run { config: Some(config), dry_run, force, only, concurrency, lock_file, .. } => {
+                let lock = lock_file.unwrap_or_else(|| run_lock::default_path(&config));
+                wiring::run_config_file(&config, dry_run, force, &only, concurrency.into(), &lock).await
             }
             Command::Run { namespace, azure_config, concurrency, .. } => {
                 operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref(), concurrency.into()).await

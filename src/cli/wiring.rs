@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// `entra-rotator run`: loads the file, wires every rotation, runs each once, up to
 /// `concurrency` at a time; prints one line per rotation in configuration order.
-pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[String], concurrency: usize) -> ExitCode {
+pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[String], concurrency: usize, lock: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
@@ -27,6 +27,18 @@ pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[St
         eprintln!("error: --only {unknown}: no rotation of that name in {}", path.display());
         return ExitCode::from(EXIT_INVALID_INPUT);
     }
+    // Held until the run ends; a dry run changes nothing and may look while another runs.
+    let _lock = if dry_run {
+        None
+    } else {
+        match super::run_lock::acquire(lock) {
+            Ok(lock) => Some(lock),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+    };
     let rotations = match wire(&config).await {
         Ok(rotations) => rotations,
         Err(error) => {

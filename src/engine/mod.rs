@@ -261,7 +261,8 @@ impl Engine {
             Decision::RevokeOld { key_id, old, revoke_at } => {
                 let credential = observation.app.credential(key_id).cloned();
                 let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
-                if self.clock.now() < revoke_at {
+                // Within the grace period only one older secret may wait; more are revoked now.
+                if self.clock.now() < revoke_at && old.len() <= 1 {
                     let renew_at = credential_renewal(rotation, &observation.app, key_id);
                     return Ok(Outcome::Settled {
                         key_id,
@@ -362,27 +363,22 @@ impl Engine {
                 self.emit(rotation, Event::RolledOut { key_id, workloads });
             }
         }
-        let old: Vec<Uuid> = app
-            .password_credentials
-            .iter()
-            .filter(|c| c.is_minted_by(&rotation.name) && c.key_id != key_id)
-            .map(|c| c.key_id)
-            .collect();
         let revoke_at = start.unwrap_or_else(|| self.clock.now()) + rotation.timing.revoke_grace;
         let renew_at = credential_renewal(rotation, app, key_id);
-        if old.is_empty() {
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: old, pending: Vec::new(), revoke_at: None });
+        let (due, pending) = revocations(rotation, app, key_id, self.clock.now() >= revoke_at);
+        if !pending.is_empty() {
+            self.emit(rotation, Event::RevocationScheduled { key_ids: pending.clone(), at: revoke_at });
         }
-        if self.clock.now() < revoke_at {
-            self.emit(rotation, Event::RevocationScheduled { key_ids: old.clone(), at: revoke_at });
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending: old, revoke_at: Some(revoke_at) });
+        let revoke_at = (!pending.is_empty()).then_some(revoke_at);
+        if due.is_empty() {
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at });
         }
         self.confirm_stores_hold(rotation, key_id).await?;
-        for old_key in &old {
+        for old_key in &due {
             rotation.directory.remove_password(object_id, *old_key).await?;
             self.emit(rotation, Event::Revoked { key_id: *old_key });
         }
-        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: old, pending: Vec::new(), revoke_at: None })
+        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at })
     }
 
     /// Re-reads every store right before revoking: if anything changed the stored keyId
@@ -435,6 +431,21 @@ impl Engine {
             delay = (delay * 2).min(policy.max_delay);
         }
     }
+}
+
+/// The older secrets of ours around `current`: those to revoke now and those to keep for
+/// the grace period. Within it only the newest older one stays, for consumers still
+/// switching to `current`; anything older was replaced before it (repeated forced
+/// rotations) and goes now, so at most two secrets of ours are live.
+fn revocations(rotation: &Rotation, app: &Application, current: Uuid, grace_over: bool) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut older: Vec<&crate::domain::PasswordCredential> = app
+        .password_credentials
+        .iter()
+        .filter(|c| c.is_minted_by(&rotation.name) && c.key_id != current)
+        .collect();
+    older.sort_by_key(|c| c.start);
+    let kept = if grace_over { None } else { older.pop() };
+    (older.iter().map(|c| c.key_id).collect(), kept.map(|c| c.key_id).into_iter().collect())
 }
 
 fn credential_renewal(rotation: &Rotation, app: &Application, key_id: Uuid) -> Option<DateTime<Utc>> {

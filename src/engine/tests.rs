@@ -576,3 +576,25 @@ async fn a_secret_that_never_passed_verification_is_verified_when_asked() {
     w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(Some(key_id))).await.unwrap();
     assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1);
 }
+
+#[tokio::test]
+async fn repeated_forced_rotations_inside_the_grace_period_leave_two_secrets_of_ours_live() {
+    let w = world(Days::hours(1));
+    let first = w.settled().await;
+    let force = RunOptions { force: true, dry_run: false };
+    let Outcome::Settled { key_id: second, pending, .. } = w.engine.run(&w.rotation, force).await.unwrap() else { panic!() };
+    assert_eq!(pending, [first], "the previous secret waits for the grace period");
+    w.clock.advance(Days::minutes(1));
+
+    let Outcome::Settled { key_id: third, revoked, pending, revoke_at, .. } = w.engine.run(&w.rotation, force).await.unwrap() else {
+        panic!()
+    };
+
+    assert_eq!(revoked, [first], "the oldest goes once the newest is verified and stored");
+    assert_eq!(pending, [second], "the one consumers may still be switching from stays");
+    assert_eq!(revoke_at, Some(w.clock.now() + Days::hours(1)));
+    let ours: Vec<Uuid> = w.directory.credentials().iter().filter(|c| c.is_minted_by(&w.rotation.name)).map(|c| c.key_id).collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert!(w.directory.has(second) && w.directory.has(third) && !w.directory.has(first));
+    assert_eq!(w.vault.key_id(), Some(third));
+}

@@ -109,6 +109,27 @@ type ErrorBody = dyn Fn(u16) -> Value + Send + Sync;
 struct State {
     queues: HashMap<String, VecDeque<Fault>>,
     counts: HashMap<String, u64>,
+    holds: HashMap<String, VecDeque<Hold>>,
+}
+
+/// A request held in the stand-in until the test lets it go, so that which side of a race
+/// wins is the test's decision, not the scheduler's.
+#[derive(Clone)]
+pub struct Hold {
+    arrived: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Hold {
+    /// Returns once the held request has arrived (and is waiting).
+    pub async fn arrived(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// Lets the held request go on.
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
 }
 
 /// The fault queues and request counts of one stand-in. Cheap to clone; clones share state.
@@ -200,9 +221,24 @@ impl Faults {
         self.state().counts.clear();
     }
 
+    /// Holds the next request to `route` until [`Hold::release`]; queued faults play after.
+    pub fn hold(&self, route: &str) -> Hold {
+        let hold = Hold { arrived: Arc::default(), release: Arc::new(tokio::sync::Semaphore::new(0)) };
+        self.state().holds.entry(route.to_string()).or_default().push_back(hold.clone());
+        hold
+    }
+
     /// Counts a request to `route` and plays its next queued fault: `Some(response)` when the
     /// handler must return that response instead of doing its work.
     pub async fn intercept(&self, route: &str) -> Option<Response> {
+        let hold = self.state().holds.get_mut(route).and_then(VecDeque::pop_front);
+        if let Some(hold) = hold {
+            hold.arrived.notify_one();
+            // The semaphore is never closed, so acquiring only fails if it were.
+            if let Ok(permit) = hold.release.acquire().await {
+                permit.forget();
+            }
+        }
         let fault = {
             let mut state = self.state();
             *state.counts.entry(route.to_string()).or_default() += 1;
@@ -274,6 +310,21 @@ mod tests {
 
         assert_eq!(faults.count("a"), 3);
         assert_eq!(faults.counts().get("b"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_held_request_waits_until_released() {
+        let faults = Faults::new();
+        let hold = faults.hold("a");
+        let request = tokio::spawn({
+            let faults = faults.clone();
+            async move { faults.intercept("a").await.is_none() }
+        });
+        hold.arrived().await;
+        assert!(!request.is_finished(), "held until released");
+        hold.release();
+        assert!(request.await.unwrap());
+        assert_eq!(faults.count("a"), 1);
     }
 
     #[tokio::test]
