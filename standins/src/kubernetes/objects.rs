@@ -264,6 +264,13 @@ pub(super) fn name_to_create(info: &KindInfo, body: &Value) -> Result<String, Ap
     ))
 }
 
+/// Who writes: the field manager, and whether unknown fields are refused
+/// (`fieldValidation=Strict`) rather than dropped.
+pub(super) struct Author<'a> {
+    pub manager: &'a str,
+    pub strict: bool,
+}
+
 /// Carries out one write under the cluster lock: `(201 or 200, the object)` or the refusal.
 pub(super) fn write(
     cluster: &mut Cluster,
@@ -272,13 +279,14 @@ pub(super) fn write(
     name: &str,
     target: Target,
     write: Write,
-    manager: &str,
+    author: Author<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let Author { manager, strict } = author;
     let info = kind.info();
     if target == Target::Status && !info.status_subresource {
         return Err(ApiError::no_such_resource());
     }
-    if !cluster.namespaces.contains(namespace) {
+    if info.namespaced && !cluster.namespaces.contains(namespace) {
         return Err(ApiError::namespace_not_found(namespace));
     }
     let key = (kind, namespace.to_string(), name.to_string());
@@ -342,7 +350,9 @@ pub(super) fn write(
             updated(info, target, old, doc, &updater)
         }
     };
+    let mut next = next;
     validate(kind, namespace, name, &next.body)?;
+    super::crds::admit(cluster, kind, name, &mut next.body, target, strict)?;
     Ok(commit(cluster, kind, namespace, name, existing, next))
 }
 
@@ -449,7 +459,9 @@ fn created(
     }
     let metadata = &mut body["metadata"];
     metadata["name"] = json!(name);
-    metadata["namespace"] = json!(namespace);
+    if info.namespaced {
+        metadata["namespace"] = json!(namespace);
+    }
     metadata["uid"] = json!(Uuid::new_v4().to_string());
     metadata["creationTimestamp"] = json!(now());
     if let Some(map) = metadata.as_object_mut() {
@@ -716,7 +728,10 @@ pub(super) fn roll_out(cluster: &mut Cluster, kind: Kind, namespace: &str, name:
         name,
         Target::Status,
         Write::MergePatch(patch),
-        "kube-controller-manager",
+        Author {
+            manager: "kube-controller-manager",
+            strict: false,
+        },
     );
     if let Err(error) = written {
         tracing::debug!(%error, "stand-in could not roll a workload out");
