@@ -749,6 +749,9 @@ fn router(shared: Shared) -> Router {
                 .patch(api::patch_status),
         )
         .fallback(|| async { Refusal::from(kinds::ApiError::no_such_resource()) })
+        .method_not_allowed_fallback(|| async {
+            Refusal::from(kinds::ApiError::method_not_allowed())
+        })
         .with_state(shared)
 }
 

@@ -481,6 +481,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message, json!({}))
     }
 
+    /// A verb the server does not serve on a path it knows, as the API server answers it.
+    pub(super) fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource".to_string(),
+            json!({}),
+        )
+    }
+
     /// A path the server does not serve, as the API server answers it.
     pub(super) fn no_such_resource() -> Self {
         Self::new(
