@@ -9,8 +9,10 @@ use base64::Engine as _;
 use entra_rotator_standins::kubernetes::KubernetesStandin;
 use entra_rotator_standins::tls::TestPki;
 use serde_json::json;
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 
 /// A tool from an environment variable or `PATH`; `None` (after a notice) when absent
 /// outside CI.
@@ -761,5 +763,89 @@ async fn what_the_stand_in_does_not_serve_is_refused_as_the_api_server_refuses_i
     assert_eq!(
         run.stderr.trim(),
         "error: the server doesn't have a resource type \"widgets\""
+    );
+}
+
+/// Waits for the next line of a running kubectl that satisfies `wanted`; panics with what
+/// it printed if kubectl stops first. The bound only keeps a broken stand-in from hanging
+/// the suite; nothing is measured.
+fn next_line(lines: &mpsc::Receiver<String>, wanted: impl Fn(&str) -> bool) -> String {
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(error) => panic!(
+                "kubectl stopped printing ({error}); it printed:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_shows_a_rotation_becoming_ready() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    cluster
+        .kubectl(&["apply", "-f", &repository_file(CRD)])
+        .await
+        .ok();
+    cluster
+        .kubectl(&["apply", "-f", &repository_file(EXAMPLE)])
+        .await
+        .ok();
+    let mut watching = Command::new(&cluster.kubectl)
+        .arg("--kubeconfig")
+        .arg(cluster.path("kubeconfig"))
+        .arg("--cache-dir")
+        .arg(cluster.path("cache"))
+        .args(["get", "csrot", "-w"])
+        .env("HOME", cluster.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watching.stdout.take().unwrap();
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let waiting = tokio::task::spawn_blocking(move || {
+        let header = next_line(&lines, |l| l.starts_with("NAME"));
+        let first = next_line(&lines, |l| l.starts_with("dify-smtp"));
+        (header, first, lines)
+    });
+    let (header, first, lines) = waiting.await.unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "READY", "EXPIRES", "NEXT", "ROTATION", "AGE"]
+    );
+    assert!(!first.contains("True"), "{first}");
+    cluster
+        .standin
+        .patch_rotation_status(
+            "dify",
+            "dify-smtp",
+            json!({ "conditions": [{ "type": "Ready", "status": "True", "reason": "Rotated", "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z" }] }),
+        )
+        .unwrap();
+    let ready =
+        tokio::task::spawn_blocking(move || next_line(&lines, |l| l.starts_with("dify-smtp")))
+            .await
+            .unwrap();
+    watching.kill().unwrap();
+    watching.wait().unwrap();
+    assert_eq!(
+        ready.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["dify-smtp", "True"]
     );
 }

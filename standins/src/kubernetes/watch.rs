@@ -16,7 +16,9 @@
 //!   and one that starts matching is `ADDED`, as on a real server. The stream ends after
 //!   `timeoutSeconds` with a `BOOKMARK` when `allowWatchBookmarks=true`.
 //! - `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1` (what
-//!   `metadata_watcher` sends) answers metadata-only objects.
+//!   `metadata_watcher` sends) answers metadata-only objects;
+//!   `Accept: application/json;as=Table;g=meta.k8s.io;v=v1` (`kubectl get -w`) one-row
+//!   `Table`s (see `table`).
 
 use super::kinds::{ApiError, Kind};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -134,6 +136,8 @@ pub(super) struct Selection {
     labels: LabelSelector,
     fields: FieldSelector,
     metadata_only: bool,
+    /// `kubectl get -w`: each event carries a one-row `Table`.
+    table: bool,
 }
 
 impl Selection {
@@ -173,6 +177,7 @@ impl Selection {
             labels,
             fields,
             metadata_only,
+            table: super::table::wanted(headers),
         })
     }
 
@@ -194,6 +199,15 @@ impl Selection {
             })
         } else {
             object.clone()
+        }
+    }
+
+    /// The object as a watch event carries it: a `Table` row when asked for, else shaped.
+    fn render(&self, cluster: &Cluster, object: &Value) -> Value {
+        if self.table {
+            super::table::of_object(cluster, self.kind, object)
+        } else {
+            self.shape(object)
         }
     }
 
@@ -421,7 +435,10 @@ impl Stream {
                 Start::Snapshot { end_marker } => {
                     for object in cluster.snapshot(selection.kind, selection.namespace.as_deref()) {
                         if selection.matches(&object) {
-                            queued.push_back(event_line("ADDED", selection.shape(&object)));
+                            queued.push_back(event_line(
+                                "ADDED",
+                                selection.render(&cluster, &object),
+                            ));
                         }
                     }
                     if end_marker {
@@ -478,8 +495,8 @@ impl Stream {
                 continue;
             }
             if let Some(event_type) = self.event_type(change) {
-                self.queued
-                    .push_back(event_line(event_type, self.selection.shape(&change.object)));
+                let object = self.selection.render(&cluster, &change.object);
+                self.queued.push_back(event_line(event_type, object));
             }
         }
     }
