@@ -143,14 +143,21 @@ fn pointer_of(operation: &Value, key: &str) -> Result<String, String> {
         .get(key)
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| format!("JSON patch operation {operation} has no {key:?}"))
+        .ok_or_else(|| format!("JSON patch operation {} has no {key:?}", describe(operation)))
+}
+
+/// An operation as errors name it: its `op` and `path`, never its values (a patch to a
+/// Secret carries secret values).
+fn describe(operation: &Value) -> String {
+    let field = |key: &str| operation.get(key).and_then(Value::as_str).unwrap_or_default();
+    format!("{:?} at {:?}", field("op"), field("path"))
 }
 
 fn value_of(operation: &Value) -> Result<Value, String> {
     operation
         .get("value")
         .cloned()
-        .ok_or_else(|| format!("JSON patch operation {operation} has no \"value\""))
+        .ok_or_else(|| format!("JSON patch operation {} has no \"value\"", describe(operation)))
 }
 
 fn missing(path: &str) -> String {
@@ -310,6 +317,20 @@ mod tests {
         assert_eq!(doc, json!({"containers": [{"name": "b", "image": "z"}]}));
         let refused = strategic_merge(&mut doc, &json!({"$retainKeys": []})).unwrap_err();
         assert!(refused.contains("$retainKeys"), "{refused}");
+    }
+
+    #[test]
+    fn a_malformed_json_patch_operation_is_named_without_its_values() {
+        let mut doc = json!({ "data": {} });
+        let error = json_patch(
+            &mut doc,
+            &json!([{ "op": "add", "path": "/data/SMTP_PASSWORD", "valeu": "s3cret" }]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "JSON patch operation \"add\" at \"/data/SMTP_PASSWORD\" has no \"value\""
+        );
     }
 
     #[test]
