@@ -143,21 +143,33 @@ fn pointer_of(operation: &Value, key: &str) -> Result<String, String> {
         .get(key)
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| format!("JSON patch operation {} has no {key:?}", describe(operation)))
+        .ok_or_else(|| {
+            format!(
+                "JSON patch operation {} has no {key:?}",
+                describe(operation)
+            )
+        })
 }
 
 /// An operation as errors name it: its `op` and `path`, never its values (a patch to a
 /// Secret carries secret values).
 fn describe(operation: &Value) -> String {
-    let field = |key: &str| operation.get(key).and_then(Value::as_str).unwrap_or_default();
+    let field = |key: &str| {
+        operation
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
     format!("{:?} at {:?}", field("op"), field("path"))
 }
 
 fn value_of(operation: &Value) -> Result<Value, String> {
-    operation
-        .get("value")
-        .cloned()
-        .ok_or_else(|| format!("JSON patch operation {} has no \"value\"", describe(operation)))
+    operation.get("value").cloned().ok_or_else(|| {
+        format!(
+            "JSON patch operation {} has no \"value\"",
+            describe(operation)
+        )
+    })
 }
 
 fn missing(path: &str) -> String {
