@@ -461,6 +461,18 @@ async fn a_rotation_is_defaulted_and_listed_with_the_crd_printer_columns() {
         ["dify", "dify-smtp", "True", "3h", ""],
         "no renewalTime yet: empty"
     );
+
+    // A date column holding a future time reads `<invalid>`, as on a real API server
+    // (apimachinery's HumanDuration of a negative age).
+    let renewal = (chrono::Utc::now() + chrono::Duration::days(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    cluster
+        .standin
+        .patch_rotation_status("dify", "dify-smtp", json!({ "renewalTime": renewal }))
+        .unwrap();
+    let listed = cluster.kubectl(&["get", "csrot", "-A"]).await.ok();
+    let (_, row) = table_line(&listed, "dify-smtp");
+    assert_eq!(row[4], "<invalid>");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
