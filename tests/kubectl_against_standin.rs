@@ -861,3 +861,50 @@ async fn kubectl_get_watch_shows_a_rotation_becoming_ready() {
         ["dify-smtp", "True"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_applied_client_side_moves_to_server_side_apply_without_conflicts() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    cluster
+        .kubectl(&["apply", "-f", &repository_file(CRD)])
+        .await
+        .ok();
+    let example = std::fs::read_to_string(repository_file(EXAMPLE)).unwrap();
+    let file = cluster.file("rotation.yaml", &example);
+    let file = file.to_str().unwrap();
+    cluster.kubectl(&["apply", "-f", file]).await.ok();
+    cluster.file(
+        "rotation.yaml",
+        &example.replace("renewBefore: 1440h", "renewBefore: 720h"),
+    );
+    let run = cluster
+        .kubectl(&["apply", "--server-side", "-f", file])
+        .await;
+    assert!(!run.stderr.contains("Warning"), "{}", run.stderr);
+    assert_eq!(
+        run.ok().trim(),
+        "clientsecretrotation.entra-rotator.io/dify-smtp serverside-applied"
+    );
+    let stored = cluster.standin.rotation("dify", "dify-smtp").unwrap();
+    assert_eq!(stored["spec"]["renewBefore"], "720h");
+    let managers: Vec<(&str, &str)> = stored["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["manager"].as_str().unwrap(),
+                entry["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(managers.contains(&("kubectl", "Apply")), "{managers:?}");
+    assert!(
+        !managers
+            .iter()
+            .any(|(manager, _)| *manager == "kubectl-client-side-apply"),
+        "client-side apply's ownership moved to server-side apply: {managers:?}"
+    );
+}

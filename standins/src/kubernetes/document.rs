@@ -290,6 +290,33 @@ pub(super) fn remove_path(value: &mut Value, path: &[String]) {
     }
 }
 
+/// The leaf paths a `fieldsV1` trie names (the inverse of [`fields_v1`]): keys `f:name`
+/// descend; a list's element keys (`k:`, `i:`, `v:`) make the list itself the leaf, as lists
+/// are leaves here; `.` (the node itself) is skipped.
+pub(super) fn paths_of_fields_v1(trie: &Value) -> BTreeSet<FieldPath> {
+    fn walk(node: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+        let Some(map) = node.as_object() else { return };
+        let mut descended = false;
+        for (key, child) in map {
+            if let Some(name) = key.strip_prefix("f:") {
+                descended = true;
+                path.push(name.to_string());
+                walk(child, path, out);
+                path.pop();
+            } else if key != "." {
+                out.insert(path.clone());
+                return;
+            }
+        }
+        if !descended && !path.is_empty() {
+            out.insert(path.clone());
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(trie, &mut Vec::new(), &mut out);
+    out
+}
+
 /// The `fieldsV1` trie of a set of leaf paths, as `managedFields` spells it.
 pub(super) fn fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     let mut root = Map::new();
@@ -329,6 +356,26 @@ mod tests {
         assert_eq!(doc, json!({"containers": [{"name": "b", "image": "z"}]}));
         let refused = strategic_merge(&mut doc, &json!({"$retainKeys": []})).unwrap_err();
         assert!(refused.contains("$retainKeys"), "{refused}");
+    }
+
+    #[test]
+    fn fields_v1_tries_read_back_as_the_paths_they_name() {
+        let paths: BTreeSet<FieldPath> = [
+            vec!["spec".to_string(), "lifetime".to_string()],
+            vec![
+                "metadata".to_string(),
+                "labels".to_string(),
+                "app".to_string(),
+            ],
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(paths_of_fields_v1(&fields_v1(&paths)), paths);
+        let with_list = json!({ "f:spec": { ".": {}, "f:targets": { "k:{\"name\":\"a\"}": {} } } });
+        assert_eq!(
+            paths_of_fields_v1(&with_list),
+            BTreeSet::from([vec!["spec".to_string(), "targets".to_string()]])
+        );
     }
 
     #[test]
