@@ -908,3 +908,32 @@ async fn a_rotation_applied_client_side_moves_to_server_side_apply_without_confl
         "client-side apply's ownership moved to server-side apply: {managers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cel_rule_on_a_list_element_names_the_element() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    cluster
+        .kubectl(&["apply", "-f", &repository_file(CRD)])
+        .await
+        .ok();
+    let both = BAD_ROTATION
+        .replace("not-a-guid", "0b5e2f3c-9d0a-4f6e-8a53-1e0b9c7d2a11")
+        .replace("30000h", "4320h")
+        .replace(
+            "  - secret:\n",
+            "  - keyVault:\n      vaultUrl: https://contoso.vault.azure.net\n      secretName: smtp\n    secret:\n",
+        );
+    let file = cluster.file("both.yaml", &both);
+    let run = cluster
+        .kubectl(&["apply", "-f", file.to_str().unwrap()])
+        .await;
+    assert!(
+        run.stderr.contains(
+            "spec.targets[0]: Invalid value: \"object\": each target sets exactly one of keyVault or secret"
+        ),
+        "{}",
+        run.stderr
+    );
+}

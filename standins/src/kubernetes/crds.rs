@@ -105,12 +105,25 @@ pub(super) fn admit(
     }
 }
 
-/// The value a CEL rule was attached to, by its dotted path.
+/// The value a CEL rule was attached to, by its path (`spec.targets[0]`).
 fn kube_cel_target<'a>(body: &'a Value, path: &str) -> &'a Value {
-    path.split('.')
-        .filter(|p| !p.is_empty())
-        .try_fold(body, |node, key| node.get(key))
-        .unwrap_or(&Value::Null)
+    let mut node = body;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indices) = part
+            .split_once('[')
+            .map_or((part, ""), |(k, rest)| (k, rest));
+        if !key.is_empty() {
+            node = node.get(key).unwrap_or(&Value::Null);
+        }
+        for index in indices.split('[').filter(|i| !i.is_empty()) {
+            let index = index
+                .trim_end_matches(']')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX);
+            node = node.get(index).unwrap_or(&Value::Null);
+        }
+    }
+    node
 }
 
 fn admit_definition(name: &str, body: &mut Value, target: Target) -> Result<(), ApiError> {
