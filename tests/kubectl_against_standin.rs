@@ -937,3 +937,33 @@ async fn a_cel_rule_on_a_list_element_names_the_element() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_reads_the_registered_crd_schema() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    cluster
+        .kubectl(&["apply", "-f", &repository_file(CRD)])
+        .await
+        .ok();
+    let explained = cluster
+        .kubectl(&["explain", "clientsecretrotations.spec.lifetime"])
+        .await
+        .ok();
+    for line in [
+        "GROUP:      entra-rotator.io",
+        "KIND:       ClientSecretRotation",
+        "VERSION:    v1alpha1",
+        "FIELD: lifetime <string>",
+    ] {
+        assert!(
+            explained.lines().any(|l| l == line),
+            "no {line:?} in\n{explained}"
+        );
+    }
+    assert!(
+        explained.contains("at most"),
+        "the CRD's description: {explained}"
+    );
+}

@@ -3,7 +3,8 @@
 //! (`x-kubernetes-group-version-kind`) and offers `fieldValidation` on `PATCH`, so kubectl
 //! leaves field validation to the server (`fieldValidation=Strict`) instead of validating
 //! against schemas the stand-in does not carry. A custom resource whose CRD is registered
-//! carries the CRD's `openAPIV3Schema`; built-in kinds get an open object schema.
+//! carries the CRD's `openAPIV3Schema` (which `kubectl explain` reads); built-in kinds get an
+//! open object schema, so `kubectl explain` has nothing to say about them.
 //!
 //! `/openapi/v2` is not served: kubectl 1.34 and helm 4 read v3 and only fall back to v2
 //! when v3 is missing, and a 404 is what a server without v2 answers.
