@@ -586,7 +586,7 @@ async fn kubectl_creates_lists_and_deletes_secrets_and_configmaps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn helm_installs_the_chart_and_lists_the_release() {
+async fn helm_installs_lists_and_uninstalls_the_chart() {
     let Some(cluster) = cluster().await else {
         return;
     };
@@ -670,6 +670,21 @@ async fn helm_installs_the_chart_and_lists_the_release() {
     assert_eq!(
         crds.trim(),
         "customresourcedefinition.apiextensions.k8s.io/clientsecretrotations.entra-rotator.io"
+    );
+
+    let uninstalled = cluster
+        .helm(&helm, &["uninstall", "rotator", "--namespace", "ops"])
+        .await
+        .ok();
+    assert_eq!(uninstalled.trim(), "release \"rotator\" uninstalled");
+    let left = cluster
+        .kubectl(&["get", "deployments,services,serviceaccounts,configmaps,roles,rolebindings,poddisruptionbudgets,secrets", "-n", "ops", "-o", "name"])
+        .await
+        .ok();
+    assert_eq!(
+        left.trim(),
+        "",
+        "helm removed what it created, its release Secret too"
     );
 }
 
