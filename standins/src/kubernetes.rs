@@ -8,7 +8,10 @@
 //!   a key a manager applied before and omits now is removed unless another manager also
 //!   owns it; applying a different value to a key another manager owns is a 409 conflict
 //!   unless `force=true`, which moves the ownership;
-//! - JSON merge patches and `POST` creates, recorded as `Update` operations;
+//! - JSON merge, strategic merge and JSON patches and `POST` creates, recorded as `Update`
+//!   operations; a JSON patch that sets `managedFields` replaces them, and client-side
+//!   apply's fields listed in its last-applied annotation pass to server-side apply
+//!   without a conflict (kubectl's migration from one to the other);
 //! - `resourceVersion`, `uid`, `creationTimestamp`, `managedFields`;
 //! - `metav1.Status` errors (404 `NotFound`, 403 `Forbidden`, 409 `Conflict`/`AlreadyExists`,
 //!   422 `Invalid`);
@@ -20,11 +23,17 @@
 //! DaemonSets; each with get, list, watch (see `watch`), create, replace, merge/JSON/
 //! strategic-merge patch, server-side apply and delete.
 //!
+//! For kubectl and helm (tests/kubectl_against_standin.rs drives it with both): discovery
+//! (`/api`, `/apis`, legacy format, see `discovery`), OpenAPI v3 (`openapi`), server-side
+//! `Table`s for `kubectl get` (`table`), Namespaces (`namespaces`), and
+//! `apiextensions.k8s.io/v1` CustomResourceDefinitions whose schema, defaults and CEL rules
+//! admit the custom resource (`crds`). Paths it does not serve answer the API server's 404.
+//!
 //! Only flat maps are modelled for Secrets (they have no deeper structure worth owning).
 //! Requests are counted per route (see [`routes`]) and faults are played before any work.
 
 use super::faults::Faults;
-use super::https::{serve_tls, ServerTask};
+use super::https::{ServerTask, serve_tls};
 use super::tls::TestPki;
 use axum::Router;
 use axum::body::Bytes;
@@ -42,11 +51,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
 mod api;
+mod core_events;
+mod crds;
+mod discovery;
 mod document;
 mod inspect;
 mod kinds;
+mod namespaces;
 mod objects;
+mod openapi;
+mod protobuf;
 mod selectors;
+mod table;
 mod watch;
 
 pub use inspect::StandinEvent;
@@ -149,9 +165,39 @@ pub mod routes {
     pub const DEPLOYMENTS: RouteSet = route_set!("/apis/apps/v1", "deployments");
     pub const STATEFULSETS: RouteSet = route_set!("/apis/apps/v1", "statefulsets");
     pub const DAEMONSETS: RouteSet = route_set!("/apis/apps/v1", "daemonsets");
-    /// core/v1 Secrets: only `list`, `list_all`, `watch`, `watch_all`, `get`, `create` and
-    /// `patch` are served.
+    /// core/v1 Secrets: every route but `/status`.
     pub const SECRETS: RouteSet = route_set!("/api/v1", "secrets");
+    /// What `helm install` of the chart creates, stored and served.
+    pub const CONFIGMAPS: RouteSet = route_set!("/api/v1", "configmaps");
+    pub const SERVICES: RouteSet = route_set!("/api/v1", "services");
+    pub const SERVICEACCOUNTS: RouteSet = route_set!("/api/v1", "serviceaccounts");
+    pub const ROLES: RouteSet = route_set!("/apis/rbac.authorization.k8s.io/v1", "roles");
+    pub const ROLEBINDINGS: RouteSet =
+        route_set!("/apis/rbac.authorization.k8s.io/v1", "rolebindings");
+    /// Cluster-scoped: only `list`/`list_all`, `create` and the item routes are meaningful
+    /// (named like the namespaced ones, as the generic handlers count them).
+    pub const CLUSTERROLES: RouteSet =
+        route_set!("/apis/rbac.authorization.k8s.io/v1", "clusterroles");
+    pub const CLUSTERROLEBINDINGS: RouteSet =
+        route_set!("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings");
+    pub const PODDISRUPTIONBUDGETS: RouteSet =
+        route_set!("/apis/policy/v1", "poddisruptionbudgets");
+    /// `apiextensions.k8s.io/v1` CustomResourceDefinitions are cluster-scoped: their routes
+    /// have no `/namespaces/{namespace}` (the namespaced names are unused).
+    pub const CUSTOM_RESOURCE_DEFINITIONS: RouteSet = RouteSet {
+        list: "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        list_all: "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        watch: "WATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        watch_all: "WATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        get: "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+        create: "POST /apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        replace: "PUT /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+        patch: "PATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+        delete: "DELETE /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+        get_status: "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}/status",
+        replace_status: "PUT /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}/status",
+        patch_status: "PATCH /apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}/status",
+    };
 
     pub const GET_SECRET: &str = SECRETS.get;
     pub const PATCH_SECRET: &str = SECRETS.patch;
@@ -476,6 +522,24 @@ impl Cluster {
         self.resource_version += 1;
         self.resource_version
     }
+
+    /// Removes a Secret, recording its `DELETED` event; the object as it was deleted.
+    fn remove_secret(&mut self, namespace: &str, name: &str) -> Option<Value> {
+        let secret = self
+            .secrets
+            .remove(&(namespace.to_string(), name.to_string()))?;
+        let version = self.next_resource_version();
+        let mut object = secret.to_json(namespace, name);
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        self.record_change(
+            kinds::Kind::Secret,
+            namespace,
+            watch::ChangeType::Deleted,
+            object.clone(),
+            None,
+        );
+        Some(object)
+    }
 }
 
 #[derive(Clone)]
@@ -609,18 +673,63 @@ fn router(shared: Shared) -> Router {
     let status = "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}/status";
     Router::new()
         .route("/version", get(version))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route(
+            "/api/v1/namespaces",
+            get(namespaces::list).post(namespaces::create),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}",
+            get(namespaces::get).patch(namespaces::patch),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/{plural}",
+            get(api::core_collection).post(api::core_create),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/{plural}/{name}",
+            get(api::core_get_item)
+                .put(api::core_replace_item)
+                .patch(api::core_patch_item)
+                .delete(api::core_delete_item),
+        )
+        .route("/apis", get(discovery::groups))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route(
             "/api/v1/namespaces/{namespace}/secrets",
             get(api::secrets_in_namespace).post(create_secret),
         )
         .route("/api/v1/secrets", get(api::all_secrets))
+        .route("/api/v1/events", get(core_events::everywhere))
+        .route(
+            "/api/v1/namespaces/{namespace}/events",
+            get(core_events::in_namespace),
+        )
+        .route("/api/v1/{plural}", get(api::core_list_all))
         .route(
             "/api/v1/namespaces/{namespace}/secrets/{name}",
-            get(get_secret).patch(patch_secret),
+            get(get_secret)
+                .patch(patch_secret)
+                .put(replace_secret)
+                .delete(delete_secret),
+        )
+        .route("/openapi/v3", get(openapi::root))
+        .route("/openapi/v3/api/{version}", get(openapi::core_document))
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(openapi::group_document),
         )
         .route(
             "/apis/{group}/{version}/{plural}",
-            get(api::cluster_collection),
+            get(api::cluster_collection).post(api::cluster_create),
+        )
+        .route(
+            "/apis/{group}/{version}/{plural}/{name}",
+            get(api::cluster_get_item)
+                .put(api::cluster_replace_item)
+                .patch(api::cluster_patch_item)
+                .delete(api::cluster_delete_item),
         )
         .route(
             collection,
@@ -640,6 +749,9 @@ fn router(shared: Shared) -> Router {
                 .patch(api::patch_status),
         )
         .fallback(|| async { Refusal::from(kinds::ApiError::no_such_resource()) })
+        .method_not_allowed_fallback(|| async {
+            Refusal::from(kinds::ApiError::method_not_allowed())
+        })
         .with_state(shared)
 }
 
@@ -761,9 +873,68 @@ async fn version(State(shared): State<Shared>) -> Response {
     ok(StatusCode::OK, body)
 }
 
+/// `PUT`: the body replaces the Secret's data, annotations, labels and type, written as an
+/// `Update` (what helm does to its release Secrets).
+async fn replace_secret(
+    State(shared): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::SECRETS.replace).await {
+        return Ok(fault);
+    }
+    if shared.cluster().forbidden.contains(&namespace) {
+        return Err(forbidden("update", &namespace, Some(&name)));
+    }
+    let body = protobuf::request_body(&headers, &body)?;
+    check_name_matches(&body, &name)?;
+    let mut assigned = assignments(&name, &body)?;
+    let manager = update_manager(&params, &headers);
+    let mut cluster = shared.cluster();
+    let key = (namespace.clone(), name.clone());
+    let Some(existing) = cluster.secrets.get(&key).cloned() else {
+        return Err(not_found(&name));
+    };
+    check_resource_version(&body, Some(&existing))?;
+    for field in assignments(&name, &existing.to_json(&namespace, &name))?.into_keys() {
+        assigned.entry(field).or_insert(None);
+    }
+    let mut object = existing.clone();
+    update_fields(&mut object, &manager, assigned);
+    Ok(store(
+        &mut cluster,
+        key,
+        Some(existing),
+        object,
+        &namespace,
+        &name,
+    ))
+}
+
+/// `DELETE`: answers the deleted Secret, as the API server does for objects without
+/// finalizers.
+async fn delete_secret(
+    State(shared): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::SECRETS.delete).await {
+        return Ok(fault);
+    }
+    if shared.cluster().forbidden.contains(&namespace) {
+        return Err(forbidden("delete", &namespace, Some(&name)));
+    }
+    let deleted = shared.cluster().remove_secret(&namespace, &name);
+    deleted
+        .map(|object| ok(StatusCode::OK, object))
+        .ok_or_else(|| not_found(&name))
+}
+
 async fn get_secret(
     State(shared): State<Shared>,
     Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     if let Some(fault) = shared.faults.intercept(routes::GET_SECRET).await {
         return Ok(fault);
@@ -773,6 +944,13 @@ async fn get_secret(
         return Err(forbidden("get", &namespace, Some(&name)));
     }
     match cluster.secrets.get(&(namespace.clone(), name.clone())) {
+        Some(object) if table::wanted(&headers) => {
+            let rendered = object.to_json(&namespace, &name);
+            Ok(ok(
+                StatusCode::OK,
+                table::of_object(&cluster, kinds::Kind::Secret, &rendered),
+            ))
+        }
         Some(object) => Ok(ok(StatusCode::OK, object.to_json(&namespace, &name))),
         None => Err(not_found(&name)),
     }
@@ -917,6 +1095,9 @@ async fn patch_secret(
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
             merge(&shared, &namespace, &name, &params, &headers, &body)
         }
+        "application/json-patch+json" => {
+            json_patch(&shared, &namespace, &name, &params, &headers, &body)
+        }
         other => Err(status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
@@ -979,12 +1160,20 @@ fn apply_fields(
         .into_iter()
         .filter_map(|(field, value)| value.map(|v| (field, v)))
         .collect();
+    let last_applied = last_applied_fields(object);
     let mut conflicts = Vec::new();
     for (field, value) in &applied {
         if object.get(field).as_ref() == Some(value) {
             continue;
         }
         for other in object.other_owners(field, manager, Operation::Apply) {
+            // The API server's last-applied manager: client-side apply's fields that its
+            // last-applied configuration lists are handed over to server-side apply without
+            // a conflict (`kubectl apply --server-side` after `kubectl apply`).
+            if other == CLIENT_SIDE_APPLY && last_applied.contains(field) {
+                object.disown(field, Some((manager, Operation::Apply)));
+                continue;
+            }
             conflicts.push((other, field.clone()));
         }
     }
@@ -1014,6 +1203,45 @@ fn apply_fields(
     }
     object.record(manager, Operation::Apply, applied.into_keys());
     Ok(())
+}
+
+/// The field manager of `kubectl apply` without `--server-side`.
+const CLIENT_SIDE_APPLY: &str = "kubectl-client-side-apply";
+
+/// The fields the `kubectl.kubernetes.io/last-applied-configuration` annotation sets.
+fn last_applied_fields(object: &SecretObject) -> BTreeSet<Field> {
+    let Some(last) = object
+        .annotations
+        .get("kubectl.kubernetes.io/last-applied-configuration")
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+    else {
+        return BTreeSet::new();
+    };
+    let keys = |value: &Value| -> Vec<String> {
+        value
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    let mut fields = BTreeSet::new();
+    fields.extend(keys(&last["data"]).into_iter().map(Field::Data));
+    fields.extend(keys(&last["stringData"]).into_iter().map(Field::Data));
+    fields.extend(
+        keys(&last["metadata"]["annotations"])
+            .into_iter()
+            .map(Field::Annotation),
+    );
+    fields.extend(
+        keys(&last["metadata"]["labels"])
+            .into_iter()
+            .map(Field::Label),
+    );
+    if last.get("type").is_some() {
+        fields.insert(Field::Type);
+    }
+    fields
 }
 
 fn conflict(conflicts: &[(String, Field)]) -> Refusal {
@@ -1046,6 +1274,100 @@ fn conflict(conflicts: &[(String, Field)]) -> Refusal {
         message,
         json!({ "causes": causes }),
     )
+}
+
+/// A JSON patch (RFC 6902, what kubectl sends to migrate managed fields to server-side
+/// apply): played on the Secret as JSON; the writable fields it changes are written as an
+/// `Update`, the ones it removes are removed.
+fn json_patch(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let operations: Value = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("error decoding JSON: {e}")))?;
+    let manager = update_manager(params, headers);
+    let mut cluster = shared.cluster();
+    let key = (namespace.to_string(), name.to_string());
+    let Some(existing) = cluster.secrets.get(&key).cloned() else {
+        return Err(not_found(name));
+    };
+    let mut patched = existing.to_json(namespace, name);
+    document::json_patch(&mut patched, &operations).map_err(|e| invalid(name, e))?;
+    check_resource_version(&patched, Some(&existing))?;
+    let mut assigned = assignments(name, &patched)?;
+    let before = assignments(name, &existing.to_json(namespace, name))?;
+    for field in before.into_keys() {
+        assigned.entry(field).or_insert(None);
+    }
+    let mut object = existing.clone();
+    update_fields(&mut object, &manager, assigned);
+    let rendered_before = existing.to_json(namespace, name);
+    let sent_managed = patched.pointer("/metadata/managedFields");
+    if sent_managed != rendered_before.pointer("/metadata/managedFields") {
+        // A write that sets managedFields replaces them (how kubectl hands client-side
+        // apply ownership over to server-side apply).
+        object.managed = parse_managed_fields(sent_managed.unwrap_or(&Value::Null))
+            .map_err(|e| invalid(name, format!("metadata.managedFields: Invalid value: {e}")))?;
+    }
+    Ok(store(
+        &mut cluster,
+        key,
+        Some(existing),
+        object,
+        namespace,
+        name,
+    ))
+}
+
+/// Reads `metadata.managedFields` as a client sent them: manager, operation and the flat
+/// fields of their `fieldsV1` trie.
+fn parse_managed_fields(
+    entries: &Value,
+) -> Result<BTreeMap<(String, Operation), ManagedEntry>, String> {
+    let mut out = BTreeMap::new();
+    for entry in entries.as_array().into_iter().flatten() {
+        let manager = entry["manager"]
+            .as_str()
+            .ok_or("every entry needs a manager")?;
+        let operation = match entry["operation"].as_str() {
+            Some("Apply") => Operation::Apply,
+            Some("Update") => Operation::Update,
+            other => return Err(format!("operation {other:?}: must be Apply or Update")),
+        };
+        let trie = &entry["fieldsV1"];
+        let keys = |node: &Value| -> Vec<String> {
+            node.as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, _)| k.strip_prefix("f:").map(str::to_string))
+                .collect()
+        };
+        let mut fields = BTreeSet::new();
+        fields.extend(keys(&trie["f:data"]).into_iter().map(Field::Data));
+        fields.extend(
+            keys(&trie["f:metadata"]["f:annotations"])
+                .into_iter()
+                .map(Field::Annotation),
+        );
+        fields.extend(
+            keys(&trie["f:metadata"]["f:labels"])
+                .into_iter()
+                .map(Field::Label),
+        );
+        if trie.get("f:type").is_some() {
+            fields.insert(Field::Type);
+        }
+        let time = entry["time"].as_str().map_or_else(now, str::to_string);
+        out.insert(
+            (manager.to_string(), operation),
+            ManagedEntry { fields, time },
+        );
+    }
+    Ok(out)
 }
 
 fn merge(
@@ -1109,8 +1431,7 @@ async fn create_secret(
     if let Some(fault) = shared.faults.intercept(routes::CREATE_SECRET).await {
         return Ok(fault);
     }
-    let body: Value = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("error decoding JSON: {e}")))?;
+    let body = protobuf::request_body(&headers, &body)?;
     let Some(name) = body
         .pointer("/metadata/name")
         .and_then(Value::as_str)

@@ -3,7 +3,8 @@
 //! name (see [`super::routes`]) and plays any queued fault before doing any work.
 
 use super::kinds::{ApiError, Kind, KindInfo};
-use super::objects::{self, Target, Write};
+use super::objects::{self, Author, Target, Write};
+use super::table;
 use super::watch::{self, Selection, WatchRequest};
 use super::{Params, REFUSED_USER, Refusal, Shared, forbidden, ok, update_manager};
 use axum::body::Bytes;
@@ -19,6 +20,22 @@ type Item = Path<(String, String, String, String, String)>;
 
 fn find(group: &str, version: &str, plural: &str) -> Result<Kind, Refusal> {
     Kind::find(group, version, plural).ok_or_else(|| ApiError::no_such_resource().into())
+}
+
+/// The kind at a path that names an object's scope: a namespaced kind only under
+/// `namespaces/{namespace}/`, a cluster-scoped one only without; anything else is the
+/// API server's 404.
+fn find_scoped(group: &str, version: &str, namespace: &str, plural: &str) -> Result<Kind, Refusal> {
+    let kind = find(group, version, plural)?;
+    if kind.info().namespaced == namespace.is_empty() {
+        return Err(ApiError::no_such_resource().into());
+    }
+    Ok(kind)
+}
+
+/// `fieldValidation=Strict` (kubectl's default): unknown fields are refused, not dropped.
+fn strict(params: &HashMap<String, String>) -> bool {
+    params.get("fieldValidation").is_some_and(|v| v == "Strict")
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
@@ -48,7 +65,7 @@ pub(super) async fn namespaced_collection(
     axum::extract::Query(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let kind = find(&group, &version, &plural)?;
+    let kind = find_scoped(&group, &version, &namespace, &plural)?;
     list_or_watch(shared, kind, Some(namespace), params, headers).await
 }
 
@@ -60,7 +77,8 @@ pub(super) async fn cluster_collection(
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let kind = find(&group, &version, &plural)?;
-    list_or_watch(shared, kind, None, params, headers).await
+    let namespace = (!kind.info().namespaced).then(String::new);
+    list_or_watch(shared, kind, namespace, params, headers).await
 }
 
 /// `GET /api/v1/namespaces/{namespace}/secrets`.
@@ -109,10 +127,12 @@ async fn list_or_watch(
         Ok(watch::watch(shared, request))
     } else {
         let page = watch::Page::parse(&params).map_err(ApiError::bad_request)?;
-        Ok(ok(
-            StatusCode::OK,
-            watch::list(&shared.cluster(), &selection, &page),
-        ))
+        let cluster = shared.cluster();
+        let list = watch::list(&cluster, &selection, &page);
+        if table::wanted(&headers) {
+            return Ok(ok(StatusCode::OK, table::of_list(&cluster, kind, &list)));
+        }
+        Ok(ok(StatusCode::OK, list))
     }
 }
 
@@ -147,13 +167,48 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    let kind = find(&group, &version, &plural)?;
+    create_in(
+        shared,
+        (group, version, namespace, plural),
+        params,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// `POST` to a cluster-scoped collection.
+pub(super) async fn cluster_create(
+    State(shared): State<Shared>,
+    Path((group, version, plural)): ClusterCollection,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    create_in(
+        shared,
+        (group, version, String::new(), plural),
+        params,
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn create_in(
+    shared: Shared,
+    (group, version, namespace, plural): (String, String, String, String),
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let kind = find_scoped(&group, &version, &namespace, &plural)?;
     let info = kind.info();
     if let Some(fault) = shared.faults.intercept(info.routes.create).await {
         return Ok(fault);
     }
     refuse_dry_run(&params)?;
-    let body = parse_json(&body)?;
+    let body = super::protobuf::request_body(&headers, &body)?;
     let name = objects::name_to_create(info, &body)?;
     let manager = update_manager(&params, &headers);
     let (code, object) = objects::write(
@@ -163,7 +218,10 @@ pub(super) async fn create(
         &name,
         Target::Main,
         Write::Create(body),
-        &manager,
+        Author {
+            manager: &manager,
+            strict: strict(&params),
+        },
     )?;
     Ok(ok(code, object))
 }
@@ -180,9 +238,10 @@ async fn get(
     shared: Shared,
     path: (String, String, String, String, String),
     target: Target,
+    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let (group, version, namespace, plural, name) = path;
-    let kind = find(&group, &version, &plural)?;
+    let kind = find_scoped(&group, &version, &namespace, &plural)?;
     let info = kind.info();
     let route = route_for(target, info.routes.get, info.routes.get_status);
     if let Some(fault) = shared.faults.intercept(route).await {
@@ -196,7 +255,14 @@ async fn get(
         .objects
         .get(&(kind, namespace, name.clone()))
         .ok_or_else(|| info.not_found(&name))?;
-    Ok(ok(StatusCode::OK, object.render(info)))
+    let rendered = object.render(info);
+    if table::wanted(&headers) {
+        return Ok(ok(
+            StatusCode::OK,
+            table::of_object(&cluster, kind, &rendered),
+        ));
+    }
+    Ok(ok(StatusCode::OK, rendered))
 }
 
 async fn replace(
@@ -208,14 +274,14 @@ async fn replace(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (group, version, namespace, plural, name) = path;
-    let kind = find(&group, &version, &plural)?;
+    let kind = find_scoped(&group, &version, &namespace, &plural)?;
     let info = kind.info();
     let route = route_for(target, info.routes.replace, info.routes.replace_status);
     if let Some(fault) = shared.faults.intercept(route).await {
         return Ok(fault);
     }
     refuse_dry_run(&params)?;
-    let body = parse_json(&body)?;
+    let body = super::protobuf::request_body(&headers, &body)?;
     let manager = update_manager(&params, &headers);
     let (code, object) = objects::write(
         &mut shared.cluster(),
@@ -224,7 +290,10 @@ async fn replace(
         &name,
         target,
         Write::Replace(body),
-        &manager,
+        Author {
+            manager: &manager,
+            strict: strict(&params),
+        },
     )?;
     Ok(ok(code, object))
 }
@@ -238,7 +307,7 @@ async fn patch(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (group, version, namespace, plural, name) = path;
-    let kind = find(&group, &version, &plural)?;
+    let kind = find_scoped(&group, &version, &namespace, &plural)?;
     let info = kind.info();
     let route = route_for(target, info.routes.patch, info.routes.patch_status);
     if let Some(fault) = shared.faults.intercept(route).await {
@@ -253,7 +322,10 @@ async fn patch(
         &name,
         target,
         write,
-        &manager,
+        Author {
+            manager: &manager,
+            strict: strict(&params),
+        },
     )?;
     Ok(ok(code, object))
 }
@@ -304,7 +376,7 @@ async fn delete(
     path: (String, String, String, String, String),
 ) -> Result<Response, Refusal> {
     let (group, version, namespace, plural, name) = path;
-    let kind = find(&group, &version, &plural)?;
+    let kind = find_scoped(&group, &version, &namespace, &plural)?;
     let info = kind.info();
     if let Some(fault) = shared.faults.intercept(info.routes.delete).await {
         return Ok(fault);
@@ -316,15 +388,17 @@ async fn delete(
 pub(super) async fn get_item(
     State(shared): State<Shared>,
     Path(path): Item,
+    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    get(shared, path, Target::Main).await
+    get(shared, path, Target::Main, headers).await
 }
 
 pub(super) async fn get_status(
     State(shared): State<Shared>,
     Path(path): Item,
+    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    get(shared, path, Target::Status).await
+    get(shared, path, Target::Status, headers).await
 }
 
 pub(super) async fn replace_item(
@@ -372,4 +446,132 @@ pub(super) async fn delete_item(
     Path(path): Item,
 ) -> Result<Response, Refusal> {
     delete(shared, path).await
+}
+
+type ClusterItem = Path<(String, String, String, String)>;
+
+/// The 5-part path of a cluster-scoped object: its namespace is empty.
+fn at_top(
+    (group, version, plural, name): (String, String, String, String),
+) -> (String, String, String, String, String) {
+    (group, version, String::new(), plural, name)
+}
+
+pub(super) async fn cluster_get_item(
+    State(shared): State<Shared>,
+    Path(path): ClusterItem,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    get(shared, at_top(path), Target::Main, headers).await
+}
+
+pub(super) async fn cluster_replace_item(
+    State(shared): State<Shared>,
+    Path(path): ClusterItem,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    replace(shared, at_top(path), Target::Main, params, headers, body).await
+}
+
+pub(super) async fn cluster_patch_item(
+    State(shared): State<Shared>,
+    Path(path): ClusterItem,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    patch(shared, at_top(path), Target::Main, params, headers, body).await
+}
+
+pub(super) async fn cluster_delete_item(
+    State(shared): State<Shared>,
+    Path(path): ClusterItem,
+) -> Result<Response, Refusal> {
+    delete(shared, at_top(path)).await
+}
+
+type CoreCollection = Path<(String, String)>;
+type CoreItem = Path<(String, String, String)>;
+
+/// The 5-part path of a core/v1 object (`/api/v1/namespaces/{namespace}/{plural}/{name}`).
+fn core(
+    (namespace, plural, name): (String, String, String),
+) -> (String, String, String, String, String) {
+    (String::new(), "v1".to_string(), namespace, plural, name)
+}
+
+/// `GET /api/v1/namespaces/{namespace}/{plural}` for the core kinds of the generic store.
+pub(super) async fn core_collection(
+    State(shared): State<Shared>,
+    Path((namespace, plural)): CoreCollection,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let kind = find_scoped("", "v1", &namespace, &plural)?;
+    list_or_watch(shared, kind, Some(namespace), params, headers).await
+}
+
+pub(super) async fn core_create(
+    State(shared): State<Shared>,
+    Path((namespace, plural)): CoreCollection,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    create_in(
+        shared,
+        (String::new(), "v1".to_string(), namespace, plural),
+        params,
+        headers,
+        body,
+    )
+    .await
+}
+
+pub(super) async fn core_get_item(
+    State(shared): State<Shared>,
+    Path(path): CoreItem,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    get(shared, core(path), Target::Main, headers).await
+}
+
+pub(super) async fn core_replace_item(
+    State(shared): State<Shared>,
+    Path(path): CoreItem,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    replace(shared, core(path), Target::Main, params, headers, body).await
+}
+
+pub(super) async fn core_patch_item(
+    State(shared): State<Shared>,
+    Path(path): CoreItem,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    patch(shared, core(path), Target::Main, params, headers, body).await
+}
+
+pub(super) async fn core_delete_item(
+    State(shared): State<Shared>,
+    Path(path): CoreItem,
+) -> Result<Response, Refusal> {
+    delete(shared, core(path)).await
+}
+
+/// `GET /api/v1/{plural}`: a core kind across all namespaces.
+pub(super) async fn core_list_all(
+    State(shared): State<Shared>,
+    Path(plural): Path<String>,
+    axum::extract::Query(params): Params,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let kind = find("", "v1", &plural)?;
+    list_or_watch(shared, kind, None, params, headers).await
 }

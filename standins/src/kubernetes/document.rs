@@ -143,14 +143,33 @@ fn pointer_of(operation: &Value, key: &str) -> Result<String, String> {
         .get(key)
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| format!("JSON patch operation {operation} has no {key:?}"))
+        .ok_or_else(|| {
+            format!(
+                "JSON patch operation {} has no {key:?}",
+                describe(operation)
+            )
+        })
+}
+
+/// An operation as errors name it: its `op` and `path`, never its values (a patch to a
+/// Secret carries secret values).
+fn describe(operation: &Value) -> String {
+    let field = |key: &str| {
+        operation
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    format!("{:?} at {:?}", field("op"), field("path"))
 }
 
 fn value_of(operation: &Value) -> Result<Value, String> {
-    operation
-        .get("value")
-        .cloned()
-        .ok_or_else(|| format!("JSON patch operation {operation} has no \"value\""))
+    operation.get("value").cloned().ok_or_else(|| {
+        format!(
+            "JSON patch operation {} has no \"value\"",
+            describe(operation)
+        )
+    })
 }
 
 fn missing(path: &str) -> String {
@@ -271,6 +290,33 @@ pub(super) fn remove_path(value: &mut Value, path: &[String]) {
     }
 }
 
+/// The leaf paths a `fieldsV1` trie names (the inverse of [`fields_v1`]): keys `f:name`
+/// descend; a list's element keys (`k:`, `i:`, `v:`) make the list itself the leaf, as lists
+/// are leaves here; `.` (the node itself) is skipped.
+pub(super) fn paths_of_fields_v1(trie: &Value) -> BTreeSet<FieldPath> {
+    fn walk(node: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+        let Some(map) = node.as_object() else { return };
+        let mut descended = false;
+        for (key, child) in map {
+            if let Some(name) = key.strip_prefix("f:") {
+                descended = true;
+                path.push(name.to_string());
+                walk(child, path, out);
+                path.pop();
+            } else if key != "." {
+                out.insert(path.clone());
+                return;
+            }
+        }
+        if !descended && !path.is_empty() {
+            out.insert(path.clone());
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(trie, &mut Vec::new(), &mut out);
+    out
+}
+
 /// The `fieldsV1` trie of a set of leaf paths, as `managedFields` spells it.
 pub(super) fn fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     let mut root = Map::new();
@@ -310,6 +356,40 @@ mod tests {
         assert_eq!(doc, json!({"containers": [{"name": "b", "image": "z"}]}));
         let refused = strategic_merge(&mut doc, &json!({"$retainKeys": []})).unwrap_err();
         assert!(refused.contains("$retainKeys"), "{refused}");
+    }
+
+    #[test]
+    fn fields_v1_tries_read_back_as_the_paths_they_name() {
+        let paths: BTreeSet<FieldPath> = [
+            vec!["spec".to_string(), "lifetime".to_string()],
+            vec![
+                "metadata".to_string(),
+                "labels".to_string(),
+                "app".to_string(),
+            ],
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(paths_of_fields_v1(&fields_v1(&paths)), paths);
+        let with_list = json!({ "f:spec": { ".": {}, "f:targets": { "k:{\"name\":\"a\"}": {} } } });
+        assert_eq!(
+            paths_of_fields_v1(&with_list),
+            BTreeSet::from([vec!["spec".to_string(), "targets".to_string()]])
+        );
+    }
+
+    #[test]
+    fn a_malformed_json_patch_operation_is_named_without_its_values() {
+        let mut doc = json!({ "data": {} });
+        let error = json_patch(
+            &mut doc,
+            &json!([{ "op": "add", "path": "/data/SMTP_PASSWORD", "valeu": "s3cret" }]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "JSON patch operation \"add\" at \"/data/SMTP_PASSWORD\" has no \"value\""
+        );
     }
 
     #[test]

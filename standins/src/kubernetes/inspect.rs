@@ -4,8 +4,7 @@
 
 use super::KubernetesStandin;
 use super::kinds::{ApiError, Kind, WorkloadKind};
-use super::objects::{self, Target, Write};
-use super::watch::ChangeType;
+use super::objects::{self, Author, Target, Write};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -74,7 +73,10 @@ impl KubernetesStandin {
             name,
             target,
             write,
-            SEEDING_MANAGER,
+            Author {
+                manager: SEEDING_MANAGER,
+                strict: false,
+            },
         )
         .map(|(_, object)| object)
     }
@@ -245,18 +247,10 @@ impl KubernetesStandin {
 
     /// Deletes a Secret out of band (as `kubectl delete secret`); `false` if it did not exist.
     pub fn delete_secret(&self, namespace: &str, name: &str) -> bool {
-        let mut cluster = self.shared.cluster();
-        let Some(secret) = cluster
-            .secrets
-            .remove(&(namespace.to_string(), name.to_string()))
-        else {
-            return false;
-        };
-        let version = cluster.next_resource_version();
-        let mut object = secret.to_json(namespace, name);
-        object["metadata"]["resourceVersion"] = json!(version.to_string());
-        cluster.record_change(Kind::Secret, namespace, ChangeType::Deleted, object, None);
-        true
+        self.shared
+            .cluster()
+            .remove_secret(namespace, name)
+            .is_some()
     }
 
     /// The cluster's current `resourceVersion`.

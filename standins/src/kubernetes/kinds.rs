@@ -33,6 +33,15 @@ pub(super) enum Kind {
     StatefulSet,
     DaemonSet,
     Secret,
+    CustomResourceDefinition,
+    ConfigMap,
+    Service,
+    ServiceAccount,
+    Role,
+    RoleBinding,
+    ClusterRole,
+    ClusterRoleBinding,
+    PodDisruptionBudget,
 }
 
 /// How the real API server's registry treats one kind.
@@ -41,6 +50,8 @@ pub(super) struct KindInfo {
     pub version: &'static str,
     pub plural: &'static str,
     pub kind: &'static str,
+    /// Namespaced objects live under `namespaces/{namespace}/`; the others at the top.
+    pub namespaced: bool,
     pub routes: RouteSet,
     /// `/status` exists; the main resource ignores `status`, `/status` ignores the rest.
     pub status_subresource: bool,
@@ -52,6 +63,9 @@ pub(super) struct KindInfo {
     pub unconditional_update: bool,
     /// A built-in type: strategic merge patches work, list items carry no kind.
     pub built_in: bool,
+    /// What discovery announces: the singular name and the short names kubectl resolves.
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
 }
 
 const ROTATION: KindInfo = KindInfo {
@@ -59,12 +73,15 @@ const ROTATION: KindInfo = KindInfo {
     version: "v1alpha1",
     plural: "clientsecretrotations",
     kind: "ClientSecretRotation",
+    namespaced: true,
     routes: routes::ROTATIONS,
     status_subresource: true,
     tracks_generation: true,
     create_on_update: false,
     unconditional_update: false,
     built_in: false,
+    singular: "clientsecretrotation",
+    short_names: &["csrot"],
 };
 
 const EVENT: KindInfo = KindInfo {
@@ -72,12 +89,15 @@ const EVENT: KindInfo = KindInfo {
     version: "v1",
     plural: "events",
     kind: "Event",
+    namespaced: true,
     routes: routes::EVENTS,
     status_subresource: false,
     tracks_generation: false,
     create_on_update: true,
     unconditional_update: true,
     built_in: true,
+    singular: "event",
+    short_names: &["ev"],
 };
 
 const LEASE: KindInfo = KindInfo {
@@ -85,54 +105,229 @@ const LEASE: KindInfo = KindInfo {
     version: "v1",
     plural: "leases",
     kind: "Lease",
+    namespaced: true,
     routes: routes::LEASES,
     status_subresource: false,
     tracks_generation: false,
     create_on_update: true,
     unconditional_update: false,
     built_in: true,
+    singular: "lease",
+    short_names: &[],
 };
 
-const fn workload(plural: &'static str, kind: &'static str, routes: RouteSet) -> KindInfo {
+const fn workload(
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    kind: &'static str,
+    routes: RouteSet,
+) -> KindInfo {
     KindInfo {
         group: "apps",
         version: "v1",
         plural,
         kind,
+        namespaced: true,
         routes,
         status_subresource: true,
         tracks_generation: true,
         create_on_update: false,
         unconditional_update: true,
         built_in: true,
+        singular,
+        short_names,
     }
 }
 
-const DEPLOYMENT: KindInfo = workload("deployments", "Deployment", routes::DEPLOYMENTS);
-const STATEFUL_SET: KindInfo = workload("statefulsets", "StatefulSet", routes::STATEFULSETS);
-const DAEMON_SET: KindInfo = workload("daemonsets", "DaemonSet", routes::DAEMONSETS);
+const DEPLOYMENT: KindInfo = workload(
+    "deployments",
+    "deployment",
+    &["deploy"],
+    "Deployment",
+    routes::DEPLOYMENTS,
+);
+const STATEFUL_SET: KindInfo = workload(
+    "statefulsets",
+    "statefulset",
+    &["sts"],
+    "StatefulSet",
+    routes::STATEFULSETS,
+);
+const DAEMON_SET: KindInfo = workload(
+    "daemonsets",
+    "daemonset",
+    &["ds"],
+    "DaemonSet",
+    routes::DAEMONSETS,
+);
 
 const SECRET: KindInfo = KindInfo {
     group: "",
     version: "v1",
     plural: "secrets",
     kind: "Secret",
+    namespaced: true,
     routes: routes::SECRETS,
     status_subresource: false,
     tracks_generation: false,
     create_on_update: false,
     unconditional_update: true,
     built_in: true,
+    singular: "secret",
+    short_names: &[],
 };
 
-/// Kinds served under `/apis/{group}/{version}/…` by the generic object store.
-const GENERIC: [Kind; 6] = [
+/// `apiextensions.k8s.io/v1` CustomResourceDefinitions, cluster-scoped; registering one
+/// makes the stand-in validate, default and print its custom resources (see `crds`).
+const CUSTOM_RESOURCE_DEFINITION: KindInfo = KindInfo {
+    group: "apiextensions.k8s.io",
+    version: "v1",
+    plural: "customresourcedefinitions",
+    kind: "CustomResourceDefinition",
+    namespaced: false,
+    routes: routes::CUSTOM_RESOURCE_DEFINITIONS,
+    status_subresource: true,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: true,
+    singular: "customresourcedefinition",
+    short_names: &["crd", "crds"],
+};
+
+/// A kind the stand-in only stores and serves (what `helm install` of the chart creates):
+/// no status subresource or generation, updates without `resourceVersion` allowed.
+const fn stored(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    kind: &'static str,
+    namespaced: bool,
+    routes: RouteSet,
+) -> KindInfo {
+    KindInfo {
+        group,
+        version: "v1",
+        plural,
+        kind,
+        namespaced,
+        routes,
+        status_subresource: false,
+        tracks_generation: false,
+        create_on_update: false,
+        unconditional_update: true,
+        built_in: true,
+        singular,
+        short_names,
+    }
+}
+
+const CONFIG_MAP: KindInfo = stored(
+    "",
+    "configmaps",
+    "configmap",
+    &["cm"],
+    "ConfigMap",
+    true,
+    routes::CONFIGMAPS,
+);
+const SERVICE: KindInfo = stored(
+    "",
+    "services",
+    "service",
+    &["svc"],
+    "Service",
+    true,
+    routes::SERVICES,
+);
+const SERVICE_ACCOUNT: KindInfo = stored(
+    "",
+    "serviceaccounts",
+    "serviceaccount",
+    &["sa"],
+    "ServiceAccount",
+    true,
+    routes::SERVICEACCOUNTS,
+);
+const RBAC: &str = "rbac.authorization.k8s.io";
+const ROLE: KindInfo = stored(RBAC, "roles", "role", &[], "Role", true, routes::ROLES);
+const ROLE_BINDING: KindInfo = stored(
+    RBAC,
+    "rolebindings",
+    "rolebinding",
+    &[],
+    "RoleBinding",
+    true,
+    routes::ROLEBINDINGS,
+);
+const CLUSTER_ROLE: KindInfo = stored(
+    RBAC,
+    "clusterroles",
+    "clusterrole",
+    &[],
+    "ClusterRole",
+    false,
+    routes::CLUSTERROLES,
+);
+const CLUSTER_ROLE_BINDING: KindInfo = stored(
+    RBAC,
+    "clusterrolebindings",
+    "clusterrolebinding",
+    &[],
+    "ClusterRoleBinding",
+    false,
+    routes::CLUSTERROLEBINDINGS,
+);
+const POD_DISRUPTION_BUDGET: KindInfo = stored(
+    "policy",
+    "poddisruptionbudgets",
+    "poddisruptionbudget",
+    &["pdb"],
+    "PodDisruptionBudget",
+    true,
+    routes::PODDISRUPTIONBUDGETS,
+);
+
+/// Kinds served under `/apis/{group}/{version}/…` (and core ones under `/api/v1/…`) by the
+/// generic object store.
+const GENERIC: [Kind; 15] = [
     Kind::Rotation,
     Kind::Event,
     Kind::Lease,
     Kind::Deployment,
     Kind::StatefulSet,
     Kind::DaemonSet,
+    Kind::CustomResourceDefinition,
+    Kind::ConfigMap,
+    Kind::Service,
+    Kind::ServiceAccount,
+    Kind::Role,
+    Kind::RoleBinding,
+    Kind::ClusterRole,
+    Kind::ClusterRoleBinding,
+    Kind::PodDisruptionBudget,
+];
+
+/// Every kind the stand-in serves, in the order discovery lists them.
+pub(super) const SERVED: [Kind; 16] = [
+    Kind::Secret,
+    Kind::Rotation,
+    Kind::Event,
+    Kind::Lease,
+    Kind::Deployment,
+    Kind::StatefulSet,
+    Kind::DaemonSet,
+    Kind::CustomResourceDefinition,
+    Kind::ConfigMap,
+    Kind::Service,
+    Kind::ServiceAccount,
+    Kind::Role,
+    Kind::RoleBinding,
+    Kind::ClusterRole,
+    Kind::ClusterRoleBinding,
+    Kind::PodDisruptionBudget,
 ];
 
 impl Kind {
@@ -145,6 +340,15 @@ impl Kind {
             Kind::StatefulSet => &STATEFUL_SET,
             Kind::DaemonSet => &DAEMON_SET,
             Kind::Secret => &SECRET,
+            Kind::CustomResourceDefinition => &CUSTOM_RESOURCE_DEFINITION,
+            Kind::ConfigMap => &CONFIG_MAP,
+            Kind::Service => &SERVICE,
+            Kind::ServiceAccount => &SERVICE_ACCOUNT,
+            Kind::Role => &ROLE,
+            Kind::RoleBinding => &ROLE_BINDING,
+            Kind::ClusterRole => &CLUSTER_ROLE,
+            Kind::ClusterRoleBinding => &CLUSTER_ROLE_BINDING,
+            Kind::PodDisruptionBudget => &POD_DISRUPTION_BUDGET,
         }
     }
 
@@ -275,6 +479,16 @@ impl ApiError {
 
     pub(super) fn bad_request(message: String) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message, json!({}))
+    }
+
+    /// A verb the server does not serve on a path it knows, as the API server answers it.
+    pub(super) fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource".to_string(),
+            json!({}),
+        )
     }
 
     /// A path the server does not serve, as the API server answers it.

@@ -264,6 +264,13 @@ pub(super) fn name_to_create(info: &KindInfo, body: &Value) -> Result<String, Ap
     ))
 }
 
+/// Who writes: the field manager, and whether unknown fields are refused
+/// (`fieldValidation=Strict`) rather than dropped.
+pub(super) struct Author<'a> {
+    pub manager: &'a str,
+    pub strict: bool,
+}
+
 /// Carries out one write under the cluster lock: `(201 or 200, the object)` or the refusal.
 pub(super) fn write(
     cluster: &mut Cluster,
@@ -272,13 +279,14 @@ pub(super) fn write(
     name: &str,
     target: Target,
     write: Write,
-    manager: &str,
+    author: Author<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let Author { manager, strict } = author;
     let info = kind.info();
     if target == Target::Status && !info.status_subresource {
         return Err(ApiError::no_such_resource());
     }
-    if !cluster.namespaces.contains(namespace) {
+    if info.namespaced && !cluster.namespaces.contains(namespace) {
         return Err(ApiError::namespace_not_found(namespace));
     }
     let key = (kind, namespace.to_string(), name.to_string());
@@ -320,7 +328,9 @@ pub(super) fn write(
             applied(info, target, old, config, manager, force)?
         }
         (patch, Some(old)) => {
-            let mut doc = old.body.clone();
+            // A patch applies to the object as served, managedFields included.
+            let rendered = old.render(info);
+            let mut doc = rendered.clone();
             match patch {
                 Write::MergePatch(p) => document::merge_patch(&mut doc, &p),
                 Write::StrategicMerge(p) => {
@@ -339,10 +349,27 @@ pub(super) fn write(
                 }
             }
             check_precondition(info, name, &doc, old)?;
-            updated(info, target, old, doc, &updater)
+            let sent_managed = doc.pointer("/metadata/managedFields").cloned();
+            let mut next = updated(info, target, old, doc, &updater);
+            if sent_managed.as_ref() != rendered.pointer("/metadata/managedFields") {
+                // Setting managedFields replaces them (kubectl's hand-over of client-side
+                // apply's fields to server-side apply).
+                next.managed = parse_managed_fields(sent_managed.as_ref()).map_err(|e| {
+                    info.invalid(
+                        name,
+                        &[(
+                            "metadata.managedFields".to_string(),
+                            format!("Invalid value: {e}"),
+                        )],
+                    )
+                })?;
+            }
+            next
         }
     };
+    let mut next = next;
     validate(kind, namespace, name, &next.body)?;
+    super::crds::admit(cluster, kind, name, &mut next.body, target, strict)?;
     Ok(commit(cluster, kind, namespace, name, existing, next))
 }
 
@@ -449,7 +476,9 @@ fn created(
     }
     let metadata = &mut body["metadata"];
     metadata["name"] = json!(name);
-    metadata["namespace"] = json!(namespace);
+    if info.namespaced {
+        metadata["namespace"] = json!(namespace);
+    }
     metadata["uid"] = json!(Uuid::new_v4().to_string());
     metadata["creationTimestamp"] = json!(now());
     if let Some(map) = metadata.as_object_mut() {
@@ -534,6 +563,51 @@ fn record_update(object: &mut StoredObject, updater: &Manager, new_body: Value) 
     object.body = new_body;
 }
 
+/// `metadata.managedFields` as a client sent them.
+fn parse_managed_fields(entries: Option<&Value>) -> Result<BTreeMap<Manager, Owned>, String> {
+    let mut out = BTreeMap::new();
+    for entry in entries.and_then(Value::as_array).into_iter().flatten() {
+        let name = entry["manager"]
+            .as_str()
+            .ok_or("every entry needs a manager")?;
+        let operation = match entry["operation"].as_str() {
+            Some("Apply") => Operation::Apply,
+            Some("Update") => Operation::Update,
+            other => return Err(format!("operation {other:?}: must be Apply or Update")),
+        };
+        let subresource = match entry["subresource"].as_str() {
+            None | Some("") => None,
+            Some("status") => Some("status"),
+            Some(other) => return Err(format!("subresource {other:?}: only status exists")),
+        };
+        let owned = Owned {
+            paths: document::paths_of_fields_v1(&entry["fieldsV1"]),
+            time: entry["time"].as_str().map_or_else(now, str::to_string),
+        };
+        out.insert(
+            Manager {
+                name: name.to_string(),
+                operation,
+                subresource,
+            },
+            owned,
+        );
+    }
+    Ok(out)
+}
+
+/// The field manager of `kubectl apply` without `--server-side`.
+const CLIENT_SIDE_APPLY: &str = "kubectl-client-side-apply";
+
+/// The leaf paths `kubectl.kubernetes.io/last-applied-configuration` sets.
+fn last_applied_paths(body: &Value) -> BTreeSet<FieldPath> {
+    body.pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        .map(|last| document::leaves(&last).into_keys().collect())
+        .unwrap_or_default()
+}
+
 /// Server-side apply of `config` by `manager` over `old`.
 fn applied(
     info: &KindInfo,
@@ -553,10 +627,18 @@ fn applied(
         .filter(|(path, _)| ownable(path) && in_scope(info, target, path))
         .collect();
     let mut object = old.clone();
+    let last_applied = last_applied_paths(&old.body);
     let mut conflicts = Vec::new();
     for (path, value) in &applied {
         if document::get_path(&object.body, path) != Some(value) {
             for other in object.other_owners(path, &applier) {
+                // The API server's last-applied manager: fields client-side apply set
+                // through its last-applied configuration pass to server-side apply
+                // without a conflict.
+                if other.name == CLIENT_SIDE_APPLY && last_applied.contains(path) {
+                    object.disown(path, Some(&applier));
+                    continue;
+                }
                 conflicts.push((other, path.clone()));
             }
         }
@@ -716,7 +798,10 @@ pub(super) fn roll_out(cluster: &mut Cluster, kind: Kind, namespace: &str, name:
         name,
         Target::Status,
         Write::MergePatch(patch),
-        "kube-controller-manager",
+        Author {
+            manager: "kube-controller-manager",
+            strict: false,
+        },
     );
     if let Err(error) = written {
         tracing::debug!(%error, "stand-in could not roll a workload out");

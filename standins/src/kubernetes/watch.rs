@@ -16,15 +16,17 @@
 //!   and one that starts matching is `ADDED`, as on a real server. The stream ends after
 //!   `timeoutSeconds` with a `BOOKMARK` when `allowWatchBookmarks=true`.
 //! - `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1` (what
-//!   `metadata_watcher` sends) answers metadata-only objects.
+//!   `metadata_watcher` sends) answers metadata-only objects;
+//!   `Accept: application/json;as=Table;g=meta.k8s.io;v=v1` (`kubectl get -w`) one-row
+//!   `Table`s (see `table`).
 
-use base64::Engine as _;
 use super::kinds::{ApiError, Kind};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::{Cluster, Shared};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -134,6 +136,8 @@ pub(super) struct Selection {
     labels: LabelSelector,
     fields: FieldSelector,
     metadata_only: bool,
+    /// `kubectl get -w`: each event carries a one-row `Table`.
+    table: bool,
 }
 
 impl Selection {
@@ -146,7 +150,21 @@ impl Selection {
     ) -> Result<Self, ApiError> {
         let param = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
         let labels = LabelSelector::parse(param("labelSelector")).map_err(ApiError::bad_request)?;
-        let extra_fields: &[&str] = if kind == Kind::Secret { &["type"] } else { &[] };
+        let extra_fields: &[&str] = match kind {
+            Kind::Secret => &["type"],
+            // What `kubectl events --for` and describers select events.k8s.io Events on.
+            Kind::Event => &[
+                "regarding.kind",
+                "regarding.namespace",
+                "regarding.name",
+                "regarding.uid",
+                "regarding.apiVersion",
+                "reason",
+                "reportingController",
+                "type",
+            ],
+            _ => &[],
+        };
         let fields = FieldSelector::parse(param("fieldSelector"), extra_fields)
             .map_err(ApiError::bad_request)?;
         let metadata_only = headers
@@ -159,6 +177,7 @@ impl Selection {
             labels,
             fields,
             metadata_only,
+            table: super::table::wanted(headers),
         })
     }
 
@@ -180,6 +199,15 @@ impl Selection {
             })
         } else {
             object.clone()
+        }
+    }
+
+    /// The object as a watch event carries it: a `Table` row when asked for, else shaped.
+    fn render(&self, cluster: &Cluster, object: &Value) -> Value {
+        if self.table {
+            super::table::of_object(cluster, self.kind, object)
+        } else {
+            self.shape(object)
         }
     }
 
@@ -211,8 +239,13 @@ pub(super) struct Page {
 
 impl Page {
     /// Reads `limit` and `continue`; a token we did not issue is a 400, as on a real server.
-    pub(super) fn parse(params: &std::collections::HashMap<String, String>) -> Result<Self, String> {
-        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    pub(super) fn parse(
+        params: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let limit = params
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0);
         let after = match params.get("continue").filter(|c| !c.is_empty()) {
             None => None,
             Some(token) => {
@@ -220,7 +253,10 @@ impl Page {
                     .decode(token)
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .and_then(|text| text.split_once('|').map(|(rv, key)| (rv.parse::<u64>().ok(), key.to_string())));
+                    .and_then(|text| {
+                        text.split_once('|')
+                            .map(|(rv, key)| (rv.parse::<u64>().ok(), key.to_string()))
+                    });
                 match decoded {
                     Some((Some(rv), key)) => Some((rv, key)),
                     _ => return Err("continue key is not valid".into()),
@@ -233,24 +269,36 @@ impl Page {
 
 fn object_key(object: &Value) -> String {
     let metadata = &object["metadata"];
-    format!("{}/{}", metadata["namespace"].as_str().unwrap_or(""), metadata["name"].as_str().unwrap_or(""))
+    format!(
+        "{}/{}",
+        metadata["namespace"].as_str().unwrap_or(""),
+        metadata["name"].as_str().unwrap_or("")
+    )
 }
 
 /// The list answer: one page of matching objects and the version a watch continues from.
 pub(super) fn list(cluster: &Cluster, selection: &Selection, page: &Page) -> Value {
     let info = selection.kind.info();
-    let resource_version = page.after.as_ref().map_or(cluster.resource_version, |(rv, _)| *rv);
+    let resource_version = page
+        .after
+        .as_ref()
+        .map_or(cluster.resource_version, |(rv, _)| *rv);
     let matching: Vec<Value> = cluster
         .snapshot(selection.kind, selection.namespace.as_deref())
         .into_iter()
         .filter(|object| selection.matches(object))
-        .filter(|object| page.after.as_ref().is_none_or(|(_, after)| object_key(object).as_str() > after.as_str()))
+        .filter(|object| {
+            page.after
+                .as_ref()
+                .is_none_or(|(_, after)| object_key(object).as_str() > after.as_str())
+        })
         .collect();
     let taken = page.limit.unwrap_or(usize::MAX).min(matching.len());
     let remaining = matching.len() - taken;
     let next = (remaining > 0).then(|| {
         let last = object_key(&matching[taken - 1]);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{resource_version}|{last}"))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{resource_version}|{last}"))
     });
     let items: Vec<Value> = matching[..taken]
         .iter()
@@ -387,7 +435,10 @@ impl Stream {
                 Start::Snapshot { end_marker } => {
                     for object in cluster.snapshot(selection.kind, selection.namespace.as_deref()) {
                         if selection.matches(&object) {
-                            queued.push_back(event_line("ADDED", selection.shape(&object)));
+                            queued.push_back(event_line(
+                                "ADDED",
+                                selection.render(&cluster, &object),
+                            ));
                         }
                     }
                     if end_marker {
@@ -444,8 +495,8 @@ impl Stream {
                 continue;
             }
             if let Some(event_type) = self.event_type(change) {
-                self.queued
-                    .push_back(event_line(event_type, self.selection.shape(&change.object)));
+                let object = self.selection.render(&cluster, &change.object);
+                self.queued.push_back(event_line(event_type, object));
             }
         }
     }
