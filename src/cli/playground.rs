@@ -31,6 +31,8 @@ async fn playground(dir: &Path) -> anyhow::Result<()> {
     // A working client secret of the seeded application: readable by its owner only.
     write_private(&app_secret, hand_made_secret(&scenario)?.as_bytes())?;
 
+    register_crd(&scenario).await?;
+
     let log_path = dir.join("controller.log");
     let log = std::fs::File::create(&log_path)?;
     let mut controller = tokio::process::Command::new(std::env::current_exe()?)
@@ -51,6 +53,19 @@ async fn playground(dir: &Path) -> anyhow::Result<()> {
         signal = tokio::signal::ctrl_c() => signal?,
     }
     println!("Stopping: the stand-ins forget everything; the files in {} stay.", dir.display());
+    Ok(())
+}
+
+/// Applies the ClientSecretRotation CRD (the one `entra-rotator crd` prints), as the
+/// chart's install would: kubectl finds the kind through discovery only once it is there,
+/// and the stand-in then admits objects with the CRD's schema, defaults and CEL rules.
+async fn register_crd(scenario: &Scenario) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt as _;
+    let kubeconfig = kube::config::Kubeconfig::read_from(scenario.kubeconfig_path())?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(kube::Client::try_from(config)?);
+    crds.create(&Default::default(), &crate::operator::crd::ClientSecretRotation::crd()).await?;
     Ok(())
 }
 

@@ -34,8 +34,10 @@ const GUID_PATTERN: &str = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
     namespaced,
     status = "ClientSecretRotationStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
-    printcolumn = r#"{"name":"Next rotation","type":"date","jsonPath":".status.renewalTime"}"#,
+    // Strings, not dates: kubectl prints a date column as an age, and a time in the future
+    // (every live secret's expiry, every next rotation) as `<invalid>`.
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.notAfter"}"#,
+    printcolumn = r#"{"name":"Next rotation","type":"string","jsonPath":".status.renewalTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     cel
 )]
