@@ -635,7 +635,7 @@ async fn a_grace_period_past_the_calendar_is_refused_before_anything_runs() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("revokeGracePeriod: 109575000d is longer than lifetime 180d"),
+        error.contains("revokeGracePeriod: 300000y is longer than lifetime 180d"),
         "{error}"
     );
 
@@ -648,7 +648,7 @@ async fn a_grace_period_past_the_calendar_is_refused_before_anything_runs() {
     assert!(
         output
             .text
-            .contains("orphanGracePeriod: 109575000d is longer than lifetime"),
+            .contains("orphanGracePeriod: 300000y is longer than lifetime"),
         "{}",
         tail(&output.text)
     );

@@ -22,6 +22,12 @@ impl HumanDuration {
         Self(std::time::Duration::from_secs(days * 86_400))
     }
 
+    /// Whether it is a whole number of humantime's 365.25-day years (as `2y` is).
+    pub fn in_years(self) -> bool {
+        let secs = self.0.as_secs();
+        secs > 0 && self.0.subsec_nanos() == 0 && secs % SECONDS_PER_YEAR == 0
+    }
+
     pub const fn seconds(seconds: u64) -> Self {
         Self(std::time::Duration::from_secs(seconds))
     }
@@ -34,6 +40,9 @@ impl HumanDuration {
         }
     }
 }
+
+/// humantime's year: 365.25 days.
+const SECONDS_PER_YEAR: u64 = 31_557_600;
 
 /// The longest duration any setting accepts: a client secret lives at most 730 days, so a
 /// longer wait, warning or grace period means nothing, and a date plus it stays on the
@@ -54,6 +63,8 @@ impl fmt::Display for HumanDuration {
         }
         let secs = self.0.as_secs();
         match secs {
+            // Years are printed as years (2y is 730.5 days: whole days would hide the half).
+            s if self.in_years() => write!(f, "{}y", s / SECONDS_PER_YEAR),
             s if s > 0 && s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
             s if s > 0 && s % 3_600 == 0 => write!(f, "{}h", s / 3_600),
             s if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
@@ -82,6 +93,13 @@ mod tests {
     }
 
     #[test]
+    fn years_are_printed_as_years() {
+        assert_eq!(HumanDuration::parse("2y").unwrap().to_string(), "2y");
+        assert_eq!(HumanDuration::parse("730d").unwrap().to_string(), "730d");
+        assert_eq!(HumanDuration::parse("365d").unwrap().to_string(), "365d");
+    }
+
+    #[test]
     fn a_range_check_names_field_value_and_range() {
         let mut problems = Vec::new();
         let (min, max) = (HumanDuration::seconds(1), HumanDuration::seconds(3600));
@@ -91,7 +109,7 @@ mod tests {
         assert_eq!(problems, [
             "retryBudget: 0s is outside 1s..1h; why",
             "retryBudget: 61m is outside 1s..1h; why",
-            "retryBudget: 109575000d is outside 1s..1h; why",
+            "retryBudget: 300000y is outside 1s..1h; why",
         ]);
     }
 }

@@ -431,8 +431,14 @@ impl RotationConfig {
         }
         let max = HumanDuration::days(MAX_SECRET_LIFETIME_DAYS as u64);
         if self.lifetime > max || self.lifetime.0.is_zero() {
+            // `y` is 365.25 days (humantime's year), so "2y" is half a day over the cap.
+            let years = if self.lifetime.in_years() {
+                format!(" ({} is {} days: a year counts 365.25 days; write 730d for the longest)", self.lifetime, self.lifetime.0.as_secs_f64() / 86_400.0)
+            } else {
+                String::new()
+            };
             problems.push(format!(
-                "{at}.lifetime: {} is outside 1s..730d; Entra client secrets live at most 2 years",
+                "{at}.lifetime: {} is outside 1s..730d; Entra client secrets live at most 2 years{years}",
                 self.lifetime
             ));
         }

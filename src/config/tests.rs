@@ -131,5 +131,14 @@ fn every_duration_field_is_bounded_and_says_its_range() {
     }
     assert!(parse(&with("retryBudget", "0s")).is_ok(), "a budget of 0s means one attempt");
     let orphan = example().replace("    revokeGracePeriod: 1h", "    revokeGracePeriod: 1h\n    orphanGracePeriod: 300000y");
-    assert!(problems(&orphan).contains("orphanGracePeriod: 109575000d is longer than lifetime 180d"));
+    assert!(problems(&orphan).contains("orphanGracePeriod: 300000y is longer than lifetime 180d"));
+}
+
+#[test]
+fn two_years_is_explained_in_the_unit_it_was_written_in() {
+    let refused = problems(&example().replace("lifetime: 180d", "lifetime: 2y"));
+    assert!(
+        refused.contains("lifetime: 2y is outside 1s..730d; Entra client secrets live at most 2 years (2y is 730.5 days: a year counts 365.25 days; write 730d for the longest)"),
+        "{refused}"
+    );
 }
