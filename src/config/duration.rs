@@ -25,7 +25,7 @@ impl HumanDuration {
     /// Whether it is a whole number of humantime's 365.25-day years (as `2y` is).
     pub fn in_years(self) -> bool {
         let secs = self.0.as_secs();
-        secs > 0 && self.0.subsec_nanos() == 0 && secs % SECONDS_PER_YEAR == 0
+        secs > 0 && self.0.subsec_nanos() == 0 && secs.is_multiple_of(SECONDS_PER_YEAR)
     }
 
     pub const fn seconds(seconds: u64) -> Self {
