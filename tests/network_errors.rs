@@ -21,12 +21,17 @@ const PERMANENT_FAILURE_BOUND: Duration = Duration::from_secs(15);
 
 const UNRESOLVABLE: &str = "login.rotator-test.invalid";
 
-fn rotator(config: &Scenario) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
+/// `run --config` of the scenario's configuration.
+fn rotator(scenario: &Scenario) -> tokio::process::Command {
+    let mut command = binary(scenario);
+    command.args(["run", "--config", scenario.config_path.to_str().unwrap()]);
     command
-        .args(["run", "--config", config.config_path.to_str().unwrap()])
-        .env("KUBECONFIG", config.kubeconfig_path())
-        .env_remove("RUST_LOG");
+}
+
+/// The binary, with no proxy or log filter from the test's environment.
+fn binary(scenario: &Scenario) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
+    command.env("KUBECONFIG", scenario.kubeconfig_path()).env_remove("RUST_LOG");
     for variable in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"] {
         command.env_remove(variable);
     }
@@ -164,4 +169,151 @@ async fn a_proxy_refusing_the_tunnel_is_named_with_its_variable_and_fails_fast()
     assert!(out.contains("NO_PROXY"), "the advice names NO_PROXY: {out}");
     assert!(elapsed < PERMANENT_FAILURE_BOUND, "took {elapsed:?}: {out}");
     assert_eq!(asked.lock().unwrap().as_slice(), [format!("CONNECT {login} HTTP/1.1")], "one CONNECT, not retried");
+}
+
+#[tokio::test]
+async fn an_unresolvable_vault_is_named_and_fails_fast() {
+    let scenario = Scenario::start().await.unwrap();
+    let vault = scenario.vault.vault_url();
+    scenario.edit_config(&format!("vaultUrl: {vault}"), "vaultUrl: https://vault.rotator-test.invalid").unwrap();
+
+    let (out, code, elapsed) = timed(rotator(&scenario)).await;
+
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("DNS resolution failed for host vault.rotator-test.invalid (port 443, from vaultUrl)"), "{out}");
+    assert!(out.contains("the vault name is part of the host name"), "{out}");
+    assert!(elapsed < PERMANENT_FAILURE_BOUND, "took {elapsed:?}: {out}");
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_names_the_trust_store_and_fails_fast() {
+    let scenario = Scenario::start().await.unwrap();
+    // The stand-ins' CA is trusted only through this line.
+    let ca = format!("extraRootCertificates: [{}]", scenario.ca_path().display());
+    scenario.edit_config(&ca, "extraRootCertificates: []").unwrap();
+    let authority = scenario.graph.authority_host();
+    let login = format!("{}:{}", authority.host_str().unwrap(), authority.port_or_known_default().unwrap());
+
+    let (out, code, elapsed) = timed(rotator(&scenario)).await;
+
+    assert_eq!(code, Some(1), "{out}");
+    let named = format!("TLS failed with {login} (from azure.authorityHost): the certificate's issuer is not trusted by the system's trust store");
+    assert!(out.contains(&named) && out.contains("add its CA certificate to tls.extraRootCertificates"), "{out}");
+    assert!(elapsed < PERMANENT_FAILURE_BOUND, "took {elapsed:?}: {out}");
+}
+
+/// A TLS server on 127.0.0.1 whose certificate (from a CA the rotator is told to trust)
+/// names another host; returns its port and the CA's PEM.
+async fn server_for_another_name() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let certificate = CertificateParams::new(vec!["another-host.example".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certificate.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            // The client aborts the handshake; nothing to serve.
+            let _ = acceptor.accept(socket).await;
+        }
+    });
+    (port, ca.pem())
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_named_and_fails_fast() {
+    let scenario = Scenario::start().await.unwrap();
+    let (port, ca_pem) = server_for_another_name().await;
+    let extra_ca = scenario.config_path.with_file_name("another-ca.pem");
+    std::fs::write(&extra_ca, ca_pem).unwrap();
+    let ca = format!("extraRootCertificates: [{}", scenario.ca_path().display());
+    scenario.edit_config(&ca, &format!("{ca}, {}", extra_ca.display())).unwrap();
+    let authority = scenario.graph.authority_host();
+    scenario.edit_config(&format!("authorityHost: {authority}"), &format!("authorityHost: https://127.0.0.1:{port}")).unwrap();
+
+    let (out, code, elapsed) = timed(rotator(&scenario)).await;
+
+    assert_eq!(code, Some(1), "{out}");
+    let named = format!("TLS failed with 127.0.0.1:{port} (from azure.authorityHost): the certificate is not valid for the name 127.0.0.1");
+    assert!(out.contains(&named), "{out}");
+    assert!(elapsed < PERMANENT_FAILURE_BOUND, "took {elapsed:?}: {out}");
+}
+
+/// The rotator's credential for the in-process test: never asked, since the vault is never
+/// reached to send its challenge.
+#[derive(Debug)]
+struct NoCredential;
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for NoCredential {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Err(azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, "not asked in this test"))
+    }
+}
+
+/// Log lines, as the binary writes them, into a buffer.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_azure_sdk_attempt_at_a_closed_vault_port_is_logged_at_info_with_its_cause() {
+    use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
+    use entra_rotator::adapters::keyvault::{KeyVaultSettings, KeyVaultStore, VaultTrust};
+    use entra_rotator::engine::ports::{SecretStore, StoreErrorKind};
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let port = closed_port();
+    let http = http_client(&TlsTrust::default(), Duration::from_secs(10)).unwrap();
+    let mut options = azure_client_options(http);
+    // azure_core's own backoff, shortened to milliseconds: the first try and three retries.
+    options.retry = azure_core::http::RetryOptions::fixed(azure_core::http::FixedRetryOptions {
+        delay: azure_core::time::Duration::milliseconds(5),
+        max_retries: 3,
+        max_total_elapsed: azure_core::time::Duration::seconds(30),
+    });
+    let trust = VaultTrust::for_authority(&"https://login.microsoftonline.com".parse().unwrap()).with_private_hosts(["127.0.0.1"]);
+    let settings = KeyVaultSettings::new(format!("https://127.0.0.1:{port}"), "smtp-password");
+    let store = KeyVaultStore::new(settings, &trust, Arc::new(NoCredential), options).unwrap();
+
+    let error = store.read().await.unwrap_err();
+
+    let named = format!("connection refused by 127.0.0.1:{port} (from vaultUrl)");
+    assert_eq!(error.kind, StoreErrorKind::Transient, "{error}");
+    assert!(error.to_string().contains(&named), "{error}");
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    // azure_core's logging policy logs each failed attempt at info; the cause is named in it.
+    let attempts = logs.lines().filter(|l| l.contains(" INFO ") && l.contains(&named)).count();
+    assert_eq!(attempts, 4, "one info line per attempt: {logs}");
 }

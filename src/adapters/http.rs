@@ -251,9 +251,10 @@ const CONTENT_ENCODING: azure_core::http::headers::HeaderName =
 /// azure_core's transport over reqwest, reading each answer whole (as azure_core's
 /// pipeline does anyway) but at most `limit` bytes of it, and no encoded answer.
 ///
-/// It is also where each attempt's network failure is named (see [`super::network`]) and
-/// logged at info, since azure_core's retry policy calls the transport once per attempt
-/// and logs only at debug. A permanent cause (a name that does not resolve, an untrusted
+/// It is also where each attempt's network failure is named (see [`super::network`]):
+/// azure_core calls the transport once per attempt, and its logging policy logs each
+/// failed attempt's error at info (`<== Failed response: { url, error }`), which then
+/// carries the cause. A permanent cause (a name that does not resolve, an untrusted
 /// certificate, a proxy refusing the tunnel) leaves as a non-transport error kind, which
 /// azure_core's retry policy does not retry (it retries `Io` and `Connection` only), so it
 /// fails at once instead of after a minute of backoff.
@@ -305,13 +306,8 @@ impl BoundedTransport {
         let Some(failure) = super::network::classify(url, self.setting, &error) else {
             return error;
         };
-        let request = format!("{} {}{}", request.method(), url.origin().ascii_serialization(), url.path());
-        if failure.is_permanent() {
-            tracing::info!(%request, "{failure}; not retried");
-            return azure_core::Error::new(azure_core::error::ErrorKind::Other, failure);
-        }
-        tracing::info!(%request, "{failure}; retried with backoff while the retry policy allows");
-        azure_core::Error::new(error.kind().clone(), failure)
+        let kind = if failure.is_permanent() { azure_core::error::ErrorKind::Other } else { error.kind().clone() };
+        azure_core::Error::new(kind, failure)
     }
 }
 

@@ -192,13 +192,15 @@ fn proxy_variable(scheme: &str) -> &'static str {
 
 /// Where the TLS trust came from, for messages.
 fn trust_store() -> String {
-    let mut store = "the system's trust store".to_string();
-    for variable in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
-        if let Some(value) = std::env::var_os(variable) {
-            store.push_str(&format!(" ({variable}={})", value.to_string_lossy()));
-        }
+    let overrides: Vec<String> = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .into_iter()
+        .filter_map(|variable| std::env::var_os(variable).map(|value| format!("{variable}={}", value.to_string_lossy())))
+        .collect();
+    if overrides.is_empty() {
+        "the system's trust store plus tls.extraRootCertificates".to_string()
+    } else {
+        format!("the system's trust store ({}) plus tls.extraRootCertificates", overrides.join(", "))
     }
-    store + " plus tls.extraRootCertificates"
 }
 
 impl fmt::Display for NetworkFailure {
