@@ -317,3 +317,39 @@ async fn each_azure_sdk_attempt_at_a_closed_vault_port_is_logged_at_info_with_it
     let attempts = logs.lines().filter(|l| l.contains(" INFO ") && l.contains(&named)).count();
     assert_eq!(attempts, 4, "one info line per attempt: {logs}");
 }
+
+#[tokio::test]
+async fn a_webhook_at_a_closed_port_is_named_without_its_token() {
+    use entra_rotator_standins::faults::Fault;
+    use entra_rotator_standins::scenario::{ACS_RESOURCE, SECRET_NAME};
+    const NAMESPACE: &str = "dify";
+    let scenario = Scenario::start().await.unwrap();
+    let port = closed_port();
+    let token = "sig=hook-token-that-must-not-leak";
+    let spec = serde_json::json!({
+        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
+        "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
+        "verification": { "smtp": {
+            "host": "localhost", "port": scenario.relay.port(),
+            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
+    });
+    scenario.kubernetes.create_rotation(NAMESPACE, "dify-smtp", spec).unwrap();
+    let settings = scenario.config_path.with_file_name("controller.yaml");
+    let base = std::fs::read_to_string(&scenario.config_path).unwrap();
+    let hook = format!("http://127.0.0.1:{port}/hook?{token}");
+    std::fs::write(&settings, format!("{base}notifications:\n  channels:\n    - webhook:\n        url: \"{hook}\"\n")).unwrap();
+    // A rotation that fails, so there is something to notify.
+    scenario.graph.faults().push(ROUTE_ADD_PASSWORD, Fault::status(403));
+
+    let mut command = binary(&scenario);
+    command.args(["run", "--namespace", NAMESPACE, "--azure-config", settings.to_str().unwrap()]);
+    let (out, code, _) = timed(command).await;
+
+    assert_eq!(code, Some(1), "{out}");
+    let events = scenario.kubernetes.events(NAMESPACE);
+    let failed = events.iter().find(|e| e.reason == "NotificationFailed").unwrap_or_else(|| panic!("{events:?}\n{out}"));
+    let note = failed.note.clone().unwrap_or_default();
+    assert!(note.contains(&format!("connection refused by 127.0.0.1:{port} (from notifications.channels[].webhook.url)")), "{note}");
+    assert!(!note.contains(token) && !out.contains(token), "{note}\n{out}");
+}
