@@ -353,3 +353,17 @@ async fn a_webhook_at_a_closed_port_is_named_without_its_token() {
     assert!(note.contains(&format!("connection refused by 127.0.0.1:{port} (from notifications.channels[].webhook.url)")), "{note}");
     assert!(!note.contains(token) && !out.contains(token), "{note}\n{out}");
 }
+
+#[tokio::test]
+async fn an_unresolvable_relay_is_named_with_the_resolver_answer() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.edit_config("host: localhost", "host: relay.rotator-test.invalid").unwrap();
+    scenario.edit_config("retryBudget: 30s", "retryBudget: 0s").unwrap();
+
+    let (out, code, elapsed) = timed(rotator(&scenario)).await;
+
+    assert_eq!(code, Some(1), "{out}");
+    let port = scenario.relay.port();
+    assert!(out.contains(&format!("could not reach the SMTP relay relay.rotator-test.invalid:{port}: failed to lookup address")), "{out}");
+    assert!(elapsed < PERMANENT_FAILURE_BOUND, "took {elapsed:?}: {out}");
+}
