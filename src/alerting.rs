@@ -7,6 +7,7 @@
 //! could not be delivered is not recorded and goes out on a later reconcile.
 
 use crate::adapters::http::TlsTrust;
+use crate::adapters::network;
 use crate::domain::{ExposeSecret, SecretString};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -236,8 +237,7 @@ impl Notifier {
                     .json(&body)
                     .send()
                     .await
-                    // reqwest errors can include the URL, which carries the token.
-                    .map_err(|e| format!("request failed ({})", if e.is_timeout() { "timeout" } else if e.is_connect() { "connection refused or unreachable" } else { "network error" }))?;
+                    .map_err(|e| webhook_failure(url, &e))?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
@@ -246,6 +246,19 @@ impl Notifier {
             }
             Channel::Email { config, password } => send_email(config, password, notification, &self.trust).await,
         }
+    }
+}
+
+/// What went wrong sending to a webhook: the network cause with the URL's host and port
+/// (never its path or query, nor reqwest's own message: they carry the webhook's token).
+fn webhook_failure(url: &SecretString, error: &reqwest::Error) -> String {
+    let failure = reqwest::Url::parse(url.expose_secret())
+        .ok()
+        .and_then(|url| network::classify(&url, "notifications.channels[].webhook.url", error));
+    match failure {
+        Some(failure) => format!("request failed: {failure}"),
+        None if error.is_timeout() => "request failed (timeout)".to_string(),
+        None => "request failed (network error)".to_string(),
     }
 }
 

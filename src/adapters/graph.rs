@@ -15,6 +15,7 @@
 //! it is exhausted and is shared across applications in arrival order.
 
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
+use super::network::{self, NetworkFailure};
 use crate::domain::{AppRef, Application, ExposeSecret, MintedSecret, PasswordCredential, SecretString};
 use crate::engine::ports::{Directory, GraphError};
 use async_trait::async_trait;
@@ -217,8 +218,13 @@ impl GraphClient {
             .credential
             .get_token(&[self.scope.as_str()], None)
             .await
-            .map_err(|e| GraphError::Auth {
-                detail: with_causes(&e),
+            .map_err(|e| match find_network_failure(&e) {
+                // The token endpoint was not reached: a network fault, not the identity.
+                Some(failure) => GraphError::Transport {
+                    operation: "the rotator's token (Entra token endpoint)".to_string(),
+                    detail: failure.to_string(),
+                },
+                None => GraphError::Auth { detail: with_causes(&e) },
             })?;
         Ok(Zeroizing::new(token.token.secret().to_string()))
     }
@@ -246,7 +252,7 @@ impl GraphClient {
             if throttled {
                 self.pause_for(wait);
             }
-            tracing::debug!(operation = call.operation, attempt, wait_ms = wait.as_millis() as u64, %error, "retrying Microsoft Graph call");
+            tracing::info!(operation = call.operation, attempt, wait_ms = wait.as_millis() as u64, %error, "retrying Microsoft Graph call");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -401,20 +407,39 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn transport_failure(call: &Call<'_>, error: &reqwest::Error) -> Attempt {
-    let retryable = match call.mode {
-        RetryMode::Always => {
-            error.is_timeout() || error.is_connect() || error.is_request() || error.is_body()
-        }
-        RetryMode::OnlyIfNotActedOn => error.is_connect(),
-    };
+    let failure = network::classify(&call.url, "azure.graphUrl", error);
+    let permanent = failure.as_ref().is_some_and(NetworkFailure::is_permanent);
+    let retryable = !permanent
+        && match call.mode {
+            RetryMode::Always => {
+                error.is_timeout() || error.is_connect() || error.is_request() || error.is_body()
+            }
+            RetryMode::OnlyIfNotActedOn => error.is_connect(),
+        };
     let error = GraphError::Transport {
         operation: call.operation.to_string(),
-        detail: describe_transport(error),
+        detail: failure.map_or_else(|| describe_transport(error), |f| f.to_string()),
     };
     Attempt::Failed {
         error,
         wait: retryable.then_some(Wait::Backoff),
     }
+}
+
+/// The network failure azure_identity's error carries, put there by the transport of
+/// [`super::http`].
+fn find_network_failure(error: &azure_core::Error) -> Option<&NetworkFailure> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = current {
+        let found = cause
+            .downcast_ref::<NetworkFailure>()
+            .or_else(|| cause.downcast_ref::<azure_core::Error>().and_then(|e| e.downcast_ref::<NetworkFailure>()));
+        if found.is_some() {
+            return found;
+        }
+        current = cause.source();
+    }
+    None
 }
 
 /// reqwest's message plus its causes (TLS and connection details live in the sources).

@@ -81,15 +81,20 @@ fn builder(timeout: Duration) -> reqwest::ClientBuilder {
 /// azure_core client options that send through `client` and read at most
 /// [`AZURE_BODY_LIMIT`] of any answer (used for Key Vault).
 pub fn azure_client_options(client: reqwest::Client) -> azure_core::http::ClientOptions {
-    bounded_azure_client_options(client, "check that vaultUrl points at an Azure Key Vault")
+    bounded_azure_client_options(client, "vaultUrl", "check that vaultUrl points at an Azure Key Vault")
 }
 
-/// [`azure_client_options`] whose refusals end with `advice`: which setting names the
-/// peer and what to check.
-pub fn bounded_azure_client_options(client: reqwest::Client, advice: &'static str) -> azure_core::http::ClientOptions {
+/// [`azure_client_options`] for the peer that the configuration field `setting` names
+/// (for network failures), whose refusals end with `advice`: what to check.
+pub fn bounded_azure_client_options(
+    client: reqwest::Client,
+    setting: &'static str,
+    advice: &'static str,
+) -> azure_core::http::ClientOptions {
     let transport = BoundedTransport {
         client,
         limit: AZURE_BODY_LIMIT,
+        setting,
         advice,
     };
     azure_core::http::ClientOptions {
@@ -245,9 +250,19 @@ const CONTENT_ENCODING: azure_core::http::headers::HeaderName =
 
 /// azure_core's transport over reqwest, reading each answer whole (as azure_core's
 /// pipeline does anyway) but at most `limit` bytes of it, and no encoded answer.
+///
+/// It is also where each attempt's network failure is named (see [`super::network`]):
+/// azure_core calls the transport once per attempt, and its logging policy logs each
+/// failed attempt's error at info (`<== Failed response: { url, error }`), which then
+/// carries the cause. A permanent cause (a name that does not resolve, an untrusted
+/// certificate, a proxy refusing the tunnel) leaves as a non-transport error kind, which
+/// azure_core's retry policy does not retry (it retries `Io` and `Connection` only), so it
+/// fails at once instead of after a minute of backoff.
 struct BoundedTransport {
     client: reqwest::Client,
     limit: usize,
+    /// The configuration field naming the peer, e.g. `vaultUrl`.
+    setting: &'static str,
     advice: &'static str,
 }
 
@@ -260,7 +275,7 @@ impl std::fmt::Debug for BoundedTransport {
 #[async_trait::async_trait]
 impl HttpClient for BoundedTransport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
-        let response = self.client.execute_request(request).await?;
+        let response = self.client.execute_request(request).await.map_err(|e| self.name_network_failure(request, e))?;
         let (status, headers, mut body) = response.deconstruct();
         let url = request.url();
         let method = request.method().to_string();
@@ -280,6 +295,19 @@ impl HttpClient for BoundedTransport {
         // azure_core takes the body as a plain buffer and frees it without zeroizing (a
         // Key Vault value or a token answer: see `adapters::identity`).
         Ok(AsyncRawResponse::from_bytes(status, headers, std::mem::take(&mut *buffer.bytes)))
+    }
+}
+
+impl BoundedTransport {
+    /// `error` with its network cause named, and of a kind azure_core does not retry when
+    /// the cause is permanent; unchanged when it has no network cause.
+    fn name_network_failure(&self, request: &Request, error: azure_core::Error) -> azure_core::Error {
+        let url = request.url();
+        let Some(failure) = super::network::classify(url, self.setting, &error) else {
+            return error;
+        };
+        let kind = if failure.is_permanent() { azure_core::error::ErrorKind::Other } else { error.kind().clone() };
+        azure_core::Error::new(kind, failure)
     }
 }
 

@@ -115,7 +115,7 @@ pub fn rotator_credential(
             let direct = direct_http_client(MANAGED_IDENTITY_TIMEOUT).map_err(|e| fail(&e))?;
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
-                client_options: bounded_azure_client_options(direct, MANAGED_IDENTITY_ADVICE),
+                client_options: bounded_azure_client_options(direct, "the managed-identity endpoint (IMDS, or IDENTITY_ENDPOINT)", MANAGED_IDENTITY_ADVICE),
             }))
             .map_err(|e| fail(&e))?
         }
@@ -143,7 +143,7 @@ pub fn rotator_credential(
 }
 
 fn client_options(authority_host: Option<&Url>, http: reqwest::Client) -> ClientOptions {
-    let mut options = bounded_azure_client_options(http, TOKEN_ADVICE);
+    let mut options = bounded_azure_client_options(http, "azure.authorityHost", TOKEN_ADVICE);
     if let Some(host) = authority_host {
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = host.as_str().trim_end_matches('/').to_string();

@@ -15,6 +15,7 @@
 //! stores) would pay an unauthenticated round trip first.
 
 use crate::domain::{ExposeSecret, SecretString, SecretToStore, StoredSecret};
+use super::network::NetworkFailure;
 use crate::engine::ports::{SecretStore, StoreError, StoreErrorKind};
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
@@ -323,6 +324,18 @@ impl KeyVaultStore {
 
     /// Turns an SDK error into a [`StoreError`] that says what to do.
     fn map_error(&self, operation: Operation, err: &azure_core::Error) -> StoreError {
+        // Named by the transport of `adapters::http`: the vault's host, or the token
+        // endpoint for Key Vault's token, failed on the network.
+        if let Some(failure) = find_in_chain::<NetworkFailure>(err) {
+            let (kind, advice) = if failure.is_permanent() && failure.is_name_resolution() && failure.setting() == "vaultUrl" {
+                (StoreErrorKind::NotFound, "; the vault name is part of the host name; with a private endpoint, check the private DNS zone")
+            } else if failure.is_permanent() {
+                (StoreErrorKind::Rejected, "")
+            } else {
+                (StoreErrorKind::Transient, "; will try again later")
+            };
+            return self.error(kind, format!("the request failed on the network: {failure}{advice}"));
+        }
         let (kind, message) = match err.kind() {
             ErrorKind::HttpResponse {
                 status,
@@ -336,13 +349,6 @@ impl KeyVaultStore {
                 let service = ServiceError::from_body(u16::from(*status), body);
                 self.classify_response(operation, &service)
             }
-            ErrorKind::Connection | ErrorKind::Io if is_dns_failure(err) => (
-                StoreErrorKind::NotFound,
-                format!(
-                    "could not resolve the vault's host name ({}). Check vaultUrl: the vault name is part of the host name; with a private endpoint, check the private DNS zone",
-                    error_chain(err)
-                ),
-            ),
             ErrorKind::Connection | ErrorKind::Io => (
                 StoreErrorKind::Transient,
                 format!(
@@ -548,11 +554,6 @@ fn find_in_chain<T: std::error::Error + 'static>(err: &azure_core::Error) -> Opt
         current = error.source();
     }
     None
-}
-
-fn is_dns_failure(err: &azure_core::Error) -> bool {
-    let chain = error_chain(err).to_ascii_lowercase();
-    chain.contains("dns error") || chain.contains("failed to lookup address")
 }
 
 fn to_offset(time: Option<DateTime<Utc>>) -> Option<OffsetDateTime> {

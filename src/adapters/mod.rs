@@ -6,5 +6,6 @@ pub mod http;
 pub mod identity;
 pub mod keyvault;
 pub mod kubernetes;
+pub mod network;
 pub mod smtp;
 pub mod smtp_probe;
