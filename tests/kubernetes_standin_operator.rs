@@ -942,3 +942,35 @@ async fn lists_come_in_pages_with_continue_tokens_and_the_watcher_reads_them_all
         }
     }
 }
+
+/// Paging a list while it changes: every page shows the objects as they were when the
+/// first page was served (a real API server serves continued lists from that snapshot),
+/// and a `continue` token older than the change log's reach is `410 Expired`.
+#[tokio::test]
+async fn list_pages_are_one_consistent_snapshot_and_old_continue_tokens_expire() {
+    let f = fixture().await;
+    for name in ["a", "b", "c"] {
+        f.cluster.put_secret_as(NS, name, "test", &[("v", "first")]);
+    }
+    let secrets: Api<Secret> = Api::namespaced(f.client.clone(), NS);
+    let first = secrets.list(&ListParams::default().limit(2)).await.unwrap();
+    let names = |list: &kube::api::ObjectList<Secret>| list.items.iter().map(|s| s.metadata.name.clone().unwrap()).collect::<Vec<_>>();
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first.metadata.continue_.clone().expect("a second page");
+
+    f.cluster.put_secret_as(NS, "c", "test", &[("v", "second")]);
+    f.cluster.put_secret_as(NS, "d", "test", &[("v", "first")]);
+    assert!(f.cluster.delete_secret(NS, "a"));
+    let rest = secrets.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+
+    assert_eq!(names(&rest), ["c"], "d was created after the first page; it is not in this list");
+    let value = rest.items[0].data.as_ref().unwrap()["v"].0.clone();
+    assert_eq!(value, b"first", "c as it was when the list began");
+    assert_eq!(rest.metadata.resource_version, first.metadata.resource_version);
+    assert_eq!(names(&secrets.list(&ListParams::default()).await.unwrap()), ["b", "c", "d"], "a new list sees today");
+
+    f.cluster.compact_watch_history();
+    let expired = secrets.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap_err();
+    let kube::Error::Api(status) = expired else { panic!("{expired:?}") };
+    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"), "{status:?}");
+}

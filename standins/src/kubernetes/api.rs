@@ -128,7 +128,7 @@ async fn list_or_watch(
     } else {
         let page = watch::Page::parse(&params).map_err(ApiError::bad_request)?;
         let cluster = shared.cluster();
-        let list = watch::list(&cluster, &selection, &page);
+        let list = watch::list(&cluster, &selection, &page)?;
         if table::wanted(&headers) {
             return Ok(ok(StatusCode::OK, table::of_list(&cluster, kind, &list)));
         }

@@ -276,15 +276,60 @@ fn object_key(object: &Value) -> String {
     )
 }
 
+impl Cluster {
+    /// The objects of `kind` as they were at `resource_version`, ordered by
+    /// `namespace/name`: today's, with the changes made since undone from the change log.
+    /// `None` when the log no longer reaches back that far (compacted).
+    fn snapshot_at(&self, kind: Kind, namespace: Option<&str>, resource_version: u64) -> Option<Vec<Value>> {
+        if self.history.compacted_through > resource_version {
+            return None;
+        }
+        let in_scope = |ns: &str| namespace.is_none_or(|wanted| wanted == ns);
+        let mut objects: std::collections::BTreeMap<String, Value> =
+            self.snapshot(kind, namespace).into_iter().map(|object| (object_key(&object), object)).collect();
+        let since = self.history.changes.iter().rev().take_while(|c| c.resource_version > resource_version);
+        for change in since.filter(|c| c.kind == kind && in_scope(&c.namespace)) {
+            let key = object_key(&change.object);
+            match (change.change, &change.previous) {
+                (ChangeType::Added, _) => {
+                    objects.remove(&key);
+                }
+                (ChangeType::Modified, Some(previous)) => {
+                    objects.insert(key, previous.clone());
+                }
+                (ChangeType::Modified, None) => {}
+                (ChangeType::Deleted, _) => {
+                    objects.insert(key, change.object.clone());
+                }
+            }
+        }
+        Some(objects.into_values().collect())
+    }
+}
+
+/// A `continue` token from before the change log's reach, answered as the API server
+/// answers one older than etcd's compaction.
+fn continue_expired() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "Expired",
+        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".to_string(),
+        json!({}),
+    )
+}
+
 /// The list answer: one page of matching objects and the version a watch continues from.
-pub(super) fn list(cluster: &Cluster, selection: &Selection, page: &Page) -> Value {
+/// Every page of one list shows the objects as they were when its first page was served,
+/// as from a real API server.
+pub(super) fn list(cluster: &Cluster, selection: &Selection, page: &Page) -> Result<Value, ApiError> {
     let info = selection.kind.info();
     let resource_version = page
         .after
         .as_ref()
         .map_or(cluster.resource_version, |(rv, _)| *rv);
     let matching: Vec<Value> = cluster
-        .snapshot(selection.kind, selection.namespace.as_deref())
+        .snapshot_at(selection.kind, selection.namespace.as_deref(), resource_version)
+        .ok_or_else(continue_expired)?
         .into_iter()
         .filter(|object| selection.matches(object))
         .filter(|object| {
@@ -328,7 +373,7 @@ pub(super) fn list(cluster: &Cluster, selection: &Selection, page: &Page) -> Val
         metadata["continue"] = json!(token);
         metadata["remainingItemCount"] = json!(remaining);
     }
-    json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items })
+    Ok(json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items }))
 }
 
 /// Where a watch starts.
