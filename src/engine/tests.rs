@@ -110,6 +110,9 @@ struct FakeStore {
     name: String,
     held: Mutex<Option<(Option<Uuid>, String)>>,
     fail_writes: Mutex<Option<StoreErrorKind>>,
+    /// What somebody puts into the store right after our next write (a person, another
+    /// runner): the engine's re-read before revoking must see it.
+    changed_after_write: Mutex<Option<(Uuid, String)>>,
 }
 
 impl FakeStore {
@@ -145,6 +148,9 @@ impl SecretStore for FakeStore {
             return Err(StoreError { store: self.name.clone(), kind, message: "refused".into() });
         }
         self.put(secret.key_id, secret.value.expose_secret());
+        if let Some((key_id, value)) = self.changed_after_write.lock().unwrap().take() {
+            self.put(key_id, &value);
+        }
         Ok(())
     }
 }
@@ -597,4 +603,24 @@ async fn repeated_forced_rotations_inside_the_grace_period_leave_two_secrets_of_
     assert_eq!(ours.len(), 2, "{ours:?}");
     assert!(w.directory.has(second) && w.directory.has(third) && !w.directory.has(first));
     assert_eq!(w.vault.key_id(), Some(third));
+}
+
+/// The re-read of every store right before `removePassword`: a store changed after the
+/// engine wrote it blocks the revocation, and the old secret stays live.
+#[tokio::test]
+async fn a_store_changed_after_our_write_blocks_revocation() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    let removals_before = w.directory.writes();
+    *w.secret.changed_after_write.lock().unwrap() = Some((old, "the old value, put back by hand".into()));
+
+    let error = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+
+    let EngineError::StoreChanged { store, found, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(store, "Secret dify/smtp");
+    assert_eq!(found, &format!("keyId {old}"));
+    assert!(error.is_transient());
+    assert!(w.directory.has(old), "the old secret, which a store holds again, is still live");
+    assert_eq!(w.directory.writes(), removals_before + 1, "the addPassword only: no removePassword");
+    assert!(!w.sink.events().iter().any(|(_, e)| matches!(e, Event::Revoked { .. })));
 }
