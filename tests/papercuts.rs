@@ -105,3 +105,18 @@ fn completions_and_the_man_page_come_from_the_parser() {
     assert!(man.status.success());
     assert!(page.contains(".TH entra-rotator 1") && page.contains("smtp\\-test"), "{page}");
 }
+
+#[test]
+fn check_args_validates_the_whole_command_line_and_does_nothing() {
+    let fine = rotator(&["controller", "--namespace", "dify", "--drift-interval", "1h", "--check-args"]).output().unwrap();
+    assert!(fine.status.success(), "{}", text(&fine));
+    assert!(text(&fine).is_empty(), "nothing ran: {}", text(&fine));
+
+    let bad = rotator(&["controller", "--namespace", "dify", "--drift-interval", "300000y", "--check-args"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("--drift-interval"), "{}", text(&bad));
+    // Conflicting arguments: --help answers 0 regardless, --check-args refuses them.
+    let conflicting = ["run", "--config", "rotator.yaml", "--azure-config", "azure.yaml"];
+    assert!(rotator(&[&conflicting[..], &["--help"]].concat()).output().unwrap().status.success());
+    assert_eq!(rotator(&[&conflicting[..], &["--check-args"]].concat()).output().unwrap().status.code(), Some(2));
+}

@@ -28,6 +28,10 @@ struct Cli {
     log_level: String,
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Parse and check the command line, then exit 0 without doing anything (for checking
+    /// the arguments a chart or a unit file passes; exit 2 names what is wrong).
+    #[arg(long, global = true, hide = true)]
+    check_args: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -137,6 +141,9 @@ pub(crate) const EXIT_INVALID_INPUT: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_args {
+        return ExitCode::SUCCESS;
+    }
     init_logging(&cli.log_level, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
