@@ -15,6 +15,7 @@
 //! it is exhausted and is shared across applications in arrival order.
 
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
+use super::error_chain::find_cause;
 use super::network::{self, NetworkFailure};
 use crate::domain::{AppRef, Application, ExposeSecret, MintedSecret, PasswordCredential, SecretString};
 use crate::engine::ports::{Directory, GraphError};
@@ -218,7 +219,9 @@ impl GraphClient {
             .credential
             .get_token(&[self.scope.as_str()], None)
             .await
-            .map_err(|e| match find_network_failure(&e) {
+            // The network failure azure_identity's error carries, put there by the
+            // transport of `super::http`.
+            .map_err(|e| match find_cause::<NetworkFailure>(&e) {
                 // The token endpoint was not reached: a network fault, not the identity.
                 Some(failure) => GraphError::Transport {
                     operation: "the rotator's token (Entra token endpoint)".to_string(),
@@ -424,22 +427,6 @@ fn transport_failure(call: &Call<'_>, error: &reqwest::Error) -> Attempt {
         error,
         wait: retryable.then_some(Wait::Backoff),
     }
-}
-
-/// The network failure azure_identity's error carries, put there by the transport of
-/// [`super::http`].
-fn find_network_failure(error: &azure_core::Error) -> Option<&NetworkFailure> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = current {
-        let found = cause
-            .downcast_ref::<NetworkFailure>()
-            .or_else(|| cause.downcast_ref::<azure_core::Error>().and_then(|e| e.downcast_ref::<NetworkFailure>()));
-        if found.is_some() {
-            return found;
-        }
-        current = cause.source();
-    }
-    None
 }
 
 /// reqwest's message plus its causes (TLS and connection details live in the sources).

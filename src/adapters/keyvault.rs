@@ -15,6 +15,7 @@
 //! stores) would pay an unauthenticated round trip first.
 
 use crate::domain::{ExposeSecret, SecretString, SecretToStore, StoredSecret};
+use super::error_chain::find_cause;
 use super::network::NetworkFailure;
 use crate::engine::ports::{SecretStore, StoreError, StoreErrorKind};
 use async_trait::async_trait;
@@ -326,7 +327,7 @@ impl KeyVaultStore {
     fn map_error(&self, operation: Operation, err: &azure_core::Error) -> StoreError {
         // Named by the transport of `adapters::http`: the vault's host, or the token
         // endpoint for Key Vault's token, failed on the network.
-        if let Some(failure) = find_in_chain::<NetworkFailure>(err) {
+        if let Some(failure) = find_cause::<NetworkFailure>(err) {
             let (kind, advice) = if failure.is_permanent() && failure.is_name_resolution() && failure.setting() == "vaultUrl" {
                 (StoreErrorKind::NotFound, "; the vault name is part of the host name; with a private endpoint, check the private DNS zone")
             } else if failure.is_permanent() {
@@ -335,6 +336,13 @@ impl KeyVaultStore {
                 (StoreErrorKind::Transient, "; will try again later")
             };
             return self.error(kind, format!("the request failed on the network: {failure}{advice}"));
+        }
+        // An answer our transport refused, and a challenge our guard refused, say so themselves.
+        if let Some(refused) = find_cause::<crate::adapters::http::RefusedBody>(err) {
+            return self.error(StoreErrorKind::Rejected, refused.to_string());
+        }
+        if let Some(foreign) = find_cause::<ForeignAudience>(err) {
+            return self.error(StoreErrorKind::Rejected, foreign.to_string());
         }
         let (kind, message) = match err.kind() {
             ErrorKind::HttpResponse {
@@ -355,14 +363,6 @@ impl KeyVaultStore {
                     "could not reach the vault ({}); will try again later",
                     error_chain(err)
                 ),
-            ),
-            _ if find_in_chain::<crate::adapters::http::RefusedBody>(err).is_some() => (
-                StoreErrorKind::Rejected,
-                find_in_chain::<crate::adapters::http::RefusedBody>(err).map(ToString::to_string).unwrap_or_default(),
-            ),
-            _ if find_in_chain::<ForeignAudience>(err).is_some() => (
-                StoreErrorKind::Rejected,
-                find_in_chain::<ForeignAudience>(err).map(ToString::to_string).unwrap_or_default(),
             ),
             ErrorKind::Credential => (
                 StoreErrorKind::Forbidden,
@@ -538,24 +538,6 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// The first error of type `T` in `err`'s source chain.
-fn find_in_chain<T: std::error::Error + 'static>(err: &azure_core::Error) -> Option<&T> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<T>() {
-            return Some(found);
-        }
-        if let Some(found) = error
-            .downcast_ref::<azure_core::Error>()
-            .and_then(|e| e.downcast_ref::<T>())
-        {
-            return Some(found);
-        }
-        current = error.source();
-    }
-    None
-}
-
 fn to_offset(time: Option<DateTime<Utc>>) -> Option<OffsetDateTime> {
     time.and_then(|t| OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
 }
@@ -679,7 +661,7 @@ mod tests {
         // https://evil.example) or a trusted private host asking for Graph would get.
         for scope in ["https://evil.example/.default", "https://graph.microsoft.com/.default", "https://vault.azure.net"] {
             let err = guard.get_token(&[scope], None).await.unwrap_err();
-            let refusal = find_in_chain::<ForeignAudience>(&err).expect("refused by the guard").to_string();
+            let refusal = find_cause::<ForeignAudience>(&err).expect("refused by the guard").to_string();
             assert!(refusal.contains("https://kv.evil.example") && refusal.contains(scope), "{refusal}");
         }
         assert_eq!(inner.0.load(std::sync::atomic::Ordering::SeqCst), 0);

@@ -9,6 +9,7 @@
 //! that does not resolve, a certificate that is not trusted, a proxy that refuses the
 //! tunnel will not heal in the next few seconds, so the callers stop instead of retrying.
 
+use super::error_chain::causes;
 use std::error::Error as StdError;
 use std::fmt;
 use url::Url;
@@ -92,21 +93,6 @@ pub fn classify(url: &Url, setting: &'static str, error: &(dyn StdError + 'stati
         proxy: proxy_for(url),
         cause,
     })
-}
-
-/// `error` and all its sources, including the error an `io::Error` wraps (its `source()`
-/// skips it).
-fn causes<'a>(error: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
-    let mut chain = Vec::new();
-    let mut next = Some(error);
-    while let Some(current) = next {
-        chain.push(current);
-        next = match current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => current.source(),
-        };
-    }
-    chain
 }
 
 fn dns(chain: &[&(dyn StdError + 'static)]) -> Option<Cause> {

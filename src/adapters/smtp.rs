@@ -767,21 +767,7 @@ fn enhanced_code(reply: &str) -> Option<String> {
 
 /// The rustls error behind a TLS failure; tokio-rustls wraps it in an `io::Error`.
 fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut source = Some(error);
-    while let Some(current) = source {
-        if let Some(found) = current.downcast_ref::<rustls::Error>() {
-            return Some(found);
-        }
-        if let Some(found) = current
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(found);
-        }
-        source = current.source();
-    }
-    None
+    super::error_chain::find_cause(error)
 }
 
 /// The innermost cause, e.g. `Connection refused (os error 111)` or

@@ -55,21 +55,7 @@ impl ReplyLimit {
     /// The limit behind an I/O error, also through lettre's error (which keeps the
     /// `io::Error` as its source).
     pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<ReplyLimit> {
-        let mut current = Some(error);
-        while let Some(error) = current {
-            if let Some(limit) = error.downcast_ref::<ReplyLimit>() {
-                return Some(*limit);
-            }
-            if let Some(limit) = error
-                .downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<ReplyLimit>())
-            {
-                return Some(*limit);
-            }
-            current = error.source();
-        }
-        None
+        crate::adapters::error_chain::find_cause::<ReplyLimit>(error).copied()
     }
 }
 
