@@ -18,7 +18,8 @@
 
 use super::http::{bounded_azure_client_options, direct_http_client};
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-use azure_core::credentials::{Secret, TokenCredential};
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::http::ClientOptions;
 use azure_identity::{
     AzureCliCredential, AzureCliCredentialOptions, ClientAssertionCredentialOptions,
@@ -104,13 +105,17 @@ pub fn rotator_credential(
             tenant_id,
             client_id,
             token_file,
-        } => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-            credential_options: ClientAssertionCredentialOptions { client_options },
-            client_id: Some(client_id.clone()),
-            tenant_id: Some(tenant_id.clone()),
-            token_file_path: Some(token_file.clone()),
-        }))
-        .map_err(|e| fail(&e))?,
+        } => Arc::new(ExplainFederation {
+            inner: WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                credential_options: ClientAssertionCredentialOptions { client_options },
+                client_id: Some(client_id.clone()),
+                tenant_id: Some(tenant_id.clone()),
+                token_file_path: Some(token_file.clone()),
+            }))
+            .map_err(|e| fail(&e))?,
+            client_id: client_id.clone(),
+            token_file: token_file.clone(),
+        }),
         RotatorCredential::ManagedIdentity { client_id } => {
             let direct = direct_http_client(MANAGED_IDENTITY_TIMEOUT).map_err(|e| fail(&e))?;
             ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
@@ -167,4 +172,62 @@ fn advice(credential: &RotatorCredential) -> &'static str {
             "Check the tenant id, install the Azure CLI and run `az login`"
         }
     }
+}
+
+/// Entra's codes for a federated token that no federated identity credential of the
+/// identity matches: none at all (70021), issuer (700211), audience (700212), subject
+/// (700213), or subject only in another letter case (7002138).
+const FEDERATION_MISMATCH_CODES: [&str; 5] = ["AADSTS70021:", "AADSTS700211:", "AADSTS700212:", "AADSTS700213:", "AADSTS7002138:"];
+
+/// Turns Entra's refusal of the pod's service-account token into the one thing to do:
+/// create a federated credential with exactly the issuer, subject and audience of the token
+/// this pod presents. Entra names only the claim that did not match; the rest is in the
+/// token file, whose claims (never the token) we read to say so.
+#[derive(Debug)]
+struct ExplainFederation {
+    inner: Arc<WorkloadIdentityCredential>,
+    client_id: String,
+    token_file: PathBuf,
+}
+
+#[async_trait]
+impl TokenCredential for ExplainFederation {
+    async fn get_token(&self, scopes: &[&str], options: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
+        self.inner.get_token(scopes, options).await.map_err(|error| {
+            let refused = super::error_chain::causes(&error)
+                .iter()
+                .any(|cause| FEDERATION_MISMATCH_CODES.iter().any(|code| cause.to_string().contains(code)));
+            match refused.then(|| federation_advice(&self.client_id, &self.token_file)).flatten() {
+                Some(advice) => error.with_context(advice),
+                None => error,
+            }
+        })
+    }
+}
+
+/// What the identity's federated credential must say for the token in `token_file`.
+fn federation_advice(client_id: &str, token_file: &std::path::Path) -> Option<String> {
+    let token = std::fs::read_to_string(token_file).ok()?;
+    let claims = federated_token_claims(token.trim())?;
+    let text = |name: &str| claims[name].as_str().map(str::to_string);
+    let (issuer, subject) = (text("iss")?, text("sub")?);
+    let audience = match &claims["aud"] {
+        serde_json::Value::Array(all) => all.first()?.as_str()?.to_string(),
+        other => other.as_str()?.to_string(),
+    };
+    Some(format!(
+        "Entra has no federated identity credential on the identity {client_id} for this pod's service-account token \
+         (issuer '{issuer}', subject '{subject}', audience '{audience}'). Add one with exactly these values \
+         (matched case-sensitively), e.g. `az identity federated-credential create --identity-name <name> --resource-group <group> \
+         --issuer {issuer} --subject {subject} --audiences {audience}`, or `az ad app federated-credential create` for an app registration"
+    ))
+}
+
+/// The claims of a JWT, unverified: only read to explain a refusal, never trusted. A JWT
+/// crate would add a dependency for base64 and JSON we already have.
+fn federated_token_claims(token: &str) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let claims = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -10,7 +10,8 @@
 //! configuration (`/{tenant}/v2.0/.well-known/openid-configuration`) and instance discovery
 //! (`/common/discovery/instance`). A tenant may be named by id or by a verified domain
 //! ([`Tenant::add_verified_domain`]); clients authenticate by form fields
-//! (`client_secret_post`) or HTTP Basic (`client_secret_basic`).
+//! (`client_secret_post`), HTTP Basic (`client_secret_basic`), or a federated token as
+//! `client_assertion` (workload identity, checked as in [`super::federation`]).
 //!
 //! Routes and their names for [`Faults`]: `token`, `getApplication`, `addPassword`,
 //! `removePassword`, `listApplications` (`GET /v1.0/applications` with `$top`, `$filter` on
@@ -38,6 +39,7 @@
 
 use super::faults::{DropConnectionMark, Faults};
 use super::https::{serve_tls, ServerTask};
+use super::federation::{check_assertion, JWT_BEARER_ASSERTION};
 use super::tenant::{AuthFailure, IssuedToken, StandinApp, StandinPassword, Tenant};
 use super::tls::TestPki;
 use crate::MAX_SECRET_LIFETIME_DAYS;
@@ -439,6 +441,12 @@ fn grant_token(
             ),
         ));
     }
+    let Ok(client_uuid) = client_id.parse::<Uuid>() else {
+        return Err(unknown_client(client_id, tenant));
+    };
+    if let Some(assertion) = field("client_assertion") {
+        return grant_for_assertion(tenant, client_uuid, field("client_assertion_type"), assertion, scope);
+    }
     let secret = field("client_secret").ok_or_else(|| {
         TokenRefusal::new(
             StatusCode::UNAUTHORIZED,
@@ -447,9 +455,6 @@ fn grant_token(
             "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
         )
     })?;
-    let Ok(client_uuid) = client_id.parse::<Uuid>() else {
-        return Err(unknown_client(client_id, tenant));
-    };
     match tenant.authenticate(client_uuid, secret) {
         Ok(()) => Ok(tenant.issue_token(
             client_uuid,
@@ -474,6 +479,30 @@ fn grant_token(
             ),
         )),
     }
+}
+
+/// Workload identity federation: a JWT of a trusted issuer instead of a secret.
+fn grant_for_assertion(
+    tenant: &Tenant,
+    client_id: Uuid,
+    assertion_type: Option<&str>,
+    assertion: &str,
+    scope: &str,
+) -> Result<String, TokenRefusal> {
+    if assertion_type != Some(JWT_BEARER_ASSERTION) {
+        return Err(TokenRefusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            700023,
+            format!("AADSTS700023: The client_assertion_type must be '{JWT_BEARER_ASSERTION}'."),
+        ));
+    }
+    if tenant.app_by_client_id(client_id).is_none() {
+        return Err(unknown_client(&client_id.to_string(), tenant));
+    }
+    check_assertion(tenant, client_id, assertion, Utc::now())
+        .map_err(|refusal| TokenRefusal::new(StatusCode::UNAUTHORIZED, "invalid_client", refusal.code, refusal.description))?;
+    Ok(tenant.issue_token(client_id, scope, Duration::from_secs(TOKEN_LIFETIME_SECONDS)))
 }
 
 fn missing_parameter(name: &str) -> TokenRefusal {

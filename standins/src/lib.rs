@@ -18,6 +18,7 @@
 pub const MAX_SECRET_LIFETIME_DAYS: i64 = 730;
 
 pub mod faults;
+pub mod federation;
 pub mod graph;
 pub mod https;
 pub mod keyvault;

@@ -1,6 +1,7 @@
 //! The in-memory Entra tenant shared by the stand-ins: application registrations with
 //! their password credentials, the tokens issued, and Entra's replication delay.
 
+use super::federation::FederatedCredential;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,6 +57,10 @@ struct State {
     minted_values: Vec<String>,
     /// Domain names (e.g. `contoso.onmicrosoft.com`) that name this tenant as its id does.
     verified_domains: Vec<String>,
+    /// Federated identity credentials per application (client) id.
+    federated_credentials: HashMap<Uuid, Vec<FederatedCredential>>,
+    /// Signing keys (DER `RSAPublicKey`) of the token issuers Entra can discover.
+    issuer_keys: HashMap<String, Vec<u8>>,
 }
 
 /// A bearer token the token endpoint issued.
@@ -199,6 +204,27 @@ impl Tenant {
                 password.replicated_at = password.minted_at + delay;
             }
         }
+    }
+
+    /// Adds a federated identity credential to the application with this client id.
+    pub fn add_federated_credential(&self, client_id: Uuid, credential: FederatedCredential) {
+        self.state().federated_credentials.entry(client_id).or_default().push(credential);
+    }
+
+    /// The federated identity credentials of the application with this client id.
+    pub fn federated_credentials(&self, client_id: Uuid) -> Vec<FederatedCredential> {
+        self.state().federated_credentials.get(&client_id).cloned().unwrap_or_default()
+    }
+
+    /// Lets Entra verify tokens of `issuer` with `public_key`, as the issuer's OpenID
+    /// discovery document would.
+    pub fn trust_issuer(&self, issuer: &str, public_key: Vec<u8>) {
+        self.state().issuer_keys.insert(issuer.to_string(), public_key);
+    }
+
+    /// The signing key of `issuer`, if Entra can discover it.
+    pub fn issuer_key(&self, issuer: &str) -> Option<Vec<u8>> {
+        self.state().issuer_keys.get(issuer).cloned()
     }
 
     /// Checks a client secret the way Entra does at sign-in.
