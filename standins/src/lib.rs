@@ -23,6 +23,7 @@ pub mod graph;
 pub mod https;
 pub mod keyvault;
 pub mod kubernetes;
+pub mod managed_identity;
 pub mod scenario;
 pub mod smtp;
 pub mod tenant;
