@@ -89,6 +89,29 @@ fn a_bad_namespace_is_refused_with_the_other_problems_before_connecting() {
     assert!(!out.contains("kubeconfig"), "refused before looking for a cluster: {out}");
 }
 
+/// Issue 20 item 1: a template and a duration that do not parse are listed with every
+/// other problem of the file, not instead of them.
+#[test]
+fn an_unknown_template_variable_and_a_bad_lifetime_are_listed_with_the_other_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rotator.yaml")).unwrap();
+    let config = dir.path().join("rotator.yaml");
+    let bad = example
+        .replace("SMTP_PASSWORD: \"{{secret}}\"", "SMTP_PASSWORD: \"{{secrt}}\"")
+        .replace("lifetime: 180d", "lifetime: 2 years and a bit")
+        .replace("clientId: 0b5e2f3c-9d0a-4f6e-8a53-1e0b9c7d2a11", "clientId: not-a-guid");
+    std::fs::write(&config, bad).unwrap();
+
+    let output = rotator(&["run", "--config", config.to_str().unwrap(), "--dry-run"]).output().unwrap();
+
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{out}");
+    assert!(out.contains("has 3 problem(s); nothing was changed"), "{out}");
+    assert!(out.contains("keys.SMTP_PASSWORD: template \"{{secrt}}\" uses unknown variable {{secrt}}"), "{out}");
+    assert!(out.contains("lifetime: \"2 years and a bit\" is not a duration"), "{out}");
+    assert!(out.contains("application.clientId: \"not-a-guid\" is not a GUID"), "{out}");
+}
+
 #[test]
 fn completions_and_the_man_page_come_from_the_parser() {
     for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef entra-rotator"), ("fish", "complete -c entra-rotator")] {

@@ -8,6 +8,7 @@
 //! alerting it parses; never operator or CLI.
 
 pub mod duration;
+mod precheck;
 
 use crate::domain::MAX_SECRET_LIFETIME_DAYS;
 use crate::template::Template;
@@ -370,14 +371,25 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid { path: path.to_owned(), problems })
+        let syntax = |e: serde_yaml::Error| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() };
+        let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(syntax)?;
+        let mut prechecked = precheck::precheck(document);
+        let mut problems = std::mem::take(&mut prechecked.problems);
+        match serde_yaml::from_value::<Config>(std::mem::take(&mut prechecked.value)) {
+            Ok(config) => {
+                problems.extend(config.problems().into_iter().filter(|p| !prechecked.follows_from_a_stand_in(p)));
+                if problems.is_empty() {
+                    return Ok(config);
+                }
+            }
+            // Nothing else was wrong: read the text again for serde's path and line, which
+            // a parsed document no longer has.
+            Err(error) if problems.is_empty() => {
+                return Err(syntax(serde_yaml::from_str::<Config>(text).err().unwrap_or(error)));
+            }
+            Err(error) => problems.push(error.to_string()),
         }
+        Err(ConfigError::Invalid { path: path.to_owned(), problems })
     }
 
     fn problems(&self) -> Vec<String> {

@@ -142,3 +142,34 @@ fn two_years_is_explained_in_the_unit_it_was_written_in() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_bad_template_or_duration_does_not_hide_the_other_problems() {
+    let text = example()
+        .replace("SMTP_PASSWORD: \"{{secret}}\"", "SMTP_PASSWORD: \"{{secrt}}\"")
+        .replace("lifetime: 180d", "lifetime: 18x")
+        .replace("clientId: 0b5e2f3c-9d0a-4f6e-8a53-1e0b9c7d2a11", "clientId: not-a-guid")
+        .replace("secretName: dify-smtp-password", "secretName: dify_smtp");
+    let message = problems(&text);
+    for expected in [
+        "rotations[0] (dify-smtp).targets[1].kubernetesSecret.keys.SMTP_PASSWORD: template \"{{secrt}}\" uses unknown variable {{secrt}}",
+        "rotations[0] (dify-smtp).lifetime: \"18x\" is not a duration",
+        "rotations[0] (dify-smtp).application.clientId: \"not-a-guid\" is not a GUID",
+        "secretName: \"dify_smtp\" must be 1-127 characters",
+        "has 4 problem(s)",
+    ] {
+        assert!(message.contains(expected), "missing {expected:?} in:\n{message}");
+    }
+    // What only follows from the stand-ins is not reported: the default lifetime in place of
+    // the bad one, the literal in place of the bad template.
+    assert!(!message.contains("renewBefore"), "{message}");
+    assert!(!message.contains("exactly one key"), "{message}");
+}
+
+#[test]
+fn a_bad_duration_beside_an_unreadable_field_lists_both() {
+    let text = example().replace("lifetime: 180d", "lifetime: 18x").replace("renewBefore: 60d", "renewBefor: 60d");
+    let message = problems(&text);
+    assert!(message.contains("lifetime: \"18x\" is not a duration"), "{message}");
+    assert!(message.contains("unknown field `renewBefor`"), "{message}");
+}
