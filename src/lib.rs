@@ -21,6 +21,9 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod operator;
 pub mod report;

@@ -59,3 +59,12 @@ fn the_engine_knows_only_the_domain() {
 fn the_adapters_know_neither_configuration_nor_faces() {
     assert_never_imports("src/adapters", &["config", "operator", "cli", "assembly"]);
 }
+
+/// src/fuzzing.rs sits above everything (feature `fuzzing`, for fuzz/ only); nothing else
+/// may lean on it, or the product would not build without the feature.
+#[test]
+fn nothing_imports_the_fuzz_entry_points() {
+    for dir in ["src/engine", "src/adapters", "src/config", "src/operator", "src/cli"] {
+        assert_never_imports(dir, &["fuzzing"]);
+    }
+}

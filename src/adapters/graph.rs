@@ -475,9 +475,47 @@ struct InnerError {
     request_id: Option<String>,
 }
 
+/// The application in a `GET /applications/{id}` answer.
+pub(crate) fn application_from_body(operation: &str, body: &[u8]) -> Result<Application, GraphError> {
+    let parsed: ApplicationJson = serde_json::from_slice(body).map_err(|e| GraphError::Protocol {
+        operation: operation.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(Application {
+        object_id: parsed.id,
+        app_id: parsed.app_id,
+        display_name: parsed.display_name.unwrap_or_default(),
+        password_credentials: parsed
+            .password_credentials
+            .into_iter()
+            .map(|c| c.into_parts().0)
+            .collect(),
+    })
+}
+
+/// The new secret in an `addPassword` answer.
+pub(crate) fn minted_from_body(operation: &str, answer: &[u8]) -> Result<MintedSecret, GraphError> {
+    // The answer holds the secret: a parse error must not quote it, so only say where it failed.
+    let parsed: PasswordCredentialJson = serde_json::from_slice(answer).map_err(|e| GraphError::Protocol {
+        operation: operation.to_string(),
+        detail: format!(
+            "the answer is not a passwordCredential ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    })?;
+    let (credential, secret_text) = parsed.into_parts();
+    let value = secret_text.filter(|s| !s.expose_secret().is_empty()).ok_or_else(|| GraphError::Protocol {
+        operation: operation.to_string(),
+        detail: format!("the answer has no secretText for keyId {}; remove that credential, it cannot be used", credential.key_id),
+    })?;
+    Ok(MintedSecret { credential, value })
+}
+
 /// Graph's error answer as [`GraphError::Api`]; a body that is not Graph's error shape
 /// (a proxy's HTML page, say) still yields the status.
-fn api_error(operation: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GraphError {
+pub(crate) fn api_error(operation: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GraphError {
     let parsed = serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .map(|e| e.error);
@@ -563,21 +601,7 @@ impl Directory for GraphClient {
             answer: Answer::Public { limit: APPLICATION_BODY_LIMIT },
         };
         let body = self.send(&call).await?;
-        let parsed: ApplicationJson =
-            serde_json::from_slice(&body).map_err(|e| GraphError::Protocol {
-                operation: operation.clone(),
-                detail: e.to_string(),
-            })?;
-        Ok(Application {
-            object_id: parsed.id,
-            app_id: parsed.app_id,
-            display_name: parsed.display_name.unwrap_or_default(),
-            password_credentials: parsed
-                .password_credentials
-                .into_iter()
-                .map(|c| c.into_parts().0)
-                .collect(),
-        })
+        application_from_body(&operation, &body)
     }
 
     async fn add_password(
@@ -604,23 +628,7 @@ impl Directory for GraphClient {
             answer: Answer::Secret { limit: WRITE_BODY_LIMIT },
         };
         let answer = self.send(&call).await?;
-        // The answer holds the secret: a parse error must not quote it, so only say where it failed.
-        let parsed: PasswordCredentialJson =
-            serde_json::from_slice(&answer).map_err(|e| GraphError::Protocol {
-                operation: operation.clone(),
-                detail: format!(
-                    "the answer is not a passwordCredential ({:?} error at line {} column {})",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                ),
-            })?;
-        let (credential, secret_text) = parsed.into_parts();
-        let value = secret_text.filter(|s| !s.expose_secret().is_empty()).ok_or_else(|| GraphError::Protocol {
-            operation: operation.clone(),
-            detail: format!("the answer has no secretText for keyId {}; remove that credential, it cannot be used", credential.key_id),
-        })?;
-        Ok(MintedSecret { credential, value })
+        minted_from_body(&operation, &answer)
     }
 
     async fn remove_password(&self, object_id: Uuid, key_id: Uuid) -> Result<(), GraphError> {

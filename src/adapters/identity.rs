@@ -225,7 +225,7 @@ fn federation_advice(client_id: &str, token_file: &std::path::Path) -> Option<St
 
 /// The claims of a JWT, unverified: only read to explain a refusal, never trusted. A JWT
 /// crate would add a dependency for base64 and JSON we already have.
-fn federated_token_claims(token: &str) -> Option<serde_json::Value> {
+pub(crate) fn federated_token_claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     let claims = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims.trim_end_matches('=')).ok()?;

@@ -542,6 +542,18 @@ fn to_offset(time: Option<DateTime<Utc>>) -> Option<OffsetDateTime> {
     time.and_then(|t| OffsetDateTime::from_unix_timestamp(t.timestamp()).ok())
 }
 
+/// What a stored secret says about itself: its value and the tags we wrote with it.
+pub(crate) fn stored_secret_from(secret: azure_security_keyvault_secrets::models::Secret) -> Result<StoredSecret, &'static str> {
+    let value = secret.value.ok_or("the vault returned the secret without a value")?;
+    let tag = |name: &str| secret.tags.as_ref().and_then(|tags| tags.get(name));
+    Ok(StoredSecret {
+        key_id: tag(TAG_KEY_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
+        rotation: tag(TAG_ROTATION).cloned(),
+        app_id: tag(TAG_APP_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
+        value: SecretString::from(value),
+    })
+}
+
 fn tags_for(secret: &SecretToStore<'_>) -> HashMap<String, String> {
     HashMap::from([
         (TAG_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
@@ -570,20 +582,7 @@ impl SecretStore for KeyVaultStore {
                 format!("could not parse the vault's answer: {e}"),
             )
         })?;
-        let value = secret.value.ok_or_else(|| {
-            self.error(
-                StoreErrorKind::Rejected,
-                "the vault returned the secret without a value".to_string(),
-            )
-        })?;
-        let tag = |name: &str| secret.tags.as_ref().and_then(|tags| tags.get(name));
-        let key_id = tag(TAG_KEY_ID).and_then(|raw| Uuid::parse_str(raw).ok());
-        Ok(Some(StoredSecret {
-            key_id,
-            rotation: tag(TAG_ROTATION).cloned(),
-            app_id: tag(TAG_APP_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
-            value: SecretString::from(value),
-        }))
+        stored_secret_from(secret).map(Some).map_err(|problem| self.error(StoreErrorKind::Rejected, problem.to_string()))
     }
 
     async fn write(&self, secret: &SecretToStore<'_>) -> Result<(), StoreError> {

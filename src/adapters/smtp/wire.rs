@@ -389,6 +389,23 @@ where
     }
 }
 
+/// Every reply in `bytes`, read as a relay's are: through the bounded buffer, until the
+/// end of the bytes or the first refusal (for the fuzz targets).
+#[cfg(feature = "fuzzing")]
+pub(crate) async fn replies_in(bytes: &[u8]) -> Vec<Result<Reply, WireError>> {
+    let peer = SocketAddr::from(([127, 0, 0, 1], 25));
+    let mut stream = BufReader::new(BoundedStream::new(bytes, peer, &[]));
+    let mut replies = Vec::new();
+    loop {
+        let reply = read_reply(&mut stream).await;
+        let done = reply.is_err();
+        replies.push(reply);
+        if done {
+            return replies;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,4 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    entra_rotator::fuzzing::smtp_replies(data);
+});
