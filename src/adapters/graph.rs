@@ -14,6 +14,9 @@
 //! pauses every call of the client until then, so the write budget is not hammered while
 //! it is exhausted and is shared across applications in arrival order.
 
+mod sign_ins;
+pub use sign_ins::SignInScan;
+
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
 use super::error_chain::find_cause;
 use super::network::{self, NetworkFailure};

@@ -72,6 +72,8 @@ pub const ROUTE_REMOVE_PASSWORD: &str = "removePassword";
 pub const ROUTE_LIST_APPLICATIONS: &str = "listApplications";
 /// Fault route name of `GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`.
 pub const ROUTE_LIST_OWNED_APPLICATIONS: &str = "listOwnedApplications";
+/// `GET /beta/auditLogs/signIns`.
+pub const ROUTE_SIGN_INS: &str = "signIns";
 
 /// Graph's own application id; tokens for `{it}/.default` are Graph tokens too.
 const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
@@ -111,6 +113,19 @@ struct AppState {
 struct DirectorySettings {
     require_ownership: bool,
     replication_delay: Duration,
+    audit_log: AuditLogAccess,
+}
+
+/// Whether the rotator may read the sign-in log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuditLogAccess {
+    #[default]
+    Allowed,
+    /// `AuditLog.Read.All` not granted: 403 `Authorization_RequestDenied`.
+    NoPermission,
+    /// The tenant has no Microsoft Entra ID P1/P2 licence: 403
+    /// `Authentication_RequestFromNonPremiumTenantOrB2CTenant`.
+    NoLicence,
 }
 
 impl AppState {
@@ -210,6 +225,11 @@ impl GraphStandin {
         crate::lock(&self.directory).require_ownership = true;
     }
 
+    /// What `GET /beta/auditLogs/signIns` answers the rotator from now on.
+    pub fn set_audit_log_access(&self, access: AuditLogAccess) {
+        crate::lock(&self.directory).audit_log = access;
+    }
+
     /// From now on a password credential is unknown to `removePassword` until `delay` after
     /// its `addPassword` (400 "No password credential found with keyId …"), as when the
     /// removal reaches a directory replica the new credential has not reached yet.
@@ -243,6 +263,7 @@ fn router(state: AppState) -> Router {
             "/v1.0/applications/{id}/removePassword",
             post(remove_password),
         )
+        .route("/beta/auditLogs/signIns", get(sign_in_log::list))
         .route("/v1.0/applications", get(listing::list_applications))
         .route(
             "/v1.0/{key}/ownedObjects/microsoft.graph.application",
@@ -455,7 +476,7 @@ fn grant_token(
             "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.".into(),
         )
     })?;
-    match tenant.authenticate(client_uuid, secret) {
+    match tenant.sign_in(client_uuid, secret, scope.trim_end_matches("/.default")) {
         Ok(()) => Ok(tenant.issue_token(
             client_uuid,
             scope,
@@ -1749,5 +1770,118 @@ mod budget {
             HeaderValue::from_static("WriteLimitExceeded"),
         );
         response
+    }
+}
+
+/// `GET /beta/auditLogs/signIns`: the tenant's sign-in log, as the beta API serves it with
+/// the filter the rotator uses: `signInEventTypes/any(t: t eq 'servicePrincipal')` (without
+/// it the API lists interactive user sign-ins only, so none here), `appId eq '…'` and
+/// `createdDateTime ge …`, newest first, `$top` (at most 1000) and `$skiptoken` paging.
+/// Each entry carries `servicePrincipalCredentialKeyId`, the keyId of the client secret
+/// used. Sign-ins appear after the tenant's reporting latency
+/// ([`Tenant::set_sign_in_latency`]).
+mod sign_in_log {
+    use super::*;
+
+    const MAX_PAGE: usize = 1000;
+
+    #[derive(Default)]
+    struct Filter {
+        service_principals: bool,
+        app_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+    }
+
+    fn parse_filter(text: &str) -> Result<Filter, String> {
+        let mut filter = Filter::default();
+        for clause in text.split(" and ").map(str::trim) {
+            if clause.replace(' ', "") == "signInEventTypes/any(t:teq'servicePrincipal')" {
+                filter.service_principals = true;
+            } else if let Some(id) = clause.strip_prefix("appId eq '").and_then(|rest| rest.strip_suffix('\'')) {
+                filter.app_id = Some(id.parse().map_err(|_| format!("Invalid appId '{id}' in filter"))?);
+            } else if let Some(time) = clause.strip_prefix("createdDateTime ge ") {
+                let parsed = DateTime::parse_from_rfc3339(time).map_err(|_| format!("Invalid DateTimeOffset '{time}' in filter"))?;
+                filter.since = Some(parsed.with_timezone(&Utc));
+            } else {
+                return Err(format!("Invalid filter clause: {clause}"));
+            }
+        }
+        Ok(filter)
+    }
+
+    pub(super) async fn list(
+        State(state): State<AppState>,
+        Extension(ids): Extension<RequestContext>,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Some(fault) = intercept(&state, ROUTE_SIGN_INS, &ids).await {
+            return fault;
+        }
+        if let Err(refusal) = check_bearer(&state, &headers, &ids) {
+            return refusal;
+        }
+        let access = state.directory().audit_log;
+        match access {
+            AuditLogAccess::Allowed => {}
+            AuditLogAccess::NoPermission => {
+                return graph_error(StatusCode::FORBIDDEN, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.", &ids);
+            }
+            AuditLogAccess::NoLicence => {
+                return graph_error(
+                    StatusCode::FORBIDDEN,
+                    "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
+                    "Neither tenant is B2C or tenant doesn't have premium license",
+                    &ids,
+                );
+            }
+        }
+        let filter = match query.get("$filter").map(|f| parse_filter(f)).transpose() {
+            Ok(filter) => filter.unwrap_or_default(),
+            Err(message) => return graph_error(StatusCode::BAD_REQUEST, "BadRequest", &message, &ids),
+        };
+        let top = query.get("$top").and_then(|t| t.parse::<usize>().ok()).unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+        let skip = query.get("$skiptoken").and_then(|t| t.parse::<usize>().ok()).unwrap_or(0);
+        let entries: Vec<_> = if filter.service_principals {
+            state
+                .tenant
+                .apps()
+                .into_iter()
+                .filter(|app| filter.app_id.is_none_or(|id| id == app.app_id))
+                .flat_map(|app| state.tenant.logged_sign_ins(app.app_id))
+                .filter(|entry| filter.since.is_none_or(|since| entry.at >= since))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut entries = entries;
+        entries.sort_by(|a, b| b.at.cmp(&a.at));
+        let page: Vec<Value> = entries
+            .iter()
+            .skip(skip)
+            .take(top)
+            .map(|entry| {
+                json!({
+                    "id": Uuid::new_v4(),
+                    "createdDateTime": entry.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "appId": entry.app_id,
+                    "resourceDisplayName": entry.resource,
+                    "signInEventTypes": ["servicePrincipal"],
+                    "servicePrincipalCredentialKeyId": entry.key_id,
+                    "status": { "errorCode": entry.error_code },
+                })
+            })
+            .collect();
+        let mut body = json!({
+            "@odata.context": format!("{}/beta/$metadata#auditLogs/signIns", ids.base),
+            "value": page,
+        });
+        if skip + top < entries.len() {
+            let mut next = query.clone();
+            next.insert("$skiptoken".into(), (skip + top).to_string());
+            let encoded: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(next.iter()).finish();
+            body["@odata.nextLink"] = json!(format!("{}/beta/auditLogs/signIns?{encoded}", ids.base));
+        }
+        Json(body).into_response()
     }
 }

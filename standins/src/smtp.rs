@@ -700,7 +700,7 @@ impl Session {
             );
             return None;
         };
-        match tenant.authenticate(client_id, password.expose_secret()) {
+        match tenant.sign_in(client_id, password.expose_secret(), "smtp") {
             Ok(()) => Some(client_id),
             Err(reason) => {
                 tracing::debug!(username, ?reason, "SMTP stand-in: AUTH refused");

@@ -61,6 +61,23 @@ struct State {
     federated_credentials: HashMap<Uuid, Vec<FederatedCredential>>,
     /// Signing keys (DER `RSAPublicKey`) of the token issuers Entra can discover.
     issuer_keys: HashMap<String, Vec<u8>>,
+    /// Service-principal sign-ins with a client secret, oldest first.
+    sign_ins: Vec<SignIn>,
+    /// How long a sign-in takes to show in the sign-in log.
+    sign_in_latency: Duration,
+}
+
+/// One service-principal sign-in with a client secret, as the sign-in log records it: the
+/// credential's keyId, when, for which resource, and Entra's error code (0: success).
+#[derive(Clone, Debug)]
+pub struct SignIn {
+    pub app_id: Uuid,
+    pub key_id: Uuid,
+    pub at: DateTime<Utc>,
+    /// The resource the token was for, or `smtp` for a relay's AUTH.
+    pub resource: String,
+    pub error_code: u32,
+    recorded: Instant,
 }
 
 /// A bearer token the token endpoint issued.
@@ -229,25 +246,68 @@ impl Tenant {
 
     /// Checks a client secret the way Entra does at sign-in.
     pub fn authenticate(&self, client_id: Uuid, secret: &str) -> Result<(), AuthFailure> {
+        self.check_secret(client_id, secret).1
+    }
+
+    /// [`authenticate`](Self::authenticate), recorded in the sign-in log when the secret is
+    /// one of the application's (also when it was refused as expired or not yet
+    /// replicated: the log shows who still uses a key). `resource` is what it was for.
+    pub fn sign_in(&self, client_id: Uuid, secret: &str, resource: &str) -> Result<(), AuthFailure> {
+        let (key_id, result) = self.check_secret(client_id, secret);
+        if let Some(key_id) = key_id {
+            let error_code = match result {
+                Ok(()) => 0,
+                Err(AuthFailure::Expired) => 7000222,
+                Err(_) => 7000215,
+            };
+            self.state().sign_ins.push(SignIn {
+                app_id: client_id,
+                key_id,
+                at: Utc::now(),
+                resource: resource.to_string(),
+                error_code,
+                recorded: Instant::now(),
+            });
+        }
+        result
+    }
+
+    /// The keyId of the matching credential, if any, and the verdict.
+    fn check_secret(&self, client_id: Uuid, secret: &str) -> (Option<Uuid>, Result<(), AuthFailure>) {
         let state = self.state();
-        let app = state
-            .apps
-            .values()
-            .find(|a| a.app_id == client_id)
-            .ok_or(AuthFailure::UnknownClient)?;
-        let password = app
-            .passwords
+        let Some(app) = state.apps.values().find(|a| a.app_id == client_id) else {
+            return (None, Err(AuthFailure::UnknownClient));
+        };
+        let Some(password) = app.passwords.iter().find(|p| constant_time_eq(p.secret_text.as_bytes(), secret.as_bytes())) else {
+            return (None, Err(AuthFailure::InvalidSecret));
+        };
+        let verdict = if password.end <= Utc::now() {
+            Err(AuthFailure::Expired)
+        } else if Instant::now() < password.replicated_at {
+            Err(AuthFailure::NotYetReplicated)
+        } else {
+            Ok(())
+        };
+        (Some(password.key_id), verdict)
+    }
+
+    /// How long a sign-in takes to appear in the log (Entra's reporting latency).
+    pub fn set_sign_in_latency(&self, latency: Duration) {
+        self.state().sign_in_latency = latency;
+    }
+
+    /// The sign-ins of `app_id` the log shows now, newest first.
+    pub fn logged_sign_ins(&self, app_id: Uuid) -> Vec<SignIn> {
+        let state = self.state();
+        let visible_before = Instant::now().checked_sub(state.sign_in_latency);
+        let mut shown: Vec<SignIn> = state
+            .sign_ins
             .iter()
-            .find(|p| constant_time_eq(p.secret_text.as_bytes(), secret.as_bytes()))
-            .ok_or(AuthFailure::InvalidSecret)?;
-        let now = Utc::now();
-        if password.end <= now {
-            return Err(AuthFailure::Expired);
-        }
-        if Instant::now() < password.replicated_at {
-            return Err(AuthFailure::NotYetReplicated);
-        }
-        Ok(())
+            .filter(|s| s.app_id == app_id && visible_before.is_some_and(|cutoff| s.recorded <= cutoff))
+            .cloned()
+            .collect();
+        shown.reverse();
+        shown
     }
 
     /// Issues a bearer token for `client_id` and `scope`, valid for `lifetime`.
