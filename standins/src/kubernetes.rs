@@ -182,6 +182,13 @@ pub mod routes {
         route_set!("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings");
     pub const PODDISRUPTIONBUDGETS: RouteSet =
         route_set!("/apis/policy/v1", "poddisruptionbudgets");
+    /// Cluster-scoped like ClusterRoles (named like the namespaced routes).
+    pub const ROTATION_POLICIES: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "rotationpolicies");
+    pub const VALIDATINGADMISSIONPOLICIES: RouteSet =
+        route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies");
+    pub const VALIDATINGADMISSIONPOLICYBINDINGS: RouteSet =
+        route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings");
     /// `apiextensions.k8s.io/v1` CustomResourceDefinitions are cluster-scoped: their routes
     /// have no `/namespaces/{namespace}` (the namespaced names are unused).
     pub const CUSTOM_RESOURCE_DEFINITIONS: RouteSet = RouteSet {
