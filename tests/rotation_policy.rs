@@ -1,0 +1,264 @@
+//! Many teams, one rotator: a ClientSecretRotation may only rotate the applications, write
+//! the vaults and verify through the relays that a RotationPolicy serving its namespace
+//! allows (its own namespace excepted for applications and vaults; Microsoft's relays
+//! excepted for verification). One test per way in, each over sockets with the real
+//! CronJob pass against the stand-ins, each showing that nothing was minted (no Graph call
+//! at all), stored (no vault or Secret write) or sent (the intruder's relay was never
+//! contacted), and that the refusal says what is not allowed and which resource changes it.
+
+use entra_rotator::operator::policy;
+use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
+use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
+use entra_rotator_standins::smtp::{RelaySettings, SmtpRelayStandin};
+use serde_json::{json, Value};
+use std::process::Output;
+use uuid::Uuid;
+
+/// The rotator's own namespace (the pod's, as the chart's POD_NAMESPACE says).
+const HOME: &str = SECRET_NAMESPACE;
+/// A team's namespace.
+const TEAM: &str = "team-a";
+const NAME: &str = "mail";
+
+const POLICY_CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/rotationpolicies.entra-rotator.io.yaml");
+
+#[test]
+fn committed_policy_crd_matches_the_rust_types() {
+    let committed = std::fs::read_to_string(POLICY_CRD_FILE).unwrap_or_default();
+    assert!(
+        committed == policy::crd_yaml(),
+        "crds/ is out of date with src/operator/policy.rs; regenerate it with:\n  cargo run -- crd --kind RotationPolicy > crds/rotationpolicies.entra-rotator.io.yaml"
+    );
+}
+
+/// The CronJob pass over every namespace, as the chart runs it with `watch.allNamespaces`;
+/// no relay is allowed beyond Microsoft's by the controller's settings.
+async fn pass(scenario: &Scenario) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+        .args(["run", "--all-namespaces", "--azure-config", scenario.config_path.to_str().unwrap()])
+        .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("POD_NAMESPACE", HOME)
+        .env_remove("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// What a rotation asks for.
+struct Asks<'a> {
+    client_id: Uuid,
+    vault_url: String,
+    relay: (&'a str, u16),
+}
+
+fn spec(scenario: &Scenario, asks: &Asks<'_>) -> Value {
+    json!({
+        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": asks.client_id },
+        "revokeGracePeriod": "0s",
+        "targets": [
+            { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } },
+            { "keyVault": { "vaultUrl": asks.vault_url, "secretName": VAULT_SECRET } }
+        ],
+        "verification": { "smtp": {
+            "host": asks.relay.0, "port": asks.relay.1,
+            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
+    })
+}
+
+/// What team-a is meant to have: the scenario's application, vault and relay.
+fn own(scenario: &Scenario) -> Asks<'static> {
+    Asks { client_id: scenario.target.app_id, vault_url: scenario.vault.vault_url(), relay: ("localhost", scenario.relay.port()) }
+}
+
+/// Team a's policy: its namespace (by the label every namespace carries), its
+/// application, its vault and its relay (localhost on the stand-in relay's port only).
+fn team_a_policy(scenario: &Scenario) -> Value {
+    json!({
+        "conditions": [ { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": TEAM } } } ],
+        "applications": [ { "tenantId": scenario.tenant.tenant_id, "clientIds": [scenario.target.app_id] } ],
+        "keyVaults": [scenario.vault.vault_url()],
+        "verificationHosts": [ { "host": "localhost", "ports": [scenario.relay.port()] } ],
+    })
+}
+
+/// Another team's policy, whose contents must never show in team a's status or Events.
+const TEAM_B_VAULT: &str = "https://team-b-secrets.vault.azure.net";
+fn team_b_policy(scenario: &Scenario, app: Uuid) -> Value {
+    json!({
+        "conditions": [ { "namespaces": ["team-b"] } ],
+        "applications": [ { "tenantId": scenario.tenant.tenant_id, "clientIds": [app] } ],
+        "keyVaults": [TEAM_B_VAULT],
+        "verificationHosts": [ { "host": "relay.team-b.example" } ],
+    })
+}
+
+async fn intruders_relay(scenario: &Scenario) -> SmtpRelayStandin {
+    SmtpRelayStandin::start(scenario.tenant.clone(), &scenario.pki, RelaySettings::azure_managed(ACS_RESOURCE)).await.unwrap()
+}
+
+fn ready(scenario: &Scenario, namespace: &str) -> Value {
+    let status = scenario.kubernetes.rotation(namespace, NAME).unwrap()["status"].clone();
+    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap_or_else(|| panic!("no Ready: {status}")).clone()
+}
+
+/// The pass failed on the rotation with NotAllowedByPolicy, a message containing each of
+/// `expected` and none of `never`, a Warning Event saying the same, and nothing reached
+/// Graph, a vault, a Secret or a relay.
+async fn assert_denied(scenario: &Scenario, relays: &[&SmtpRelayStandin], namespace: &str, expected: &[&str], never: &[&str]) {
+    let output = pass(scenario).await;
+
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("{namespace}/{NAME}: not allowed by policy: ")), "{out}");
+    let ready = ready(scenario, namespace);
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("NotAllowedByPolicy")), "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    for fragment in expected {
+        assert!(message.contains(fragment), "{fragment:?} missing from: {message}");
+    }
+    for fragment in never {
+        assert!(!message.contains(fragment), "{fragment:?} leaked into: {message}");
+    }
+    assert!(message.ends_with("nothing was minted, stored or sent"), "{message}");
+    let events = scenario.kubernetes.events(namespace);
+    let warning = events
+        .iter()
+        .find(|e| e.reason == "NotAllowedByPolicy" && e.note.as_deref().unwrap_or_default().contains(expected[0]))
+        .unwrap_or_else(|| panic!("no Event saying {:?}: {events:?}", expected[0]));
+    assert_eq!(warning.type_, "Warning");
+
+    let graph = scenario.graph.faults();
+    assert_eq!((graph.count(ROUTE_TOKEN), graph.count(ROUTE_GET_APPLICATION), graph.count(ROUTE_ADD_PASSWORD)), (0, 0, 0), "Graph was called");
+    let vault = scenario.vault.faults();
+    assert_eq!((vault.count(vault_routes::GET_SECRET), vault.count(vault_routes::SET_SECRET)), (0, 0), "the vault was contacted");
+    assert!(scenario.vault.versions(VAULT_SECRET).is_empty(), "the vault secret was written");
+    assert!(scenario.kubernetes.secret(namespace, SECRET_NAME).is_none(), "the Secret was written");
+    for relay in relays {
+        assert_eq!(relay.sessions(), 0, "relay on port {} was contacted", relay.port());
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_no_policy_serves_may_not_rotate() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &own(&scenario))).unwrap();
+    let other = scenario.tenant.register_app("team-b-mail");
+    scenario.kubernetes.create_rotation_policy("team-b", team_b_policy(&scenario, other.app_id)).unwrap();
+
+    let expected = [
+        "namespace \"team-a\" may not rotate: it is not the rotator's own namespace (\"dify\") and none of the 1 RotationPolicy object(s) installed serves it",
+        "spec.conditions of a RotationPolicy",
+    ];
+    assert_denied(&scenario, &[&scenario.relay], TEAM, &expected, &["team-b", TEAM_B_VAULT, &other.app_id.to_string()]).await;
+}
+
+#[tokio::test]
+async fn an_application_the_namespace_may_not_rotate_is_refused() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_rotation_policy("team-a", team_a_policy(&scenario)).unwrap();
+    // Team b's application, also owned by the rotator's identity.
+    let other = scenario.tenant.register_app("team-b-mail");
+    scenario.kubernetes.create_rotation_policy("team-b", team_b_policy(&scenario, other.app_id)).unwrap();
+    let asks = Asks { client_id: other.app_id, ..own(&scenario) };
+    scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &asks)).unwrap();
+
+    let expected = [
+        &format!("spec.application: application {} of tenant {} is not allowed for namespace \"team-a\" by the RotationPolicy object(s) serving it (team-a)", other.app_id, scenario.tenant.tenant_id)[..],
+        "to spec.applications of one of them",
+    ];
+    assert_denied(&scenario, &[&scenario.relay], TEAM, &expected, &["team-b", TEAM_B_VAULT]).await;
+    assert!(scenario.tenant.app(other.object_id).unwrap().passwords.is_empty(), "team b's application got no secret");
+}
+
+#[tokio::test]
+async fn a_foreign_verification_host_is_refused_in_every_namespace() {
+    let scenario = Scenario::start().await.unwrap();
+    let intruder = intruders_relay(&scenario).await;
+    scenario.kubernetes.create_rotation_policy("team-a", team_a_policy(&scenario)).unwrap();
+    // Another host, and the allowed host on another port: both are somebody else's server.
+    for (namespace, host) in [(TEAM, "127.0.0.1"), (TEAM, "localhost"), (HOME, "localhost")] {
+        let case = format!("{namespace}, {host}:{}", intruder.port());
+        scenario.kubernetes.create_rotation(namespace, NAME, spec(&scenario, &Asks { relay: (host, intruder.port()), ..own(&scenario) })).unwrap();
+        let considered = if namespace == TEAM { "considered: team-a" } else { "no RotationPolicy serves it" };
+        let expected = [
+            &format!("spec.verification.smtp.host: the SMTP relay {host}:{} is not allowed for namespace \"{namespace}\" ({considered})", intruder.port())[..],
+            "only smtp.azurecomm.net and smtp.office365.com (ports 25, 465, 587) are",
+            "spec.verificationHosts of a RotationPolicy serving the namespace",
+            "--allow-smtp-host",
+        ];
+        assert_denied(&scenario, &[&scenario.relay, &intruder], namespace, &expected, &[]).await;
+        assert!(scenario.kubernetes.delete_rotation(namespace, NAME), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_vault_is_refused() {
+    let scenario = Scenario::start().await.unwrap();
+    let mut policy = team_a_policy(&scenario);
+    policy["keyVaults"] = json!(["https://team-a-secrets.vault.azure.net"]);
+    scenario.kubernetes.create_rotation_policy("team-a", policy).unwrap();
+    // The scenario's vault plays another team's.
+    scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &own(&scenario))).unwrap();
+
+    let expected = [
+        &format!("spec.targets[1].keyVault.vaultUrl: Key Vault {} is not allowed for namespace \"team-a\" with this application by the RotationPolicy object(s) allowing the application (team-a)", scenario.vault.vault_url())[..],
+        "to spec.keyVaults of one of them",
+    ];
+    assert_denied(&scenario, &[&scenario.relay], TEAM, &expected, &[]).await;
+}
+
+/// What a policy allows runs: the whole loop, in the team's namespace, through the relay
+/// the policy names; and the home namespace keeps working without any policy.
+#[tokio::test]
+async fn what_a_policy_allows_is_rotated() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_rotation_policy("team-a", team_a_policy(&scenario)).unwrap();
+    scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &own(&scenario))).unwrap();
+
+    let output = pass(&scenario).await;
+
+    assert!(output.status.success(), "{}", text(&output));
+    let ready = ready(&scenario, TEAM);
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("Rotated")), "{ready}");
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1);
+    assert!(scenario.kubernetes.secret(TEAM, SECRET_NAME).is_some());
+    assert_eq!(scenario.vault.versions(VAULT_SECRET).len(), 1);
+}
+
+/// A template may only fill keys of its own target: a key that is not a Secret key (a
+/// path to another object or an annotation) and a username carrying the secret (it would
+/// travel to the relay and into errors as a name) are refused before anything runs.
+#[tokio::test]
+async fn a_template_reaching_outside_its_target_is_refused() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_rotation_policy("team-a", team_a_policy(&scenario)).unwrap();
+    let cases = [
+        ("/targets/0/secret/keys", json!({ "../../team-b/secrets/smtp": "{{secret}}" }), "\"../../team-b/secrets/smtp\" is not a valid Secret key"),
+        ("/targets/0/secret/keys", json!({ "metadata/annotations/loot": "{{secret}}" }), "\"metadata/annotations/loot\" is not a valid Secret key"),
+        ("/verification/smtp/username", json!("{{secret}}"), "spec.verification.smtp.username: must not contain {{secret}}"),
+    ];
+    for (pointer, value, expected) in cases {
+        let mut spec = spec(&scenario, &own(&scenario));
+        *spec.pointer_mut(pointer).unwrap() = value.clone();
+        scenario.kubernetes.create_rotation(TEAM, NAME, spec).unwrap();
+
+        let output = pass(&scenario).await;
+
+        let case = format!("{pointer} = {value}");
+        assert_eq!(output.status.code(), Some(1), "{case}: {}", text(&output));
+        let ready = ready(&scenario, TEAM);
+        assert_eq!(ready["reason"], "InvalidSpec", "{case}: {ready}");
+        assert!(ready["message"].as_str().unwrap().contains(expected), "{case}: {ready}");
+        assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 0, "{case}");
+        assert!(scenario.kubernetes.secret(TEAM, SECRET_NAME).is_none(), "{case}");
+        assert_eq!(scenario.relay.sessions(), 0, "{case}");
+        assert!(scenario.kubernetes.delete_rotation(TEAM, NAME), "{case}");
+    }
+}
