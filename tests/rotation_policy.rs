@@ -6,11 +6,13 @@
 //! at all), stored (no vault or Secret write) or sent (the intruder's relay was never
 //! contacted), and that the refusal says what is not allowed and which resource changes it.
 
-use entra_rotator::operator::policy;
+use entra_rotator::operator::crd::ClientSecretRotation;
+use entra_rotator::operator::policy::{self, Authorization, RotationPolicy};
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
 use entra_rotator_standins::keyvault::routes as vault_routes;
 use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
 use entra_rotator_standins::smtp::{RelaySettings, SmtpRelayStandin};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::process::Output;
 use uuid::Uuid;
@@ -261,4 +263,61 @@ async fn a_template_reaching_outside_its_target_is_refused() {
         assert_eq!(scenario.relay.sessions(), 0, "{case}");
         assert!(scenario.kubernetes.delete_rotation(TEAM, NAME), "{case}");
     }
+}
+
+/// The README's two-team example (examples/kubernetes/two-teams.yaml) passes admission and
+/// means what the README says: each team rotates its own application into its own vault
+/// through its relay, and neither can reach the other's.
+#[test]
+fn the_two_team_example_lets_each_team_rotate_only_its_own() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes/two-teams.yaml")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let administrators_part = &text[text.find("apiVersion").unwrap()..text.find("---\n# The teams' part").unwrap()];
+    assert!(readme.contains(administrators_part), "README.md shows the example's policies as they are in the file");
+    let mut policies = Vec::new();
+    let mut rotations = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object = Value::deserialize(document).unwrap();
+        match object["kind"].as_str() {
+            Some("RotationPolicy") => {
+                let policy: RotationPolicy = serde_json::from_value(object).unwrap();
+                policy.validate_cel().unwrap();
+                policies.push(policy);
+            }
+            Some("ClientSecretRotation") => {
+                let rotation: ClientSecretRotation = serde_json::from_value(object).unwrap();
+                rotation.validate_cel().unwrap();
+                rotation.to_rotation_config().unwrap();
+                rotations.push(rotation);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let [dify, helpdesk] = &rotations[..] else { panic!("two rotations") };
+    let authorization = Authorization { home_namespace: "entra-rotator".into(), allowed_relays: vec![] };
+    let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let dify_labels = labels(&[("kubernetes.io/metadata.name", "dify")]);
+    let support_labels = labels(&[("kubernetes.io/metadata.name", "helpdesk"), ("platform.contoso.com/team", "support")]);
+
+    assert_eq!(authorization.decide(dify, &policies, &dify_labels), Ok(()));
+    assert_eq!(authorization.decide(helpdesk, &policies, &support_labels), Ok(()));
+    // Without the platform team's label, the helpdesk namespace is served by no policy.
+    let unlabelled = labels(&[("kubernetes.io/metadata.name", "helpdesk")]);
+    assert!(authorization.decide(helpdesk, &policies, &unlabelled).unwrap_err().message.contains("none of the 2 RotationPolicy object(s) installed serves it"));
+    // Team dify naming the support tenant's application, vault or relay.
+    let mut reaching = dify.clone();
+    reaching.spec.application = helpdesk.spec.application.clone();
+    let refused = authorization.decide(&reaching, &policies, &dify_labels).unwrap_err().message;
+    let (tenant, client) = (&helpdesk.spec.application.tenant_id, &helpdesk.spec.application.client_id);
+    assert_eq!(
+        refused,
+        format!("spec.application: application {client} of tenant {tenant} is not allowed for namespace \"dify\" by the RotationPolicy object(s) serving it (team-dify). An administrator adds the clientId (or \"*\") for that tenantId to spec.applications of one of them; nothing was minted, stored or sent"),
+        "the README quotes this message"
+    );
+    let mut reaching = dify.clone();
+    reaching.spec.targets[1] = helpdesk.spec.targets[1].clone();
+    assert!(authorization.decide(&reaching, &policies, &dify_labels).unwrap_err().message.starts_with("spec.targets[1].keyVault.vaultUrl: "));
+    let mut reaching = dify.clone();
+    reaching.spec.verification = helpdesk.spec.verification.clone();
+    assert!(authorization.decide(&reaching, &policies, &dify_labels).unwrap_err().message.starts_with("spec.verification.smtp.host: "));
 }

@@ -49,7 +49,8 @@ const MICROSOFT_RELAY_PORTS: [u16; 3] = [25, 465, 587];
     kind = "RotationPolicy",
     plural = "rotationpolicies",
     shortname = "rotpol",
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    cel
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RotationPolicySpec {
@@ -272,8 +273,13 @@ impl Authorization {
         asks.relay.is_none_or(|(host, port)| is_microsoft_relay(host, port) || self.allowed_relays.iter().any(|r| r.allows(host, port)))
     }
 
-    /// The decision, from the policies installed and the labels of the rotation's namespace.
-    fn decide(&self, asks: &Asks<'_>, policies: &[RotationPolicy], labels: &BTreeMap<String, String>) -> Result<(), Denial> {
+    /// Whether `rotation` may run, given the policies installed and the labels of its
+    /// namespace: the whole decision, without the cluster.
+    pub fn decide(&self, rotation: &ClientSecretRotation, policies: &[RotationPolicy], labels: &BTreeMap<String, String>) -> Result<(), Denial> {
+        self.decide_asks(&Asks::of(rotation), policies, labels)
+    }
+
+    fn decide_asks(&self, asks: &Asks<'_>, policies: &[RotationPolicy], labels: &BTreeMap<String, String>) -> Result<(), Denial> {
         let namespace = asks.namespace;
         let home = namespace == self.home_namespace;
         let relay_by_settings = self.relay_allowed_by_settings(asks);
@@ -349,7 +355,7 @@ pub async fn authorize(client: &kube::Client, authorization: &Authorization, rot
     } else {
         BTreeMap::new()
     };
-    authorization.decide(&asks, &policies, &labels)
+    authorization.decide_asks(&asks, &policies, &labels)
 }
 
 #[cfg(test)]
@@ -392,7 +398,7 @@ mod tests {
 
     fn decide(rotation: &ClientSecretRotation, policies: &[RotationPolicy], labels: &[(&str, &str)]) -> Result<(), String> {
         let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        authorization().decide(&Asks::of(rotation), policies, &labels).map_err(|d| d.message)
+        authorization().decide(rotation, policies, &labels).map_err(|d| d.message)
     }
 
     const ACS: &str = "smtp.azurecomm.net";
@@ -445,9 +451,9 @@ mod tests {
         assert!(decide(&rotation("rotator", APP, VAULT_A, ACS, 2525), &[], &[]).is_err());
 
         let settings = Authorization { allowed_relays: vec![AllowedRelay::parse("Relay.Attacker.example:587").unwrap()], ..authorization() };
-        assert_eq!(settings.decide(&Asks::of(&home), &[], &BTreeMap::new()), Ok(()));
+        assert_eq!(settings.decide(&home, &[], &BTreeMap::new()), Ok(()));
         let other_port = rotation("rotator", APP, VAULT_A, "relay.attacker.example", 25);
-        assert!(settings.decide(&Asks::of(&other_port), &[], &BTreeMap::new()).is_err());
+        assert!(settings.decide(&other_port, &[], &BTreeMap::new()).is_err());
     }
 
     #[test]
