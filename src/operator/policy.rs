@@ -485,9 +485,10 @@ mod tests {
             "keyVaults": [VAULT_A],
         }));
         let asks = rotation("anyone", OTHER_APP, "https://TEAM-A.vault.azure.net", ACS, 587);
-        assert_eq!(decide(&asks, &[by_label.clone()], &[("rotator.example/team", "mail")]), Ok(()));
-        assert!(decide(&asks, &[by_label.clone()], &[("rotator.example/team", "web")]).is_err());
-        assert!(decide(&asks, &[by_label], &[]).is_err());
+        let policies = [by_label];
+        assert_eq!(decide(&asks, &policies, &[("rotator.example/team", "mail")]), Ok(()));
+        assert!(decide(&asks, &policies, &[("rotator.example/team", "web")]).is_err());
+        assert!(decide(&asks, &policies, &[]).is_err());
     }
 
     #[test]
