@@ -9,7 +9,9 @@
 use entra_rotator::operator::crd::ClientSecretRotation;
 use entra_rotator::operator::policy::{self, Authorization, RotationPolicy};
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
+use entra_rotator_standins::faults::Fault;
 use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::kubernetes::routes as kube_routes;
 use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, SECRET_NAMESPACE, VAULT_SECRET};
 use entra_rotator_standins::smtp::{RelaySettings, SmtpRelayStandin};
 use serde::Deserialize;
@@ -212,6 +214,22 @@ async fn a_foreign_vault_is_refused() {
     let expected = [
         &format!("spec.targets[1].keyVault.vaultUrl: Key Vault {} is not allowed for namespace \"team-a\" with this application by the RotationPolicy object(s) allowing the application (team-a)", scenario.vault.vault_url())[..],
         "to spec.keyVaults of one of them",
+    ];
+    assert_denied(&scenario, &[&scenario.relay], TEAM, &expected, &[]).await;
+}
+
+/// A rotator that cannot read the policies (its ClusterRole missing) refuses rather than
+/// guesses: the refusal says which permission is missing.
+#[tokio::test]
+async fn policies_that_cannot_be_read_refuse_rather_than_allow() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_rotation_policy("team-a", team_a_policy(&scenario)).unwrap();
+    scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &own(&scenario))).unwrap();
+    scenario.kubernetes.faults().push(kube_routes::ROTATION_POLICIES.list, Fault::status(403));
+
+    let expected = [
+        "cannot read the RotationPolicies to decide whether namespace \"team-a\" may rotate this application (403 ",
+        "the rotator needs get and list on rotationpolicies.entra-rotator.io",
     ];
     assert_denied(&scenario, &[&scenario.relay], TEAM, &expected, &[]).await;
 }

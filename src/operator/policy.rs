@@ -337,9 +337,14 @@ pub async fn authorize(client: &kube::Client, authorization: &Authorization, rot
         return Ok(());
     }
     let unreadable = |what: &str, error: kube::Error| Denial {
+        // The API server's own words (e.g. `403 Forbidden: rotationpolicies... is forbidden`).
         message: format!(
-            "cannot read {what} to decide whether namespace {:?} may rotate this application: {error}. Nothing was minted, stored or sent; the rotator needs get and list on rotationpolicies.entra-rotator.io and get on namespaces (the chart's ClusterRole grants them)",
-            asks.namespace
+            "cannot read {what} to decide whether namespace {:?} may rotate this application ({error}): the rotator needs get and list on rotationpolicies.entra-rotator.io and get on namespaces (the chart's ClusterRole <release>-entra-rotator-policies grants them); nothing was minted, stored or sent",
+            asks.namespace,
+            error = match &error {
+                kube::Error::Api(status) => format!("{} {}: {}", status.code, status.reason, status.message),
+                other => other.to_string(),
+            },
         ),
     };
     let policies = match Api::<RotationPolicy>::all(client.clone()).list(&ListParams::default()).await {
