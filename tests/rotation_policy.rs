@@ -234,6 +234,45 @@ async fn policies_that_cannot_be_read_refuse_rather_than_allow() {
     assert_denied(&scenario, &[&scenario.relay], TEAM, &expected, &[]).await;
 }
 
+/// A Secret target that already exists and belongs to another rotation of the same
+/// namespace (the only namespace a Secret target can be in) is refused before anything is
+/// minted or sent: ownership (`ClaimedByAnother`) covers it, behind the policy.
+#[tokio::test]
+async fn a_secret_another_rotation_owns_is_not_taken_over() {
+    let scenario = Scenario::start().await.unwrap();
+    // The home namespace may rotate anything; its relay is allowed by a policy.
+    scenario
+        .kubernetes
+        .create_rotation_policy("home-relay", json!({
+            "conditions": [ { "namespaces": [HOME] } ],
+            "verificationHosts": [ { "host": "localhost", "ports": [scenario.relay.port()] } ],
+        }))
+        .unwrap();
+    scenario.kubernetes.create_rotation(HOME, "owner", spec(&scenario, &own(&scenario))).unwrap();
+    let first = pass(&scenario).await;
+    assert!(first.status.success(), "the owner's rotation runs: {}", text(&first));
+    let owned = scenario.kubernetes.secret(HOME, SECRET_NAME).unwrap();
+    assert_eq!(owned.annotations["entra-rotator.io/rotation"], "dify/owner");
+    let (mints, sessions) = (scenario.graph.faults().count(ROUTE_ADD_PASSWORD), scenario.relay.sessions());
+
+    // Another rotation with an application of its own, naming the owner's Secret only.
+    let own_app = scenario.tenant.register_app("intruder-mail");
+    let mut intruder = spec(&scenario, &Asks { client_id: own_app.app_id, ..own(&scenario) });
+    intruder["targets"] = json!([ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ]);
+    scenario.kubernetes.create_rotation(HOME, NAME, intruder).unwrap();
+    let output = pass(&scenario).await;
+
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let ready = ready(&scenario, HOME);
+    assert_eq!(ready["reason"], "ClaimedByAnother", "{ready}");
+    assert!(ready["message"].as_str().unwrap().contains("Kubernetes Secret dify/dify-smtp holds the secret of rotation \"dify/owner\""), "{ready}");
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), mints, "nothing minted");
+    assert_eq!(scenario.relay.sessions(), sessions, "nothing sent");
+    let after = scenario.kubernetes.secret(HOME, SECRET_NAME).unwrap();
+    assert_eq!((after.data, after.annotations), (owned.data, owned.annotations), "the owner's Secret is untouched");
+    assert!(scenario.tenant.app(own_app.object_id).unwrap().passwords.is_empty());
+}
+
 /// What a policy allows runs: the whole loop, in the team's namespace, through the relay
 /// the policy names; and the home namespace keeps working without any policy.
 #[tokio::test]
