@@ -81,11 +81,11 @@ fn own(scenario: &Scenario) -> Asks<'static> {
     Asks { client_id: scenario.target.app_id, vault_url: scenario.vault.vault_url(), relay: ("localhost", scenario.relay.port()) }
 }
 
-/// Team a's policy: its namespace (by the label every namespace carries), its
-/// application, its vault and its relay (localhost on the stand-in relay's port only).
+/// Team a's policy: its namespace (by name), its application, its vault and its relay
+/// (localhost on the stand-in relay's port only).
 fn team_a_policy(scenario: &Scenario) -> Value {
     json!({
-        "conditions": [ { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": TEAM } } } ],
+        "conditions": [ { "namespaces": [TEAM] } ],
         "applications": [ { "tenantId": scenario.tenant.tenant_id, "clientIds": [scenario.target.app_id] } ],
         "keyVaults": [scenario.vault.vault_url()],
         "verificationHosts": [ { "host": "localhost", "ports": [scenario.relay.port()] } ],
@@ -273,13 +273,19 @@ async fn a_secret_another_rotation_owns_is_not_taken_over() {
     assert!(scenario.tenant.app(own_app.object_id).unwrap().passwords.is_empty());
 }
 
-/// What a policy allows runs: the whole loop, in the team's namespace, through the relay
-/// the policy names; and the home namespace keeps working without any policy.
+/// What a policy allows runs: the whole loop, in a namespace the policy selects by a
+/// label the platform team set, through the relay the policy names.
 #[tokio::test]
 async fn what_a_policy_allows_is_rotated() {
     let scenario = Scenario::start().await.unwrap();
-    scenario.kubernetes.create_rotation_policy("team-a", team_a_policy(&scenario)).unwrap();
+    let mut by_label = team_a_policy(&scenario);
+    by_label["conditions"] = json!([ { "namespaceSelector": { "matchLabels": { "platform.contoso.com/team": "mail" } } } ]);
+    scenario.kubernetes.create_rotation_policy("team-a", by_label).unwrap();
     scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &own(&scenario))).unwrap();
+    let unlabelled = pass(&scenario).await;
+    assert_eq!(unlabelled.status.code(), Some(1), "not served before the label: {}", text(&unlabelled));
+    assert_eq!(ready(&scenario, TEAM)["reason"], "NotAllowedByPolicy");
+    scenario.kubernetes.label_namespace(TEAM, "platform.contoso.com/team", "mail");
 
     let output = pass(&scenario).await;
 

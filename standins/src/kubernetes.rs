@@ -503,6 +503,8 @@ impl fmt::Debug for StandinSecret {
 struct Cluster {
     namespaces: BTreeSet<String>,
     forbidden: BTreeSet<String>,
+    /// Labels set with `label_namespace`, besides `kubernetes.io/metadata.name`.
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     secrets: BTreeMap<(String, String), SecretObject>,
     /// Every other kind, keyed by kind, namespace and name.
     objects: BTreeMap<(kinds::Kind, String, String), objects::StoredObject>,
@@ -517,6 +519,7 @@ impl Cluster {
         Self {
             namespaces: BTreeSet::from(["default".to_string()]),
             forbidden: BTreeSet::new(),
+            namespace_labels: BTreeMap::new(),
             secrets: BTreeMap::new(),
             objects: BTreeMap::new(),
             history: watch::History::new(),
@@ -607,6 +610,18 @@ impl KubernetesStandin {
             .cluster()
             .namespaces
             .insert(namespace.to_string());
+    }
+
+    /// Labels `namespace` (creating it), as a platform team labels the namespaces a
+    /// policy's `namespaceSelector` matches.
+    pub fn label_namespace(&self, namespace: &str, key: &str, value: &str) {
+        let mut cluster = self.shared.cluster();
+        cluster.namespaces.insert(namespace.to_string());
+        cluster
+            .namespace_labels
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
     }
 
     /// Every request about Secrets in `namespace` is refused with 403, as when the
