@@ -273,6 +273,48 @@ async fn a_secret_another_rotation_owns_is_not_taken_over() {
     assert!(scenario.tenant.app(own_app.object_id).unwrap().passwords.is_empty());
 }
 
+/// The controller (all namespaces, as with `watch.allNamespaces`) refuses the same way:
+/// the check sits in the reconcile both modes share.
+#[tokio::test]
+async fn the_controller_refuses_a_namespace_no_policy_serves() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.kubernetes.create_rotation(TEAM, NAME, spec(&scenario, &own(&scenario))).unwrap();
+    let _controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+        .args(["controller", "--identity", "replica-a", "--health-addr", "127.0.0.1:0"])
+        .args(["--azure-config", scenario.config_path.to_str().unwrap()])
+        .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("POD_NAMESPACE", HOME)
+        .env_remove("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The status is written before the Event: wait for both, then look.
+    let warned = || scenario.kubernetes.events(TEAM).iter().any(|e| e.reason == "NotAllowedByPolicy" && e.type_ == "Warning");
+    let decided = || {
+        let status = scenario.kubernetes.rotation(TEAM, NAME).map(|r| r["status"].clone()).unwrap_or_default();
+        status["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready")
+    };
+    for _ in 0..600 {
+        if decided() && warned() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let ready = ready(&scenario, TEAM);
+    assert_eq!(ready["reason"], "NotAllowedByPolicy", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(message.starts_with("namespace \"team-a\" may not rotate: it is not the rotator's own namespace (\"dify\")"), "{message}");
+    assert!(warned(), "a Warning Event");
+    let graph = scenario.graph.faults();
+    assert_eq!((graph.count(ROUTE_GET_APPLICATION), graph.count(ROUTE_ADD_PASSWORD)), (0, 0), "Graph was called");
+    assert_eq!(scenario.relay.sessions(), 0);
+}
+
 /// What a policy allows runs: the whole loop, in a namespace the policy selects by a
 /// label the platform team set, through the relay the policy names.
 #[tokio::test]
