@@ -7,7 +7,7 @@
 //! contacted), and that the refusal says what is not allowed and which resource changes it.
 
 use entra_rotator::operator::crd::ClientSecretRotation;
-use entra_rotator::operator::policy::{self, Authorization, RotationPolicy};
+use entra_rotator::operator::authorization::{self, Authorization, RotationPolicy};
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
 use entra_rotator_standins::faults::Fault;
 use entra_rotator_standins::keyvault::routes as vault_routes;
@@ -31,8 +31,8 @@ const POLICY_CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/rotatio
 fn committed_policy_crd_matches_the_rust_types() {
     let committed = std::fs::read_to_string(POLICY_CRD_FILE).unwrap_or_default();
     assert!(
-        committed == policy::crd_yaml(),
-        "crds/ is out of date with src/operator/policy.rs; regenerate it with:\n  cargo run -- crd --kind RotationPolicy > crds/rotationpolicies.entra-rotator.io.yaml"
+        committed == authorization::crd_yaml(),
+        "crds/ is out of date with src/operator/authorization.rs; regenerate it with:\n  cargo run -- crd --kind RotationPolicy > crds/rotationpolicies.entra-rotator.io.yaml"
     );
 }
 

@@ -176,7 +176,7 @@ pub fn main() -> ExitCode {
             Command::Playground { dir } => playground::run(dir).await,
             Command::Crd { kind } => {
                 match kind.as_str() {
-                    "RotationPolicy" => print!("{}", crate::operator::policy::crd_yaml()),
+                    "RotationPolicy" => print!("{}", crate::operator::authorization::crd_yaml()),
                     _ => print!("{}", crate::operator::crd::crd_yaml()),
                 }
                 ExitCode::SUCCESS

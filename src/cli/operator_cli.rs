@@ -5,7 +5,7 @@ use crate::config::duration::HumanDuration;
 use crate::config::ServiceSettings;
 use crate::operator::controller::{self, ControllerSettings};
 use crate::operator::crd::DEFAULT_ORPHAN_GRACE;
-use crate::operator::policy::AllowedRelay;
+use crate::operator::authorization::AllowedRelay;
 use crate::operator::{context, pass, Scope, Timings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,13 @@
-//! The Kubernetes operator: the `ClientSecretRotation` resource, the controller that
-//! reconciles it with the rotation engine, and the one-shot pass for CronJobs.
+//! The Kubernetes operator: the `ClientSecretRotation` resource, who may rotate what
+//! (`RotationPolicy`, in `authorization`), the controller that reconciles it with the
+//! rotation engine, and the one-shot pass for CronJobs.
 //!
 //! A face over everything below it (engine, adapters, assembly, config, alerting, metrics,
 //! report); never the CLI.
+pub mod authorization;
 pub mod controller;
 pub mod crd;
 pub mod pass;
-pub mod policy;
 pub mod reconcile;
 pub mod rollout;
 pub mod status;
@@ -35,7 +36,7 @@ pub struct Scope {
     /// service account's).
     pub home_namespace: Option<String>,
     /// `--allow-smtp-host`.
-    pub allowed_relays: Vec<policy::AllowedRelay>,
+    pub allowed_relays: Vec<authorization::AllowedRelay>,
 }
 
 /// Connects to Kubernetes (in-cluster, else `$KUBECONFIG`) and Azure for the controller and
@@ -44,7 +45,7 @@ pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timing
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig): {e}")
     })?;
-    let authorization = policy::Authorization {
+    let authorization = authorization::Authorization {
         home_namespace: scope.home_namespace.unwrap_or_else(|| client.default_namespace().to_string()),
         allowed_relays: scope.allowed_relays,
     };

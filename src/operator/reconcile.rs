@@ -35,7 +35,7 @@ pub struct Context {
     /// `None` when no notification channel is configured.
     pub notifier: Option<Notifier>,
     /// Who may rotate what without a RotationPolicy.
-    pub authorization: super::policy::Authorization,
+    pub authorization: super::authorization::Authorization,
 }
 
 /// The result of one reconcile, for logs, the CronJob pass and the requeue.
@@ -276,7 +276,7 @@ async fn start(
 
     // Before anything else reaches Graph, a vault or a relay: whose application, vault and
     // relay these are is the administrator's to decide, not the rotation author's.
-    if let Err(denial) = super::policy::authorize(&ctx.client, &ctx.authorization, object).await {
+    if let Err(denial) = super::authorization::authorize(&ctx.client, &ctx.authorization, object).await {
         return refuse_by_policy(object, ctx, previous.clone(), denial, now).await.map(Started::Returned);
     }
 
@@ -498,10 +498,10 @@ async fn refuse_by_policy(
     object: &ClientSecretRotation,
     ctx: &Context,
     previous: super::crd::ClientSecretRotationStatus,
-    denial: super::policy::Denial,
+    denial: super::authorization::Denial,
     now: DateTime<Utc>,
 ) -> Result<Reconciled, ReconcileError> {
-    use super::policy::NOT_ALLOWED_BY_POLICY;
+    use super::authorization::NOT_ALLOWED_BY_POLICY;
     let generation = object.metadata.generation;
     let mut next = previous.clone();
     next.observed_generation = generation;
