@@ -69,6 +69,7 @@ async fn pass(scenario: &Scenario, settings: &std::path::Path) -> std::process::
     Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
         .args(["run", "--namespace", NAMESPACE, "--azure-config", settings.to_str().unwrap()])
         .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
         .output()
         .await
         .unwrap()
@@ -142,6 +143,7 @@ async fn controller_exposes_expiry_and_request_metrics() {
         .args(["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--azure-config", settings.to_str().unwrap()])
         .args(["--health-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -178,6 +180,7 @@ async fn metrics_can_be_served_apart_from_the_probes() {
         .args(["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--azure-config", settings.to_str().unwrap()])
         .args(["--health-addr", &format!("127.0.0.1:{health}"), "--metrics-addr", &format!("127.0.0.1:{metrics}")])
         .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
         .kill_on_drop(true)
         .spawn()
         .unwrap();

@@ -60,6 +60,11 @@ struct Scenario {
 }
 
 impl Scenario {
+    fn sets(mut self, sets: &[&'static str]) -> Self {
+        self.sets.extend_from_slice(sets);
+        self
+    }
+
     fn new(name: &'static str, mode: Mode) -> Self {
         let mut sets = vec![IDENTITY];
         if mode == Mode::CronJob {
@@ -144,6 +149,11 @@ fn scenarios() -> Vec<Scenario> {
         .rollout()
         .client_secret(),
         Scenario::new("cronjob, PrometheusRule", Mode::CronJob).monitoring(),
+        Scenario::new("controller, relays allowed, no admission policy", Mode::Controller).sets(&[
+            "verification.allowedHosts={relay.contoso.example:587,mail.contoso.example}",
+            "admissionPolicy.enabled=false",
+        ]),
+        Scenario::new("cronjob, relays allowed", Mode::CronJob).sets(&["verification.allowedHosts={relay.contoso.example:587}"]),
         dify,
     ]
 }
@@ -442,8 +452,25 @@ fn rbac_grants_only_what_the_rotator_uses() {
             }
         }
 
-        let cluster_roles = rendered.kind("ClusterRole");
-        let cluster_bindings = rendered.kind("ClusterRoleBinding");
+        // RotationPolicies are cluster-scoped: every scenario reads them through a
+        // ClusterRole of its own, which grants nothing else (checked below).
+        let is_policy_reader = |o: &&Value| name(o).ends_with("-policies");
+        let policy_readers: Vec<&Value> = rendered.kind("ClusterRole").into_iter().filter(is_policy_reader).collect();
+        assert_eq!(policy_readers.len(), 1, "{}: one ClusterRole reads RotationPolicies", s.name);
+        assert_eq!(
+            rules(policy_readers[0]).iter().map(|r| (strings(&r["apiGroups"]), strings(&r["resources"]), strings(&r["verbs"]))).collect::<Vec<_>>(),
+            [
+                (vec!["entra-rotator.io".to_string()], vec!["rotationpolicies".to_string()], vec!["get".to_string(), "list".to_string()]),
+                (vec![String::new()], vec!["namespaces".to_string()], vec!["get".to_string()]),
+            ],
+            "{}: the policy reader reads RotationPolicies and namespace labels, nothing else",
+            s.name
+        );
+        let policy_binding: Vec<&Value> = rendered.kind("ClusterRoleBinding").into_iter().filter(is_policy_reader).collect();
+        assert_eq!(policy_binding.len(), 1, "{}", s.name);
+        assert_eq!(policy_binding[0]["roleRef"]["name"], policy_readers[0]["metadata"]["name"], "{}", s.name);
+        let cluster_roles: Vec<&Value> = rendered.kind("ClusterRole").into_iter().filter(|o| !is_policy_reader(o)).collect();
+        let cluster_bindings: Vec<&Value> = rendered.kind("ClusterRoleBinding").into_iter().filter(|o| !is_policy_reader(o)).collect();
         if s.cluster_wide {
             assert_eq!(
                 (cluster_roles.len(), cluster_bindings.len()),
@@ -1057,27 +1084,27 @@ fn the_binary_accepts_the_charts_arguments() {
 }
 
 #[test]
-fn the_charts_crd_is_the_committed_one() {
+fn the_charts_crds_are_the_committed_ones() {
     let Some(helm) = helm() else { return };
-    let committed_text = std::fs::read_to_string(
-        Path::new(ROOT).join("crds/clientsecretrotations.entra-rotator.io.yaml"),
-    )
-    .unwrap();
-    let committed: Value = serde_yaml::from_str(
-        committed_text
-            .trim_start_matches(|c| c != '\n')
-            .trim_start_matches(['\n', '-']),
-    )
-    .unwrap();
     let rendered = render(
         &helm,
         Scenario::new("controller, defaults", Mode::Controller),
     );
-    assert_eq!(
-        rendered.one("CustomResourceDefinition"),
-        &committed,
-        "charts/entra-rotator/crds differs from crds/: it must stay a symlink to ../../crds (ln -sfn ../../crds charts/entra-rotator/crds)"
-    );
+    let crds = rendered.kind("CustomResourceDefinition");
+    assert_eq!(crds.len(), 2, "ClientSecretRotation and RotationPolicy");
+    for file in ["clientsecretrotations.entra-rotator.io.yaml", "rotationpolicies.entra-rotator.io.yaml"] {
+        let committed_text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap();
+        let committed: Value = serde_yaml::from_str(
+            committed_text
+                .trim_start_matches(|c| c != '\n')
+                .trim_start_matches(['\n', '-']),
+        )
+        .unwrap();
+        assert!(
+            crds.contains(&&committed),
+            "charts/entra-rotator/crds differs from crds/{file}: it must stay a symlink to ../../crds (ln -sfn ../../crds charts/entra-rotator/crds)"
+        );
+    }
 }
 
 #[test]
@@ -1350,4 +1377,84 @@ fn private_vault_hosts_are_the_administrators_setting() {
     let refused = bad.output().unwrap();
     assert!(!refused.status.success(), "a URL is not a host name");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("privateHosts"), "{}", String::from_utf8_lossy(&refused.stderr));
+}
+
+/// The ValidatingAdmissionPolicy, evaluated as the API server would (kube-cel's VAP
+/// evaluator) on defaulted ClientSecretRotations: Microsoft's relays on their submission
+/// ports pass, a relay the values list passes (by host, or by host and port), anything
+/// else is refused with a message that names the field, the relay and the values to set.
+/// The controller refuses the same before any call to Graph (tests/rotation_policy.rs).
+#[test]
+fn the_admission_policy_refuses_relays_the_administrator_did_not_allow() {
+    let Some(helm) = helm() else { return };
+    let mut scenario = Scenario::new("controller, admission policy", Mode::Controller);
+    scenario.sets.push("verification.allowedHosts={Relay.Contoso.example:2525}");
+    scenario.sets.push("admissionPolicy.extraAllowedHosts={mail.team-a.example}");
+    let rendered = render(&helm, scenario);
+    let policy = rendered.one("ValidatingAdmissionPolicy");
+    let binding = rendered.one("ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(strings(&binding["spec"]["validationActions"]), ["Deny"]);
+    assert_eq!(strings(&policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"]), ["clientsecretrotations"]);
+    let validations: Vec<kube_cel::VapExpression> = policy["spec"]["validations"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| kube_cel::VapExpression {
+            expression: v["expression"].as_str().unwrap().to_string(),
+            message: None,
+            message_expression: v["messageExpression"].as_str().map(str::to_string),
+        })
+        .collect();
+    let admit = |host: Option<&str>, port: u16| -> Result<(), String> {
+        let example: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(Path::new(ROOT).join("examples/kubernetes/dify-smtp-rotation.yaml")).unwrap()).unwrap();
+        let mut object = example;
+        match host {
+            Some(host) => {
+                object["spec"]["verification"]["smtp"]["host"] = host.into();
+                object["spec"]["verification"]["smtp"]["port"] = port.into();
+            }
+            None => object["spec"]["verification"] = serde_json::json!({ "disabled": true }),
+        }
+        // What the API server evaluates: the object after the CRD's defaults.
+        let defaulted: ClientSecretRotation = serde_json::from_value(object).unwrap();
+        let evaluator = kube_cel::VapEvaluator::builder().object(serde_json::to_value(&defaulted).unwrap()).build();
+        let failed: Vec<String> = evaluator
+            .evaluate(&validations)
+            .into_iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.message.unwrap_or_default())
+            .collect();
+        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    };
+    for (host, port) in [("smtp.azurecomm.net", 587), ("SMTP.AzureComm.net", 25), ("smtp.office365.com", 587), ("relay.contoso.example", 2525), ("mail.team-a.example", 2525)] {
+        assert_eq!(admit(Some(host), port), Ok(()), "{host}:{port}");
+    }
+    assert_eq!(admit(None, 0), Ok(()), "verification disabled names no relay");
+    for (host, port) in [("relay.attacker.example", 587), ("relay.contoso.example", 587), ("smtp.azurecomm.net", 2525), ("smtp.azurecomm.net.attacker.example", 587)] {
+        let refused = admit(Some(host), port).expect_err(host);
+        assert!(refused.starts_with(&format!("spec.verification.smtp.host: the SMTP relay {host}:{port} is not allowed")), "{refused}");
+        assert!(refused.contains("verification.allowedHosts and admissionPolicy.extraAllowedHosts"), "{refused}");
+    }
+
+    let mut off = Scenario::new("controller, admission policy off", Mode::Controller);
+    off.sets.push("admissionPolicy.enabled=false");
+    let rendered = render(&helm, off);
+    assert!(rendered.kind("ValidatingAdmissionPolicy").is_empty() && rendered.kind("ValidatingAdmissionPolicyBinding").is_empty());
+}
+
+/// `verification.allowedHosts` reaches the binary as `--allow-smtp-host`, in both modes.
+#[test]
+fn allowed_relays_reach_the_binary() {
+    let Some(helm) = helm() else { return };
+    for mode in [Mode::Controller, Mode::CronJob] {
+        let mut scenario = Scenario::new("relays", mode);
+        scenario.sets.push("verification.allowedHosts={relay.contoso.example:587,mail.contoso.example}");
+        let args = render(&helm, scenario).args();
+        let relays: Vec<&String> = args.iter().filter(|a| a.starts_with("--allow-smtp-host")).collect();
+        assert_eq!(relays, ["--allow-smtp-host=relay.contoso.example:587", "--allow-smtp-host=mail.contoso.example"], "{args:?}");
+    }
+    let defaults = render(&helm, Scenario::new("defaults", Mode::Controller)).args();
+    assert!(!defaults.iter().any(|a| a.starts_with("--allow-smtp-host")), "only Microsoft's relays by default: {defaults:?}");
 }

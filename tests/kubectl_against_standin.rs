@@ -670,8 +670,18 @@ async fn helm_installs_lists_and_uninstalls_the_chart() {
     let crds = cluster.kubectl(&["get", "crd", "-o", "name"]).await.ok();
     assert_eq!(
         crds.trim(),
-        "customresourcedefinition.apiextensions.k8s.io/clientsecretrotations.entra-rotator.io"
+        "customresourcedefinition.apiextensions.k8s.io/clientsecretrotations.entra-rotator.io\ncustomresourcedefinition.apiextensions.k8s.io/rotationpolicies.entra-rotator.io"
     );
+    let cluster_scoped = "validatingadmissionpolicies,validatingadmissionpolicybindings,clusterroles,clusterrolebindings";
+    let admission = cluster.kubectl(&["get", cluster_scoped, "-o", "name"]).await.ok();
+    for expected in [
+        "validatingadmissionpolicy.admissionregistration.k8s.io/rotator-entra-rotator-verification-relays",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/rotator-entra-rotator-verification-relays",
+        "clusterrole.rbac.authorization.k8s.io/rotator-entra-rotator-policies",
+        "clusterrolebinding.rbac.authorization.k8s.io/rotator-entra-rotator-policies",
+    ] {
+        assert!(admission.lines().any(|l| l == expected), "no {expected} in\n{admission}");
+    }
 
     let uninstalled = cluster
         .helm(&helm, &["uninstall", "rotator", "--namespace", "ops"])
@@ -687,6 +697,8 @@ async fn helm_installs_lists_and_uninstalls_the_chart() {
         "",
         "helm removed what it created, its release Secret too"
     );
+    let left = cluster.kubectl(&["get", cluster_scoped, "-o", "name"]).await.ok();
+    assert_eq!(left.trim(), "", "and the cluster-scoped objects");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

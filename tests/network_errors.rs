@@ -31,7 +31,7 @@ fn rotator(scenario: &Scenario) -> tokio::process::Command {
 /// The binary, with no proxy or log filter from the test's environment.
 fn binary(scenario: &Scenario) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
-    command.env("KUBECONFIG", scenario.kubeconfig_path()).env_remove("RUST_LOG");
+    command.env("KUBECONFIG", scenario.kubeconfig_path()).env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost").env_remove("RUST_LOG");
     for variable in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"] {
         command.env_remove(variable);
     }

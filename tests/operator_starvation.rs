@@ -30,6 +30,7 @@ fn controller(scenario: &Scenario) -> Child {
         .args(["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-a"])
         .args(["--health-addr", "127.0.0.1:0", "--azure-config", scenario.config_path.to_str().unwrap()])
         .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -16,6 +16,7 @@ fn rotator(scenario: &Scenario, args: &[&str]) -> tokio::process::Command {
         .args(args)
         .args(["--azure-config", scenario.config_path.to_str().unwrap()])
         .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
         .env_remove("RUST_LOG");
     command
 }
@@ -52,6 +53,16 @@ async fn owned_world() -> (Scenario, SmtpRelayStandin) {
     scenario.kubernetes.create_rotation(SECRET_NAMESPACE, "dify-smtp", spec(&scenario, &victim, SECRET_NAME, &scenario.relay)).unwrap();
     let first = rotator(&scenario, &["run", "--namespace", SECRET_NAMESPACE]).output().await.unwrap();
     assert!(first.status.success(), "the owner's rotation runs: {}", text(&first));
+    // An administrator's policy that lets the intruder's namespace use the same tenant and
+    // vault: ownership is the defence these tests pin, behind the policy (tests/rotation_policy.rs).
+    scenario
+        .kubernetes
+        .create_rotation_policy("everyone", json!({
+            "conditions": [ { "namespaces": ["intruder", SECRET_NAMESPACE] } ],
+            "applications": [ { "tenantId": scenario.tenant.tenant_id, "clientIds": ["*"] } ],
+            "keyVaults": [scenario.vault.vault_url()],
+        }))
+        .unwrap();
     let intruders_relay = SmtpRelayStandin::start(scenario.tenant.clone(), &scenario.pki, RelaySettings::azure_managed(ACS_RESOURCE))
         .await
         .unwrap();

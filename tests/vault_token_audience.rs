@@ -14,7 +14,7 @@ const FOREIGN_RESOURCES: [&str; 3] = ["https://graph.microsoft.com", "https://ma
 
 fn rotator(scenario: &Scenario, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
-    command.args(args).env("KUBECONFIG", scenario.kubeconfig_path()).env_remove("RUST_LOG");
+    command.args(args).env("KUBECONFIG", scenario.kubeconfig_path()).env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost").env_remove("RUST_LOG");
     command
 }
 

@@ -80,6 +80,9 @@ enum Command {
         /// azure.maxConcurrentGraphRequests; results are printed in configuration order.
         #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
+        /// CronJob mode only.
+        #[command(flatten)]
+        relays: operator_cli::RelayArgs,
     },
     /// Run the Kubernetes controller: reconcile ClientSecretRotations, with leader election.
     Controller(ControllerArgs),
@@ -96,9 +99,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: std::path::PathBuf,
     },
-    /// Print the ClientSecretRotation CustomResourceDefinition (YAML), generated from the
-    /// Rust types; `crds/` holds the same text.
-    Crd,
+    /// Print a CustomResourceDefinition (YAML), generated from the Rust types; `crds/`
+    /// holds the same text.
+    Crd {
+        /// ClientSecretRotation (namespaced, what to rotate) or RotationPolicy
+        /// (cluster-scoped, who may rotate what).
+        #[arg(long, default_value = "ClientSecretRotation", value_parser = ["ClientSecretRotation", "RotationPolicy"])]
+        kind: String,
+    },
     /// List every app registration's password and certificate credentials with expiry and
     /// days left (table, JSON or CSV).
     ///
@@ -158,16 +166,19 @@ pub fn main() -> ExitCode {
                 let lock = lock_file.unwrap_or_else(|| run_lock::default_path(&config));
                 wiring::run_config_file(&config, dry_run, force, &only, concurrency.into(), &lock).await
             }
-            Command::Run { namespace, azure_config, concurrency, .. } => {
-                operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref(), concurrency.into()).await
+            Command::Run { namespace, azure_config, concurrency, relays, .. } => {
+                operator_cli::run_pass(namespace.as_deref(), azure_config.as_deref(), concurrency.into(), relays).await
             }
             Command::Controller(args) => operator_cli::run_controller(args).await,
             #[cfg(feature = "demo")]
             Command::Demo => demo::run().await,
             #[cfg(feature = "demo")]
             Command::Playground { dir } => playground::run(dir).await,
-            Command::Crd => {
-                print!("{}", crate::operator::crd::crd_yaml());
+            Command::Crd { kind } => {
+                match kind.as_str() {
+                    "RotationPolicy" => print!("{}", crate::operator::authorization::crd_yaml()),
+                    _ => print!("{}", crate::operator::crd::crd_yaml()),
+                }
                 ExitCode::SUCCESS
             }
             Command::Scan(args) => scan::run(args).await,

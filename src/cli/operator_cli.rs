@@ -5,7 +5,8 @@ use crate::config::duration::HumanDuration;
 use crate::config::ServiceSettings;
 use crate::operator::controller::{self, ControllerSettings};
 use crate::operator::crd::DEFAULT_ORPHAN_GRACE;
-use crate::operator::{context, pass, Timings};
+use crate::operator::authorization::AllowedRelay;
+use crate::operator::{context, pass, Scope, Timings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +50,26 @@ pub struct ControllerArgs {
     /// azure.maxConcurrentGraphRequests.
     #[arg(long, default_value_t = super::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
+    #[command(flatten)]
+    relays: RelayArgs,
+}
+
+/// The relays every namespace may verify through (the controller and the CronJob pass).
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    /// Besides smtp.azurecomm.net and smtp.office365.com, an SMTP relay every namespace may
+    /// verify through: HOST (any port) or HOST:PORT; repeatable, or comma-separated in the
+    /// variable. It receives freshly minted secrets in AUTH: list only relays you trust.
+    /// Per team: spec.verificationHosts of a RotationPolicy.
+    #[arg(long = "allow-smtp-host", value_name = "HOST[:PORT]", env = "ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", value_delimiter = ',', value_parser = AllowedRelay::parse)]
+    allowed_relays: Vec<AllowedRelay>,
+}
+
+/// The rotator's own namespace: the one watched, else the pod's (`POD_NAMESPACE`, which
+/// the chart sets), else the client's default.
+fn scope(namespace: Option<&str>, relays: RelayArgs) -> Scope {
+    let home_namespace = namespace.map(str::to_string).or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()));
+    Scope { home_namespace, allowed_relays: relays.allowed_relays }
 }
 
 /// Bounded: the drift interval becomes a requeue delay, and a timer past the clock's range
@@ -86,7 +107,8 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         Err(code) => return code,
     };
     let timings = Timings { drift_interval: args.drift_interval, orphan_grace: args.orphan_grace_period };
-    let ctx = match context(&settings, &args.identity, timings).await {
+    let scope = scope(args.namespace.as_deref(), args.relays);
+    let ctx = match context(&settings, &args.identity, timings, scope).await {
         Ok(ctx) => Arc::new(ctx),
         Err(error) => {
             eprintln!("error: {error}");
@@ -111,14 +133,14 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
     }
 }
 
-pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>, concurrency: usize) -> ExitCode {
+pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>, concurrency: usize, relays: RelayArgs) -> ExitCode {
     let settings = match load_settings(azure_config) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "entra-rotator-run".into());
     let timings = Timings { drift_interval: Duration::from_secs(3600), orphan_grace: DEFAULT_ORPHAN_GRACE };
-    let ctx = match context(&settings, &instance, timings).await {
+    let ctx = match context(&settings, &instance, timings, scope(namespace, relays)).await {
         Ok(ctx) => ctx,
         Err(error) => {
             eprintln!("error: {error}");

@@ -1,8 +1,10 @@
-//! The Kubernetes operator: the `ClientSecretRotation` resource, the controller that
-//! reconciles it with the rotation engine, and the one-shot pass for CronJobs.
+//! The Kubernetes operator: the `ClientSecretRotation` resource, who may rotate what
+//! (`RotationPolicy`, in `authorization`), the controller that reconciles it with the
+//! rotation engine, and the one-shot pass for CronJobs.
 //!
 //! A face over everything below it (engine, adapters, assembly, config, alerting, metrics,
 //! report); never the CLI.
+pub mod authorization;
 pub mod controller;
 pub mod crd;
 pub mod pass;
@@ -27,12 +29,26 @@ pub struct Timings {
     pub orphan_grace: Duration,
 }
 
+/// Who may rotate what without a RotationPolicy: the controller's and the pass's settings.
+pub struct Scope {
+    /// The namespace watched (`--namespace`) or, failing that, the one the rotator runs
+    /// in (`POD_NAMESPACE`); `None`: the client's default namespace (in-cluster, the
+    /// service account's).
+    pub home_namespace: Option<String>,
+    /// `--allow-smtp-host`.
+    pub allowed_relays: Vec<authorization::AllowedRelay>,
+}
+
 /// Connects to Kubernetes (in-cluster, else `$KUBECONFIG`) and Azure for the controller and
 /// the CronJob pass. `instance` names this process in Events (the pod name).
-pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timings) -> anyhow::Result<Context> {
+pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timings, scope: Scope) -> anyhow::Result<Context> {
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach Kubernetes (no in-cluster service account and no usable kubeconfig): {e}")
     })?;
+    let authorization = authorization::Authorization {
+        home_namespace: scope.home_namespace.unwrap_or_else(|| client.default_namespace().to_string()),
+        allowed_relays: scope.allowed_relays,
+    };
     let metrics = Arc::new(Metrics::new());
     let assembly = Assembly::observed(&settings.azure, &settings.tls, Some(client.clone()), Some(metrics.clone()))?;
     let notifier = Notifier::new(&settings.notifications, assembly.http(), assembly.trust())?;
@@ -46,5 +62,6 @@ pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timing
         orphan_grace: timings.orphan_grace,
         metrics,
         notifier,
+        authorization,
     })
 }

@@ -34,6 +34,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// `None` when no notification channel is configured.
     pub notifier: Option<Notifier>,
+    /// Who may rotate what without a RotationPolicy.
+    pub authorization: super::authorization::Authorization,
 }
 
 /// The result of one reconcile, for logs, the CronJob pass and the requeue.
@@ -272,6 +274,12 @@ async fn start(
         return Ok(Started::Returned(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue }));
     }
 
+    // Before anything else reaches Graph, a vault or a relay: whose application, vault and
+    // relay these are is the administrator's to decide, not the rotation author's.
+    if let Err(denial) = super::authorization::authorize(&ctx.client, &ctx.authorization, object).await {
+        return refuse_by_policy(object, ctx, previous.clone(), denial, now).await.map(Started::Returned);
+    }
+
     let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|mut config| {
         config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
         let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
@@ -479,6 +487,37 @@ async fn refuse_spec(
         summary: format!("{}: invalid spec: {problems}", object.rotation_name()),
         failed: true,
         requeue_after: ctx.drift_interval,
+    })
+}
+
+/// How soon a rotation no policy allows is looked at again: policies are not watched, and
+/// a denied rotation costs one Kubernetes list, no Graph call.
+const POLICY_RECHECK: Duration = Duration::from_secs(60);
+
+async fn refuse_by_policy(
+    object: &ClientSecretRotation,
+    ctx: &Context,
+    previous: super::crd::ClientSecretRotationStatus,
+    denial: super::authorization::Denial,
+    now: DateTime<Utc>,
+) -> Result<Reconciled, ReconcileError> {
+    use super::authorization::NOT_ALLOWED_BY_POLICY;
+    let generation = object.metadata.generation;
+    let mut next = previous.clone();
+    next.observed_generation = generation;
+    next.last_error = Some(denial.message.clone());
+    status::set_condition(&mut next, conditions::READY, false, NOT_ALLOWED_BY_POLICY, denial.message.clone(), generation, now);
+    status::set_condition(&mut next, conditions::DEGRADED, true, NOT_ALLOWED_BY_POLICY, denial.message.clone(), generation, now);
+    write_status(ctx, object, &previous, &next).await?;
+    // Once per denial, not once per recheck: the Event would repeat every minute.
+    if previous.last_error.as_deref() != Some(denial.message.as_str()) {
+        publish(ctx, object, EventType::Warning, NOT_ALLOWED_BY_POLICY, &denial.message).await;
+    }
+    ctx.metrics.count_reconcile("failed", NOT_ALLOWED_BY_POLICY);
+    Ok(Reconciled {
+        summary: format!("{}: not allowed by policy: {}", object.rotation_name(), denial.message),
+        failed: true,
+        requeue_after: POLICY_RECHECK.min(ctx.drift_interval),
     })
 }
 

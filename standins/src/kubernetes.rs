@@ -182,6 +182,13 @@ pub mod routes {
         route_set!("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings");
     pub const PODDISRUPTIONBUDGETS: RouteSet =
         route_set!("/apis/policy/v1", "poddisruptionbudgets");
+    /// Cluster-scoped like ClusterRoles (named like the namespaced routes).
+    pub const ROTATION_POLICIES: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "rotationpolicies");
+    pub const VALIDATINGADMISSIONPOLICIES: RouteSet =
+        route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies");
+    pub const VALIDATINGADMISSIONPOLICYBINDINGS: RouteSet =
+        route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings");
     /// `apiextensions.k8s.io/v1` CustomResourceDefinitions are cluster-scoped: their routes
     /// have no `/namespaces/{namespace}` (the namespaced names are unused).
     pub const CUSTOM_RESOURCE_DEFINITIONS: RouteSet = RouteSet {
@@ -496,6 +503,8 @@ impl fmt::Debug for StandinSecret {
 struct Cluster {
     namespaces: BTreeSet<String>,
     forbidden: BTreeSet<String>,
+    /// Labels set with `label_namespace`, besides `kubernetes.io/metadata.name`.
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     secrets: BTreeMap<(String, String), SecretObject>,
     /// Every other kind, keyed by kind, namespace and name.
     objects: BTreeMap<(kinds::Kind, String, String), objects::StoredObject>,
@@ -510,6 +519,7 @@ impl Cluster {
         Self {
             namespaces: BTreeSet::from(["default".to_string()]),
             forbidden: BTreeSet::new(),
+            namespace_labels: BTreeMap::new(),
             secrets: BTreeMap::new(),
             objects: BTreeMap::new(),
             history: watch::History::new(),
@@ -600,6 +610,18 @@ impl KubernetesStandin {
             .cluster()
             .namespaces
             .insert(namespace.to_string());
+    }
+
+    /// Labels `namespace` (creating it), as a platform team labels the namespaces a
+    /// policy's `namespaceSelector` matches.
+    pub fn label_namespace(&self, namespace: &str, key: &str, value: &str) {
+        let mut cluster = self.shared.cluster();
+        cluster.namespaces.insert(namespace.to_string());
+        cluster
+            .namespace_labels
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
     }
 
     /// Every request about Secrets in `namespace` is refused with 403, as when the

@@ -65,7 +65,9 @@ impl KubernetesStandin {
         write: Write,
     ) -> Result<Value, ApiError> {
         let mut cluster = self.shared.cluster();
-        cluster.namespaces.insert(namespace.to_string());
+        if kind.info().namespaced {
+            cluster.namespaces.insert(namespace.to_string());
+        }
         objects::write(
             &mut cluster,
             kind,
@@ -101,6 +103,18 @@ impl KubernetesStandin {
         self.seed(
             Kind::Rotation,
             namespace,
+            name,
+            Target::Main,
+            Write::Create(body),
+        )
+    }
+
+    /// Creates a cluster-scoped `RotationPolicy` with `spec`, as an administrator would.
+    pub fn create_rotation_policy(&self, name: &str, spec: Value) -> Result<Value, ApiError> {
+        let body = json!({ "metadata": { "name": name }, "spec": spec });
+        self.seed(
+            Kind::RotationPolicy,
+            "",
             name,
             Target::Main,
             Write::Create(body),

@@ -42,6 +42,9 @@ pub(super) enum Kind {
     ClusterRole,
     ClusterRoleBinding,
     PodDisruptionBudget,
+    RotationPolicy,
+    ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
 }
 
 /// How the real API server's registry treats one kind.
@@ -82,6 +85,24 @@ const ROTATION: KindInfo = KindInfo {
     built_in: false,
     singular: "clientsecretrotation",
     short_names: &["csrot"],
+};
+
+/// `RotationPolicy`, the rotator's cluster-scoped custom resource: served before its CRD is
+/// registered (like `ClientSecretRotation`), admitted with the CRD's schema once it is.
+const ROTATION_POLICY: KindInfo = KindInfo {
+    group: "entra-rotator.io",
+    version: "v1alpha1",
+    plural: "rotationpolicies",
+    kind: "RotationPolicy",
+    namespaced: false,
+    routes: routes::ROTATION_POLICIES,
+    status_subresource: false,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: false,
+    singular: "rotationpolicy",
+    short_names: &["rotpol"],
 };
 
 const EVENT: KindInfo = KindInfo {
@@ -280,6 +301,26 @@ const CLUSTER_ROLE_BINDING: KindInfo = stored(
     false,
     routes::CLUSTERROLEBINDINGS,
 );
+/// What the chart's admission policy creates: stored and served, not enforced.
+const ADMISSION: &str = "admissionregistration.k8s.io";
+const VALIDATING_ADMISSION_POLICY: KindInfo = stored(
+    ADMISSION,
+    "validatingadmissionpolicies",
+    "validatingadmissionpolicy",
+    &[],
+    "ValidatingAdmissionPolicy",
+    false,
+    routes::VALIDATINGADMISSIONPOLICIES,
+);
+const VALIDATING_ADMISSION_POLICY_BINDING: KindInfo = stored(
+    ADMISSION,
+    "validatingadmissionpolicybindings",
+    "validatingadmissionpolicybinding",
+    &[],
+    "ValidatingAdmissionPolicyBinding",
+    false,
+    routes::VALIDATINGADMISSIONPOLICYBINDINGS,
+);
 const POD_DISRUPTION_BUDGET: KindInfo = stored(
     "policy",
     "poddisruptionbudgets",
@@ -292,7 +333,7 @@ const POD_DISRUPTION_BUDGET: KindInfo = stored(
 
 /// Kinds served under `/apis/{group}/{version}/…` (and core ones under `/api/v1/…`) by the
 /// generic object store.
-const GENERIC: [Kind; 15] = [
+const GENERIC: [Kind; 18] = [
     Kind::Rotation,
     Kind::Event,
     Kind::Lease,
@@ -308,10 +349,13 @@ const GENERIC: [Kind; 15] = [
     Kind::ClusterRole,
     Kind::ClusterRoleBinding,
     Kind::PodDisruptionBudget,
+    Kind::RotationPolicy,
+    Kind::ValidatingAdmissionPolicy,
+    Kind::ValidatingAdmissionPolicyBinding,
 ];
 
 /// Every kind the stand-in serves, in the order discovery lists them.
-pub(super) const SERVED: [Kind; 16] = [
+pub(super) const SERVED: [Kind; 19] = [
     Kind::Secret,
     Kind::Rotation,
     Kind::Event,
@@ -328,6 +372,9 @@ pub(super) const SERVED: [Kind; 16] = [
     Kind::ClusterRole,
     Kind::ClusterRoleBinding,
     Kind::PodDisruptionBudget,
+    Kind::RotationPolicy,
+    Kind::ValidatingAdmissionPolicy,
+    Kind::ValidatingAdmissionPolicyBinding,
 ];
 
 impl Kind {
@@ -349,6 +396,9 @@ impl Kind {
             Kind::ClusterRole => &CLUSTER_ROLE,
             Kind::ClusterRoleBinding => &CLUSTER_ROLE_BINDING,
             Kind::PodDisruptionBudget => &POD_DISRUPTION_BUDGET,
+            Kind::RotationPolicy => &ROTATION_POLICY,
+            Kind::ValidatingAdmissionPolicy => &VALIDATING_ADMISSION_POLICY,
+            Kind::ValidatingAdmissionPolicyBinding => &VALIDATING_ADMISSION_POLICY_BINDING,
         }
     }
 

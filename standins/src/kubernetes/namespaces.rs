@@ -1,23 +1,26 @@
 //! core/v1 Namespaces as kubectl and helm use them: `get` (kubectl checks the namespace
 //! when an object is not found), `list`, `create`, and `patch` (helm's
-//! `--create-namespace` server-side applies one). A namespace is only a name here: labels
-//! and annotations sent are not kept, and with no finalizers or termination modelled,
+//! `--create-namespace` server-side applies one). A namespace is a name and the labels
+//! the test set (`label_namespace`) besides `kubernetes.io/metadata.name`: labels and
+//! annotations sent are not kept, and with no finalizers or termination modelled,
 //! `delete` is refused with 405, as a server refuses a verb it does not serve.
 
 use super::kinds::ApiError;
 use super::table;
-use super::{Refusal, Shared, ok};
+use super::{Cluster, Refusal, Shared, ok};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-fn namespace(name: &str) -> Value {
+fn namespace(cluster: &Cluster, name: &str) -> Value {
+    let mut labels = cluster.namespace_labels.get(name).cloned().unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name".to_string(), name.to_string());
     json!({
         "kind": "Namespace",
         "apiVersion": "v1",
-        "metadata": { "name": name, "labels": { "kubernetes.io/metadata.name": name } },
+        "metadata": { "name": name, "labels": labels },
         "spec": { "finalizers": ["kubernetes"] },
         "status": { "phase": "Active" },
     })
@@ -37,7 +40,7 @@ pub(super) async fn get(
     if !cluster.namespaces.contains(&name) {
         return Err(not_found(&name));
     }
-    let object = namespace(&name);
+    let object = namespace(&cluster, &name);
     if table::wanted(&headers) {
         return Ok(ok(StatusCode::OK, table::of_namespaces(&[object])));
     }
@@ -47,7 +50,7 @@ pub(super) async fn get(
 /// `GET /api/v1/namespaces`.
 pub(super) async fn list(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     let cluster = shared.cluster();
-    let items: Vec<Value> = cluster.namespaces.iter().map(|n| namespace(n)).collect();
+    let items: Vec<Value> = cluster.namespaces.iter().map(|n| namespace(&cluster, n)).collect();
     if table::wanted(&headers) {
         return ok(StatusCode::OK, table::of_namespaces(&items));
     }
@@ -71,13 +74,13 @@ pub(super) async fn patch(
         .is_some_and(|t| t.starts_with("application/apply-patch+yaml"));
     let mut cluster = shared.cluster();
     if cluster.namespaces.contains(&name) {
-        return Ok(ok(StatusCode::OK, namespace(&name)));
+        return Ok(ok(StatusCode::OK, namespace(&cluster, &name)));
     }
     if !applying {
         return Err(not_found(&name));
     }
     cluster.namespaces.insert(name.clone());
-    Ok(ok(StatusCode::CREATED, namespace(&name)))
+    Ok(ok(StatusCode::CREATED, namespace(&cluster, &name)))
 }
 
 /// `POST /api/v1/namespaces`: 409 `AlreadyExists` for a namespace that exists.
@@ -106,5 +109,5 @@ pub(super) async fn create(
         )
         .into());
     }
-    Ok(ok(StatusCode::CREATED, namespace(name)))
+    Ok(ok(StatusCode::CREATED, namespace(&cluster, name)))
 }
