@@ -42,6 +42,7 @@ pub(super) enum Kind {
     ClusterRole,
     ClusterRoleBinding,
     PodDisruptionBudget,
+    Pod,
 }
 
 /// How the real API server's registry treats one kind.
@@ -290,9 +291,13 @@ const POD_DISRUPTION_BUDGET: KindInfo = stored(
     routes::PODDISRUPTIONBUDGETS,
 );
 
+/// Pods, as the workload controllers create them (see `rollout`) or a test seeds them; the
+/// kubelet's part (phase, conditions) is written with them.
+const POD: KindInfo = stored("", "pods", "pod", &["po"], "Pod", true, routes::PODS);
+
 /// Kinds served under `/apis/{group}/{version}/…` (and core ones under `/api/v1/…`) by the
 /// generic object store.
-const GENERIC: [Kind; 15] = [
+const GENERIC: [Kind; 16] = [
     Kind::Rotation,
     Kind::Event,
     Kind::Lease,
@@ -308,10 +313,11 @@ const GENERIC: [Kind; 15] = [
     Kind::ClusterRole,
     Kind::ClusterRoleBinding,
     Kind::PodDisruptionBudget,
+    Kind::Pod,
 ];
 
 /// Every kind the stand-in serves, in the order discovery lists them.
-pub(super) const SERVED: [Kind; 16] = [
+pub(super) const SERVED: [Kind; 17] = [
     Kind::Secret,
     Kind::Rotation,
     Kind::Event,
@@ -328,6 +334,7 @@ pub(super) const SERVED: [Kind; 16] = [
     Kind::ClusterRole,
     Kind::ClusterRoleBinding,
     Kind::PodDisruptionBudget,
+    Kind::Pod,
 ];
 
 impl Kind {
@@ -349,6 +356,7 @@ impl Kind {
             Kind::ClusterRole => &CLUSTER_ROLE,
             Kind::ClusterRoleBinding => &CLUSTER_ROLE_BINDING,
             Kind::PodDisruptionBudget => &POD_DISRUPTION_BUDGET,
+            Kind::Pod => &POD,
         }
     }
 
