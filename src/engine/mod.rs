@@ -17,7 +17,10 @@ use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore
 use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
 use policy::{Decision, Observed, Plan, Timing};
-use ports::{Clock, Directory, GraphError, Rollout, RolloutError, SecretStore, StoreError, Verifier, VerifyError};
+use ports::{
+    Clock, Directory, GraphError, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, Verifier,
+    VerifyError,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -35,6 +38,8 @@ pub struct Rotation {
     pub verifier: Option<Arc<dyn Verifier>>,
     /// Restarts consumers after a new secret is verified; `None` when nothing needs it.
     pub rollout: Option<Arc<dyn Rollout>>,
+    /// Asked before old secrets are revoked; `None` revokes once the grace period is over.
+    pub revocation_gate: Option<Arc<dyn RevocationGate>>,
     pub verify_retry: VerifyRetry,
 }
 
@@ -97,6 +102,9 @@ pub enum Outcome {
         revoked: Vec<Uuid>,
         pending: Vec<Uuid>,
         revoke_at: Option<DateTime<Utc>>,
+        /// Set when revocation was due but the gate kept `pending` live; `revoke_at` is
+        /// then when to ask again.
+        held: Option<RevocationHold>,
     },
 }
 
@@ -261,9 +269,9 @@ impl Engine {
             Decision::RevokeOld { key_id, old, revoke_at } => {
                 let credential = observation.app.credential(key_id).cloned();
                 let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
+                let renew_at = credential_renewal(rotation, &observation.app, key_id);
                 // Within the grace period only one older secret may wait; more are revoked now.
                 if self.clock.now() < revoke_at && old.len() <= 1 {
-                    let renew_at = credential_renewal(rotation, &observation.app, key_id);
                     return Ok(Outcome::Settled {
                         key_id,
                         minted: false,
@@ -272,6 +280,21 @@ impl Engine {
                         revoked: Vec::new(),
                         pending: old,
                         revoke_at: Some(revoke_at),
+                        held: None,
+                    });
+                }
+                // Asked before re-verifying: a hold can last hours, and each look would
+                // otherwise send a test mail from the application's quota.
+                if let Some(hold) = self.revocation_hold(rotation, key_id, &old).await? {
+                    return Ok(Outcome::Settled {
+                        key_id,
+                        minted: false,
+                        expires: end,
+                        renew_at,
+                        revoked: Vec::new(),
+                        pending: old,
+                        revoke_at: Some(hold.recheck_at),
+                        held: Some(hold),
                     });
                 }
                 let value = value_held(&observation.stored, key_id)
@@ -371,14 +394,38 @@ impl Engine {
         }
         let revoke_at = (!pending.is_empty()).then_some(revoke_at);
         if due.is_empty() {
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None });
+        }
+        if let Some(hold) = self.revocation_hold(rotation, key_id, &due).await? {
+            let pending = [due, pending].concat();
+            let revoke_at = Some(hold.recheck_at);
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold) });
         }
         self.confirm_stores_hold(rotation, key_id).await?;
         for old_key in &due {
             rotation.directory.remove_password(object_id, *old_key).await?;
             self.emit(rotation, Event::Revoked { key_id: *old_key });
         }
-        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at })
+        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None })
+    }
+
+    /// Asks the gate whether `old` may go now that consumers should use `key_id`. The
+    /// roll-out is (re)started first, so that a run cut off between storing and restarting
+    /// does not leave the consumers waiting for a restart that never comes; it changes
+    /// nothing when the workloads already carry `key_id`.
+    async fn revocation_hold(&self, rotation: &Rotation, key_id: Uuid, old: &[Uuid]) -> Result<Option<RevocationHold>, EngineError> {
+        let Some(gate) = &rotation.revocation_gate else { return Ok(None) };
+        if let Some(rollout) = &rotation.rollout {
+            let workloads = rollout.roll_out(key_id).await?;
+            if !workloads.is_empty() {
+                self.emit(rotation, Event::RolledOut { key_id, workloads });
+            }
+        }
+        let hold = gate.hold(key_id).await;
+        if let Some(hold) = &hold {
+            self.emit(rotation, Event::RevocationHeld { key_ids: old.to_vec(), message: hold.message.clone() });
+        }
+        Ok(hold)
     }
 
     /// Re-reads every store right before revoking: if anything changed the stored keyId

@@ -3,6 +3,7 @@
 //!
 //! A face over everything below it (engine, adapters, assembly, config, alerting, metrics,
 //! report); never the CLI.
+pub mod consumers;
 pub mod controller;
 pub mod crd;
 pub mod pass;
