@@ -8,6 +8,7 @@ mod demo;
 #[cfg(feature = "demo")]
 mod playground;
 mod operator_cli;
+mod rotate;
 mod run_lock;
 mod scan;
 mod smtp_test;
@@ -96,6 +97,13 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: std::path::PathBuf,
     },
+    /// Ask for a rotation of a ClientSecretRotation now, and wait until it is done.
+    ///
+    /// Sets the annotation entra-rotator.io/rotate-requested-at to the current time; the
+    /// controller (or the next CronJob pass) rotates once per value and records it in
+    /// status. Needs patch and get on clientsecretrotations in the namespace. Exit codes:
+    /// 0 done (or recorded, with --no-wait), 1 it failed or timed out, 2 no such object.
+    Rotate(rotate::RotateArgs),
     /// Print the ClientSecretRotation CustomResourceDefinition (YAML), generated from the
     /// Rust types; `crds/` holds the same text.
     Crd,
@@ -166,6 +174,7 @@ pub fn main() -> ExitCode {
             Command::Demo => demo::run().await,
             #[cfg(feature = "demo")]
             Command::Playground { dir } => playground::run(dir).await,
+            Command::Rotate(args) => rotate::run(args).await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
                 ExitCode::SUCCESS

@@ -180,18 +180,36 @@ impl Engine {
 
     /// [`run`](Self::run), proving an up-to-date secret again as `reverify` says.
     pub async fn run_with(&self, rotation: &Rotation, options: RunOptions, reverify: Reverify) -> Result<Outcome, EngineError> {
+        self.run_observed(rotation, options, reverify, None).await
+    }
+
+    /// A rotation asked for while `replace` was the current secret: forced while the stores
+    /// still hold `replace`, an ordinary run once they hold another. A request is so
+    /// carried out once, however often a run is cut off and started again.
+    pub async fn run_replacing(&self, rotation: &Rotation, replace: Uuid, reverify: Reverify) -> Result<Outcome, EngineError> {
+        self.run_observed(rotation, RunOptions::default(), reverify, Some(replace)).await
+    }
+
+    async fn run_observed(
+        &self,
+        rotation: &Rotation,
+        options: RunOptions,
+        reverify: Reverify,
+        replace: Option<Uuid>,
+    ) -> Result<Outcome, EngineError> {
         let observation = self.observe(rotation).await?;
         let keys: Vec<_> = observation.stored.iter().map(policy::stored_key).collect();
         let now = self.clock.now();
+        let current = policy::current_credential(&rotation.name, &observation.app, &keys);
+        let replacing = replace.is_some_and(|old| current.is_some_and(|c| c.key_id == old));
         let plan = policy::plan(&Observed {
             rotation: &rotation.name,
             app: &observation.app,
             stored: &keys,
             now,
-            forced: options.force,
+            forced: options.force || replacing,
             timing: &rotation.timing,
         });
-        let current = policy::current_credential(&rotation.name, &observation.app, &keys);
         self.emit(rotation, Event::Observed {
             current: current.map(|c| c.key_id),
             expires: current.and_then(|c| c.end),

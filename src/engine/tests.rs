@@ -673,3 +673,17 @@ async fn a_holding_gate_keeps_the_old_secret_live_without_reverifying_until_it_l
     assert!(!w.directory.has(old));
     assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1, "re-verified right before revoking");
 }
+
+#[tokio::test]
+async fn a_requested_rotation_replaces_the_secret_it_was_asked_about_once() {
+    let w = world(Days::zero());
+    let first = w.settled().await;
+    let Outcome::Settled { key_id: second, minted: true, .. } = w.engine.run_replacing(&w.rotation, first, Reverify::No).await.unwrap() else {
+        panic!()
+    };
+    assert_ne!(second, first);
+    // Run again for the same request (a restart before it was recorded): nothing more.
+    let again = w.engine.run_replacing(&w.rotation, first, Reverify::No).await.unwrap();
+    assert!(matches!(again, Outcome::UpToDate { key_id, .. } if key_id == second), "{again:?}");
+    assert_eq!(w.directory.app.lock().unwrap().password_credentials.len(), 1);
+}

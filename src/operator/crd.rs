@@ -313,6 +313,28 @@ pub struct ClientSecretRotationStatus {
     /// The pods reading the target Secrets and the roll-outs, as last looked at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumers: Option<ConsumersStatus>,
+    /// The last `entra-rotator.io/rotate-requested-at` annotation seen, and what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_request: Option<RotateRequestStatus>,
+}
+
+/// A rotation asked for with the `entra-rotator.io/rotate-requested-at` annotation
+/// (`entra-rotator rotate`). Each annotation value is carried out once.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateRequestStatus {
+    /// The annotation's value.
+    pub requested_at: String,
+    /// `Pending`, `Done`, or `Invalid` (the value is not an RFC 3339 time).
+    pub state: String,
+    /// The keyId that was current when the request was accepted: it is replaced once.
+    #[serde(default)]
+    pub replaces_key_id: Option<String>,
+    /// The keyId that answers the request.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// Who reads the target Secrets, and whether each holds the current value.

@@ -9,6 +9,7 @@ pub mod crd;
 pub mod pass;
 pub mod reconcile;
 pub mod rollout;
+pub mod rotate_request;
 pub mod status;
 
 use crate::alerting::Notifier;

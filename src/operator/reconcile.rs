@@ -3,6 +3,7 @@
 //! Shared by the controller and the CronJob pass.
 
 use super::consumers::{self, ConsumerGate};
+use super::rotate_request;
 use super::crd::ClientSecretRotation;
 use super::rollout::WorkloadRollout;
 use super::status::{self, conditions};
@@ -192,6 +193,16 @@ pub async fn reconcile(
     // The cached object may predate our last status write (a Secret event can trigger a
     // reconcile before the watch delivers it); writing from it would undo that status.
     let previous = fresh_status(ctx, object).await?;
+    // A rotate request is recorded before anything is minted for it (see rotate_request).
+    let mut accepted = previous.clone();
+    let request = rotate_request::accept(object, &mut accepted);
+    if accepted.rotate_request != previous.rotate_request {
+        write_status(ctx, object, &previous, &accepted).await?;
+        if let Some(refused) = accepted.rotate_request.as_ref().filter(|r| r.state == rotate_request::INVALID) {
+            publish(ctx, object, EventType::Warning, "RotateRequestInvalid", refused.message.as_deref().unwrap_or_default()).await;
+        }
+    }
+    let previous = accepted;
     let thresholds = alert_thresholds(object);
     let verification_enabled = object.spec.verification.smtp.is_some();
     let (sink, result, generation, gate) = match resumed {
@@ -200,7 +211,7 @@ pub async fn reconcile(
             publish_events(ctx, object, &events[run.published.min(events.len())..]).await;
             (run.sink, joined(run.handle.await, &name)?, run.generation, run.gate)
         }
-        None => match start(object, ctx, &previous, &thresholds, now, background).await? {
+        None => match start(object, ctx, &previous, &thresholds, now, background, request).await? {
             Started::Done(sink, result, gate) => {
                 publish_events(ctx, object, &sink.events()).await;
                 (sink, result, object.metadata.generation, gate)
@@ -230,6 +241,9 @@ pub async fn reconcile(
         _ => None,
     });
     status::record_verification(&mut next, verified_now, verification_enabled, generation, now);
+    if let Some(done) = result.as_ref().ok().and_then(|outcome| rotate_request::finish(&mut next, outcome)) {
+        publish(ctx, object, EventType::Normal, "RotateRequestDone", &done).await;
+    }
     if let (Some(gate), Ok(outcome)) = (&gate, &result) {
         let announced = consumers::record(gate, outcome, &previous, &mut next, generation, now).await;
         if !announce_consumers(ctx, object, &mut next, announced, now).await {
@@ -267,6 +281,7 @@ async fn start(
     thresholds: &[chrono::Duration],
     now: DateTime<Utc>,
     background: Option<&BackgroundRuns>,
+    request: Option<rotate_request::Request>,
 ) -> Result<Started, ReconcileError> {
     let name = object.rotation_name();
     let generation = object.metadata.generation;
@@ -318,7 +333,12 @@ async fn start(
         Reverify::No
     };
     // A task of its own: it can outlive this reconcile (below), and a panic in it stays in it.
-    let mut handle = tokio::spawn(async move { engine.run_with(&rotation, RunOptions::default(), reverify).await });
+    let mut handle = tokio::spawn(async move {
+        match request {
+            Some(rotate_request::Request::Replace(key_id)) => engine.run_replacing(&rotation, key_id, reverify).await,
+            Some(rotate_request::Request::First) | None => engine.run_with(&rotation, RunOptions::default(), reverify).await,
+        }
+    });
     let Some(runs) = background else {
         return Ok(Started::Done(sink, joined(handle.await, &name)?, gate));
     };
