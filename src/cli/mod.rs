@@ -12,6 +12,7 @@ mod rotate;
 mod run_lock;
 mod scan;
 mod smtp_test;
+mod status;
 mod wiring;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -104,6 +105,14 @@ enum Command {
     /// status. Needs patch and get on clientsecretrotations in the namespace. Exit codes:
     /// 0 done (or recorded, with --no-wait), 1 it failed or timed out, 2 no such object.
     Rotate(rotate::RotateArgs),
+    /// Show a ClientSecretRotation's whole story: conditions, current and old keyIds with
+    /// expiry, the consumers and whether each holds the current value, the latest Events,
+    /// and what the controller does next and when.
+    ///
+    /// Reads the object and its Events (get on clientsecretrotations, list on
+    /// events.k8s.io events); never a Secret. Exit codes: 0 shown, 1 Kubernetes could not
+    /// be reached, 2 no such object.
+    Status(status::StatusArgs),
     /// Print the ClientSecretRotation CustomResourceDefinition (YAML), generated from the
     /// Rust types; `crds/` holds the same text.
     Crd,
@@ -175,6 +184,7 @@ pub fn main() -> ExitCode {
             #[cfg(feature = "demo")]
             Command::Playground { dir } => playground::run(dir).await,
             Command::Rotate(args) => rotate::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Crd => {
                 print!("{}", crate::operator::crd::crd_yaml());
                 ExitCode::SUCCESS
