@@ -153,3 +153,47 @@ async fn without_a_controller_rotate_times_out_and_says_the_request_stays() {
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
     assert!(text(&missing).contains("ClientSecretRotation dify/nope not found"), "{}", text(&missing));
 }
+
+#[tokio::test]
+async fn a_compromised_rotation_revokes_every_other_secret_at_once_and_names_the_consumers_left_on_it() {
+    let scenario = world().await;
+    let reads_env = json!({ "containers": [{ "name": "api", "image": "langgenius/dify-api",
+        "envFrom": [{ "secretRef": { "name": SECRET_NAME } }] }] });
+    scenario
+        .kubernetes
+        .create_workload_with(NAMESPACE, entra_rotator_standins::kubernetes::WorkloadKind::Deployment, "dify-api", &[("app", "dify")], reads_env, 1)
+        .unwrap();
+    pass_ok(&scenario).await;
+    // An ordinary request first: the old secret stays for the grace period (1h) and the pod.
+    let output = rotator(&scenario, &["rotate", NAME, "-n", NAMESPACE, "--no-wait"]).output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    pass_ok(&scenario).await;
+    let ours = |s: &Scenario| -> Vec<String> {
+        s.target_now().passwords.iter().filter(|p| p.display_name.as_deref() == Some("entra-rotator:dify/dify-smtp")).map(|p| p.key_id.to_string()).collect()
+    };
+    assert_eq!(ours(&scenario).len(), 2);
+
+    let output = rotator(&scenario, &["rotate", NAME, "-n", NAMESPACE, "--compromised", "--no-wait"]).output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("loses mail until it restarts, which is better than a leaked secret staying valid"), "{}", text(&output));
+    pass_ok(&scenario).await;
+    let current = status(&scenario)["currentKeyId"].as_str().unwrap().to_string();
+    assert_eq!(ours(&scenario), [current.clone()], "one secret of ours is left: no grace period, no consumer wait");
+    assert_eq!(mints(&scenario), 3);
+    let request = status(&scenario)["rotateRequest"].clone();
+    assert_eq!((request["state"].as_str(), request["compromised"].as_bool()), (Some("Done"), Some(true)));
+    let message = request["message"].as_str().unwrap();
+    let pod = scenario.kubernetes.pods(NAMESPACE)[0]["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(message.contains("every other secret of ours was revoked at once"), "{message}");
+    assert!(message.contains(&format!("Still on an old value, restart them now: pod {pod} (env)")), "{message}");
+    let revoked = status(&scenario)["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Revoked").cloned().unwrap();
+    assert_eq!(revoked["reason"], "CompromisedSecretRevoked");
+    assert!(scenario.kubernetes.events(NAMESPACE).iter().any(|e| e.reason == "CompromisedSecretRevoked" && e.type_ == "Warning"));
+
+    // The next ordinary request is ordinary again: the flag does not linger.
+    let output = rotator(&scenario, &["rotate", NAME, "-n", NAMESPACE, "--no-wait"]).output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    pass_ok(&scenario).await;
+    assert_eq!(ours(&scenario).len(), 2, "the old secret is kept again");
+    assert_eq!(status(&scenario)["rotateRequest"]["compromised"], false);
+}

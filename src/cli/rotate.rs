@@ -2,12 +2,13 @@
 //! for a rotation now, by setting the annotation `entra-rotator.io/rotate-requested-at` to
 //! the current time, and waits until the status says the request is done. Each value is
 //! carried out once (see `operator::rotate_request`), so running it again asks again, and a
-//! controller restart in between rotates no twice.
+//! controller restart in between does not rotate twice. `--compromised` also sets
+//! `entra-rotator.io/rotate-compromised`: every other secret is revoked at once.
 
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
 use crate::config::duration::HumanDuration;
 use crate::operator::crd::ClientSecretRotation;
-use crate::operator::rotate_request::{DONE, INVALID, ROTATE_REQUESTED_AT};
+use crate::operator::rotate_request::{DONE, INVALID, ROTATE_COMPROMISED, ROTATE_REQUESTED_AT};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::process::ExitCode;
@@ -22,6 +23,11 @@ pub struct RotateArgs {
     /// Return once the request is recorded on the object, without waiting for the result.
     #[arg(long)]
     no_wait: bool,
+    /// The current secret leaked: once the new one is stored and rolled out, revoke every
+    /// other secret of ours at once, without grace period or consumer wait (consumers still
+    /// on the old secret lose mail until restarted; the leak is worse).
+    #[arg(long)]
+    compromised: bool,
     /// How long to wait for the controller to carry the request out.
     #[arg(long, default_value = "10m", value_parser = HumanDuration::parse)]
     timeout: HumanDuration,
@@ -69,9 +75,14 @@ async fn rotate(args: &RotateArgs) -> Result<(), Failure> {
     let api: Api<ClientSecretRotation> = Api::namespaced(client().await?, namespace);
     // Milliseconds, so that two requests within a second are two values.
     let value = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let patch = json!({ "metadata": { "annotations": { ROTATE_REQUESTED_AT: value } } });
+    // null removes a compromised flag left by an earlier request.
+    let compromised = args.compromised.then_some("true");
+    let patch = json!({ "metadata": { "annotations": { ROTATE_REQUESTED_AT: value, ROTATE_COMPROMISED: compromised } } });
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| explain(e, "annotate", namespace, name))?;
     println!("requested a rotation of {namespace}/{name} ({ROTATE_REQUESTED_AT}: {value})");
+    if args.compromised {
+        println!("compromised: every other secret of ours is revoked as soon as the new one is stored and rolled out, without grace period or waiting for consumers; a consumer still on the old secret loses mail until it restarts, which is better than a leaked secret staying valid");
+    }
     if args.no_wait {
         println!("not waiting: the controller rotates it at its next look; follow it with `entra-rotator status {name} -n {namespace}`");
         return Ok(());

@@ -180,14 +180,22 @@ impl Engine {
 
     /// [`run`](Self::run), proving an up-to-date secret again as `reverify` says.
     pub async fn run_with(&self, rotation: &Rotation, options: RunOptions, reverify: Reverify) -> Result<Outcome, EngineError> {
-        self.run_observed(rotation, options, reverify, None).await
+        self.run_observed(rotation, options, reverify, None, Revocation::Ordinary).await
     }
 
     /// A rotation asked for while `replace` was the current secret: forced while the stores
     /// still hold `replace`, an ordinary run once they hold another. A request is so
     /// carried out once, however often a run is cut off and started again.
     pub async fn run_replacing(&self, rotation: &Rotation, replace: Uuid, reverify: Reverify) -> Result<Outcome, EngineError> {
-        self.run_observed(rotation, RunOptions::default(), reverify, Some(replace)).await
+        self.run_observed(rotation, RunOptions::default(), reverify, Some(replace), Revocation::Ordinary).await
+    }
+
+    /// [`run_replacing`](Self::run_replacing) after a leak: once the new secret is stored
+    /// and the consumers restarted, every other secret of ours is revoked at once, without
+    /// grace period and without asking the revocation gate. A consumer still on the leaked
+    /// secret loses mail until it restarts; the leak is worse.
+    pub async fn run_compromised(&self, rotation: &Rotation, replace: Option<Uuid>, reverify: Reverify) -> Result<Outcome, EngineError> {
+        self.run_observed(rotation, RunOptions::default(), reverify, replace, Revocation::AtOnce).await
     }
 
     async fn run_observed(
@@ -196,6 +204,7 @@ impl Engine {
         options: RunOptions,
         reverify: Reverify,
         replace: Option<Uuid>,
+        revocation: Revocation,
     ) -> Result<Outcome, EngineError> {
         let observation = self.observe(rotation).await?;
         let keys: Vec<_> = observation.stored.iter().map(policy::stored_key).collect();
@@ -218,7 +227,7 @@ impl Engine {
         if options.dry_run {
             return Ok(Outcome::Planned(plan));
         }
-        self.execute(rotation, observation, plan, reverify).await
+        self.execute(rotation, observation, plan, reverify, revocation).await
     }
 
     /// Reads Graph, then (unless another rotation claims the application) every store,
@@ -243,6 +252,7 @@ impl Engine {
         mut observation: Observation,
         plan: Plan,
         reverify: Reverify,
+        revocation: Revocation,
     ) -> Result<Outcome, EngineError> {
         let object_id = observation.app.object_id;
         for key_id in &plan.remove_orphans {
@@ -268,7 +278,7 @@ impl Engine {
             }
             Decision::Rotate(trigger) => {
                 self.emit(rotation, Event::Decided { reason: trigger.reason, message: trigger.message });
-                self.rotate(rotation, &observation.app).await
+                self.rotate(rotation, &observation.app, revocation).await
             }
             Decision::CompleteStores { key_id, missing } => {
                 self.emit(rotation, Event::Decided {
@@ -282,14 +292,15 @@ impl Engine {
                 for index in missing {
                     self.store_one(rotation, &rotation.stores[index], key_id, &value, start, end).await?;
                 }
-                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app).await
+                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app, revocation).await
             }
             Decision::RevokeOld { key_id, old, revoke_at } => {
                 let credential = observation.app.credential(key_id).cloned();
                 let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
                 let renew_at = credential_renewal(rotation, &observation.app, key_id);
+                let at_once = revocation == Revocation::AtOnce;
                 // Within the grace period only one older secret may wait; more are revoked now.
-                if self.clock.now() < revoke_at && old.len() <= 1 {
+                if !at_once && self.clock.now() < revoke_at && old.len() <= 1 {
                     return Ok(Outcome::Settled {
                         key_id,
                         minted: false,
@@ -303,7 +314,8 @@ impl Engine {
                 }
                 // Asked before re-verifying: a hold can last hours, and each look would
                 // otherwise send a test mail from the application's quota.
-                if let Some(hold) = self.revocation_hold(rotation, key_id, &old).await? {
+                let hold = if at_once { None } else { self.revocation_hold(rotation, key_id, &old).await? };
+                if let Some(hold) = hold {
                     return Ok(Outcome::Settled {
                         key_id,
                         minted: false,
@@ -317,13 +329,13 @@ impl Engine {
                 }
                 let value = value_held(&observation.stored, key_id)
                     .expect("the plan only revokes around a keyId every store holds");
-                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app).await
+                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app, revocation).await
             }
         }
     }
 
     /// Mint → store everywhere → verify → revoke what is due.
-    async fn rotate(&self, rotation: &Rotation, app: &Application) -> Result<Outcome, EngineError> {
+    async fn rotate(&self, rotation: &Rotation, app: &Application, revocation: Revocation) -> Result<Outcome, EngineError> {
         let expires = self.clock.now() + rotation.timing.lifetime;
         let minted = rotation
             .directory
@@ -343,7 +355,7 @@ impl Engine {
         }
         let mut app = app.clone();
         app.password_credentials.push(minted.credential.clone());
-        self.settle(rotation, app.object_id, key_id, &minted.value, true, start, end, &app).await
+        self.settle(rotation, app.object_id, key_id, &minted.value, true, start, end, &app, revocation).await
     }
 
     /// Removes a secret that failed verification: its value reached no store, so nobody
@@ -394,7 +406,9 @@ impl Engine {
         start: Option<DateTime<Utc>>,
         expires: Option<DateTime<Utc>>,
         app: &Application,
+        revocation: Revocation,
     ) -> Result<Outcome, EngineError> {
+        let at_once = revocation == Revocation::AtOnce;
         if !minted {
             self.verify(rotation, key_id, value).await?;
         }
@@ -406,7 +420,7 @@ impl Engine {
         }
         let revoke_at = start.unwrap_or_else(|| self.clock.now()) + rotation.timing.revoke_grace;
         let renew_at = credential_renewal(rotation, app, key_id);
-        let (due, pending) = revocations(rotation, app, key_id, self.clock.now() >= revoke_at);
+        let (due, pending) = revocations(rotation, app, key_id, at_once || self.clock.now() >= revoke_at);
         if !pending.is_empty() {
             self.emit(rotation, Event::RevocationScheduled { key_ids: pending.clone(), at: revoke_at });
         }
@@ -414,7 +428,8 @@ impl Engine {
         if due.is_empty() {
             return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None });
         }
-        if let Some(hold) = self.revocation_hold(rotation, key_id, &due).await? {
+        let hold = if at_once { None } else { self.revocation_hold(rotation, key_id, &due).await? };
+        if let Some(hold) = hold {
             let pending = [due, pending].concat();
             let revoke_at = Some(hold.recheck_at);
             return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold) });
@@ -496,6 +511,15 @@ impl Engine {
             delay = (delay * 2).min(policy.max_delay);
         }
     }
+}
+
+/// When the older secrets of ours go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Revocation {
+    /// After the grace period, once the revocation gate lets them.
+    Ordinary,
+    /// As soon as the new secret is stored everywhere and rolled out (a leak).
+    AtOnce,
 }
 
 /// The older secrets of ours around `current`: those to revoke now and those to keep for

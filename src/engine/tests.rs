@@ -687,3 +687,25 @@ async fn a_requested_rotation_replaces_the_secret_it_was_asked_about_once() {
     assert!(matches!(again, Outcome::UpToDate { key_id, .. } if key_id == second), "{again:?}");
     assert_eq!(w.directory.app.lock().unwrap().password_credentials.len(), 1);
 }
+
+#[tokio::test]
+async fn a_compromised_rotation_revokes_every_other_secret_at_once_without_asking_the_gate() {
+    let mut w = world(Days::hours(1));
+    let gate = Arc::new(FakeGate::default());
+    *gate.holding.lock().unwrap() = true;
+    w.rotation.revocation_gate = Some(gate.clone());
+    let first = w.settled().await;
+    let Outcome::Settled { key_id: second, .. } = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap() else {
+        panic!()
+    };
+    let asked = *gate.asked.lock().unwrap();
+    let Outcome::Settled { key_id: third, minted: true, revoked, pending, held: None, .. } =
+        w.engine.run_compromised(&w.rotation, Some(second), Reverify::No).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((revoked.len(), pending.len()), (2, 0), "both older secrets go at once, grace period or not");
+    assert!(!w.directory.has(first) && !w.directory.has(second) && w.directory.has(third));
+    assert_eq!(*gate.asked.lock().unwrap(), asked, "the consumer wait is skipped");
+    assert_eq!(w.vault.key_id(), Some(third));
+}

@@ -335,6 +335,10 @@ pub struct RotateRequestStatus {
     pub key_id: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+    /// Asked with `entra-rotator.io/rotate-compromised: "true"`: every other secret of ours
+    /// is revoked at once.
+    #[serde(default)]
+    pub compromised: bool,
 }
 
 /// Who reads the target Secrets, and whether each holds the current value.

@@ -62,6 +62,9 @@ pub enum ReconcileError {
 /// 451. The run goes on in the background, and a later reconcile collects its result.
 pub const ENGINE_SLICE: Duration = Duration::from_secs(10);
 
+/// The Revoked reason and Warning Event after `rotate --compromised`.
+const COMPROMISED_SECRET_REVOKED: &str = "CompromisedSecretRevoked";
+
 /// How soon a rotation whose engine run goes on in the background is looked at again.
 const BACKGROUND_POLL: Duration = Duration::from_secs(5);
 
@@ -241,13 +244,19 @@ pub async fn reconcile(
         _ => None,
     });
     status::record_verification(&mut next, verified_now, verification_enabled, generation, now);
-    if let Some(done) = result.as_ref().ok().and_then(|outcome| rotate_request::finish(&mut next, outcome)) {
-        publish(ctx, object, EventType::Normal, "RotateRequestDone", &done).await;
-    }
     if let (Some(gate), Ok(outcome)) = (&gate, &result) {
         let announced = consumers::record(gate, outcome, &previous, &mut next, generation, now).await;
         if !announce_consumers(ctx, object, &mut next, announced, now).await {
             soonest = soonest.min(Some(now + chrono::Duration::minutes(1)));
+        }
+    }
+    let on_old_value = gate.as_ref().and_then(|gate| gate.report()).map(|report| report.on_old_value()).unwrap_or_default();
+    if let Some((done, compromised)) = result.as_ref().ok().and_then(|outcome| rotate_request::finish(&mut next, outcome, &on_old_value)) {
+        if compromised {
+            status::set_condition(&mut next, consumers::REVOKED, true, COMPROMISED_SECRET_REVOKED, done.clone(), generation, now);
+            publish(ctx, object, EventType::Warning, COMPROMISED_SECRET_REVOKED, &done).await;
+        } else {
+            publish(ctx, object, EventType::Normal, "RotateRequestDone", &done).await;
         }
     }
     record_metrics(ctx, object, &next, &result, &events, now);
@@ -335,8 +344,9 @@ async fn start(
     // A task of its own: it can outlive this reconcile (below), and a panic in it stays in it.
     let mut handle = tokio::spawn(async move {
         match request {
-            Some(rotate_request::Request::Replace(key_id)) => engine.run_replacing(&rotation, key_id, reverify).await,
-            Some(rotate_request::Request::First) | None => engine.run_with(&rotation, RunOptions::default(), reverify).await,
+            Some(rotate_request::Request { replace, compromised: true }) => engine.run_compromised(&rotation, replace, reverify).await,
+            Some(rotate_request::Request { replace: Some(key_id), .. }) => engine.run_replacing(&rotation, key_id, reverify).await,
+            Some(rotate_request::Request { replace: None, .. }) | None => engine.run_with(&rotation, RunOptions::default(), reverify).await,
         }
     });
     let Some(runs) = background else {
