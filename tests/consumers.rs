@@ -267,7 +267,7 @@ async fn a_plain_volume_consumer_is_revoked_after_its_sync_delay_and_a_sub_path_
     w.after_the_write().await;
     let line = w.pass().await;
     assert!(line.contains(&format!("revoked {old}")), "{line}");
-    assert_eq!(w.ours(), [new.clone()]);
+    assert_eq!(w.ours(), std::slice::from_ref(&new));
     assert_eq!(w.consumer_pods(), [("volume".to_string(), true)]);
 
     // A subPath mount is copied once at start: it holds the value it started with.

@@ -135,7 +135,7 @@ async fn rotate_waits_for_the_controller_and_says_which_secret_replaced_which() 
     assert!(output.status.success(), "{}", text(&output));
     let current = status(&scenario)["currentKeyId"].as_str().unwrap().to_string();
     assert_ne!(current, first);
-    assert!(text(&output).contains(&format!("done: rotation requested at ")), "{}", text(&output));
+    assert!(text(&output).contains("done: rotation requested at "), "{}", text(&output));
     assert!(text(&output).contains(&format!("keyId {current} replaces {first}")), "{}", text(&output));
     assert_eq!(mints(&scenario), 2);
 }
@@ -178,7 +178,7 @@ async fn a_compromised_rotation_revokes_every_other_secret_at_once_and_names_the
     assert!(text(&output).contains("loses mail until it restarts, which is better than a leaked secret staying valid"), "{}", text(&output));
     pass_ok(&scenario).await;
     let current = status(&scenario)["currentKeyId"].as_str().unwrap().to_string();
-    assert_eq!(ours(&scenario), [current.clone()], "one secret of ours is left: no grace period, no consumer wait");
+    assert_eq!(ours(&scenario), [current], "one secret of ours is left: no grace period, no consumer wait");
     assert_eq!(mints(&scenario), 3);
     let request = status(&scenario)["rotateRequest"].clone();
     assert_eq!((request["state"].as_str(), request["compromised"].as_bool()), (Some("Done"), Some(true)));
