@@ -68,7 +68,7 @@ fn default_smtp_port() -> u16 {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
-    /// `CredentialExpiring` or `RotationFailed`.
+    /// `CredentialExpiring`, `RotationFailed` or `ConsumersOnOldSecret`.
     pub kind: &'static str,
     /// `namespace/name` of the ClientSecretRotation.
     pub rotation: String,
@@ -86,6 +86,10 @@ impl Notification {
                 "entra-rotator: the client secret of {} expires in {} day(s)",
                 self.rotation,
                 self.days_left.unwrap_or_default()
+            ),
+            CONSUMERS_STUCK => format!(
+                "entra-rotator: the old client secret of {} stays live: consumers still use it",
+                self.rotation
             ),
             _ => format!("entra-rotator: rotation of {} failed", self.rotation),
         }
@@ -105,6 +109,8 @@ impl Notification {
 
 pub const EXPIRING: &str = "CredentialExpiring";
 pub const FAILED: &str = "RotationFailed";
+/// Revocation has waited longer than consumerWaitTimeout for consumers on the old secret.
+pub const CONSUMERS_STUCK: &str = "ConsumersOnOldSecret";
 
 /// A channel ready to send.
 enum Channel {

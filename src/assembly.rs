@@ -191,6 +191,7 @@ impl Assembly {
         stores,
         verifier,
         rollout,
+        revocation_gate: None,
         verify_retry,
     })
     }

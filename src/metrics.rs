@@ -97,6 +97,7 @@ pub struct Metrics {
     expiry: std::sync::Arc<ExpiryCollector>,
     reconciles: Family<ResultLabels, Counter>,
     last_success: Family<RotationLabels, Gauge>,
+    consumers_on_old: Family<RotationLabels, Gauge>,
     verification_attempts: Histogram,
     requests: Family<RequestLabels, Counter>,
     throttled: Family<OperationLabels, Counter>,
@@ -122,6 +123,12 @@ impl Metrics {
             "When a new secret was last minted, stored and verified (Unix time)",
             last_success.clone(),
         );
+        let consumers_on_old = Family::<RotationLabels, Gauge>::default();
+        registry.register(
+            "entra_rotator_consumers_on_old_secret",
+            "Pods and roll-outs that may still use an older secret, keeping it from being revoked",
+            consumers_on_old.clone(),
+        );
         let verification_attempts = Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0]);
         registry.register(
             "entra_rotator_verification_attempts",
@@ -136,7 +143,7 @@ impl Metrics {
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         registry.register("entra_rotator_api_request_duration_seconds", "Latency of Graph and Key Vault requests", latency.clone());
-        Self { registry, expiry, reconciles, last_success, verification_attempts, requests, throttled, latency }
+        Self { registry, expiry, reconciles, last_success, consumers_on_old, verification_attempts, requests, throttled, latency }
     }
 
     /// The text exposition for `/metrics`.
@@ -160,6 +167,12 @@ impl Metrics {
             expiries.remove(rotation);
         }
         self.last_success.remove(&RotationLabels { rotation: rotation.to_string() });
+        self.consumers_on_old.remove(&RotationLabels { rotation: rotation.to_string() });
+    }
+
+    /// How many consumers keep the rotation's older secret from being revoked.
+    pub fn set_consumers_on_old_secret(&self, rotation: &str, count: u32) {
+        self.consumers_on_old.get_or_create(&RotationLabels { rotation: rotation.into() }).set(i64::from(count));
     }
 
     pub fn count_reconcile(&self, result: &str, reason: &str) {

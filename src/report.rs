@@ -61,7 +61,7 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
             "waiting: keyId {key_id} was minted by another run moments ago; it is cleaned up after {} if still unstored",
             day(&Some(*stale_at))
         ),
-        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at, .. } => {
+        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at, held, .. } => {
             let mut line = if *minted {
                 format!("rotated: new keyId {key_id} verified and stored, expires {}", day(expires))
             } else {
@@ -70,8 +70,10 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
             if !revoked.is_empty() {
                 line.push_str(&format!("; revoked {}", ids(revoked)));
             }
-            if !pending.is_empty() {
-                line.push_str(&format!("; {} revoked from {}", ids(pending), day(revoke_at)));
+            match held {
+                Some(hold) => line.push_str(&format!("; {} kept live ({}): {}", ids(pending), hold.reason, hold.message)),
+                None if !pending.is_empty() => line.push_str(&format!("; {} revoked from {}", ids(pending), day(revoke_at))),
+                None => {}
             }
             line
         }

@@ -549,6 +549,12 @@ fn rbac_grants_only_what_the_rotator_uses() {
             "{}",
             s.name
         );
+        assert_eq!(
+            verbs_on(&roles, "", "pods"),
+            verbs(&["get", "list", "watch"]),
+            "{}: pods are read (never written) to find consumers still on the old secret",
+            s.name
+        );
         for workload in ["deployments", "statefulsets", "daemonsets"] {
             let expected = if s.rollout {
                 verbs(&["get", "list", "patch"])

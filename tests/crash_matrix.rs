@@ -511,3 +511,147 @@ async fn read_all_stores(
     }
     held
 }
+
+/// Operator points: the real CronJob pass (`entra-rotator run --namespace`) is killed while
+/// a roll-out is under way and while revocation waits for a consumer, then run again. A
+/// Deployment reads the Secret through `envFrom`, so its pods hold the value they started
+/// with; lost = 0 means: the Secret's value authenticates, and so does the value every
+/// running pod may hold (the old keyId stays live while an old pod runs).
+mod operator_points {
+    use entra_rotator_standins::kubernetes::{routes, WorkloadKind};
+    use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+    use serde_json::json;
+    use std::process::Stdio;
+    use std::time::Instant;
+    use tokio::process::Command;
+
+    const NAMESPACE: &str = "dify";
+    const NAME: &str = "dify-smtp";
+
+    fn pass(scenario: &Scenario) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
+        command
+            .args(["run", "--namespace", NAMESPACE, "--azure-config", scenario.config_path.to_str().unwrap()])
+            .env("KUBECONFIG", scenario.kubeconfig_path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn pass_line(scenario: &Scenario) -> String {
+        let output = pass(scenario).output().await.unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// K0 settled, stored in the Secret, the Deployment's pod started on it; roll-outs from
+    /// now on get stuck until the test completes them.
+    async fn settled() -> Scenario {
+        let scenario = Scenario::start().await.unwrap();
+        let reads_env = json!({ "containers": [{ "name": "api", "image": "langgenius/dify-api",
+            "envFrom": [{ "secretRef": { "name": SECRET_NAME } }] }] });
+        scenario.kubernetes.create_workload_with(NAMESPACE, WorkloadKind::Deployment, "dify-api", &[("app", "dify")], reads_env, 1).unwrap();
+        let spec = json!({
+            "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
+            "lifetime": "4320h", "revokeGracePeriod": "0s",
+            "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
+            "verification": { "smtp": {
+                "host": "localhost", "port": scenario.relay.port(),
+                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+                "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } },
+            "rollout": [ { "kind": "Deployment", "name": "dify-api" } ]
+        });
+        scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
+        pass_line(&scenario).await;
+        scenario.kubernetes.hold_rollouts(true);
+        scenario
+    }
+
+    fn ours(scenario: &Scenario) -> Vec<String> {
+        let app = scenario.target_now();
+        app.passwords.iter().filter(|p| p.display_name.as_deref() == Some("entra-rotator:dify/dify-smtp")).map(|p| p.key_id.to_string()).collect()
+    }
+
+    /// The keyIds the running (ready) pods may hold: the template's keyId they carry, or,
+    /// for the roll-out's first pod, the one it started on.
+    fn held_by_pods(scenario: &Scenario) -> Vec<String> {
+        scenario
+            .kubernetes
+            .pods(NAMESPACE)
+            .iter()
+            .filter(|pod| pod["status"]["phase"] == "Running")
+            .map(|pod| pod["metadata"]["annotations"]["entra-rotator.io/key-id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Nothing lost: the Secret's value works, and every keyId a running pod holds is live.
+    fn assert_nothing_lost(scenario: &Scenario, point: &str) {
+        let secret = scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap();
+        scenario
+            .tenant
+            .authenticate(scenario.target.app_id, &secret.data["SMTP_PASSWORD"])
+            .unwrap_or_else(|e| panic!("{point}: the Secret's value does not authenticate: {e:?}"));
+        let live = ours(scenario);
+        for held in held_by_pods(scenario) {
+            assert!(live.contains(&held), "{point}: a running pod holds keyId {held}, which is no longer live ({live:?})");
+        }
+    }
+
+    /// Kills a pass at its pods list (the consumer check): the rotating pass itself, right
+    /// after it stored the new secret and started the roll-out, or (`held_before`) the pass
+    /// after one that already held the old secret. Then reruns with the roll-out still
+    /// stuck, completes it, reruns again; checks nothing was lost at each step.
+    async fn crash_while_listing_pods(point: &'static str, held_before: bool) {
+        let started = Instant::now();
+        let scenario = settled().await;
+        let force = |on: bool| {
+            let renew = if on { json!("4319h") } else { json!(null) };
+            scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": renew })).unwrap();
+        };
+        if held_before {
+            // One pass rotates and ends holding the old secret for the stuck roll-out.
+            force(true);
+            let line = pass_line(&scenario).await;
+            force(false);
+            assert!(line.contains("kept live (ConsumersOnOldSecret)"), "{line}");
+        } else {
+            force(true);
+        }
+        let held = scenario.kubernetes.faults().hold(routes::PODS.list);
+        let mut child = pass(&scenario).spawn().unwrap();
+        held.arrived().await;
+        child.kill().await.unwrap();
+        held.release();
+        force(false);
+        let after_kill = ours(&scenario).len();
+        assert_eq!(after_kill, 2, "{point}: the old secret is live while its pod runs");
+        assert_nothing_lost(&scenario, point);
+
+        // The restart finds the roll-out still stuck: nothing is revoked.
+        let line = pass_line(&scenario).await;
+        assert!(line.contains("kept live (ConsumersOnOldSecret)"), "{point}: {line}");
+        assert_nothing_lost(&scenario, point);
+        // The roll-out finishes; the next pass revokes the old secret.
+        scenario.kubernetes.complete_rollout(NAMESPACE, WorkloadKind::Deployment, "dify-api");
+        let rerun = pass_line(&scenario).await;
+        assert!(rerun.contains("revoked"), "{point}: {rerun}");
+        assert_eq!(ours(&scenario).len(), 1, "{point}");
+        assert_nothing_lost(&scenario, point);
+        println!(
+            "| {point} | {after_kill} | held (roll-out stuck), then revoked once it finished | 0 | {:.1} s |",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    #[tokio::test]
+    async fn kill_after_rollout_started_before_the_consumer_check() {
+        crash_while_listing_pods("operator: after the roll-out started (pods list in flight)", false).await;
+    }
+
+    #[tokio::test]
+    async fn kill_while_waiting_for_consumers() {
+        crash_while_listing_pods("operator: while waiting for consumers (pods list in flight)", true).await;
+    }
+}

@@ -4,12 +4,12 @@
 //! selectors), Leases with optimistic concurrency, Events, and workload roll-outs.
 
 use entra_rotator_standins::faults::Fault;
-use entra_rotator_standins::kubernetes::{KubernetesStandin, WorkloadKind, routes};
+use entra_rotator_standins::kubernetes::{KubernetesStandin, RolloutMode, WorkloadKind, routes};
 use entra_rotator_standins::tls::TestPki;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
     WatchEvent, WatchParams,
@@ -569,7 +569,8 @@ async fn a_strategic_merge_patch_restarts_a_deployment_and_it_rolls_out() {
     let containers = &rolled.spec.unwrap().template.spec.unwrap().containers;
     assert_eq!(containers.len(), 1, "the patch kept the containers");
 
-    // A held roll-out leaves the status behind until released.
+    // A held roll-out is seen (observedGeneration current) but does not progress: one new
+    // Pod waits for its image, the old one keeps running, until released.
     f.cluster.hold_rollouts(true);
     let again = json!({ "spec": { "template": { "metadata": { "annotations": {
         "entra-rotator.io/key-id": "1c7a-key"
@@ -587,13 +588,124 @@ async fn a_strategic_merge_patch_restarts_a_deployment_and_it_rolls_out() {
         .workload(NS, WorkloadKind::Deployment, "dify-api")
         .unwrap();
     assert_eq!(lagging["metadata"]["generation"], 3);
-    assert_eq!(lagging["status"]["observedGeneration"], 2);
+    assert_eq!(lagging["status"]["observedGeneration"], 3);
+    assert_eq!(lagging["status"]["updatedReplicas"], 1);
+    assert_eq!(lagging["status"]["availableReplicas"], 1);
+    assert_eq!(lagging["status"]["unavailableReplicas"], 1);
+    assert_eq!(pods_of(&f, "dify").await, [("0b6f-key".to_string(), true), ("1c7a-key".to_string(), false)]);
     f.cluster.hold_rollouts(false);
     let done = f
         .cluster
         .workload(NS, WorkloadKind::Deployment, "dify-api")
         .unwrap();
     assert_eq!(done["status"]["observedGeneration"], 3);
+    assert_eq!(done["status"]["updatedReplicas"], 1);
+    assert_eq!(done["status"]["unavailableReplicas"], 0);
+    assert_eq!(pods_of(&f, "dify").await, [("1c7a-key".to_string(), true)]);
+}
+
+/// The pods selected by `app=<app>`, through kube-rs: the keyId annotation each carries
+/// from its template, and whether it is ready, in that order.
+async fn pods_of(f: &Fixture, app: &str) -> Vec<(String, bool)> {
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), NS);
+    let listed = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.unwrap().items;
+    let mut found: Vec<(String, bool)> = listed
+        .iter()
+        .map(|pod| {
+            let key_id = pod.annotations().get("entra-rotator.io/key-id").cloned().unwrap_or_default();
+            let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
+                conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            (key_id, ready)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn workloads_run_pods_from_their_template_and_roll_them_out_as_the_test_says() {
+    let f = fixture().await;
+    let reads_secret = json!({ "containers": [{ "name": "api", "image": "langgenius/dify-api",
+        "envFrom": [{ "secretRef": { "name": "dify-smtp" } }] }] });
+    f.cluster
+        .create_workload_with(NS, WorkloadKind::StatefulSet, "worker", &[("app", "worker")], reads_secret.clone(), 2)
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), NS);
+    let first = pods.get("worker-0").await.unwrap();
+    let spec = first.spec.clone().unwrap();
+    assert_eq!(spec.containers[0].env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "dify-smtp");
+    assert!(first.metadata.creation_timestamp.is_some());
+    assert_eq!(first.owner_references()[0].kind, "StatefulSet");
+    let statefulsets: Api<StatefulSet> = Api::namespaced(f.client.clone(), NS);
+    let status = statefulsets.get_status("worker").await.unwrap().status.unwrap();
+    assert_eq!((status.updated_replicas, status.ready_replicas), (Some(2), Some(2)));
+    assert_eq!(status.current_revision, status.update_revision);
+
+    // Stuck: the new revision is announced and no Pod moves to it.
+    f.cluster.set_rollout_mode(RolloutMode::Stuck);
+    let restart = json!({ "spec": { "template": { "metadata": { "annotations": { "entra-rotator.io/key-id": "k2" } } } } });
+    statefulsets.patch("worker", &PatchParams::default(), &Patch::Merge(&restart)).await.unwrap();
+    let status = statefulsets.get_status("worker").await.unwrap().status.unwrap();
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.updated_replicas, Some(0));
+    assert_ne!(status.current_revision, status.update_revision);
+    assert_eq!(pods_of(&f, "worker").await, [(String::new(), true), (String::new(), true)]);
+
+    // Completed on the test's word: Pods created anew from the template, same names.
+    f.cluster.complete_rollout(NS, WorkloadKind::StatefulSet, "worker");
+    let status = statefulsets.get_status("worker").await.unwrap().status.unwrap();
+    assert_eq!((status.updated_replicas, status.available_replicas), (Some(2), Some(2)));
+    assert_eq!(status.current_revision, status.update_revision);
+    assert_eq!(pods_of(&f, "worker").await, [("k2".to_string(), true), ("k2".to_string(), true)]);
+    let replaced = pods.get("worker-0").await.unwrap();
+    assert_ne!(replaced.uid(), first.uid(), "worker-0 is a new Pod");
+
+    // A DaemonSet reports its progress in its own fields.
+    f.cluster.set_rollout_mode(RolloutMode::Immediate);
+    f.cluster.create_workload_with(NS, WorkloadKind::DaemonSet, "agent", &[("app", "agent")], reads_secret, 1).unwrap();
+    f.cluster.set_rollout_mode(RolloutMode::Stuck);
+    let daemonsets: Api<DaemonSet> = Api::namespaced(f.client.clone(), NS);
+    daemonsets.patch("agent", &PatchParams::default(), &Patch::Merge(&restart)).await.unwrap();
+    let status = daemonsets.get_status("agent").await.unwrap().status.unwrap();
+    assert_eq!((status.observed_generation, status.updated_number_scheduled), (Some(2), Some(0)));
+    f.cluster.complete_rollout(NS, WorkloadKind::DaemonSet, "agent");
+    let status = daemonsets.get_status("agent").await.unwrap().status.unwrap();
+    assert_eq!((status.updated_number_scheduled, status.number_available), (Some(1), Some(1)));
+    assert_eq!(pods_of(&f, "agent").await, [("k2".to_string(), true)]);
+
+    // A bare Pod is listed with the others; its projected-volume and subPath references
+    // come back as written.
+    let bare = json!({
+        "containers": [{ "name": "cron", "image": "busybox",
+            "volumeMounts": [{ "name": "smtp", "mountPath": "/etc/smtp/password", "subPath": "SMTP_PASSWORD" }] }],
+        "volumes": [{ "name": "smtp", "projected": { "sources": [{ "secret": { "name": "dify-smtp" } }] } }],
+    });
+    f.cluster.create_pod(NS, "cron", &[("app", "cron")], bare).unwrap();
+    let cron = pods.get("cron").await.unwrap().spec.unwrap();
+    assert_eq!(cron.containers[0].volume_mounts.as_ref().unwrap()[0].sub_path.as_deref(), Some("SMTP_PASSWORD"));
+    let projected = cron.volumes.unwrap()[0].projected.clone().unwrap();
+    assert_eq!(projected.sources.unwrap()[0].secret.as_ref().unwrap().name, "dify-smtp");
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 4, "two StatefulSet Pods, one DaemonSet Pod, the bare one");
+}
+
+#[tokio::test]
+async fn a_delayed_rollout_finishes_by_itself() {
+    let f = fixture().await;
+    f.cluster.create_workload(NS, WorkloadKind::Deployment, "api", &[("app", "api")]).unwrap();
+    f.cluster.set_rollout_mode(RolloutMode::After(Duration::from_millis(200)));
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), NS);
+    let restart = json!({ "spec": { "template": { "metadata": { "annotations": { "entra-rotator.io/key-id": "k2" } } } } });
+    deployments.patch("api", &PatchParams::default(), &Patch::Merge(&restart)).await.unwrap();
+    for _ in 0..600 {
+        let status = deployments.get_status("api").await.unwrap().status.unwrap();
+        if status.unavailable_replicas == Some(0) && status.updated_replicas == Some(1) {
+            assert_eq!(pods_of(&f, "api").await, [("k2".to_string(), true)]);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the delayed roll-out never finished");
 }
 
 #[tokio::test]

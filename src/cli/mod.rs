@@ -8,9 +8,11 @@ mod demo;
 #[cfg(feature = "demo")]
 mod playground;
 mod operator_cli;
+mod rotate;
 mod run_lock;
 mod scan;
 mod smtp_test;
+mod status;
 mod wiring;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -99,6 +101,21 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: std::path::PathBuf,
     },
+    /// Ask for a rotation of a ClientSecretRotation now, and wait until it is done.
+    ///
+    /// Sets the annotation entra-rotator.io/rotate-requested-at to the current time; the
+    /// controller (or the next CronJob pass) rotates once per value and records it in
+    /// status. Needs patch and get on clientsecretrotations in the namespace. Exit codes:
+    /// 0 done (or recorded, with --no-wait), 1 it failed or timed out, 2 no such object.
+    Rotate(rotate::RotateArgs),
+    /// Show a ClientSecretRotation's whole story: conditions, current and old keyIds with
+    /// expiry, the consumers and whether each holds the current value, the latest Events,
+    /// and what the controller does next and when.
+    ///
+    /// Reads the object and its Events (get on clientsecretrotations, list on
+    /// events.k8s.io events); never a Secret. Exit codes: 0 shown, 1 Kubernetes could not
+    /// be reached, 2 no such object.
+    Status(status::StatusArgs),
     /// Print a CustomResourceDefinition (YAML), generated from the Rust types; `crds/`
     /// holds the same text.
     Crd {
@@ -174,6 +191,8 @@ pub fn main() -> ExitCode {
             Command::Demo => demo::run().await,
             #[cfg(feature = "demo")]
             Command::Playground { dir } => playground::run(dir).await,
+            Command::Rotate(args) => rotate::run(args).await,
+            Command::Status(args) => status::run(args).await,
             Command::Crd { kind } => {
                 match kind.as_str() {
                     "RotationPolicy" => print!("{}", crate::operator::authorization::crd_yaml()),

@@ -21,6 +21,8 @@ pub enum Event {
     VerificationSkipped { key_id: Uuid },
     RolledOut { key_id: Uuid, workloads: Vec<String> },
     RevocationScheduled { key_ids: Vec<Uuid>, at: DateTime<Utc> },
+    /// Revocation was due and is held back because consumers may still use `key_ids`.
+    RevocationHeld { key_ids: Vec<Uuid>, message: String },
     Revoked { key_id: Uuid },
 }
 
@@ -72,6 +74,9 @@ impl fmt::Display for Event {
                 join(key_ids),
                 at.to_rfc3339()
             ),
+            Event::RevocationHeld { key_ids, message } => {
+                write!(f, "old keyId(s) {} stay live: {message}", join(key_ids))
+            }
             Event::Revoked { key_id } => write!(f, "revoked old keyId {key_id}"),
         }
     }

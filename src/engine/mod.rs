@@ -17,7 +17,10 @@ use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore
 use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
 use policy::{Decision, Observed, Plan, Timing};
-use ports::{Clock, Directory, GraphError, Rollout, RolloutError, SecretStore, StoreError, Verifier, VerifyError};
+use ports::{
+    Clock, Directory, GraphError, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, Verifier,
+    VerifyError,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -35,6 +38,8 @@ pub struct Rotation {
     pub verifier: Option<Arc<dyn Verifier>>,
     /// Restarts consumers after a new secret is verified; `None` when nothing needs it.
     pub rollout: Option<Arc<dyn Rollout>>,
+    /// Asked before old secrets are revoked; `None` revokes once the grace period is over.
+    pub revocation_gate: Option<Arc<dyn RevocationGate>>,
     pub verify_retry: VerifyRetry,
 }
 
@@ -97,6 +102,9 @@ pub enum Outcome {
         revoked: Vec<Uuid>,
         pending: Vec<Uuid>,
         revoke_at: Option<DateTime<Utc>>,
+        /// Set when revocation was due but the gate kept `pending` live; `revoke_at` is
+        /// then when to ask again.
+        held: Option<RevocationHold>,
     },
 }
 
@@ -172,18 +180,45 @@ impl Engine {
 
     /// [`run`](Self::run), proving an up-to-date secret again as `reverify` says.
     pub async fn run_with(&self, rotation: &Rotation, options: RunOptions, reverify: Reverify) -> Result<Outcome, EngineError> {
+        self.run_observed(rotation, options, reverify, None, Revocation::Ordinary).await
+    }
+
+    /// A rotation asked for while `replace` was the current secret: forced while the stores
+    /// still hold `replace`, an ordinary run once they hold another. A request is so
+    /// carried out once, however often a run is cut off and started again.
+    pub async fn run_replacing(&self, rotation: &Rotation, replace: Uuid, reverify: Reverify) -> Result<Outcome, EngineError> {
+        self.run_observed(rotation, RunOptions::default(), reverify, Some(replace), Revocation::Ordinary).await
+    }
+
+    /// [`run_replacing`](Self::run_replacing) after a leak: once the new secret is stored
+    /// and the consumers restarted, every other secret of ours is revoked at once, without
+    /// grace period and without asking the revocation gate. A consumer still on the leaked
+    /// secret loses mail until it restarts; the leak is worse.
+    pub async fn run_compromised(&self, rotation: &Rotation, replace: Option<Uuid>, reverify: Reverify) -> Result<Outcome, EngineError> {
+        self.run_observed(rotation, RunOptions::default(), reverify, replace, Revocation::AtOnce).await
+    }
+
+    async fn run_observed(
+        &self,
+        rotation: &Rotation,
+        options: RunOptions,
+        reverify: Reverify,
+        replace: Option<Uuid>,
+        revocation: Revocation,
+    ) -> Result<Outcome, EngineError> {
         let observation = self.observe(rotation).await?;
         let keys: Vec<_> = observation.stored.iter().map(policy::stored_key).collect();
         let now = self.clock.now();
+        let current = policy::current_credential(&rotation.name, &observation.app, &keys);
+        let replacing = replace.is_some_and(|old| current.is_some_and(|c| c.key_id == old));
         let plan = policy::plan(&Observed {
             rotation: &rotation.name,
             app: &observation.app,
             stored: &keys,
             now,
-            forced: options.force,
+            forced: options.force || replacing,
             timing: &rotation.timing,
         });
-        let current = policy::current_credential(&rotation.name, &observation.app, &keys);
         self.emit(rotation, Event::Observed {
             current: current.map(|c| c.key_id),
             expires: current.and_then(|c| c.end),
@@ -192,7 +227,7 @@ impl Engine {
         if options.dry_run {
             return Ok(Outcome::Planned(plan));
         }
-        self.execute(rotation, observation, plan, reverify).await
+        self.execute(rotation, observation, plan, reverify, revocation).await
     }
 
     /// Reads Graph, then (unless another rotation claims the application) every store,
@@ -217,6 +252,7 @@ impl Engine {
         mut observation: Observation,
         plan: Plan,
         reverify: Reverify,
+        revocation: Revocation,
     ) -> Result<Outcome, EngineError> {
         let object_id = observation.app.object_id;
         for key_id in &plan.remove_orphans {
@@ -242,7 +278,7 @@ impl Engine {
             }
             Decision::Rotate(trigger) => {
                 self.emit(rotation, Event::Decided { reason: trigger.reason, message: trigger.message });
-                self.rotate(rotation, &observation.app).await
+                self.rotate(rotation, &observation.app, revocation).await
             }
             Decision::CompleteStores { key_id, missing } => {
                 self.emit(rotation, Event::Decided {
@@ -256,14 +292,15 @@ impl Engine {
                 for index in missing {
                     self.store_one(rotation, &rotation.stores[index], key_id, &value, start, end).await?;
                 }
-                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app).await
+                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app, revocation).await
             }
             Decision::RevokeOld { key_id, old, revoke_at } => {
                 let credential = observation.app.credential(key_id).cloned();
                 let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
+                let renew_at = credential_renewal(rotation, &observation.app, key_id);
+                let at_once = revocation == Revocation::AtOnce;
                 // Within the grace period only one older secret may wait; more are revoked now.
-                if self.clock.now() < revoke_at && old.len() <= 1 {
-                    let renew_at = credential_renewal(rotation, &observation.app, key_id);
+                if !at_once && self.clock.now() < revoke_at && old.len() <= 1 {
                     return Ok(Outcome::Settled {
                         key_id,
                         minted: false,
@@ -272,17 +309,33 @@ impl Engine {
                         revoked: Vec::new(),
                         pending: old,
                         revoke_at: Some(revoke_at),
+                        held: None,
+                    });
+                }
+                // Asked before re-verifying: a hold can last hours, and each look would
+                // otherwise send a test mail from the application's quota.
+                let hold = if at_once { None } else { self.revocation_hold(rotation, key_id, &old).await? };
+                if let Some(hold) = hold {
+                    return Ok(Outcome::Settled {
+                        key_id,
+                        minted: false,
+                        expires: end,
+                        renew_at,
+                        revoked: Vec::new(),
+                        pending: old,
+                        revoke_at: Some(hold.recheck_at),
+                        held: Some(hold),
                     });
                 }
                 let value = value_held(&observation.stored, key_id)
                     .expect("the plan only revokes around a keyId every store holds");
-                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app).await
+                self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app, revocation).await
             }
         }
     }
 
     /// Mint → store everywhere → verify → revoke what is due.
-    async fn rotate(&self, rotation: &Rotation, app: &Application) -> Result<Outcome, EngineError> {
+    async fn rotate(&self, rotation: &Rotation, app: &Application, revocation: Revocation) -> Result<Outcome, EngineError> {
         let expires = self.clock.now() + rotation.timing.lifetime;
         let minted = rotation
             .directory
@@ -302,7 +355,7 @@ impl Engine {
         }
         let mut app = app.clone();
         app.password_credentials.push(minted.credential.clone());
-        self.settle(rotation, app.object_id, key_id, &minted.value, true, start, end, &app).await
+        self.settle(rotation, app.object_id, key_id, &minted.value, true, start, end, &app, revocation).await
     }
 
     /// Removes a secret that failed verification: its value reached no store, so nobody
@@ -353,7 +406,9 @@ impl Engine {
         start: Option<DateTime<Utc>>,
         expires: Option<DateTime<Utc>>,
         app: &Application,
+        revocation: Revocation,
     ) -> Result<Outcome, EngineError> {
+        let at_once = revocation == Revocation::AtOnce;
         if !minted {
             self.verify(rotation, key_id, value).await?;
         }
@@ -365,20 +420,45 @@ impl Engine {
         }
         let revoke_at = start.unwrap_or_else(|| self.clock.now()) + rotation.timing.revoke_grace;
         let renew_at = credential_renewal(rotation, app, key_id);
-        let (due, pending) = revocations(rotation, app, key_id, self.clock.now() >= revoke_at);
+        let (due, pending) = revocations(rotation, app, key_id, at_once || self.clock.now() >= revoke_at);
         if !pending.is_empty() {
             self.emit(rotation, Event::RevocationScheduled { key_ids: pending.clone(), at: revoke_at });
         }
         let revoke_at = (!pending.is_empty()).then_some(revoke_at);
         if due.is_empty() {
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None });
+        }
+        let hold = if at_once { None } else { self.revocation_hold(rotation, key_id, &due).await? };
+        if let Some(hold) = hold {
+            let pending = [due, pending].concat();
+            let revoke_at = Some(hold.recheck_at);
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold) });
         }
         self.confirm_stores_hold(rotation, key_id).await?;
         for old_key in &due {
             rotation.directory.remove_password(object_id, *old_key).await?;
             self.emit(rotation, Event::Revoked { key_id: *old_key });
         }
-        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at })
+        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None })
+    }
+
+    /// Asks the gate whether `old` may go now that consumers should use `key_id`. The
+    /// roll-out is (re)started first, so that a run cut off between storing and restarting
+    /// does not leave the consumers waiting for a restart that never comes; it changes
+    /// nothing when the workloads already carry `key_id`.
+    async fn revocation_hold(&self, rotation: &Rotation, key_id: Uuid, old: &[Uuid]) -> Result<Option<RevocationHold>, EngineError> {
+        let Some(gate) = &rotation.revocation_gate else { return Ok(None) };
+        if let Some(rollout) = &rotation.rollout {
+            let workloads = rollout.roll_out(key_id).await?;
+            if !workloads.is_empty() {
+                self.emit(rotation, Event::RolledOut { key_id, workloads });
+            }
+        }
+        let hold = gate.hold(key_id).await;
+        if let Some(hold) = &hold {
+            self.emit(rotation, Event::RevocationHeld { key_ids: old.to_vec(), message: hold.message.clone() });
+        }
+        Ok(hold)
     }
 
     /// Re-reads every store right before revoking: if anything changed the stored keyId
@@ -431,6 +511,15 @@ impl Engine {
             delay = (delay * 2).min(policy.max_delay);
         }
     }
+}
+
+/// When the older secrets of ours go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Revocation {
+    /// After the grace period, once the revocation gate lets them.
+    Ordinary,
+    /// As soon as the new secret is stored everywhere and rolled out (a leak).
+    AtOnce,
 }
 
 /// The older secrets of ours around `current`: those to revoke now and those to keep for

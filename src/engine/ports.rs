@@ -53,6 +53,26 @@ pub trait Rollout: Send + Sync {
     async fn roll_out(&self, key_id: Uuid) -> Result<Vec<String>, RolloutError>;
 }
 
+/// Says whether older secrets may be revoked now that `key_id` is stored and verified:
+/// a consumer that read an older value (a pod that took it into an environment variable,
+/// a roll-out that has not finished) keeps them live. Asked right before every
+/// revocation; a failure to find out is a hold too, whose message says what to fix.
+#[async_trait]
+pub trait RevocationGate: Send + Sync {
+    /// `None`: revoke. `Some`: keep the older secrets, and ask again at `recheck_at`.
+    async fn hold(&self, key_id: Uuid) -> Option<RevocationHold>;
+}
+
+/// Why the older secrets stay live for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationHold {
+    /// A stable word for conditions and metrics, e.g. `ConsumersOnOldSecret`.
+    pub reason: &'static str,
+    /// Names the consumers (pods, workloads) and what would release them.
+    pub message: String,
+    pub recheck_at: DateTime<Utc>,
+}
+
 /// A workload could not be restarted; names it and says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("could not restart {workload}: {message}")]

@@ -232,6 +232,7 @@ fn world(revoke_grace: chrono::Duration) -> World {
         stores: vec![vault.clone(), secret.clone()],
         verifier: Some(verifier.clone()),
         rollout: None,
+        revocation_gate: None,
         verify_retry: VerifyRetry::default(),
     };
     let engine = Engine::new(clock.clone(), sink.clone());
@@ -623,4 +624,88 @@ async fn a_store_changed_after_our_write_blocks_revocation() {
     assert!(w.directory.has(old), "the old secret, which a store holds again, is still live");
     assert_eq!(w.directory.writes(), removals_before + 1, "the addPassword only: no removePassword");
     assert!(!w.sink.events().iter().any(|(_, e)| matches!(e, Event::Revoked { .. })));
+}
+
+/// A gate that holds while `holding` is set, and counts how often it was asked.
+#[derive(Default)]
+struct FakeGate {
+    holding: Mutex<bool>,
+    asked: Mutex<u32>,
+}
+
+#[async_trait]
+impl RevocationGate for FakeGate {
+    async fn hold(&self, _key_id: Uuid) -> Option<RevocationHold> {
+        *self.asked.lock().unwrap() += 1;
+        self.holding.lock().unwrap().then(|| RevocationHold {
+            reason: "ConsumersOnOldSecret",
+            message: "pod dify/api-1 (env)".into(),
+            recheck_at: "2030-01-01T00:00:00Z".parse().unwrap(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_holding_gate_keeps_the_old_secret_live_without_reverifying_until_it_lets_go() {
+    let mut w = world(Days::zero());
+    let gate = Arc::new(FakeGate::default());
+    *gate.holding.lock().unwrap() = true;
+    w.rotation.revocation_gate = Some(gate.clone());
+    let old = w.settled().await;
+    let Outcome::Settled { key_id, revoked, pending, held: Some(hold), revoke_at, .. } =
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert!(revoked.is_empty());
+    assert_eq!(pending, vec![old]);
+    assert_eq!(revoke_at, Some(hold.recheck_at), "asked again when the gate says");
+    assert!(w.directory.has(old) && w.directory.has(key_id));
+
+    let attempts = *w.verifier.attempts.lock().unwrap();
+    let Outcome::Settled { held: Some(_), .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts, "a held look sends no test mail");
+    assert!(w.directory.has(old));
+
+    *gate.holding.lock().unwrap() = false;
+    let Outcome::Settled { revoked, held: None, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(revoked, vec![old]);
+    assert!(!w.directory.has(old));
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1, "re-verified right before revoking");
+}
+
+#[tokio::test]
+async fn a_requested_rotation_replaces_the_secret_it_was_asked_about_once() {
+    let w = world(Days::zero());
+    let first = w.settled().await;
+    let Outcome::Settled { key_id: second, minted: true, .. } = w.engine.run_replacing(&w.rotation, first, Reverify::No).await.unwrap() else {
+        panic!()
+    };
+    assert_ne!(second, first);
+    // Run again for the same request (a restart before it was recorded): nothing more.
+    let again = w.engine.run_replacing(&w.rotation, first, Reverify::No).await.unwrap();
+    assert!(matches!(again, Outcome::UpToDate { key_id, .. } if key_id == second), "{again:?}");
+    assert_eq!(w.directory.app.lock().unwrap().password_credentials.len(), 1);
+}
+
+#[tokio::test]
+async fn a_compromised_rotation_revokes_every_other_secret_at_once_without_asking_the_gate() {
+    let mut w = world(Days::hours(1));
+    let gate = Arc::new(FakeGate::default());
+    *gate.holding.lock().unwrap() = true;
+    w.rotation.revocation_gate = Some(gate.clone());
+    let first = w.settled().await;
+    let Outcome::Settled { key_id: second, .. } = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap() else {
+        panic!()
+    };
+    let asked = *gate.asked.lock().unwrap();
+    let Outcome::Settled { key_id: third, minted: true, revoked, pending, held: None, .. } =
+        w.engine.run_compromised(&w.rotation, Some(second), Reverify::No).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((revoked.len(), pending.len()), (2, 0), "both older secrets go at once, grace period or not");
+    assert!(!w.directory.has(first) && !w.directory.has(second) && w.directory.has(third));
+    assert_eq!(*gate.asked.lock().unwrap(), asked, "the consumer wait is skipped");
+    assert_eq!(w.vault.key_id(), Some(third));
 }

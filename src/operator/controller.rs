@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{predicates, watcher, WatchStreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,8 +86,8 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
     };
-    // Reconcile on spec changes only: our own status writes must not trigger a reconcile,
-    // or every reconcile would cost Graph and Key Vault reads twice.
+    // Reconcile on spec changes and rotate requests only: our own status writes must not
+    // trigger a reconcile, or every reconcile would cost Graph and Key Vault reads twice.
     let (reader, writer) = kube::runtime::reflector::store();
     let rotation_stream = watcher(rotations, watcher::Config::default())
         .default_backoff()
@@ -95,7 +95,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .modify(|rotation| kube::ResourceExt::managed_fields_mut(rotation).clear())
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(generation_or_rotate_request, Default::default());
     let lookup = reader.clone();
     let background = Arc::new(BackgroundRuns::default());
     let runs = background.clone();
@@ -199,4 +199,14 @@ async fn serve(addr: SocketAddr, app: axum::Router) {
         }
         Err(error) => tracing::error!(%addr, %error, "cannot serve the health or metrics endpoint"),
     }
+}
+
+/// Changes when the spec does (`metadata.generation`) or a rotation is requested (the
+/// annotation `entra-rotator.io/rotate-requested-at`, which leaves the generation alone).
+fn generation_or_rotate_request(rotation: &ClientSecretRotation) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    rotation.metadata.generation.hash(&mut hasher);
+    kube::ResourceExt::annotations(rotation).get(super::rotate_request::ROTATE_REQUESTED_AT).hash(&mut hasher);
+    Some(hasher.finish())
 }

@@ -78,6 +78,23 @@ pub struct ClientSecretRotationSpec {
     /// Workloads restarted (pod-template annotation) after a new secret is stored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollout: Vec<WorkloadRef>,
+    /// How long a pod that mounts a target Secret as a plain volume (no subPath) may take
+    /// to see a new value before it counts as holding it (Go duration, default 2m): the
+    /// kubelet refreshes such volumes on its sync period (1m by default) plus the delay of
+    /// its Secret cache.
+    #[serde(default = "default_volume_sync_delay")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
+    pub volume_sync_delay: String,
+    /// How long revocation may wait for pods and roll-outs still on the old secret before
+    /// a Warning Event and a notification say so (Go duration, default 24h). The old
+    /// secret stays live after that too, unless revokeWhenConsumersStuck.
+    #[serde(default = "default_consumer_wait_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
+    pub consumer_wait_timeout: String,
+    /// Revoke the old secret once consumerWaitTimeout has passed even though consumers may
+    /// still use it (their mail stops). Default false.
+    #[serde(default)]
+    pub revoke_when_consumers_stuck: bool,
     /// Stop rotating; status and alerts continue.
     #[serde(default)]
     pub suspend: bool,
@@ -94,6 +111,14 @@ fn default_lifetime() -> String {
 
 fn default_revoke_grace() -> String {
     "1h".into()
+}
+
+fn default_volume_sync_delay() -> String {
+    "2m".into()
+}
+
+fn default_consumer_wait_timeout() -> String {
+    "24h".into()
 }
 
 fn default_alert_thresholds() -> Vec<String> {
@@ -285,6 +310,80 @@ pub struct ClientSecretRotationStatus {
     /// Whether the current run of failures has been notified.
     #[serde(default)]
     pub failure_notified: bool,
+    /// The pods reading the target Secrets and the roll-outs, as last looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<ConsumersStatus>,
+    /// The last `entra-rotator.io/rotate-requested-at` annotation seen, and what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_request: Option<RotateRequestStatus>,
+}
+
+/// A rotation asked for with the `entra-rotator.io/rotate-requested-at` annotation
+/// (`entra-rotator rotate`). Each annotation value is carried out once.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateRequestStatus {
+    /// The annotation's value.
+    pub requested_at: String,
+    /// `Pending`, `Done`, or `Invalid` (the value is not an RFC 3339 time).
+    pub state: String,
+    /// The keyId that was current when the request was accepted: it is replaced once.
+    #[serde(default)]
+    pub replaces_key_id: Option<String>,
+    /// The keyId that answers the request.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Asked with `entra-rotator.io/rotate-compromised: "true"`: every other secret of ours
+    /// is revoked at once.
+    #[serde(default)]
+    pub compromised: bool,
+}
+
+/// Who reads the target Secrets, and whether each holds the current value.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumersStatus {
+    /// The keyId the consumers should hold.
+    pub key_id: String,
+    /// When entra-rotator last wrote the Secrets (from their managedFields).
+    // Written as null when unset: status is merge-patched, and an absent field stays.
+    #[serde(default)]
+    pub secret_written_time: Option<String>,
+    /// How many consumers may still use an older secret.
+    #[serde(default)]
+    pub on_old_secret: u32,
+    /// Since when revocation has waited for them (kept across controller restarts).
+    #[serde(default)]
+    pub waiting_since: Option<String>,
+    /// Whether the wait beyond consumerWaitTimeout has been notified.
+    #[serde(default)]
+    pub wait_notified: bool,
+    /// Up to 20 pods, those on the old secret first.
+    #[serde(default)]
+    pub pods: Vec<PodConsumerStatus>,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadRolloutStatus>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodConsumerStatus {
+    pub name: String,
+    /// How it reads the Secret: env, subPath, volume.
+    pub reads: Vec<String>,
+    pub holds_new_value: bool,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRolloutStatus {
+    /// e.g. `Deployment dify/dify-api`.
+    pub name: String,
+    pub rolled_out: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// The CustomResourceDefinition as YAML, as committed under `crds/`.
@@ -384,6 +483,28 @@ impl ClientSecretRotation {
         };
         config.check("spec", &mut problems);
         if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+}
+
+impl ClientSecretRotation {
+    /// The consumer rules of the spec, each duration checked.
+    pub fn consumer_rules(&self) -> Result<super::consumers::ConsumerRules, Vec<String>> {
+        let mut problems = Vec::new();
+        let volume_sync_delay = duration("volumeSyncDelay", &self.spec.volume_sync_delay, &mut problems);
+        let wait_timeout = duration("consumerWaitTimeout", &self.spec.consumer_wait_timeout, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(super::consumers::ConsumerRules {
+            volume_sync_delay: volume_sync_delay.chrono(),
+            wait_timeout: wait_timeout.chrono(),
+            revoke_when_stuck: self.spec.revoke_when_consumers_stuck,
+        })
+    }
+
+    /// The names of the Secrets the rotation writes (all in its namespace).
+    pub fn secret_names(&self) -> Vec<String> {
+        self.spec.targets.iter().filter_map(|t| t.secret.as_ref().map(|s| s.name.clone())).collect()
     }
 }
 

@@ -5,11 +5,13 @@
 //! A face over everything below it (engine, adapters, assembly, config, alerting, metrics,
 //! report); never the CLI.
 pub mod authorization;
+pub mod consumers;
 pub mod controller;
 pub mod crd;
 pub mod pass;
 pub mod reconcile;
 pub mod rollout;
+pub mod rotate_request;
 pub mod status;
 
 use crate::alerting::Notifier;

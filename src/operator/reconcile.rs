@@ -2,15 +2,17 @@
 //! what happened as Kubernetes Events, write the status, and say when to look again.
 //! Shared by the controller and the CronJob pass.
 
+use super::consumers::{self, ConsumerGate};
+use super::rotate_request;
 use super::crd::ClientSecretRotation;
 use super::rollout::WorkloadRollout;
 use super::status::{self, conditions};
-use crate::alerting::{Notification, Notifier, EXPIRING, FAILED};
+use crate::alerting::{Notification, Notifier, CONSUMERS_STUCK, EXPIRING, FAILED};
 use crate::assembly::Assembly;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::config::duration::HumanDuration;
 use crate::engine::events::{Event as EngineEvent, RecordingSink};
-use crate::engine::ports::{Clock, Rollout};
+use crate::engine::ports::{Clock, RevocationGate, Rollout};
 use crate::engine::{Engine, EngineError, Outcome, Reverify, RunOptions};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
@@ -62,6 +64,9 @@ pub enum ReconcileError {
 /// 451. The run goes on in the background, and a later reconcile collects its result.
 pub const ENGINE_SLICE: Duration = Duration::from_secs(10);
 
+/// The Revoked reason and Warning Event after `rotate --compromised`.
+const COMPROMISED_SECRET_REVOKED: &str = "CompromisedSecretRevoked";
+
 /// How soon a rotation whose engine run goes on in the background is looked at again.
 const BACKGROUND_POLL: Duration = Duration::from_secs(5);
 
@@ -71,6 +76,7 @@ type EngineResult = Result<Outcome, EngineError>;
 struct BackgroundRun {
     generation: Option<i64>,
     sink: Arc<RecordingSink>,
+    gate: Option<Arc<ConsumerGate>>,
     /// Events already published as Kubernetes Events.
     published: usize,
     handle: tokio::task::JoinHandle<EngineResult>,
@@ -192,18 +198,28 @@ pub async fn reconcile(
     // The cached object may predate our last status write (a Secret event can trigger a
     // reconcile before the watch delivers it); writing from it would undo that status.
     let previous = fresh_status(ctx, object).await?;
+    // A rotate request is recorded before anything is minted for it (see rotate_request).
+    let mut accepted = previous.clone();
+    let request = rotate_request::accept(object, &mut accepted);
+    if accepted.rotate_request != previous.rotate_request {
+        write_status(ctx, object, &previous, &accepted).await?;
+        if let Some(refused) = accepted.rotate_request.as_ref().filter(|r| r.state == rotate_request::INVALID) {
+            publish(ctx, object, EventType::Warning, "RotateRequestInvalid", refused.message.as_deref().unwrap_or_default()).await;
+        }
+    }
+    let previous = accepted;
     let thresholds = alert_thresholds(object);
     let verification_enabled = object.spec.verification.smtp.is_some();
-    let (sink, result, generation) = match resumed {
+    let (sink, result, generation, gate) = match resumed {
         Some(run) => {
             let events = run.sink.events();
             publish_events(ctx, object, &events[run.published.min(events.len())..]).await;
-            (run.sink, joined(run.handle.await, &name)?, run.generation)
+            (run.sink, joined(run.handle.await, &name)?, run.generation, run.gate)
         }
-        None => match start(object, ctx, &previous, &thresholds, now, background).await? {
-            Started::Done(sink, result) => {
+        None => match start(object, ctx, &previous, &thresholds, now, background, request).await? {
+            Started::Done(sink, result, gate) => {
                 publish_events(ctx, object, &sink.events()).await;
-                (sink, result, object.metadata.generation)
+                (sink, result, object.metadata.generation, gate)
             }
             Started::Returned(reconciled) => return Ok(reconciled),
         },
@@ -230,6 +246,21 @@ pub async fn reconcile(
         _ => None,
     });
     status::record_verification(&mut next, verified_now, verification_enabled, generation, now);
+    if let (Some(gate), Ok(outcome)) = (&gate, &result) {
+        let announced = consumers::record(gate, outcome, &previous, &mut next, generation, now).await;
+        if !announce_consumers(ctx, object, &mut next, announced, now).await {
+            soonest = soonest.min(Some(now + chrono::Duration::minutes(1)));
+        }
+    }
+    let on_old_value = gate.as_ref().and_then(|gate| gate.report()).map(|report| report.on_old_value()).unwrap_or_default();
+    if let Some((done, compromised)) = result.as_ref().ok().and_then(|outcome| rotate_request::finish(&mut next, outcome, &on_old_value)) {
+        if compromised {
+            status::set_condition(&mut next, consumers::REVOKED, true, COMPROMISED_SECRET_REVOKED, done.clone(), generation, now);
+            publish(ctx, object, EventType::Warning, COMPROMISED_SECRET_REVOKED, &done).await;
+        } else {
+            publish(ctx, object, EventType::Normal, "RotateRequestDone", &done).await;
+        }
+    }
     record_metrics(ctx, object, &next, &result, &events, now);
     if !notify(ctx, object, &mut next, result.as_ref().err(), &thresholds, now).await {
         // Undelivered notifications are retried soon, not at the next due time.
@@ -248,7 +279,7 @@ pub async fn reconcile(
 /// What [`start`] did: ran the engine to the end, or answered without it (suspended,
 /// invalid spec, or the run went to the background).
 enum Started {
-    Done(Arc<RecordingSink>, EngineResult),
+    Done(Arc<RecordingSink>, EngineResult, Option<Arc<ConsumerGate>>),
     Returned(Reconciled),
 }
 
@@ -261,6 +292,7 @@ async fn start(
     thresholds: &[chrono::Duration],
     now: DateTime<Utc>,
     background: Option<&BackgroundRuns>,
+    request: Option<rotate_request::Request>,
 ) -> Result<Started, ReconcileError> {
     let name = object.rotation_name();
     let generation = object.metadata.generation;
@@ -280,7 +312,20 @@ async fn start(
         return refuse_by_policy(object, ctx, previous.clone(), denial, now).await.map(Started::Returned);
     }
 
-    let rotation = match object.to_rotation_config().map_err(|problems| problems.join("; ")).and_then(|mut config| {
+    let rules = object.consumer_rules();
+    let gate = match &rules {
+        Ok(rules) if !object.secret_names().is_empty() => Some(Arc::new(ConsumerGate::new(
+            ctx.client.clone(),
+            object.metadata.namespace.clone().unwrap_or_default(),
+            object.secret_names(),
+            object.spec.rollout.clone(),
+            *rules,
+            ctx.clock.clone(),
+            consumers::recorded_wait(previous),
+        ))),
+        _ => None,
+    };
+    let mut rotation = match rules.map_err(|problems| problems.join("; ")).and_then(|_| object.to_rotation_config().map_err(|problems| problems.join("; "))).and_then(|mut config| {
         config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
         let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
             Arc::new(WorkloadRollout::new(
@@ -294,6 +339,7 @@ async fn start(
         Ok(rotation) => rotation,
         Err(problems) => return refuse_spec(object, ctx, previous.clone(), problems, now).await.map(Started::Returned),
     };
+    rotation.revocation_gate = gate.clone().map(|gate| gate as Arc<dyn RevocationGate>);
 
     let sink = Arc::new(RecordingSink::default());
     let engine = Engine::new(ctx.clock.clone(), sink.clone());
@@ -304,12 +350,18 @@ async fn start(
         Reverify::No
     };
     // A task of its own: it can outlive this reconcile (below), and a panic in it stays in it.
-    let mut handle = tokio::spawn(async move { engine.run_with(&rotation, RunOptions::default(), reverify).await });
+    let mut handle = tokio::spawn(async move {
+        match request {
+            Some(rotate_request::Request { replace, compromised: true }) => engine.run_compromised(&rotation, replace, reverify).await,
+            Some(rotate_request::Request { replace: Some(key_id), .. }) => engine.run_replacing(&rotation, key_id, reverify).await,
+            Some(rotate_request::Request { replace: None, .. }) | None => engine.run_with(&rotation, RunOptions::default(), reverify).await,
+        }
+    });
     let Some(runs) = background else {
-        return Ok(Started::Done(sink, joined(handle.await, &name)?));
+        return Ok(Started::Done(sink, joined(handle.await, &name)?, gate));
     };
     match tokio::time::timeout(ENGINE_SLICE, &mut handle).await {
-        Ok(result) => Ok(Started::Done(sink, joined(result, &name)?)),
+        Ok(result) => Ok(Started::Done(sink, joined(result, &name)?, gate)),
         Err(_) => {
             let events = sink.events();
             publish_events(ctx, object, &events).await;
@@ -319,7 +371,7 @@ async fn start(
             let message = format!("the rotation goes on in the background (e.g. verification retrying while Entra replicates a new secret); last step: {last}");
             status::set_condition(&mut next, conditions::ROTATING, true, conditions::IN_PROGRESS, message, generation, now);
             write_status(ctx, object, previous, &next).await?;
-            runs.keep(name.clone(), BackgroundRun { generation, sink, published: events.len(), handle });
+            runs.keep(name.clone(), BackgroundRun { generation, sink, gate, published: events.len(), handle });
             Ok(Started::Returned(Reconciled {
                 summary: format!("{name}: still rotating; the worker is given back while the engine run goes on"),
                 failed: false,
@@ -337,6 +389,9 @@ fn record_metrics(
     events: &[(String, EngineEvent)],
     now: DateTime<Utc>,
 ) {
+    if let Some(consumers) = &next.consumers {
+        ctx.metrics.set_consumers_on_old_secret(&object.rotation_name(), consumers.on_old_secret);
+    }
     let rotation = object.rotation_name();
     let decided = events.iter().find_map(|(_, e)| match e {
         EngineEvent::Decided { reason, .. } => Some(*reason),
@@ -427,6 +482,43 @@ async fn notify(
         }
         Some(_) => {}
         None => next.failure_notified = false,
+    }
+    delivered
+}
+
+/// Publishes what the consumer check found that a person must hear about: a wait past
+/// consumerWaitTimeout (Warning Event and notification, once per wait) and a revocation
+/// made although consumers were stuck. Returns false when a delivery failed.
+async fn announce_consumers(
+    ctx: &Context,
+    object: &ClientSecretRotation,
+    next: &mut super::crd::ClientSecretRotationStatus,
+    announced: consumers::Announcements,
+    now: DateTime<Utc>,
+) -> bool {
+    let mut delivered = true;
+    if let Some(message) = announced.revoked_while_stuck {
+        publish(ctx, object, EventType::Warning, consumers::REVOKED_WHILE_STUCK, &message).await;
+    }
+    if let Some(message) = announced.timed_out {
+        let message = format!("revocation has waited longer than consumerWaitTimeout: {message}");
+        publish(ctx, object, EventType::Warning, consumers::CONSUMER_WAIT_TIMED_OUT, &message).await;
+        let notification = Notification {
+            kind: CONSUMERS_STUCK,
+            rotation: object.rotation_name(),
+            application_id: object.spec.application.client_id.clone(),
+            key_id: next.current_key_id.clone(),
+            expires_at: status::parse_time(&next.not_after),
+            days_left: status::parse_time(&next.not_after).map(|at| (at - now).num_days()),
+            message,
+        };
+        if let Err(problem) = deliver(ctx, &notification).await {
+            delivered = false;
+            if let Some(consumers) = next.consumers.as_mut() {
+                consumers.wait_notified = false;
+            }
+            publish(ctx, object, EventType::Warning, "NotificationFailed", &problem.to_string()).await;
+        }
     }
     delivered
 }
@@ -563,6 +655,7 @@ fn event_kind(event: &EngineEvent) -> Option<(EventType, &'static str)> {
         EngineEvent::VerificationSkipped { .. } => (EventType::Warning, "VerificationSkipped"),
         EngineEvent::RolledOut { .. } => (EventType::Normal, "Restarted"),
         EngineEvent::RevocationScheduled { .. } => (EventType::Normal, "RevocationScheduled"),
+        EngineEvent::RevocationHeld { .. } => (EventType::Warning, super::consumers::CONSUMERS_ON_OLD_SECRET),
         EngineEvent::Revoked { .. } => (EventType::Normal, "Revoked"),
     })
 }

@@ -63,6 +63,17 @@ impl WorkloadRollout {
     }
 }
 
+impl WorkloadRollout {
+    /// Every workload `spec.rollout` names, as the API server has it now.
+    pub async fn workloads(&self) -> Result<Vec<(WorkloadKind, DynamicObject)>, RolloutError> {
+        let mut found = Vec::new();
+        for workload in &self.workloads {
+            found.extend(self.targets(workload).await?.into_iter().map(|object| (workload.kind, object)));
+        }
+        Ok(found)
+    }
+}
+
 #[async_trait]
 impl Rollout for WorkloadRollout {
     async fn roll_out(&self, key_id: Uuid) -> Result<Vec<String>, RolloutError> {

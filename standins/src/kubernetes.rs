@@ -61,12 +61,14 @@ mod namespaces;
 mod objects;
 mod openapi;
 mod protobuf;
+mod rollout;
 mod selectors;
 mod table;
 mod watch;
 
 pub use inspect::StandinEvent;
 pub use kinds::{ApiError, WorkloadKind};
+pub use rollout::RolloutMode;
 
 /// Route names under which requests are counted and faults are queued: the HTTP method
 /// (`WATCH` for `GET …?watch=true`) and the path template, e.g.
@@ -189,6 +191,8 @@ pub mod routes {
         route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies");
     pub const VALIDATINGADMISSIONPOLICYBINDINGS: RouteSet =
         route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings");
+    /// core/v1 Pods: what the rotator lists to find the consumers of a Secret.
+    pub const PODS: RouteSet = route_set!("/api/v1", "pods");
     /// `apiextensions.k8s.io/v1` CustomResourceDefinitions are cluster-scoped: their routes
     /// have no `/namespaces/{namespace}` (the namespaced names are unused).
     pub const CUSTOM_RESOURCE_DEFINITIONS: RouteSet = RouteSet {
@@ -509,8 +513,10 @@ struct Cluster {
     /// Every other kind, keyed by kind, namespace and name.
     objects: BTreeMap<(kinds::Kind, String, String), objects::StoredObject>,
     history: watch::History,
-    /// Workloads keep their old status after a spec change (a stuck roll-out).
-    rollouts_held: bool,
+    /// How workloads roll out after a template change.
+    rollout_mode: rollout::RolloutMode,
+    /// Roll-outs begun and not finished, with when they finish (`None`: when the test says).
+    pending_rollouts: BTreeMap<(kinds::Kind, String, String), Option<std::time::Instant>>,
     resource_version: u64,
 }
 
@@ -523,7 +529,8 @@ impl Cluster {
             secrets: BTreeMap::new(),
             objects: BTreeMap::new(),
             history: watch::History::new(),
-            rollouts_held: false,
+            rollout_mode: rollout::RolloutMode::Immediate,
+            pending_rollouts: BTreeMap::new(),
             resource_version: 0,
         }
     }
@@ -570,6 +577,8 @@ pub struct KubernetesStandin {
     shared: Shared,
     /// Keeps the server running; dropping it stops it.
     _task: ServerTask,
+    /// Finishes delayed roll-outs ([`RolloutMode::After`]); stops with the server.
+    _rollouts: ServerTask,
 }
 
 impl fmt::Debug for KubernetesStandin {
@@ -588,10 +597,20 @@ impl KubernetesStandin {
             cluster: Arc::new(Mutex::new(Cluster::new())),
         };
         let (address, task) = serve_tls(router(shared.clone()), pki).await?;
+        let cluster = Arc::downgrade(&shared.cluster);
+        let rollouts = ServerTask::new(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                let Some(cluster) = cluster.upgrade() else { return };
+                rollout::complete_due(&mut super::lock(&cluster));
+            }
+        }));
         Ok(Self {
             url: format!("https://{address}"),
             shared,
             _task: task,
+            _rollouts: rollouts,
         })
     }
 

@@ -601,6 +601,7 @@ pub fn in_process_rotation(
         stores,
         verifier: Some(Arc::new(verifier)),
         rollout: None,
+        revocation_gate: None,
         verify_retry: VerifyRetry {
             budget: Duration::from_secs(10),
             initial_delay: Duration::from_millis(100),

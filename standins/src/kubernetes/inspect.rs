@@ -5,6 +5,7 @@
 use super::KubernetesStandin;
 use super::kinds::{ApiError, Kind, WorkloadKind};
 use super::objects::{self, Author, Target, Write};
+use super::rollout::{self, RolloutMode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -189,7 +190,8 @@ impl KubernetesStandin {
     }
 
     /// Creates a workload (and its namespace) whose selector and pod template carry
-    /// `labels`, with one container; it is rolled out at once.
+    /// `labels`, with one container and one replica; it rolls out as the mode says
+    /// ([`RolloutMode`]), at once by default.
     pub fn create_workload(
         &self,
         namespace: &str,
@@ -197,16 +199,29 @@ impl KubernetesStandin {
         name: &str,
         labels: &[(&str, &str)],
     ) -> Result<Value, ApiError> {
+        let pod_spec = json!({ "containers": [{ "name": name, "image": "registry.example/app:1" }] });
+        self.create_workload_with(namespace, kind, name, labels, pod_spec, 1)
+    }
+
+    /// [`create_workload`](Self::create_workload) with a pod spec of the test's choosing
+    /// (e.g. one that reads a Secret through `envFrom` or a volume) and `replicas` (ignored
+    /// for a DaemonSet, which runs one Pod: the stand-in has one node).
+    pub fn create_workload_with(
+        &self,
+        namespace: &str,
+        kind: WorkloadKind,
+        name: &str,
+        labels: &[(&str, &str)],
+        pod_spec: Value,
+        replicas: u64,
+    ) -> Result<Value, ApiError> {
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
         let mut spec = json!({
             "selector": { "matchLabels": labels },
-            "template": {
-                "metadata": { "labels": labels },
-                "spec": { "containers": [{ "name": name, "image": "registry.example/app:1" }] },
-            },
+            "template": { "metadata": { "labels": labels }, "spec": pod_spec },
         });
         if kind != WorkloadKind::DaemonSet {
-            spec["replicas"] = json!(1);
+            spec["replicas"] = json!(replicas);
         }
         if kind == WorkloadKind::StatefulSet {
             spec["serviceName"] = json!(name);
@@ -220,6 +235,43 @@ impl KubernetesStandin {
             Write::Create(body),
         )?;
         Ok(self.workload(namespace, kind, name).unwrap_or(created))
+    }
+
+    /// Creates a Pod owned by no workload (and its namespace), running and ready, created
+    /// now; `spec` as in a manifest.
+    pub fn create_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        spec: Value,
+    ) -> Result<Value, ApiError> {
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let body = json!({
+            "metadata": { "name": name, "labels": labels },
+            "spec": spec,
+            "status": rollout::pod_status(true),
+        });
+        self.seed(Kind::Pod, namespace, name, Target::Main, Write::Create(body))
+    }
+
+    /// The Pods in `namespace`, oldest first.
+    pub fn pods(&self, namespace: &str) -> Vec<Value> {
+        let cluster = self.shared.cluster();
+        let mut pods: Vec<(u64, Value)> = cluster
+            .objects
+            .iter()
+            .filter(|((kind, ns, _), _)| *kind == Kind::Pod && ns == namespace)
+            .map(|(_, object)| (object.created_version, object.render(Kind::Pod.info())))
+            .collect();
+        pods.sort_by_key(|(created, _)| *created);
+        pods.into_iter().map(|(_, pod)| pod).collect()
+    }
+
+    /// Deletes a Pod (as `kubectl delete pod`; its workload, if any, does not replace it
+    /// until its next roll-out); `false` if it did not exist.
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
+        objects::delete(&mut self.shared.cluster(), Kind::Pod, namespace, name).is_ok()
     }
 
     /// The whole workload, status included.
@@ -240,14 +292,20 @@ impl KubernetesStandin {
             .unwrap_or_default()
     }
 
-    /// While held, a workload's status keeps its old `observedGeneration` after a spec
-    /// change, as during a slow or stuck roll-out; releasing rolls every workload out.
+    /// How workloads roll out from now on ([`RolloutMode::Immediate`] at start).
+    pub fn set_rollout_mode(&self, mode: RolloutMode) {
+        self.shared.cluster().rollout_mode = mode;
+    }
+
+    /// `true`: roll-outs from now on get stuck ([`RolloutMode::Stuck`]); `false`: they
+    /// happen at once again, and every workload is rolled out now.
     pub fn hold_rollouts(&self, held: bool) {
-        let mut cluster = self.shared.cluster();
-        cluster.rollouts_held = held;
         if held {
+            self.set_rollout_mode(RolloutMode::Stuck);
             return;
         }
+        let mut cluster = self.shared.cluster();
+        cluster.rollout_mode = RolloutMode::Immediate;
         let workloads: Vec<(Kind, String, String)> = cluster
             .objects
             .keys()
@@ -255,8 +313,14 @@ impl KubernetesStandin {
             .cloned()
             .collect();
         for (kind, namespace, name) in workloads {
-            objects::roll_out(&mut cluster, kind, &namespace, &name);
+            rollout::complete(&mut cluster, kind, &namespace, &name);
         }
+    }
+
+    /// Finishes the workload's roll-out now (new Pods replace the old ones, the status
+    /// says it is complete), whatever the mode.
+    pub fn complete_rollout(&self, namespace: &str, kind: WorkloadKind, name: &str) {
+        rollout::complete(&mut self.shared.cluster(), kind.kind(), namespace, name);
     }
 
     /// Deletes a Secret out of band (as `kubectl delete secret`); `false` if it did not exist.

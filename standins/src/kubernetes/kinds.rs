@@ -45,6 +45,7 @@ pub(super) enum Kind {
     RotationPolicy,
     ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
+    Pod,
 }
 
 /// How the real API server's registry treats one kind.
@@ -331,9 +332,13 @@ const POD_DISRUPTION_BUDGET: KindInfo = stored(
     routes::PODDISRUPTIONBUDGETS,
 );
 
+/// Pods, as the workload controllers create them (see `rollout`) or a test seeds them; the
+/// kubelet's part (phase, conditions) is written with them.
+const POD: KindInfo = stored("", "pods", "pod", &["po"], "Pod", true, routes::PODS);
+
 /// Kinds served under `/apis/{group}/{version}/…` (and core ones under `/api/v1/…`) by the
 /// generic object store.
-const GENERIC: [Kind; 18] = [
+const GENERIC: [Kind; 19] = [
     Kind::Rotation,
     Kind::Event,
     Kind::Lease,
@@ -352,10 +357,11 @@ const GENERIC: [Kind; 18] = [
     Kind::RotationPolicy,
     Kind::ValidatingAdmissionPolicy,
     Kind::ValidatingAdmissionPolicyBinding,
+    Kind::Pod,
 ];
 
 /// Every kind the stand-in serves, in the order discovery lists them.
-pub(super) const SERVED: [Kind; 19] = [
+pub(super) const SERVED: [Kind; 20] = [
     Kind::Secret,
     Kind::Rotation,
     Kind::Event,
@@ -375,6 +381,7 @@ pub(super) const SERVED: [Kind; 19] = [
     Kind::RotationPolicy,
     Kind::ValidatingAdmissionPolicy,
     Kind::ValidatingAdmissionPolicyBinding,
+    Kind::Pod,
 ];
 
 impl Kind {
@@ -399,6 +406,7 @@ impl Kind {
             Kind::RotationPolicy => &ROTATION_POLICY,
             Kind::ValidatingAdmissionPolicy => &VALIDATING_ADMISSION_POLICY,
             Kind::ValidatingAdmissionPolicyBinding => &VALIDATING_ADMISSION_POLICY_BINDING,
+            Kind::Pod => &POD,
         }
     }
 

@@ -11,8 +11,8 @@
 //! - `metadata.generation` counts changes outside `metadata` and `status`;
 //! - a write that changes nothing keeps the `resourceVersion` and fires no watch event;
 //!   every other write takes the next `resourceVersion` and fires one;
-//! - workloads "roll out" at once: a spec change is followed by a status write (as the
-//!   controller-manager would) unless roll-outs are held.
+//! - workloads roll out: a spec change is followed by Pod replacements and a status write,
+//!   as the controller-manager would (see `rollout`).
 
 use super::document::{self, FieldPath};
 use super::kinds::{ApiError, Kind, KindInfo};
@@ -752,60 +752,10 @@ fn commit(
     cluster
         .objects
         .insert((kind, namespace.to_string(), name.to_string()), next);
-    if kind.is_workload() && generation_changed && !cluster.rollouts_held {
-        roll_out(cluster, kind, namespace, name);
+    if kind.is_workload() && generation_changed {
+        super::rollout::spec_changed(cluster, kind, namespace, name);
     }
     (code, rendered)
-}
-
-/// What the controller-manager writes once a workload's pods all run its latest template.
-fn rolled_out_status(kind: Kind, body: &Value) -> Value {
-    let generation = body
-        .pointer("/metadata/generation")
-        .cloned()
-        .unwrap_or(json!(1));
-    let replicas = body.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
-    match kind {
-        Kind::DaemonSet => json!({
-            "observedGeneration": generation, "desiredNumberScheduled": 1,
-            "currentNumberScheduled": 1, "updatedNumberScheduled": 1,
-            "numberReady": 1, "numberAvailable": 1, "numberMisscheduled": 0,
-        }),
-        Kind::StatefulSet => json!({
-            "observedGeneration": generation, "replicas": replicas, "readyReplicas": replicas,
-            "currentReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas,
-        }),
-        _ => json!({
-            "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-            "readyReplicas": replicas, "availableReplicas": replicas,
-        }),
-    }
-}
-
-/// Completes a workload's roll-out as a separate status write, as the real controller does.
-pub(super) fn roll_out(cluster: &mut Cluster, kind: Kind, namespace: &str, name: &str) {
-    let Some(object) = cluster
-        .objects
-        .get(&(kind, namespace.to_string(), name.to_string()))
-    else {
-        return;
-    };
-    let patch = json!({ "status": rolled_out_status(kind, &object.body) });
-    let written = write(
-        cluster,
-        kind,
-        namespace,
-        name,
-        Target::Status,
-        Write::MergePatch(patch),
-        Author {
-            manager: "kube-controller-manager",
-            strict: false,
-        },
-    );
-    if let Err(error) = written {
-        tracing::debug!(%error, "stand-in could not roll a workload out");
-    }
 }
 
 /// Removes the object, recording a `DELETED` event with the next `resourceVersion`.
