@@ -80,6 +80,7 @@ impl World {
         let output = Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
             .args(["run", "--namespace", NAMESPACE, "--azure-config", self.settings.to_str().unwrap()])
             .env("KUBECONFIG", self.scenario.kubeconfig_path())
+            .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
             .env_remove("RUST_LOG")
             .output()
             .await

@@ -533,6 +533,7 @@ mod operator_points {
         command
             .args(["run", "--namespace", NAMESPACE, "--azure-config", scenario.config_path.to_str().unwrap()])
             .env("KUBECONFIG", scenario.kubeconfig_path())
+            .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -12,7 +12,7 @@ const NAME: &str = "dify-smtp";
 
 fn rotator(scenario: &Scenario, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
-    command.args(args).env("KUBECONFIG", scenario.kubeconfig_path()).env_remove("RUST_LOG").kill_on_drop(true);
+    command.args(args).env("KUBECONFIG", scenario.kubeconfig_path()).env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost").env_remove("RUST_LOG").kill_on_drop(true);
     command
 }
 
