@@ -314,3 +314,23 @@ async fn smtp_test_shows_an_echoed_auth_argument_in_no_form_even_at_trace_level(
         );
     }
 }
+
+/// Found by the smtp_replies fuzz target (docs/upstream/lettre-ehlo-whitespace-panic.md):
+/// an EHLO line of only blanks made lettre's capability parser panic, so one reply line
+/// from a relay could stop the process. It is refused before lettre reads it.
+#[tokio::test]
+async fn an_ehlo_line_of_only_blanks_fails_the_verification_instead_of_panicking() {
+    let pki = TestPki::generate().unwrap();
+    let script = Script {
+        greeting: b"220 relay.example ESMTP\r\n".to_vec(),
+        replies: vec![b"250-relay.example\r\n250 \t\r\n".to_vec()],
+    };
+    let relay = HostileSmtp::start(script, Some(&pki)).await;
+    let verifier = verifier(relay.port(), TlsMode::Implicit, AuthMechanism::Login, &pki);
+
+    let error = verifier.verify(&app(), &SecretString::from(SECRET.to_string())).await.expect_err("the relay's answer is unusable");
+
+    let shown = error.to_string();
+    assert!(shown.contains("only blanks"), "{shown}");
+    assert!(shown.contains(&format!("localhost:{}", relay.port())), "{shown}");
+}

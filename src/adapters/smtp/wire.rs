@@ -49,6 +49,9 @@ pub enum ReplyLimit {
     LineTooLong,
     #[error("a reply of more than {MAX_REPLY_LINES} lines")]
     TooManyLines,
+    /// lettre's EHLO parser panics on such a line (docs/upstream/lettre-ehlo-whitespace-panic.md).
+    #[error("a reply line whose text is only blanks")]
+    BlankText,
 }
 
 impl ReplyLimit {
@@ -282,6 +285,8 @@ struct BoundedStream<S> {
     line_start: [u8; 4],
     /// Lines of the current reply that said another line follows.
     continued_lines: usize,
+    /// The current line's text after the code and separator (at most [`MAX_LINE`] bytes).
+    text: Vec<u8>,
 }
 
 impl<S> BoundedStream<S> {
@@ -293,6 +298,7 @@ impl<S> BoundedStream<S> {
             line_len: 0,
             line_start: [0; 4],
             continued_lines: 0,
+            text: Vec::new(),
         }
     }
 
@@ -307,7 +313,15 @@ impl<S> BoundedStream<S> {
                 self.line_start[self.line_len] = byte;
             }
             self.line_len += 1;
+            if self.line_len > self.line_start.len() && byte != b'\r' && byte != b'\n' {
+                self.text.push(byte);
+            }
             if byte == b'\n' {
+                let text = String::from_utf8_lossy(&self.text);
+                if !text.is_empty() && text.split_whitespace().next().is_none() {
+                    return Err(ReplyLimit::BlankText);
+                }
+                self.text.clear();
                 if self.line_len > 4 && self.line_start[3] == b'-' {
                     self.continued_lines += 1;
                     if self.continued_lines >= MAX_REPLY_LINES {
@@ -432,5 +446,17 @@ mod tests {
         }
         let endless = b"250-X\r\n".repeat(MAX_REPLY_LINES);
         assert_eq!(stream.check(&endless), Err(ReplyLimit::TooManyLines));
+    }
+
+    /// Found by the smtp_replies fuzz target: lettre's EHLO parser panics on this line.
+    #[test]
+    fn a_line_of_only_blanks_is_refused_before_lettre_reads_it() {
+        for blank in [&b"250 \t\r\n"[..], b"250-  \r\n", b"250\t\t\t \r\n", "250-\u{3000}\r\n".as_bytes()] {
+            let mut stream = bounded();
+            assert_eq!(stream.check(b"250-relay.example\r\n"), Ok(()));
+            assert_eq!(stream.check(blank), Err(ReplyLimit::BlankText), "{:?}", String::from_utf8_lossy(blank));
+        }
+        let mut stream = bounded();
+        assert_eq!(stream.check(b"250-relay.example\r\n250-\r\n250 AUTH LOGIN\r\n"), Ok(()), "an empty line is fine");
     }
 }
