@@ -9,6 +9,7 @@
 pub mod hostile_smtp;
 
 use base64::Engine as _;
+use entra_rotator_standins::faults::Hold;
 use entra_rotator_standins::graph::ROUTE_REMOVE_PASSWORD;
 use entra_rotator_standins::scenario::{
     ROTATION, SECRET_NAME, SECRET_NAMESPACE, Scenario, VAULT_SECRET,
@@ -135,6 +136,39 @@ impl Rotator {
                 "the child never reached {what}"
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until the child's request is held by `hold` in a stand-in; panics if the child
+    /// exits first or never gets there.
+    pub async fn wait_held(&mut self, what: &str, hold: &Hold) {
+        if !self.held_or_exited(what, hold).await {
+            let status = self.child.wait().await.expect("child status");
+            let output = self.collect(status.code()).await;
+            panic!(
+                "the child exited ({status}) before {what}:\n{}",
+                tail(&output.text)
+            );
+        }
+    }
+
+    /// `true` once the child's request is held by `hold`, `false` if the child exited first.
+    pub async fn held_or_exited(&mut self, what: &str, hold: &Hold) -> bool {
+        let arrived = hold.arrived();
+        tokio::pin!(arrived);
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                () = &mut arrived => return true,
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if self.child.try_wait().expect("child status").is_some() {
+                return false;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the child never reached {what}"
+            );
         }
     }
 
