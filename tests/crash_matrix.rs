@@ -67,6 +67,18 @@ enum Hold {
 }
 
 impl Hold {
+    /// Whether the child is stopped with its `removePassword` for K0 in flight.
+    fn holds_a_revocation(self) -> bool {
+        matches!(
+            self,
+            Hold::RevokeLanded
+                | Hold::Request {
+                    route: ROUTE_REMOVE_PASSWORD,
+                    ..
+                }
+        )
+    }
+
     /// Queues the hold; returns what the child must have done for it to be blocked there.
     fn arm(self, scenario: &Arc<Scenario>) -> Box<dyn Fn() -> bool> {
         let held = Fault {
@@ -127,8 +139,17 @@ impl Row {
     }
 }
 
-/// Settles K0, kills a forced rotation at `hold`, reruns, checks every invariant.
-async fn crash_at(point: &'static str, hold: Hold) -> Row {
+/// How many old secrets were revoked (after their successor was verified and stored)
+/// and how many unstored orphans were removed, over the killed run and the rerun.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Removals {
+    revoked: usize,
+    orphans: usize,
+}
+
+/// Settles K0, kills a forced rotation at `hold`, reruns, checks every invariant and that
+/// the removals were `expected`.
+async fn crash_at(point: &'static str, hold: Hold, expected: Removals) -> Row {
     let started = Instant::now();
     let scenario = scenario().await;
     let transcript = Transcript::default();
@@ -143,6 +164,13 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
     let blocked = hold.arm(&scenario);
     let mut child = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
     child.wait_until(point, blocked).await;
+    // The child is blocked in the stand-in: the world stands still while we look at it.
+    let at_the_kill = snapshot(&scenario);
+    let mut revoked_in_kill = 0;
+    if hold.holds_a_revocation() {
+        assert_revocation_followed_verification(point, &at_the_kill, k0[0], mails_before_kill);
+        revoked_in_kill = 1;
+    }
     if let Hold::RevokeLanded = hold {
         assert!(
             scenario
@@ -160,43 +188,55 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
         Vec::<String>::new(),
         "{point}: consumers broke"
     );
-    let (revoked_in_kill, _) =
-        assert_revocations_followed_verification(&killed, mails_before_kill, &k0);
     consumers_credential_works(&scenario)
         .unwrap_or_else(|e| panic!("{point}, after the kill: {e}"));
     let ours_after_kill = our_key_ids(&scenario).len();
+    let stored_earlier: Vec<_> = killed
+        .samples
+        .iter()
+        .chain([&Sample { stored: stored_key_ids(&scenario) }])
+        .flat_map(|s| s.stored.iter().flatten().copied())
+        .chain(k0.iter().copied())
+        .collect();
 
-    // The rerun: a plain run, orphans cleaned at once. Each removePassword is held 150 ms
-    // so the monitor sees the world as it was when the revocation was asked for.
+    // The rerun: a plain run, orphans cleaned at once. Each removePassword is held until
+    // the test has looked at the world as it was when the revocation was asked for.
     scenario
         .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 0s")
         .unwrap();
-    scenario.graph.faults().push_times(
-        ROUTE_REMOVE_PASSWORD,
-        Fault::delay(Duration::from_millis(150)),
-        3,
-    );
     let monitor = Monitor::start(scenario.clone());
     let mails_before_rerun = scenario.relay.accepted_messages().len();
-    let rerun = run_ok(&scenario, &[], &transcript).await;
+    let rerun = run_checking_revocations(
+        point,
+        &scenario,
+        &[],
+        &transcript,
+        mails_before_rerun,
+        &stored_earlier,
+    )
+    .await;
+    assert_eq!(rerun.output.code, Some(0), "{point}: the rerun: {}", tail(&rerun.output.text));
     let watched = monitor.stop().await;
     assert_eq!(
         watched.violations,
         Vec::<String>::new(),
         "{point}: consumers broke in the rerun"
     );
-    let (revocations, orphans) =
-        assert_revocations_followed_verification(&watched, mails_before_rerun, &k0);
-    assert_log_verifies_before_revoking(&rerun.text);
+    assert_log_verifies_before_revoking(&rerun.output.text);
+    let removals = Removals {
+        revoked: revoked_in_kill + rerun.revoked.len(),
+        orphans: rerun.orphans.len(),
+    };
+    assert_eq!(removals, expected, "{point}: what was removed");
 
     assert_settled_with_one_credential(&scenario, point);
     transcript.assert_no_secret_leaked(&scenario);
     Row {
         point,
         ours_after_kill,
-        rerun: outcome_word(&rerun.text),
-        revocations: revoked_in_kill + revocations,
-        orphans,
+        rerun: outcome_word(&rerun.output.text),
+        revocations: removals.revoked,
+        orphans: removals.orphans,
         samples: killed.samples.len() + watched.samples.len(),
         seconds: started.elapsed().as_secs_f64(),
     }
@@ -242,6 +282,7 @@ async fn kill_during_observe_while_reading_graph() {
             service: Service::Graph,
             route: ROUTE_GET_APPLICATION,
         },
+        Removals { revoked: 0, orphans: 0 },
     )
     .await
     .print();
@@ -255,6 +296,7 @@ async fn kill_during_observe_while_reading_key_vault() {
             service: Service::Vault,
             route: vault_routes::GET_SECRET,
         },
+        Removals { revoked: 0, orphans: 0 },
     )
     .await
     .print();
@@ -268,6 +310,7 @@ async fn kill_after_observe_with_add_password_in_flight() {
             service: Service::Graph,
             route: ROUTE_ADD_PASSWORD,
         },
+        Removals { revoked: 0, orphans: 0 },
     )
     .await
     .print();
@@ -281,6 +324,7 @@ async fn kill_after_verification_before_any_store_write() {
             service: Service::Vault,
             route: vault_routes::SET_SECRET,
         },
+        Removals { revoked: 0, orphans: 1 },
     )
     .await;
     assert_eq!(
@@ -303,6 +347,7 @@ async fn kill_after_key_vault_write_before_kubernetes_write() {
             service: Service::Kubernetes,
             route: kube_routes::PATCH_SECRET,
         },
+        Removals { revoked: 1, orphans: 0 },
     )
     .await;
     assert!(
@@ -315,7 +360,7 @@ async fn kill_after_key_vault_write_before_kubernetes_write() {
 
 #[tokio::test]
 async fn kill_after_mint_before_verification() {
-    let row = crash_at("after mint (verification connecting)", Hold::RelayGreeting).await;
+    let row = crash_at("after mint (verification connecting)", Hold::RelayGreeting, Removals { revoked: 0, orphans: 1 }).await;
     assert!(row.rerun.contains("removed the unstored secret"), "{}", row.rerun);
     row.print();
 }
@@ -325,6 +370,7 @@ async fn kill_during_verification_retries() {
     crash_at(
         "during verification (2 × 451, retrying)",
         Hold::RelayAfterRetries,
+        Removals { revoked: 0, orphans: 1 },
     )
     .await
     .print();
@@ -338,6 +384,7 @@ async fn kill_after_verification_before_revoke() {
             service: Service::Graph,
             route: ROUTE_REMOVE_PASSWORD,
         },
+        Removals { revoked: 2, orphans: 0 },
     )
     .await;
     assert!(
@@ -353,6 +400,7 @@ async fn kill_after_revoke_landed_but_its_answer_was_lost() {
     let row = crash_at(
         "after revoke (Graph acted, answer lost)",
         Hold::RevokeLanded,
+        Removals { revoked: 1, orphans: 0 },
     )
     .await;
     assert_eq!(row.ours_after_kill, 1);
@@ -362,6 +410,7 @@ async fn kill_after_revoke_landed_but_its_answer_was_lost() {
 /// With a grace period the old secret outlives the rerun, but never more than two of ours.
 #[tokio::test]
 async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
+    const POINT: &str = "after Key Vault write, revokeGracePeriod 1h";
     let started = Instant::now();
     let scenario = scenario().await;
     scenario
@@ -371,6 +420,7 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     run_ok(&scenario, &[], &transcript).await;
     let k0 = our_key_ids(&scenario);
     let monitor = Monitor::start(scenario.clone());
+    let mails_before = scenario.relay.accepted_messages().len();
     let blocked = Hold::Request {
         service: Service::Kubernetes,
         route: kube_routes::PATCH_SECRET,
@@ -380,32 +430,39 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     child.wait_until("the Kubernetes write", blocked).await;
     child.kill().await;
     scenario.kubernetes.faults().clear();
+    let stored_after_kill: Vec<_> = stored_key_ids(&scenario).into_iter().flatten().chain(k0.iter().copied()).collect();
     scenario
         .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 0s")
         .unwrap();
-    let rerun = run_ok(&scenario, &[], &transcript).await;
+    let rerun = run_checking_revocations(POINT, &scenario, &[], &transcript, mails_before, &stored_after_kill).await;
+    assert_eq!(rerun.output.code, Some(0), "{POINT}: {}", tail(&rerun.output.text));
     let watched = monitor.stop().await;
-    assert_eq!(watched.violations, Vec::<String>::new());
-    let (revocations, orphans) = assert_revocations_followed_verification(&watched, 0, &k0);
+    assert_eq!(watched.violations, Vec::<String>::new(), "{POINT}");
+    assert_eq!(
+        (rerun.revoked.len(), rerun.orphans.len()),
+        (0, 0),
+        "{POINT}: nothing removed inside the grace period"
+    );
     let ours = our_key_ids(&scenario);
     assert_eq!(
         ours.len(),
         2,
-        "the old secret waits for its grace period: {ours:?}"
+        "{POINT}: the old secret waits for its grace period: {ours:?}"
     );
+    assert!(ours.contains(&k0[0]), "{POINT}: K0 is one of the two");
     let [vault, secret] = stored_key_ids(&scenario);
     assert!(
-        vault.is_some() && vault == secret,
-        "both stores hold the new secret"
+        vault.is_some() && vault == secret && vault != Some(k0[0]),
+        "{POINT}: both stores hold the new secret"
     );
-    assert!(rerun.text.contains("revoked from"), "{}", tail(&rerun.text));
+    assert!(rerun.output.text.contains("revoked from"), "{POINT}: {}", tail(&rerun.output.text));
     transcript.assert_no_secret_leaked(&scenario);
     Row {
-        point: "after Key Vault write, revokeGracePeriod 1h",
+        point: POINT,
         ours_after_kill: 2,
-        rerun: outcome_word(&rerun.text) + ", old secret kept for its grace period (2 live)",
-        revocations,
-        orphans,
+        rerun: outcome_word(&rerun.output.text) + ", old secret kept for its grace period (2 live)",
+        revocations: 0,
+        orphans: 0,
         samples: watched.samples.len(),
         seconds: started.elapsed().as_secs_f64(),
     }

@@ -333,11 +333,7 @@ fn check_consumers(scenario: &Scenario, lag_ok: bool) -> Result<(), String> {
 /// One sample of the world taken by a [`Monitor`].
 #[derive(Clone, Debug)]
 pub struct Sample {
-    pub at: Duration,
     pub stored: [Option<Uuid>; 2],
-    pub ours: Vec<Uuid>,
-    pub mails: usize,
-    pub remove_requests: u64,
 }
 
 /// Samples the world every couple of milliseconds while children run, and records every
@@ -402,69 +398,134 @@ async fn sample_until(
             }
         }
         samples.push(Sample {
-            at: started.elapsed(),
             stored: stored_key_ids(&scenario),
-            ours: our_key_ids(&scenario),
-            mails: scenario.relay.accepted_messages().len(),
-            remove_requests: scenario.graph.faults().count(ROUTE_REMOVE_PASSWORD),
         });
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     (samples, violations)
 }
 
-/// Checks every revocation a monitor saw. When a `removePassword` request arrived (the
-/// stand-in holds it briefly, so the state is frozen) for a keyId that a store ever held,
-/// both stores held another live keyId of ours and the relay had accepted a verification
-/// mail since `mails_before`. A keyId no store ever held is an unstored orphan: removing
-/// it needs no verification. Returns (revocations checked, orphans removed).
-pub fn assert_revocations_followed_verification(
-    watched: &Watched,
+/// The world at one moment: what the stores hold, our live keyIds, the mails accepted.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub stored: [Option<Uuid>; 2],
+    pub ours: Vec<Uuid>,
+    pub mails: usize,
+}
+
+pub fn snapshot(scenario: &Scenario) -> Snapshot {
+    Snapshot {
+        stored: stored_key_ids(scenario),
+        ours: our_key_ids(scenario),
+        mails: scenario.relay.accepted_messages().len(),
+    }
+}
+
+/// Checks the world as it stood when a `removePassword` for `removed` arrived (the request
+/// held, so nothing moved): both stores held the same live keyId of ours, not the one
+/// removed, and the relay had accepted a verification mail since `mails_before`.
+pub fn assert_revocation_followed_verification(
+    case: &str,
+    at: &Snapshot,
+    removed: Uuid,
+    mails_before: usize,
+) {
+    let [vault, secret] = at.stored;
+    assert!(
+        vault.is_some() && vault == secret,
+        "{case}: removePassword for {removed} arrived while the stores disagreed: {at:?}"
+    );
+    let stored = vault.unwrap();
+    assert!(
+        stored != removed && at.ours.contains(&stored),
+        "{case}: removePassword for {removed} arrived while the stored keyId was not a live \
+         successor: {at:?}"
+    );
+    assert!(
+        at.mails > mails_before,
+        "{case}: removePassword for {removed} arrived before any verification mail was \
+         accepted: {at:?}"
+    );
+}
+
+/// What [`run_checking_revocations`] saw: the run, and the keyIds it removed, split into
+/// revocations (a store had held them) and unstored orphans (no store ever had).
+pub struct CheckedRun {
+    pub output: RunOutput,
+    pub revoked: Vec<Uuid>,
+    pub orphans: Vec<Uuid>,
+}
+
+/// More `removePassword` requests than any one run of the scenario sends.
+const MOST_REMOVALS: usize = 4;
+
+/// Runs the binary to completion with every `removePassword` held in the Graph stand-in
+/// until the test has looked at the world, then released. Each must remove exactly one
+/// keyId of ours; one a store had held (`stored_earlier`, or seen in a store during the
+/// run) is a revocation and is checked with [`assert_revocation_followed_verification`]; one
+/// no store ever held is an unstored orphan, whose removal needs no verification.
+pub async fn run_checking_revocations(
+    case: &str,
+    scenario: &Scenario,
+    extra: &[&str],
+    transcript: &Transcript,
     mails_before: usize,
     stored_earlier: &[Uuid],
-) -> (usize, usize) {
-    let samples = &watched.samples;
-    let ever_stored: Vec<Uuid> = samples
+) -> CheckedRun {
+    let graph = scenario.graph.faults();
+    let holds: Vec<Hold> = (0..MOST_REMOVALS)
+        .map(|_| graph.hold(ROUTE_REMOVE_PASSWORD))
+        .collect();
+    let mut child = Rotator::spawn(&scenario.config_path, extra, transcript);
+    let mut frozen = Vec::new();
+    for hold in &holds {
+        if !child.held_or_exited(&format!("{case}: a removePassword"), hold).await {
+            break;
+        }
+        frozen.push(snapshot(scenario));
+        hold.release();
+    }
+    assert!(
+        frozen.len() < MOST_REMOVALS,
+        "{case}: more removePassword requests than expected"
+    );
+    // Holds no request took let later requests through at once.
+    holds.iter().skip(frozen.len()).for_each(Hold::release);
+    let output = child.finish().await;
+    let end = snapshot(scenario);
+    let ever_stored: Vec<Uuid> = frozen
         .iter()
+        .chain([&end])
         .flat_map(|s| s.stored.iter().flatten().copied())
         .chain(stored_earlier.iter().copied())
         .collect();
-    let (mut revocations, mut orphans) = (0, 0);
-    for (index, pair) in samples.windows(2).enumerate() {
-        let (before, at) = (&pair[0], &pair[1]);
-        if at.remove_requests == before.remove_requests {
-            continue;
+    let (mut revoked, mut orphans) = (Vec::new(), Vec::new());
+    for (index, at) in frozen.iter().enumerate() {
+        let after = frozen.get(index + 1).unwrap_or(&end);
+        let removed: Vec<Uuid> = at
+            .ours
+            .iter()
+            .filter(|k| !after.ours.contains(k))
+            .copied()
+            .collect();
+        assert_eq!(
+            removed.len(),
+            1,
+            "{case}: removePassword number {} removed one keyId of ours: {at:?} then {after:?}",
+            index + 1
+        );
+        if ever_stored.contains(&removed[0]) {
+            assert_revocation_followed_verification(case, at, removed[0], mails_before);
+            revoked.push(removed[0]);
+        } else {
+            orphans.push(removed[0]);
         }
-        let later = samples[index + 1..].iter().find(|s| s.ours != at.ours);
-        let removed: Vec<Uuid> = later
-            .map(|l| {
-                at.ours
-                    .iter()
-                    .filter(|k| !l.ours.contains(k))
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !removed.is_empty() && removed.iter().all(|k| !ever_stored.contains(k)) {
-            orphans += 1;
-            continue;
-        }
-        revocations += 1;
-        let [vault, secret] = at.stored;
-        assert!(
-            vault.is_some() && vault == secret,
-            "removePassword arrived while the stores disagreed: {at:?}"
-        );
-        assert!(
-            at.ours.contains(&vault.unwrap()) && !removed.contains(&vault.unwrap()),
-            "removePassword arrived while the stored keyId was not live, or was the one removed: {at:?}"
-        );
-        assert!(
-            at.mails > mails_before,
-            "removePassword arrived before any verification mail was accepted: {at:?}"
-        );
     }
-    (revocations, orphans)
+    CheckedRun {
+        output,
+        revoked,
+        orphans,
+    }
 }
 
 /// The engine's own log must show `verified keyId K` before every `revoked old keyId X`.
