@@ -16,6 +16,7 @@ use entra_rotator::engine::ports::{Directory, GraphError, SystemClock};
 use entra_rotator::engine::{Engine, Outcome, RunOptions};
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION};
 use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::kubernetes::routes as kube_routes;
 use entra_rotator_standins::scenario::Scenario;
 use std::sync::Arc;
 use std::time::Duration;
@@ -279,14 +280,58 @@ async fn run_and_controller_refuse_a_concurrency_of_zero_and_run_reports_in_conf
             "{args:?}"
         );
     }
-    let output = rotator(&["run", "--config", config, "--concurrency", "4"])
-        .output()
-        .await
+
+    // Four rotations run at once; the first in the file is held (its Kubernetes write, the
+    // only one in the file) until the other three have stored, so it finishes last. The
+    // results still come out in the file's order.
+    let names = with_three_more_rotations(&scenario);
+    let held = scenario.kubernetes.faults().hold(kube_routes::PATCH_SECRET);
+    let mut child = rotator(&["run", "--config", config, "--concurrency", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), held.arrived())
+        .await
+        .expect("dify-smtp reached its Kubernetes write");
+    while scenario.vault.faults().count(vault_routes::SET_SECRET) < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended while one rotation was held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.release();
+    let output = child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    assert!(
-        stdout.starts_with("dify-smtp: rotated: new keyId"),
-        "{stdout}"
-    );
+    let reported: Vec<&str> = stdout.lines().filter_map(|l| l.split_once(": rotated: new keyId").map(|(name, _)| name)).collect();
+    assert_eq!(reported, names, "results in configuration order:\n{stdout}");
+}
+
+/// Gives the scenario's file three more rotations of three new applications, each into its
+/// own Key Vault secret, and leaves the first (`dify-smtp`) with only its Kubernetes
+/// Secret; returns the rotation names in file order.
+fn with_three_more_rotations(scenario: &Scenario) -> Vec<String> {
+    let text = std::fs::read_to_string(&scenario.config_path).unwrap();
+    let at = text.find("  - name: dify-smtp").expect("the scenario's rotation");
+    let first = text[at..].to_string();
+    let vault_target = first
+        .find("      - keyVault:")
+        .map(|start| &first[start..first.find("      - kubernetesSecret:").unwrap()])
+        .unwrap()
+        .to_string();
+    let secret_target = &first[first.find("      - kubernetesSecret:").unwrap()..first.find("    verification:").unwrap()];
+    let mut rotations = first.replace(&vault_target, "");
+    let mut names = vec!["dify-smtp".to_string()];
+    for index in 1..=3 {
+        let name = format!("app-{index}");
+        let app = scenario.tenant.register_app(&name);
+        rotations.push_str(
+            &first
+                .replace(secret_target, "")
+                .replace("name: dify-smtp", &format!("name: {name}"))
+                .replace(&scenario.target.app_id.to_string(), &app.app_id.to_string())
+                .replace("secretName: dify-smtp-password", &format!("secretName: {name}-password")),
+        );
+        names.push(name);
+    }
+    std::fs::write(&scenario.config_path, format!("{}{rotations}", &text[..at])).unwrap();
+    names
 }
