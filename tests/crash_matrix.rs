@@ -470,21 +470,23 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
 }
 
 /// Secret values live in `secrecy::SecretString` (redacted `Debug`, zeroized on drop) from
-/// the Graph answer to the store write. Checked on the real adapters: the `Debug` output of
-/// every value-carrying type, of the adapters, of the engine's events and of errors holds
-/// none of the values minted.
+/// the Graph answer to the store write. Checked on the objects that handled a value: the
+/// `Debug` output of the minted secret, of what the stores hold, of the value on its way to
+/// a store, of the engine's outcomes and events, of the verifier's refusal, and of the real
+/// adapters (Graph client, both stores, verifier) after they minted, verified, wrote and
+/// read the values, holds none of the values minted.
 #[tokio::test]
 async fn secret_values_never_reach_debug_output_events_or_errors() {
-    use entra_rotator::domain::{MintedSecret, SecretString, SecretToStore, StoredSecret};
+    use entra_rotator::domain::{ExposeSecret, MintedSecret, SecretString, SecretToStore, StoredSecret};
     use entra_rotator::engine::RunOptions;
 
     fn held_in_secrecy(_: &SecretString) {}
 
     let scenario = scenario().await;
-    let rotation = in_process_rotation(&scenario, Duration::from_secs(5));
+    let (rotation, adapters) = in_process_rotation_and_adapters(&scenario, Duration::from_secs(5));
     let (engine, events) = engine();
-    engine.run(&rotation, RunOptions::default()).await.unwrap();
-    engine
+    let first = engine.run(&rotation, RunOptions::default()).await.unwrap();
+    let forced = engine
         .run(
             &rotation,
             RunOptions {
@@ -529,15 +531,9 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         .unwrap_err();
 
     let debug = format!(
-        "{minted:?}\n{stored:?}\n{to_store:?}\n{:?}\n{verify_error:?}\n{verify_error}\n{:?}\n{:?}\n{:?}",
+        "{minted:?}\n{stored:?}\n{to_store:?}\n{first:?}\n{forced:?}\n{:?}\n{verify_error:?}\n{verify_error}\n{}",
         events.events(),
-        rotation
-            .stores
-            .iter()
-            .map(|s| s.describe())
-            .collect::<Vec<_>>(),
-        rotation.app,
-        rotation.timing,
+        adapters.debug(),
     );
     assert!(
         debug.contains("REDACTED"),
@@ -548,7 +544,9 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         values.len() >= 4,
         "K0, K1, the debug-check secret, the foreign one"
     );
-    for value in &values {
+    let stored_values: Vec<_> = stored.iter().flatten().map(|s| s.value.expose_secret().to_string()).collect();
+    assert_eq!(stored_values.len(), 2, "both stores held a value while their Debug was taken");
+    for value in values.iter().chain(&stored_values) {
         for form in secret_forms(value) {
             assert!(
                 !debug.contains(&form),

@@ -557,6 +557,25 @@ pub fn in_process_rotation(
     scenario: &Scenario,
     timeout: Duration,
 ) -> entra_rotator::engine::Rotation {
+    in_process_rotation_and_adapters(scenario, timeout).0
+}
+
+/// The concrete adapters behind an in-process rotation (the rotation holds them as trait
+/// objects), so a test can print what the ones that handled a secret value show in `Debug`.
+pub struct Adapters(Vec<Arc<dyn std::fmt::Debug + Send + Sync>>);
+
+impl Adapters {
+    /// The `Debug` output of the Graph client, every store and the verifier.
+    pub fn debug(&self) -> String {
+        self.0.iter().map(|adapter| format!("{adapter:?}\n")).collect()
+    }
+}
+
+/// [`in_process_rotation`], and its adapters.
+pub fn in_process_rotation_and_adapters(
+    scenario: &Scenario,
+    timeout: Duration,
+) -> (entra_rotator::engine::Rotation, Adapters) {
     use entra_rotator::adapters::graph::{GraphClient, GraphConfig, RetryPolicy};
     use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
     use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
@@ -599,15 +618,18 @@ pub fn in_process_rotation(
         base_delay: Duration::from_millis(50),
         max_delay: Duration::from_secs(2),
     };
-    let directory = GraphClient::new(
-        GraphConfig {
-            base_url: scenario.graph.graph_url(),
-            retry,
-        },
-        credential.clone(),
-        http.clone(),
-    )
-    .unwrap();
+    let directory = Arc::new(
+        GraphClient::new(
+            GraphConfig {
+                base_url: scenario.graph.graph_url(),
+                retry,
+            },
+            credential.clone(),
+            http.clone(),
+        )
+        .unwrap(),
+    );
+    let mut adapters: Vec<Arc<dyn std::fmt::Debug + Send + Sync>> = vec![directory.clone()];
 
     let mut kube_config = kube::Config::new(scenario.kubernetes.url().parse().unwrap());
     kube_config.root_cert = Some(
@@ -640,7 +662,7 @@ pub fn in_process_rotation(
                     KeyVaultSettings::new(vault.vault_url.as_str(), vault.secret_name.clone());
                 let trust = VaultTrust::for_authority(&scenario.graph.authority_host())
                     .with_private_hosts(vault.vault_url.host_str());
-                stores.push(Arc::new(
+                let store = Arc::new(
                     KeyVaultStore::new(
                         settings,
                         &trust,
@@ -648,9 +670,12 @@ pub fn in_process_rotation(
                         azure_client_options(http.clone()),
                     )
                     .unwrap(),
-                ));
+                );
+                adapters.push(store.clone());
+                stores.push(store);
             }
-            TargetConfig::KubernetesSecret(secret) => stores.push(Arc::new(
+            TargetConfig::KubernetesSecret(secret) => {
+                let store = Arc::new(
                 KubernetesSecretStore::new(
                     kube_client.clone(),
                     KubernetesSecretSettings {
@@ -666,10 +691,13 @@ pub fn in_process_rotation(
                     },
                 )
                 .unwrap(),
-            )),
+                );
+                adapters.push(store.clone());
+                stores.push(store);
+            }
         }
     }
-    let verifier = SmtpVerifier::new(
+    let verifier = Arc::new(SmtpVerifier::new(
         SmtpVerification {
             host: smtp.host.clone(),
             port: smtp.port,
@@ -682,8 +710,9 @@ pub fn in_process_rotation(
         },
         &trust,
     )
-    .unwrap();
-    Rotation {
+    .unwrap());
+    adapters.push(verifier.clone());
+    let rotation = Rotation {
         name: rotation.name.clone(),
         app,
         timing: Timing {
@@ -692,16 +721,17 @@ pub fn in_process_rotation(
             revoke_grace: chrono::Duration::zero(),
             orphan_grace: chrono::Duration::zero(),
         },
-        directory: Arc::new(directory),
+        directory,
         stores,
-        verifier: Some(Arc::new(verifier)),
+        verifier: Some(verifier),
         rollout: None,
         verify_retry: VerifyRetry {
             budget: Duration::from_secs(10),
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
         },
-    }
+    };
+    (rotation, Adapters(adapters))
 }
 
 /// An engine on the wall clock that keeps its events in memory.
