@@ -329,12 +329,12 @@ async fn kill_after_verification_before_any_store_write() {
     .await;
     assert_eq!(
         row.ours_after_kill, 2,
-        "the minted secret existed unstored after the kill"
+        "{}: the minted secret existed unstored after the kill", row.point
     );
     assert!(
         row.rerun.contains("removed the unstored secret"),
-        "{}",
-        row.rerun
+        "{}: {}",
+        row.point, row.rerun
     );
     row.print();
 }
@@ -352,8 +352,8 @@ async fn kill_after_key_vault_write_before_kubernetes_write() {
     .await;
     assert!(
         row.rerun.starts_with("settled"),
-        "the rerun completes the stores: {}",
-        row.rerun
+        "{}: the rerun completes the stores: {}",
+        row.point, row.rerun
     );
     row.print();
 }
@@ -361,7 +361,7 @@ async fn kill_after_key_vault_write_before_kubernetes_write() {
 #[tokio::test]
 async fn kill_after_mint_before_verification() {
     let row = crash_at("after mint (verification connecting)", Hold::RelayGreeting, Removals { revoked: 0, orphans: 1 }).await;
-    assert!(row.rerun.contains("removed the unstored secret"), "{}", row.rerun);
+    assert!(row.rerun.contains("removed the unstored secret"), "{}: {}", row.point, row.rerun);
     row.print();
 }
 
@@ -389,8 +389,8 @@ async fn kill_after_verification_before_revoke() {
     .await;
     assert!(
         row.rerun.contains("revoked the old secret"),
-        "{}",
-        row.rerun
+        "{}: {}",
+        row.point, row.rerun
     );
     row.print();
 }
@@ -403,7 +403,7 @@ async fn kill_after_revoke_landed_but_its_answer_was_lost() {
         Removals { revoked: 1, orphans: 0 },
     )
     .await;
-    assert_eq!(row.ours_after_kill, 1);
+    assert_eq!(row.ours_after_kill, 1, "{}: K0 removed as Graph would", row.point);
     row.print();
 }
 

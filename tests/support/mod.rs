@@ -210,10 +210,28 @@ async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
     buffer
 }
 
-/// The last lines of a long trace, for panic messages.
+/// What a failure message shows of a child's output: its result lines (the `FAILED …`
+/// line among them), its warnings and errors, then the last few lines of the trace.
 pub fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    let telling: Vec<&str> = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with(ROTATION)
+                || l.starts_with("error")
+                || l.contains("FAILED")
+                || l.contains(" WARN ")
+                || l.contains(" ERROR ")
+        })
+        .take(20)
+        .copied()
+        .collect();
+    let last = &lines[lines.len().saturating_sub(8)..];
+    format!(
+        "{}\n(last lines of the output:)\n{}",
+        telling.join("\n"),
+        last.join("\n")
+    )
 }
 
 /// Only the lines the rotator prints for people (stdout and `warn`/`error` logs, and the
