@@ -652,9 +652,11 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
     );
     let handle = tokio::runtime::Handle::current();
     let cases = 64;
+    let verified = Cell::new(0u32);
     let result = tokio::task::block_in_place(|| {
         runner(cases).run(&hostile_script(), |(tls, script)| {
             handle.block_on(async {
+                let greeted = script.greeting.starts_with(b"220 ");
                 let server = HostileSmtp::start(script, tls.then_some(&pki)).await;
                 let verifier = SmtpVerifier::new(
                     SmtpVerification {
@@ -675,7 +677,12 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
                 )
                 .unwrap();
                 match verifier.verify(&app, &secret).await {
-                    Ok(()) => Ok(()),
+                    // Only a relay that greeted with 220 can have taken the test mail.
+                    Ok(()) => {
+                        prop_assert!(greeted, "verified through a relay that never greeted");
+                        verified.set(verified.get() + 1);
+                        Ok(())
+                    }
                     Err(error) => {
                         let message = error.to_string();
                         prop_assert!(
@@ -697,8 +704,10 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
         })
     });
     result.unwrap();
+    let verified = verified.get();
+    assert!(verified < cases, "hostile replies must fail verification");
     row(
-        "SMTP replies (malformed multi-line, 70 kB lines, non-UTF-8, early close; plain and TLS)",
+        &format!("SMTP replies (malformed multi-line, 70 kB lines, non-UTF-8, early close; plain and TLS; {} failed naming the relay)", cases - verified),
         cases,
         started,
     );
