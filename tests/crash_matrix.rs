@@ -6,11 +6,13 @@
 //! request counts until the child is blocked there, and kills it. Every row starts from a
 //! settled rotation (keyId K0 stored and working), kills a `--force` run, then reruns with
 //! `orphanGracePeriod: 0s` and asserts:
-//! - at every sampled moment (every ~2 ms, through the kill and the rerun) the value in
+//! - at every sampled moment (every few ms, through the kill and the rerun) the value in
 //!   Key Vault and in the Kubernetes Secret authenticates against the tenant;
 //! - after the rerun no secret of ours exists that no store holds;
-//! - every `removePassword` arrived while both stores held a live successor and after the
-//!   relay accepted a verification mail, and the engine's log says `verified` first;
+//! - every `removePassword`, held by the stand-in while the test looks, removed exactly one
+//!   keyId of ours and arrived while both stores held a live successor and after the relay
+//!   accepted a verification mail; the engine's log says `verified` first; each row's
+//!   counts of revocations and removed orphans are what the row expects;
 //! - exactly one credential of ours is live (the scenario's `revokeGracePeriod` is 0s),
 //!   at most two with a grace period;
 //! - no secret value, nor its base64 form, reached any child's output (trace logs).
