@@ -6,11 +6,13 @@
 //! request counts until the child is blocked there, and kills it. Every row starts from a
 //! settled rotation (keyId K0 stored and working), kills a `--force` run, then reruns with
 //! `orphanGracePeriod: 0s` and asserts:
-//! - at every sampled moment (every ~2 ms, through the kill and the rerun) the value in
+//! - at every sampled moment (every few ms, through the kill and the rerun) the value in
 //!   Key Vault and in the Kubernetes Secret authenticates against the tenant;
 //! - after the rerun no secret of ours exists that no store holds;
-//! - every `removePassword` arrived while both stores held a live successor and after the
-//!   relay accepted a verification mail, and the engine's log says `verified` first;
+//! - every `removePassword`, held by the stand-in while the test looks, removed exactly one
+//!   keyId of ours and arrived while both stores held a live successor and after the relay
+//!   accepted a verification mail; the engine's log says `verified` first; each row's
+//!   counts of revocations and removed orphans are what the row expects;
 //! - exactly one credential of ours is live (the scenario's `revokeGracePeriod` is 0s),
 //!   at most two with a grace period;
 //! - no secret value, nor its base64 form, reached any child's output (trace logs).
@@ -67,6 +69,18 @@ enum Hold {
 }
 
 impl Hold {
+    /// Whether the child is stopped with its `removePassword` for K0 in flight.
+    fn holds_a_revocation(self) -> bool {
+        matches!(
+            self,
+            Hold::RevokeLanded
+                | Hold::Request {
+                    route: ROUTE_REMOVE_PASSWORD,
+                    ..
+                }
+        )
+    }
+
     /// Queues the hold; returns what the child must have done for it to be blocked there.
     fn arm(self, scenario: &Arc<Scenario>) -> Box<dyn Fn() -> bool> {
         let held = Fault {
@@ -127,8 +141,17 @@ impl Row {
     }
 }
 
-/// Settles K0, kills a forced rotation at `hold`, reruns, checks every invariant.
-async fn crash_at(point: &'static str, hold: Hold) -> Row {
+/// How many old secrets were revoked (after their successor was verified and stored)
+/// and how many unstored orphans were removed, over the killed run and the rerun.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Removals {
+    revoked: usize,
+    orphans: usize,
+}
+
+/// Settles K0, kills a forced rotation at `hold`, reruns, checks every invariant and that
+/// the removals were `expected`.
+async fn crash_at(point: &'static str, hold: Hold, expected: Removals) -> Row {
     let started = Instant::now();
     let scenario = scenario().await;
     let transcript = Transcript::default();
@@ -143,6 +166,13 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
     let blocked = hold.arm(&scenario);
     let mut child = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
     child.wait_until(point, blocked).await;
+    // The child is blocked in the stand-in: the world stands still while we look at it.
+    let at_the_kill = snapshot(&scenario);
+    let mut revoked_in_kill = 0;
+    if hold.holds_a_revocation() {
+        assert_revocation_followed_verification(point, &at_the_kill, k0[0], mails_before_kill);
+        revoked_in_kill = 1;
+    }
     if let Hold::RevokeLanded = hold {
         assert!(
             scenario
@@ -160,43 +190,55 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
         Vec::<String>::new(),
         "{point}: consumers broke"
     );
-    let (revoked_in_kill, _) =
-        assert_revocations_followed_verification(&killed, mails_before_kill, &k0);
     consumers_credential_works(&scenario)
         .unwrap_or_else(|e| panic!("{point}, after the kill: {e}"));
     let ours_after_kill = our_key_ids(&scenario).len();
+    let stored_earlier: Vec<_> = killed
+        .samples
+        .iter()
+        .chain([&Sample { stored: stored_key_ids(&scenario) }])
+        .flat_map(|s| s.stored.iter().flatten().copied())
+        .chain(k0.iter().copied())
+        .collect();
 
-    // The rerun: a plain run, orphans cleaned at once. Each removePassword is held 150 ms
-    // so the monitor sees the world as it was when the revocation was asked for.
+    // The rerun: a plain run, orphans cleaned at once. Each removePassword is held until
+    // the test has looked at the world as it was when the revocation was asked for.
     scenario
         .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 0s")
         .unwrap();
-    scenario.graph.faults().push_times(
-        ROUTE_REMOVE_PASSWORD,
-        Fault::delay(Duration::from_millis(150)),
-        3,
-    );
     let monitor = Monitor::start(scenario.clone());
     let mails_before_rerun = scenario.relay.accepted_messages().len();
-    let rerun = run_ok(&scenario, &[], &transcript).await;
+    let rerun = run_checking_revocations(
+        point,
+        &scenario,
+        &[],
+        &transcript,
+        mails_before_rerun,
+        &stored_earlier,
+    )
+    .await;
+    assert_eq!(rerun.output.code, Some(0), "{point}: the rerun: {}", tail(&rerun.output.text));
     let watched = monitor.stop().await;
     assert_eq!(
         watched.violations,
         Vec::<String>::new(),
         "{point}: consumers broke in the rerun"
     );
-    let (revocations, orphans) =
-        assert_revocations_followed_verification(&watched, mails_before_rerun, &k0);
-    assert_log_verifies_before_revoking(&rerun.text);
+    assert_log_verifies_before_revoking(&rerun.output.text);
+    let removals = Removals {
+        revoked: revoked_in_kill + rerun.revoked.len(),
+        orphans: rerun.orphans.len(),
+    };
+    assert_eq!(removals, expected, "{point}: what was removed");
 
     assert_settled_with_one_credential(&scenario, point);
     transcript.assert_no_secret_leaked(&scenario);
     Row {
         point,
         ours_after_kill,
-        rerun: outcome_word(&rerun.text),
-        revocations: revoked_in_kill + revocations,
-        orphans,
+        rerun: outcome_word(&rerun.output.text),
+        revocations: removals.revoked,
+        orphans: removals.orphans,
         samples: killed.samples.len() + watched.samples.len(),
         seconds: started.elapsed().as_secs_f64(),
     }
@@ -242,6 +284,7 @@ async fn kill_during_observe_while_reading_graph() {
             service: Service::Graph,
             route: ROUTE_GET_APPLICATION,
         },
+        Removals { revoked: 0, orphans: 0 },
     )
     .await
     .print();
@@ -255,6 +298,7 @@ async fn kill_during_observe_while_reading_key_vault() {
             service: Service::Vault,
             route: vault_routes::GET_SECRET,
         },
+        Removals { revoked: 0, orphans: 0 },
     )
     .await
     .print();
@@ -268,6 +312,7 @@ async fn kill_after_observe_with_add_password_in_flight() {
             service: Service::Graph,
             route: ROUTE_ADD_PASSWORD,
         },
+        Removals { revoked: 0, orphans: 0 },
     )
     .await
     .print();
@@ -281,16 +326,17 @@ async fn kill_after_verification_before_any_store_write() {
             service: Service::Vault,
             route: vault_routes::SET_SECRET,
         },
+        Removals { revoked: 0, orphans: 1 },
     )
     .await;
     assert_eq!(
         row.ours_after_kill, 2,
-        "the minted secret existed unstored after the kill"
+        "{}: the minted secret existed unstored after the kill", row.point
     );
     assert!(
         row.rerun.contains("removed the unstored secret"),
-        "{}",
-        row.rerun
+        "{}: {}",
+        row.point, row.rerun
     );
     row.print();
 }
@@ -303,20 +349,21 @@ async fn kill_after_key_vault_write_before_kubernetes_write() {
             service: Service::Kubernetes,
             route: kube_routes::PATCH_SECRET,
         },
+        Removals { revoked: 1, orphans: 0 },
     )
     .await;
     assert!(
         row.rerun.starts_with("settled"),
-        "the rerun completes the stores: {}",
-        row.rerun
+        "{}: the rerun completes the stores: {}",
+        row.point, row.rerun
     );
     row.print();
 }
 
 #[tokio::test]
 async fn kill_after_mint_before_verification() {
-    let row = crash_at("after mint (verification connecting)", Hold::RelayGreeting).await;
-    assert!(row.rerun.contains("removed the unstored secret"), "{}", row.rerun);
+    let row = crash_at("after mint (verification connecting)", Hold::RelayGreeting, Removals { revoked: 0, orphans: 1 }).await;
+    assert!(row.rerun.contains("removed the unstored secret"), "{}: {}", row.point, row.rerun);
     row.print();
 }
 
@@ -325,6 +372,7 @@ async fn kill_during_verification_retries() {
     crash_at(
         "during verification (2 × 451, retrying)",
         Hold::RelayAfterRetries,
+        Removals { revoked: 0, orphans: 1 },
     )
     .await
     .print();
@@ -338,12 +386,13 @@ async fn kill_after_verification_before_revoke() {
             service: Service::Graph,
             route: ROUTE_REMOVE_PASSWORD,
         },
+        Removals { revoked: 2, orphans: 0 },
     )
     .await;
     assert!(
         row.rerun.contains("revoked the old secret"),
-        "{}",
-        row.rerun
+        "{}: {}",
+        row.point, row.rerun
     );
     row.print();
 }
@@ -353,15 +402,17 @@ async fn kill_after_revoke_landed_but_its_answer_was_lost() {
     let row = crash_at(
         "after revoke (Graph acted, answer lost)",
         Hold::RevokeLanded,
+        Removals { revoked: 1, orphans: 0 },
     )
     .await;
-    assert_eq!(row.ours_after_kill, 1);
+    assert_eq!(row.ours_after_kill, 1, "{}: K0 removed as Graph would", row.point);
     row.print();
 }
 
 /// With a grace period the old secret outlives the rerun, but never more than two of ours.
 #[tokio::test]
 async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
+    const POINT: &str = "after Key Vault write, revokeGracePeriod 1h";
     let started = Instant::now();
     let scenario = scenario().await;
     scenario
@@ -371,6 +422,7 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     run_ok(&scenario, &[], &transcript).await;
     let k0 = our_key_ids(&scenario);
     let monitor = Monitor::start(scenario.clone());
+    let mails_before = scenario.relay.accepted_messages().len();
     let blocked = Hold::Request {
         service: Service::Kubernetes,
         route: kube_routes::PATCH_SECRET,
@@ -380,32 +432,39 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     child.wait_until("the Kubernetes write", blocked).await;
     child.kill().await;
     scenario.kubernetes.faults().clear();
+    let stored_after_kill: Vec<_> = stored_key_ids(&scenario).into_iter().flatten().chain(k0.iter().copied()).collect();
     scenario
         .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 0s")
         .unwrap();
-    let rerun = run_ok(&scenario, &[], &transcript).await;
+    let rerun = run_checking_revocations(POINT, &scenario, &[], &transcript, mails_before, &stored_after_kill).await;
+    assert_eq!(rerun.output.code, Some(0), "{POINT}: {}", tail(&rerun.output.text));
     let watched = monitor.stop().await;
-    assert_eq!(watched.violations, Vec::<String>::new());
-    let (revocations, orphans) = assert_revocations_followed_verification(&watched, 0, &k0);
+    assert_eq!(watched.violations, Vec::<String>::new(), "{POINT}");
+    assert_eq!(
+        (rerun.revoked.len(), rerun.orphans.len()),
+        (0, 0),
+        "{POINT}: nothing removed inside the grace period"
+    );
     let ours = our_key_ids(&scenario);
     assert_eq!(
         ours.len(),
         2,
-        "the old secret waits for its grace period: {ours:?}"
+        "{POINT}: the old secret waits for its grace period: {ours:?}"
     );
+    assert!(ours.contains(&k0[0]), "{POINT}: K0 is one of the two");
     let [vault, secret] = stored_key_ids(&scenario);
     assert!(
-        vault.is_some() && vault == secret,
-        "both stores hold the new secret"
+        vault.is_some() && vault == secret && vault != Some(k0[0]),
+        "{POINT}: both stores hold the new secret"
     );
-    assert!(rerun.text.contains("revoked from"), "{}", tail(&rerun.text));
+    assert!(rerun.output.text.contains("revoked from"), "{POINT}: {}", tail(&rerun.output.text));
     transcript.assert_no_secret_leaked(&scenario);
     Row {
-        point: "after Key Vault write, revokeGracePeriod 1h",
+        point: POINT,
         ours_after_kill: 2,
-        rerun: outcome_word(&rerun.text) + ", old secret kept for its grace period (2 live)",
-        revocations,
-        orphans,
+        rerun: outcome_word(&rerun.output.text) + ", old secret kept for its grace period (2 live)",
+        revocations: 0,
+        orphans: 0,
         samples: watched.samples.len(),
         seconds: started.elapsed().as_secs_f64(),
     }
@@ -413,21 +472,23 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
 }
 
 /// Secret values live in `secrecy::SecretString` (redacted `Debug`, zeroized on drop) from
-/// the Graph answer to the store write. Checked on the real adapters: the `Debug` output of
-/// every value-carrying type, of the adapters, of the engine's events and of errors holds
-/// none of the values minted.
+/// the Graph answer to the store write. Checked on the objects that handled a value: the
+/// `Debug` output of the minted secret, of what the stores hold, of the value on its way to
+/// a store, of the engine's outcomes and events, of the verifier's refusal, and of the real
+/// adapters (Graph client, both stores, verifier) after they minted, verified, wrote and
+/// read the values, holds none of the values minted.
 #[tokio::test]
 async fn secret_values_never_reach_debug_output_events_or_errors() {
-    use entra_rotator::domain::{MintedSecret, SecretString, SecretToStore, StoredSecret};
+    use entra_rotator::domain::{ExposeSecret, MintedSecret, SecretString, SecretToStore, StoredSecret};
     use entra_rotator::engine::RunOptions;
 
     fn held_in_secrecy(_: &SecretString) {}
 
     let scenario = scenario().await;
-    let rotation = in_process_rotation(&scenario, Duration::from_secs(5));
+    let (rotation, adapters) = in_process_rotation_and_adapters(&scenario, Duration::from_secs(5));
     let (engine, events) = engine();
-    engine.run(&rotation, RunOptions::default()).await.unwrap();
-    engine
+    let first = engine.run(&rotation, RunOptions::default()).await.unwrap();
+    let forced = engine
         .run(
             &rotation,
             RunOptions {
@@ -472,15 +533,9 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         .unwrap_err();
 
     let debug = format!(
-        "{minted:?}\n{stored:?}\n{to_store:?}\n{:?}\n{verify_error:?}\n{verify_error}\n{:?}\n{:?}\n{:?}",
+        "{minted:?}\n{stored:?}\n{to_store:?}\n{first:?}\n{forced:?}\n{:?}\n{verify_error:?}\n{verify_error}\n{}",
         events.events(),
-        rotation
-            .stores
-            .iter()
-            .map(|s| s.describe())
-            .collect::<Vec<_>>(),
-        rotation.app,
-        rotation.timing,
+        adapters.debug(),
     );
     assert!(
         debug.contains("REDACTED"),
@@ -491,7 +546,9 @@ async fn secret_values_never_reach_debug_output_events_or_errors() {
         values.len() >= 4,
         "K0, K1, the debug-check secret, the foreign one"
     );
-    for value in &values {
+    let stored_values: Vec<_> = stored.iter().flatten().map(|s| s.value.expose_secret().to_string()).collect();
+    assert_eq!(stored_values.len(), 2, "both stores held a value while their Debug was taken");
+    for value in values.iter().chain(&stored_values) {
         for form in secret_forms(value) {
             assert!(
                 !debug.contains(&form),

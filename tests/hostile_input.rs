@@ -14,7 +14,7 @@ use entra_rotator::adapters::http::TlsTrust;
 use entra_rotator::adapters::smtp::{AuthMechanism, SmtpVerification, SmtpVerifier, TlsMode};
 use entra_rotator::config::Config;
 use entra_rotator::config::duration::HumanDuration;
-use entra_rotator::engine::RunOptions;
+use entra_rotator::engine::{Outcome, RunOptions};
 use entra_rotator::engine::ports::Verifier;
 use entra_rotator_standins::faults::Fault;
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION};
@@ -25,6 +25,7 @@ use entra_rotator::template::Template;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use serde_json::{Value, json};
+use std::cell::Cell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::hostile_smtp::{HostileSmtp, Script};
@@ -113,10 +114,32 @@ fn configuration_parsing_never_panics_and_names_the_problem() {
     let started = Instant::now();
     let cases = 256;
     let strategy = prop_oneof![mutated_config(), "(?s).{0,300}"];
+    let accepted = std::cell::Cell::new(0u32);
     runner(cases)
         .run(&strategy, |text| {
             match Config::parse(&text, Path::new("rotator.yaml")) {
-                Ok(_) => {}
+                // What an accepted file promises the engine, as a user reads it.
+                Ok(config) => {
+                    prop_assert!(!config.rotations.is_empty(), "accepted without a rotation");
+                    for rotation in &config.rotations {
+                        let name = &rotation.name;
+                        prop_assert!(!name.is_empty(), "accepted a rotation without a name");
+                        for id in [&rotation.application.tenant_id, &rotation.application.client_id] {
+                            prop_assert!(uuid::Uuid::parse_str(id).is_ok(), "{name}: accepted {id:?} as a GUID");
+                        }
+                        prop_assert!(
+                            !rotation.lifetime.0.is_zero() && rotation.lifetime <= HumanDuration::days(730),
+                            "{name}: accepted lifetime {}", rotation.lifetime
+                        );
+                        prop_assert!(rotation.renew_before() < rotation.lifetime, "{name}: renewBefore {} accepted", rotation.renew_before());
+                        prop_assert!(
+                            rotation.revoke_grace_period <= rotation.lifetime && rotation.orphan_grace_period <= rotation.lifetime,
+                            "{name}: a grace period longer than the lifetime accepted"
+                        );
+                        prop_assert!(!rotation.targets.is_empty(), "{name}: accepted without a store");
+                    }
+                    accepted.set(accepted.get() + 1);
+                }
                 Err(error) => {
                     let message = error.to_string();
                     prop_assert!(
@@ -132,8 +155,10 @@ fn configuration_parsing_never_panics_and_names_the_problem() {
             Ok(())
         })
         .unwrap();
+    let accepted = accepted.get();
+    assert!(accepted < cases, "some hostile files must be refused");
     row(
-        "configuration file (mutated valid file, random text)",
+        &format!("configuration file (mutated valid file, random text; {accepted} accepted and checked, the rest refused)"),
         cases,
         started,
     );
@@ -151,9 +176,10 @@ fn durations_parse_or_say_how_to_write_them() {
         .run(&strategy, |text| {
             match HumanDuration::parse(&text) {
                 Ok(duration) => {
-                    // Whatever parses converts without panicking.
-                    let _ = duration.chrono();
-                    let _ = duration.to_string();
+                    // What is printed back (in messages, `status`) reads as the same duration.
+                    let printed = duration.to_string();
+                    prop_assert_eq!(HumanDuration::parse(&printed), Ok(duration), "{:?} printed as {}", text, printed);
+                    prop_assert!(duration.chrono() >= chrono::Duration::zero(), "{text:?}");
                 }
                 Err(message) => prop_assert!(message.contains("write it like 180d"), "{message}"),
             }
@@ -263,7 +289,13 @@ fn every_duration_of_a_rotation_object_is_refused_or_computable() {
                         renew_at: now + chrono::Duration::days(600),
                     };
                     let after = status::after_outcome(&Default::default(), &outcome, None, now, &thresholds);
-                    let _ = status::next_threshold_crossing(&after, now, &thresholds);
+                    // The wake-up for the next alert lies between now and the expiry.
+                    if let Some(wake) = status::next_threshold_crossing(&after, now, &thresholds) {
+                        prop_assert!(
+                            wake > now && wake <= now + chrono::Duration::days(700),
+                            "{}: {value} wakes the controller at {wake}", fields[field]
+                        );
+                    }
                 }
                 Err(problems) => {
                     let name = fields[field].split(' ').next().unwrap();
@@ -288,7 +320,9 @@ fn templates_parse_or_name_the_template() {
         .run(&strategy, |text| {
             match Template::parse(&text) {
                 Ok(template) => {
-                    let _ = template.render(&Default::default());
+                    // No placeholder survives into a rendered username or Secret key.
+                    let rendered = template.render(&Default::default());
+                    prop_assert!(!rendered.contains("{{"), "{text:?} rendered as {rendered:?}");
                 }
                 Err(error) => {
                     prop_assert!(error.to_string().contains(&format!("{text:?}")), "{error}")
@@ -451,6 +485,7 @@ async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
         (our_key_ids(&scenario), stored_key_ids(&scenario)),
         state.into_inner()
     );
+    transcript.assert_no_secret_leaked(&scenario);
     row(
         "Graph answers (200 with arbitrary or wrong-typed JSON, 8 MiB bodies)",
         cases + 3,
@@ -472,7 +507,7 @@ async fn key_vault_answers_malformed_or_wrong_typed_change_nothing() {
     let handle = tokio::runtime::Handle::current();
     let cases = 96;
     let valid = json!({
-        "value": "not-a-real-secret",
+        "value": STORED_VALUE,
         "id": format!("{}/secrets/x/0123", scenario.vault.vault_url()),
         "attributes": { "enabled": true, "created": 1, "updated": 1 },
         "tags": { "keyId": uuid::Uuid::new_v4() }
@@ -486,40 +521,83 @@ async fn key_vault_answers_malformed_or_wrong_typed_change_nothing() {
             answer
         }),
     ];
-    let adds = scenario.graph.faults().count(ROUTE_ADD_PASSWORD);
+    let (refused, must_refuse, accepted) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
     let result = tokio::task::block_in_place(|| {
         runner(cases).run(&strategy, |body| {
+            let refusal_due = must_refuse_vault_answer(&body);
+            let adds = scenario.graph.faults().count(ROUTE_ADD_PASSWORD);
+            let sets = scenario.vault.faults().count(vault_routes::SET_SECRET);
             scenario
                 .vault
                 .faults()
-                .push(vault_routes::GET_SECRET, Fault::status(200).body(body));
+                .push(vault_routes::GET_SECRET, Fault::status(200).body(body.clone()));
             let outcome = handle.block_on(engine.run(&rotation, RunOptions::default()));
             scenario.vault.faults().clear();
+            let minted = scenario.graph.faults().count(ROUTE_ADD_PASSWORD) - adds;
             let now = (our_key_ids(&scenario), stored_key_ids(&scenario));
             match &outcome {
                 Err(error) => {
+                    refused.set(refused.get() + 1);
+                    must_refuse.set(must_refuse.get() + u32::from(refusal_due));
                     prop_assert!(
                         error.to_string().contains("Key Vault"),
                         "names the vault: {error}"
                     );
+                    prop_assert!(
+                        !format!("{error} {error:?}").contains(STORED_VALUE),
+                        "the stored value reached the error: {error}"
+                    );
                     prop_assert!(now == *state.borrow(), "a refused answer changed something");
                 }
-                // An answer that reads as "a value we did not write" makes the engine
-                // rotate for real (its writes then reach the vault): the new baseline.
-                Ok(_) => *state.borrow_mut() = now,
+                // An answer that reads as a value we did not write (its keyId tag is no
+                // live secret of ours) while the Kubernetes Secret holds the current one:
+                // the engine writes the current secret back to the vault, mints nothing.
+                Ok(outcome) => {
+                    prop_assert!(!refusal_due, "a wrong-typed value or tags was accepted: {body} -> {outcome:?}");
+                    accepted.set(accepted.get() + 1);
+                    let current = state.borrow().1[1].expect("the Secret holds the current keyId");
+                    prop_assert!(
+                        matches!(outcome, Outcome::Settled { key_id, minted: false, .. } if *key_id == current),
+                        "a foreign value in the vault is repaired from the current secret: {outcome:?}"
+                    );
+                    prop_assert_eq!(minted, 0, "nothing minted: {:?}", outcome);
+                    prop_assert!(now == *state.borrow(), "the stores are back on the current secret: {now:?}");
+                    let writes = scenario.vault.faults().count(vault_routes::SET_SECRET) - sets;
+                    prop_assert_eq!(writes, 1, "the vault was written once: {:?}", outcome);
+                }
             }
             consumers_credential_works(&scenario).map_err(TestCaseError::fail)?;
             Ok(())
         })
     });
     result.unwrap();
-    let minted = scenario.graph.faults().count(ROUTE_ADD_PASSWORD) - adds;
-    assert!(minted <= cases as u64);
+    let (refused, must_refuse, accepted) = (refused.get(), must_refuse.get(), accepted.get());
+    assert!(must_refuse > 0, "the cases reached wrong-typed values and tags");
+    assert_eq!(refused + accepted, cases, "every case refused or read");
+    transcript.assert_no_secret_leaked(&scenario);
     row(
-        "Key Vault answers (200 with arbitrary or wrong-typed JSON)",
+        &format!("Key Vault answers (200 with arbitrary or wrong-typed JSON; {refused} refused, {must_refuse} of them wrong-typed value or tags; {accepted} read as a foreign value and repaired from the current secret, nothing minted)"),
         cases,
         started,
     );
+}
+
+/// The value in the Key Vault answers the property starts from.
+const STORED_VALUE: &str = "Stored~Value.In_The_Vault_0123456789";
+
+/// Whether Key Vault's answer to a read must be refused: it is no object, its `value` is
+/// not a string, or its `tags` are neither absent nor a map of strings.
+fn must_refuse_vault_answer(body: &Value) -> bool {
+    let Some(answer) = body.as_object() else {
+        return true;
+    };
+    let value_ok = matches!(answer.get("value"), Some(Value::String(_)));
+    let tags_ok = match answer.get("tags") {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(tags)) => tags.values().all(Value::is_string),
+        Some(_) => false,
+    };
+    !value_ok || !tags_ok
 }
 
 /// One hostile SMTP reply line or block.
@@ -574,9 +652,11 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
     );
     let handle = tokio::runtime::Handle::current();
     let cases = 64;
+    let verified = Cell::new(0u32);
     let result = tokio::task::block_in_place(|| {
         runner(cases).run(&hostile_script(), |(tls, script)| {
             handle.block_on(async {
+                let greeted = script.greeting.starts_with(b"220 ");
                 let server = HostileSmtp::start(script, tls.then_some(&pki)).await;
                 let verifier = SmtpVerifier::new(
                     SmtpVerification {
@@ -597,7 +677,12 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
                 )
                 .unwrap();
                 match verifier.verify(&app, &secret).await {
-                    Ok(()) => Ok(()),
+                    // Only a relay that greeted with 220 can have taken the test mail.
+                    Ok(()) => {
+                        prop_assert!(greeted, "verified through a relay that never greeted");
+                        verified.set(verified.get() + 1);
+                        Ok(())
+                    }
                     Err(error) => {
                         let message = error.to_string();
                         prop_assert!(
@@ -619,8 +704,10 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
         })
     });
     result.unwrap();
+    let verified = verified.get();
+    assert!(verified < cases, "hostile replies must fail verification");
     row(
-        "SMTP replies (malformed multi-line, 70 kB lines, non-UTF-8, early close; plain and TLS)",
+        &format!("SMTP replies (malformed multi-line, 70 kB lines, non-UTF-8, early close; plain and TLS; {} failed naming the relay)", cases - verified),
         cases,
         started,
     );

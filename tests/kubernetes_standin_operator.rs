@@ -975,7 +975,8 @@ async fn a_kube_runtime_controller_reconciles_each_generation() {
 
 /// kube-lease-manager (what the controller elects its leader with) relies on server-side
 /// apply ownership: a second replica's non-forced apply of `holderIdentity` conflicts.
-/// Two managers on one Lease: exactly one leads; after it releases, the other takes over.
+/// pod-a leads first (and keeps renewing in the background); pod-b, started next, contends
+/// for two of pod-a's renewals without taking the Lease; once pod-a lets go, pod-b leads.
 #[tokio::test]
 async fn kube_lease_manager_elects_exactly_one_leader() {
     let f = fixture().await;
@@ -983,41 +984,51 @@ async fn kube_lease_manager_elects_exactly_one_leader() {
         kube_lease_manager::LeaseManagerBuilder::new(f.client.clone(), "entra-rotator")
             .with_namespace(NS)
             .with_identity(identity)
-            .with_duration(2)
-            .with_grace(1)
+            .with_duration(3)
+            .with_grace(2)
             .build()
     };
-    let a = manager("pod-a").await.unwrap();
-    let b = manager("pod-b").await.unwrap();
-
-    let (leader, standby) = tokio::select! {
-        won = a.changed() => { assert!(won.unwrap()); (a, b) }
-        won = b.changed() => { assert!(won.unwrap()); (b, a) }
+    let lease = |field: &str| {
+        f.cluster.lease(NS, "entra-rotator").unwrap()["spec"][field].clone()
     };
-    let holder = |cluster: &KubernetesStandin| {
-        cluster.lease(NS, "entra-rotator").unwrap()["spec"]["holderIdentity"].clone()
-    };
-    let leader_name = holder(&f.cluster);
-    assert!(
-        leader_name == "pod-a" || leader_name == "pod-b",
-        "{leader_name}"
-    );
-    // Well within the 2 s lease, the standby cannot take it.
-    let too_early = tokio::time::timeout(Duration::from_millis(300), standby.changed()).await;
-    assert!(
-        too_early.is_err(),
-        "the standby must not lead while the Lease is held"
-    );
-    assert_eq!(holder(&f.cluster), leader_name);
-
-    leader.release().await.unwrap();
-    let took_over = tokio::time::timeout(Duration::from_secs(10), standby.changed())
+    let (mut a_leads, a) = manager("pod-a").await.unwrap().watch().await;
+    tokio::time::timeout(Duration::from_secs(10), a_leads.wait_for(|leads| *leads))
         .await
-        .expect("the standby leads once the Lease is released")
+        .expect("pod-a leads")
+        .unwrap();
+    assert_eq!(lease("holderIdentity"), "pod-a");
+
+    let b = manager("pod-b").await.unwrap();
+    let patches = f.cluster.faults().count(routes::LEASES.patch);
+    let two_renewals = async {
+        let mut renewed = lease("renewTime");
+        for _ in 0..2 {
+            while lease("renewTime") == renewed {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            renewed = lease("renewTime");
+        }
+    };
+    tokio::select! {
+        took = b.changed() => panic!("pod-b took the Lease pod-a renews: {took:?}"),
+        () = two_renewals => {}
+    }
+    assert_eq!(lease("holderIdentity"), "pod-a", "pod-a keeps leading");
+    assert!(*a_leads.borrow());
+    assert!(
+        f.cluster.faults().count(routes::LEASES.patch) > patches + 1,
+        "the Lease was renewed while pod-b contended"
+    );
+
+    // Dropping the receiver makes pod-a's task release the Lease and end.
+    drop(a_leads);
+    a.await.unwrap().unwrap();
+    let took_over = tokio::time::timeout(Duration::from_secs(10), b.changed())
+        .await
+        .expect("pod-b leads once the Lease is released")
         .unwrap();
     assert!(took_over);
-    assert_ne!(holder(&f.cluster), leader_name);
-    assert!(f.cluster.faults().count(routes::LEASES.patch) >= 3);
+    assert_eq!(lease("holderIdentity"), "pod-b");
 }
 
 #[tokio::test]

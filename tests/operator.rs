@@ -6,7 +6,9 @@ use entra_rotator_standins::kubernetes::WorkloadKind;
 use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME, VAULT_SECRET};
 use serde_json::{json, Value};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const NAMESPACE: &str = "dify";
@@ -118,9 +120,19 @@ async fn controller_rotates_stores_verifies_restarts_and_reports() {
     }
     assert!(scenario.target_now().passwords.iter().any(|p| p.key_id == scenario.foreign_key_id), "hand-made secret untouched");
 
-    // A secret deleted out of band is noticed through the Secret watch and restored.
+    // A secret deleted out of band is noticed through the Secret watch and restored with
+    // the current secret: the same keyId, a value that authenticates, nothing minted.
+    let minted = scenario.graph.faults().count(ROUTE_ADD_PASSWORD);
     scenario.kubernetes.delete_secret(NAMESPACE, SECRET_NAME);
     eventually("the deleted Secret is written again", || scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_some()).await;
+    let restored = scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap();
+    assert_eq!(restored.annotations["entra-rotator.io/key-id"], key_id, "restored with the current keyId");
+    scenario
+        .tenant
+        .authenticate(scenario.target.app_id, &restored.data["SMTP_PASSWORD"])
+        .expect("the restored value authenticates");
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), minted, "nothing minted to restore it");
+    assert_eq!(ours(&scenario), vec![key_id], "still one secret of ours");
 }
 
 #[tokio::test]
@@ -151,59 +163,117 @@ async fn cronjob_pass_fails_with_exit_1_and_a_degraded_status() {
     assert!(status["lastError"].as_str().unwrap().contains("Application.ReadWrite.OwnedBy"));
 }
 
+/// A controller whose log lines (stderr, `info`) are collected for the test to read.
+struct LoggedController {
+    _child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoggedController {
+    fn start(scenario: &Scenario, identity: &str) -> Self {
+        let mut child = rotator(scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", identity, "--health-addr", "127.0.0.1:0", "--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        Self { _child: child, lines }
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+fn lease_holder(scenario: &Scenario) -> Option<String> {
+    let lease = scenario.kubernetes.lease(NAMESPACE, "entra-rotator-leader")?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
 #[tokio::test]
 async fn two_controllers_never_rotate_the_same_app_twice() {
     let scenario = world("0s").await;
-    let _a = controller(&scenario, "replica-a");
-    let _b = controller(&scenario, "replica-b");
+    let a = LoggedController::start(&scenario, "replica-a");
+    eventually("replica-a holds the Lease", || lease_holder(&scenario).as_deref() == Some("replica-a")).await;
+    let b = LoggedController::start(&scenario, "replica-b");
+    eventually("replica-b runs as a standby", || b.logged("waiting to become the leader")).await;
     eventually("the rotation is Ready", || condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")).await;
     // Give the standby every chance to act wrongly.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1, "exactly one secret minted");
     assert_eq!(ours(&scenario).len(), 1);
-    let lease = scenario.kubernetes.lease(NAMESPACE, "entra-rotator-leader").unwrap();
-    let holder = lease["spec"]["holderIdentity"].as_str().unwrap();
-    assert!(holder == "replica-a" || holder == "replica-b", "{lease}");
+    assert_eq!(lease_holder(&scenario).as_deref(), Some("replica-a"), "the first leader keeps the Lease");
+    assert!(a.logged("became the leader"), "replica-a leads");
+    assert!(!b.logged("became the leader"), "replica-b stays a standby");
+}
+
+/// How a leader is stopped mid-rotation: what Kubernetes sends first (SIGTERM: the
+/// controller shuts down and exits 0, its rotation cut off), or what it sends once the
+/// grace period is over (SIGKILL). Each is tested on its own.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Term,
+    Kill,
 }
 
 #[tokio::test]
 async fn a_leader_stopped_mid_rotation_is_cleaned_up_by_the_next_one() {
-    use entra_rotator_standins::smtp::SmtpFault;
-    let scenario = world("0s").await;
-    // The first verification hangs: the leader is stopped after minting, before any store
-    // got the secret (secrets are proven before they are stored).
-    scenario.relay.inject_fault(SmtpFault::SlowGreeting(Duration::from_secs(120)));
-    let mut first = rotator(&scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-a", "--health-addr", "127.0.0.1:0", "--orphan-grace-period", "3s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("verification has started", || scenario.relay.sessions() >= 1).await;
-    assert!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_none(), "nothing stored before verification");
-    let abandoned = ours(&scenario);
-    assert_eq!(abandoned.len(), 1);
-
-    // What Kubernetes does to a pod: SIGTERM, then SIGKILL after the grace period.
-    let pid = first.id().unwrap().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-    if tokio::time::timeout(Duration::from_secs(2), first.wait()).await.is_err() {
-        first.kill().await.unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    for stop in [Stop::Term, Stop::Kill] {
+        let case = format!("{stop:?}");
+        leader_stopped_mid_rotation(stop, &case).await;
     }
 
-    let _second = rotator(&scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-b", "--health-addr", "127.0.0.1:0", "--orphan-grace-period", "3s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("the next leader finished a rotation", || {
-        condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")
-    })
-    .await;
-    let current = status(&scenario)["currentKeyId"].as_str().unwrap().to_string();
-    assert_eq!(ours(&scenario), vec![current.clone()], "the abandoned secret was removed, one of ours remains");
-    assert_ne!(current, abandoned[0]);
-    assert_eq!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap().annotations["entra-rotator.io/key-id"], current);
-    assert_eq!(condition(&status(&scenario), "Verified").unwrap().0, "True");
+    async fn leader_stopped_mid_rotation(stop: Stop, case: &str) {
+        use entra_rotator_standins::smtp::SmtpFault;
+        let scenario = world("0s").await;
+        // The first verification hangs: the leader is stopped after minting, before any
+        // store got the secret (secrets are proven before they are stored).
+        scenario.relay.inject_fault(SmtpFault::SlowGreeting(Duration::from_secs(120)));
+        let mut first = rotator(&scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-a", "--health-addr", "127.0.0.1:0", "--orphan-grace-period", "3s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("verification has started", || scenario.relay.sessions() >= 1).await;
+        assert!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).is_none(), "{case}: nothing stored before verification");
+        let abandoned = ours(&scenario);
+        assert_eq!(abandoned.len(), 1, "{case}");
+
+        let pid = first.id().unwrap().to_string();
+        let (signal, expected) = match stop {
+            Stop::Term => ("-TERM", (Some(0), None)),
+            Stop::Kill => ("-KILL", (None, Some(9))),
+        };
+        Command::new("kill").args([signal, &pid]).status().await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(60), first.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the leader did not end"))
+            .unwrap();
+        assert_eq!((ended.code(), ended.signal()), expected, "{case}: how the leader ended: {ended}");
+
+        let _second = rotator(&scenario, &["controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-b", "--health-addr", "127.0.0.1:0", "--orphan-grace-period", "3s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually(&format!("{case}: the next leader finished a rotation"), || {
+            condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")
+        })
+        .await;
+        let current = status(&scenario)["currentKeyId"].as_str().unwrap().to_string();
+        assert_eq!(ours(&scenario), vec![current.clone()], "{case}: the abandoned secret was removed, one of ours remains");
+        assert_ne!(current, abandoned[0], "{case}");
+        assert_eq!(scenario.kubernetes.secret(NAMESPACE, SECRET_NAME).unwrap().annotations["entra-rotator.io/key-id"], current, "{case}");
+        assert_eq!(condition(&status(&scenario), "Verified").unwrap().0, "True", "{case}");
+    }
 }
 
 /// The requests one reconcile of an up-to-date rotation sends, per API: what an idle

@@ -14,8 +14,10 @@ use entra_rotator::domain::{AppRef, SecretString, marker_for};
 use entra_rotator::engine::events::RecordingSink;
 use entra_rotator::engine::ports::{Directory, GraphError, SystemClock};
 use entra_rotator::engine::{Engine, Outcome, RunOptions};
+use entra_rotator_standins::faults::Fault;
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION};
 use entra_rotator_standins::keyvault::routes as vault_routes;
+use entra_rotator_standins::kubernetes::routes as kube_routes;
 use entra_rotator_standins::scenario::Scenario;
 use std::sync::Arc;
 use std::time::Duration;
@@ -279,14 +281,170 @@ async fn run_and_controller_refuse_a_concurrency_of_zero_and_run_reports_in_conf
             "{args:?}"
         );
     }
-    let output = rotator(&["run", "--config", config, "--concurrency", "4"])
-        .output()
-        .await
+
+    // Four rotations run at once; the first in the file is held (its Kubernetes write, the
+    // only one in the file) until the other three have stored, so it finishes last. The
+    // results still come out in the file's order.
+    let names = with_three_more_rotations(&scenario);
+    let held = scenario.kubernetes.faults().hold(kube_routes::PATCH_SECRET);
+    let mut child = rotator(&["run", "--config", config, "--concurrency", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), held.arrived())
+        .await
+        .expect("dify-smtp reached its Kubernetes write");
+    while scenario.vault.faults().count(vault_routes::SET_SECRET) < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended while one rotation was held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.release();
+    let output = child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    assert!(
-        stdout.starts_with("dify-smtp: rotated: new keyId"),
-        "{stdout}"
+    let reported: Vec<&str> = stdout.lines().filter_map(|l| l.split_once(": rotated: new keyId").map(|(name, _)| name)).collect();
+    assert_eq!(reported, names, "results in configuration order:\n{stdout}");
+}
+
+/// Gives the scenario's file three more rotations of three new applications, each into its
+/// own Key Vault secret, and leaves the first (`dify-smtp`) with only its Kubernetes
+/// Secret; returns the rotation names in file order.
+fn with_three_more_rotations(scenario: &Scenario) -> Vec<String> {
+    let text = std::fs::read_to_string(&scenario.config_path).unwrap();
+    let at = text.find("  - name: dify-smtp").expect("the scenario's rotation");
+    let first = text[at..].to_string();
+    let vault_target = first
+        .find("      - keyVault:")
+        .map(|start| &first[start..first.find("      - kubernetesSecret:").unwrap()])
+        .unwrap()
+        .to_string();
+    let secret_target = &first[first.find("      - kubernetesSecret:").unwrap()..first.find("    verification:").unwrap()];
+    let mut rotations = first.replace(&vault_target, "");
+    let mut names = vec!["dify-smtp".to_string()];
+    for index in 1..=3 {
+        let name = format!("app-{index}");
+        let app = scenario.tenant.register_app(&name);
+        rotations.push_str(
+            &first
+                .replace(secret_target, "")
+                .replace("name: dify-smtp", &format!("name: {name}"))
+                .replace(&scenario.target.app_id.to_string(), &app.app_id.to_string())
+                .replace("secretName: dify-smtp-password", &format!("secretName: {name}-password")),
+        );
+        names.push(name);
+    }
+    std::fs::write(&scenario.config_path, format!("{}{rotations}", &text[..at])).unwrap();
+    names
+}
+
+/// Log lines of this test's thread (the tests below run on tokio's current-thread runtime,
+/// so every task logs here): how the test learns the Graph client has taken a 429 in.
+#[derive(Clone, Default)]
+struct LogLines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogLines {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let lines = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || lines.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    async fn wait_for(&self, text: &str) {
+        for _ in 0..6000 {
+            if String::from_utf8_lossy(&self.0.lock().unwrap()).contains(text) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never logged {text:?}");
+    }
+}
+
+/// A write Graph throttles once with `Retry-After: 2`, and a read started once the client
+/// has taken the 429 in (it logged the retry); the read's request is held in the stand-in
+/// on arrival, so the test sees the moment it was sent.
+struct ThrottledWriteThenRead {
+    scenario: Scenario,
+    started: std::time::Instant,
+    write: tokio::task::JoinHandle<Result<(), GraphError>>,
+    read: tokio::task::JoinHandle<Result<(), GraphError>>,
+    read_arrives: entra_rotator_standins::faults::Hold,
+}
+
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl ThrottledWriteThenRead {
+    async fn start(concurrency: usize) -> Self {
+        let scenario = Scenario::start().await.unwrap();
+        let graph = Arc::new(graph_client(&scenario, 3).with_max_concurrent_requests(concurrency));
+        let object_id = scenario.target.object_id;
+        let app = AppRef { tenant_id: scenario.tenant.tenant_id, client_id: scenario.target.app_id, object_id: None };
+        // Warm the token cache, so the read's first request is the read itself.
+        graph.application(&app).await.unwrap();
+        scenario.graph.faults().push(ROUTE_ADD_PASSWORD, Fault::throttle(RETRY_AFTER.as_secs()));
+        let read_arrives = scenario.graph.faults().hold(ROUTE_GET_APPLICATION);
+        let lines = LogLines::default();
+        let _capture = lines.capture();
+        let started = std::time::Instant::now();
+        let write = tokio::spawn({
+            let graph = graph.clone();
+            async move { graph.add_password(object_id, &marker_for("throttled"), expiry()).await.map(|_| ()) }
+        });
+        lines.wait_for("retrying Microsoft Graph call").await;
+        let read = tokio::spawn(async move { graph.application(&app).await.map(|_| ()) });
+        Self { scenario, started, write, read, read_arrives }
+    }
+
+    async fn read_arrived(&self) {
+        tokio::time::timeout(Duration::from_secs(60), self.read_arrives.arrived()).await.expect("the read reached Graph");
+    }
+
+    async fn finish(self) {
+        self.read_arrives.release();
+        self.write.await.unwrap().expect("the throttled write lands on its retry");
+        self.read.await.unwrap().expect("the read is answered");
+        assert_eq!(self.scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 2, "the 429 and the retry");
+    }
+}
+
+/// First come, first served: a throttled call keeps its place while it waits to retry, so
+/// with one call in flight at a time the read started meanwhile goes only after the write
+/// has landed (with independent retries it would take the free place at once).
+#[tokio::test]
+async fn a_throttled_call_keeps_its_place_while_it_waits() {
+    let calls = ThrottledWriteThenRead::start(1).await;
+    calls.read_arrived().await;
+    assert_eq!(
+        calls.scenario.graph.faults().count(ROUTE_ADD_PASSWORD),
+        2,
+        "the read reached Graph only after the write's retry"
     );
+    calls.finish().await;
+}
+
+/// A 429 with `Retry-After` pauses every call of the client, not only the throttled one:
+/// with room for two calls in flight, the read started after the 429 reaches Graph no
+/// sooner than `Retry-After` after the write began. The bound is one-sided: a loaded
+/// machine can only make the read later, so it cannot fail a correct client.
+#[tokio::test]
+async fn a_429_with_retry_after_pauses_every_call_of_the_client() {
+    let calls = ThrottledWriteThenRead::start(2).await;
+    calls.read_arrived().await;
+    let waited = calls.started.elapsed();
+    assert!(waited >= RETRY_AFTER, "the read went {waited:?} after the write began, inside the pause");
+    calls.finish().await;
 }

@@ -9,6 +9,7 @@
 pub mod hostile_smtp;
 
 use base64::Engine as _;
+use entra_rotator_standins::faults::Hold;
 use entra_rotator_standins::graph::ROUTE_REMOVE_PASSWORD;
 use entra_rotator_standins::scenario::{
     ROTATION, SECRET_NAME, SECRET_NAMESPACE, Scenario, VAULT_SECRET,
@@ -138,6 +139,39 @@ impl Rotator {
         }
     }
 
+    /// Waits until the child's request is held by `hold` in a stand-in; panics if the child
+    /// exits first or never gets there.
+    pub async fn wait_held(&mut self, what: &str, hold: &Hold) {
+        if !self.held_or_exited(what, hold).await {
+            let status = self.child.wait().await.expect("child status");
+            let output = self.collect(status.code()).await;
+            panic!(
+                "the child exited ({status}) before {what}:\n{}",
+                tail(&output.text)
+            );
+        }
+    }
+
+    /// `true` once the child's request is held by `hold`, `false` if the child exited first.
+    pub async fn held_or_exited(&mut self, what: &str, hold: &Hold) -> bool {
+        let arrived = hold.arrived();
+        tokio::pin!(arrived);
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                () = &mut arrived => return true,
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+            if self.child.try_wait().expect("child status").is_some() {
+                return false;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "the child never reached {what}"
+            );
+        }
+    }
+
     /// SIGKILL (tokio's `start_kill` on unix), then collects what it printed.
     pub async fn kill(mut self) -> RunOutput {
         self.child.start_kill().expect("SIGKILL delivered");
@@ -176,10 +210,28 @@ async fn read_all(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
     buffer
 }
 
-/// The last lines of a long trace, for panic messages.
+/// What a failure message shows of a child's output: its result lines (the `FAILED …`
+/// line among them), its warnings and errors, then the last few lines of the trace.
 pub fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    let telling: Vec<&str> = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with(ROTATION)
+                || l.starts_with("error")
+                || l.contains("FAILED")
+                || l.contains(" WARN ")
+                || l.contains(" ERROR ")
+        })
+        .take(20)
+        .copied()
+        .collect();
+    let last = &lines[lines.len().saturating_sub(8)..];
+    format!(
+        "{}\n(last lines of the output:)\n{}",
+        telling.join("\n"),
+        last.join("\n")
+    )
 }
 
 /// Only the lines the rotator prints for people (stdout and `warn`/`error` logs, and the
@@ -299,11 +351,7 @@ fn check_consumers(scenario: &Scenario, lag_ok: bool) -> Result<(), String> {
 /// One sample of the world taken by a [`Monitor`].
 #[derive(Clone, Debug)]
 pub struct Sample {
-    pub at: Duration,
     pub stored: [Option<Uuid>; 2],
-    pub ours: Vec<Uuid>,
-    pub mails: usize,
-    pub remove_requests: u64,
 }
 
 /// Samples the world every couple of milliseconds while children run, and records every
@@ -368,69 +416,134 @@ async fn sample_until(
             }
         }
         samples.push(Sample {
-            at: started.elapsed(),
             stored: stored_key_ids(&scenario),
-            ours: our_key_ids(&scenario),
-            mails: scenario.relay.accepted_messages().len(),
-            remove_requests: scenario.graph.faults().count(ROUTE_REMOVE_PASSWORD),
         });
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     (samples, violations)
 }
 
-/// Checks every revocation a monitor saw. When a `removePassword` request arrived (the
-/// stand-in holds it briefly, so the state is frozen) for a keyId that a store ever held,
-/// both stores held another live keyId of ours and the relay had accepted a verification
-/// mail since `mails_before`. A keyId no store ever held is an unstored orphan: removing
-/// it needs no verification. Returns (revocations checked, orphans removed).
-pub fn assert_revocations_followed_verification(
-    watched: &Watched,
+/// The world at one moment: what the stores hold, our live keyIds, the mails accepted.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub stored: [Option<Uuid>; 2],
+    pub ours: Vec<Uuid>,
+    pub mails: usize,
+}
+
+pub fn snapshot(scenario: &Scenario) -> Snapshot {
+    Snapshot {
+        stored: stored_key_ids(scenario),
+        ours: our_key_ids(scenario),
+        mails: scenario.relay.accepted_messages().len(),
+    }
+}
+
+/// Checks the world as it stood when a `removePassword` for `removed` arrived (the request
+/// held, so nothing moved): both stores held the same live keyId of ours, not the one
+/// removed, and the relay had accepted a verification mail since `mails_before`.
+pub fn assert_revocation_followed_verification(
+    case: &str,
+    at: &Snapshot,
+    removed: Uuid,
+    mails_before: usize,
+) {
+    let [vault, secret] = at.stored;
+    assert!(
+        vault.is_some() && vault == secret,
+        "{case}: removePassword for {removed} arrived while the stores disagreed: {at:?}"
+    );
+    let stored = vault.unwrap();
+    assert!(
+        stored != removed && at.ours.contains(&stored),
+        "{case}: removePassword for {removed} arrived while the stored keyId was not a live \
+         successor: {at:?}"
+    );
+    assert!(
+        at.mails > mails_before,
+        "{case}: removePassword for {removed} arrived before any verification mail was \
+         accepted: {at:?}"
+    );
+}
+
+/// What [`run_checking_revocations`] saw: the run, and the keyIds it removed, split into
+/// revocations (a store had held them) and unstored orphans (no store ever had).
+pub struct CheckedRun {
+    pub output: RunOutput,
+    pub revoked: Vec<Uuid>,
+    pub orphans: Vec<Uuid>,
+}
+
+/// More `removePassword` requests than any one run of the scenario sends.
+const MOST_REMOVALS: usize = 4;
+
+/// Runs the binary to completion with every `removePassword` held in the Graph stand-in
+/// until the test has looked at the world, then released. Each must remove exactly one
+/// keyId of ours; one a store had held (`stored_earlier`, or seen in a store during the
+/// run) is a revocation and is checked with [`assert_revocation_followed_verification`]; one
+/// no store ever held is an unstored orphan, whose removal needs no verification.
+pub async fn run_checking_revocations(
+    case: &str,
+    scenario: &Scenario,
+    extra: &[&str],
+    transcript: &Transcript,
     mails_before: usize,
     stored_earlier: &[Uuid],
-) -> (usize, usize) {
-    let samples = &watched.samples;
-    let ever_stored: Vec<Uuid> = samples
+) -> CheckedRun {
+    let graph = scenario.graph.faults();
+    let holds: Vec<Hold> = (0..MOST_REMOVALS)
+        .map(|_| graph.hold(ROUTE_REMOVE_PASSWORD))
+        .collect();
+    let mut child = Rotator::spawn(&scenario.config_path, extra, transcript);
+    let mut frozen = Vec::new();
+    for hold in &holds {
+        if !child.held_or_exited(&format!("{case}: a removePassword"), hold).await {
+            break;
+        }
+        frozen.push(snapshot(scenario));
+        hold.release();
+    }
+    assert!(
+        frozen.len() < MOST_REMOVALS,
+        "{case}: more removePassword requests than expected"
+    );
+    // Holds no request took let later requests through at once.
+    holds.iter().skip(frozen.len()).for_each(Hold::release);
+    let output = child.finish().await;
+    let end = snapshot(scenario);
+    let ever_stored: Vec<Uuid> = frozen
         .iter()
+        .chain([&end])
         .flat_map(|s| s.stored.iter().flatten().copied())
         .chain(stored_earlier.iter().copied())
         .collect();
-    let (mut revocations, mut orphans) = (0, 0);
-    for (index, pair) in samples.windows(2).enumerate() {
-        let (before, at) = (&pair[0], &pair[1]);
-        if at.remove_requests == before.remove_requests {
-            continue;
+    let (mut revoked, mut orphans) = (Vec::new(), Vec::new());
+    for (index, at) in frozen.iter().enumerate() {
+        let after = frozen.get(index + 1).unwrap_or(&end);
+        let removed: Vec<Uuid> = at
+            .ours
+            .iter()
+            .filter(|k| !after.ours.contains(k))
+            .copied()
+            .collect();
+        assert_eq!(
+            removed.len(),
+            1,
+            "{case}: removePassword number {} removed one keyId of ours: {at:?} then {after:?}",
+            index + 1
+        );
+        if ever_stored.contains(&removed[0]) {
+            assert_revocation_followed_verification(case, at, removed[0], mails_before);
+            revoked.push(removed[0]);
+        } else {
+            orphans.push(removed[0]);
         }
-        let later = samples[index + 1..].iter().find(|s| s.ours != at.ours);
-        let removed: Vec<Uuid> = later
-            .map(|l| {
-                at.ours
-                    .iter()
-                    .filter(|k| !l.ours.contains(k))
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !removed.is_empty() && removed.iter().all(|k| !ever_stored.contains(k)) {
-            orphans += 1;
-            continue;
-        }
-        revocations += 1;
-        let [vault, secret] = at.stored;
-        assert!(
-            vault.is_some() && vault == secret,
-            "removePassword arrived while the stores disagreed: {at:?}"
-        );
-        assert!(
-            at.ours.contains(&vault.unwrap()) && !removed.contains(&vault.unwrap()),
-            "removePassword arrived while the stored keyId was not live, or was the one removed: {at:?}"
-        );
-        assert!(
-            at.mails > mails_before,
-            "removePassword arrived before any verification mail was accepted: {at:?}"
-        );
     }
-    (revocations, orphans)
+    CheckedRun {
+        output,
+        revoked,
+        orphans,
+    }
 }
 
 /// The engine's own log must show `verified keyId K` before every `revoked old keyId X`.
@@ -462,6 +575,25 @@ pub fn in_process_rotation(
     scenario: &Scenario,
     timeout: Duration,
 ) -> entra_rotator::engine::Rotation {
+    in_process_rotation_and_adapters(scenario, timeout).0
+}
+
+/// The concrete adapters behind an in-process rotation (the rotation holds them as trait
+/// objects), so a test can print what the ones that handled a secret value show in `Debug`.
+pub struct Adapters(Vec<Arc<dyn std::fmt::Debug + Send + Sync>>);
+
+impl Adapters {
+    /// The `Debug` output of the Graph client, every store and the verifier.
+    pub fn debug(&self) -> String {
+        self.0.iter().map(|adapter| format!("{adapter:?}\n")).collect()
+    }
+}
+
+/// [`in_process_rotation`], and its adapters.
+pub fn in_process_rotation_and_adapters(
+    scenario: &Scenario,
+    timeout: Duration,
+) -> (entra_rotator::engine::Rotation, Adapters) {
     use entra_rotator::adapters::graph::{GraphClient, GraphConfig, RetryPolicy};
     use entra_rotator::adapters::http::{TlsTrust, azure_client_options, http_client};
     use entra_rotator::adapters::identity::{RotatorCredential, rotator_credential};
@@ -504,15 +636,18 @@ pub fn in_process_rotation(
         base_delay: Duration::from_millis(50),
         max_delay: Duration::from_secs(2),
     };
-    let directory = GraphClient::new(
-        GraphConfig {
-            base_url: scenario.graph.graph_url(),
-            retry,
-        },
-        credential.clone(),
-        http.clone(),
-    )
-    .unwrap();
+    let directory = Arc::new(
+        GraphClient::new(
+            GraphConfig {
+                base_url: scenario.graph.graph_url(),
+                retry,
+            },
+            credential.clone(),
+            http.clone(),
+        )
+        .unwrap(),
+    );
+    let mut adapters: Vec<Arc<dyn std::fmt::Debug + Send + Sync>> = vec![directory.clone()];
 
     let mut kube_config = kube::Config::new(scenario.kubernetes.url().parse().unwrap());
     kube_config.root_cert = Some(
@@ -545,7 +680,7 @@ pub fn in_process_rotation(
                     KeyVaultSettings::new(vault.vault_url.as_str(), vault.secret_name.clone());
                 let trust = VaultTrust::for_authority(&scenario.graph.authority_host())
                     .with_private_hosts(vault.vault_url.host_str());
-                stores.push(Arc::new(
+                let store = Arc::new(
                     KeyVaultStore::new(
                         settings,
                         &trust,
@@ -553,9 +688,12 @@ pub fn in_process_rotation(
                         azure_client_options(http.clone()),
                     )
                     .unwrap(),
-                ));
+                );
+                adapters.push(store.clone());
+                stores.push(store);
             }
-            TargetConfig::KubernetesSecret(secret) => stores.push(Arc::new(
+            TargetConfig::KubernetesSecret(secret) => {
+                let store = Arc::new(
                 KubernetesSecretStore::new(
                     kube_client.clone(),
                     KubernetesSecretSettings {
@@ -571,10 +709,13 @@ pub fn in_process_rotation(
                     },
                 )
                 .unwrap(),
-            )),
+                );
+                adapters.push(store.clone());
+                stores.push(store);
+            }
         }
     }
-    let verifier = SmtpVerifier::new(
+    let verifier = Arc::new(SmtpVerifier::new(
         SmtpVerification {
             host: smtp.host.clone(),
             port: smtp.port,
@@ -587,8 +728,9 @@ pub fn in_process_rotation(
         },
         &trust,
     )
-    .unwrap();
-    Rotation {
+    .unwrap());
+    adapters.push(verifier.clone());
+    let rotation = Rotation {
         name: rotation.name.clone(),
         app,
         timing: Timing {
@@ -597,9 +739,9 @@ pub fn in_process_rotation(
             revoke_grace: chrono::Duration::zero(),
             orphan_grace: chrono::Duration::zero(),
         },
-        directory: Arc::new(directory),
+        directory,
         stores,
-        verifier: Some(Arc::new(verifier)),
+        verifier: Some(verifier),
         rollout: None,
         revocation_gate: None,
         verify_retry: VerifyRetry {
@@ -607,7 +749,8 @@ pub fn in_process_rotation(
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
         },
-    }
+    };
+    (rotation, Adapters(adapters))
 }
 
 /// An engine on the wall clock that keeps its events in memory.
