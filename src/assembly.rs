@@ -2,14 +2,14 @@
 //! Shared by `entra-rotator run`, the demo, the controller and the CronJob pass, so every
 //! surface talks to Azure and Kubernetes the same way.
 
-use crate::adapters::graph::{GraphClient, GraphConfig};
+use crate::adapters::graph::{GraphClient, GraphConfig, SignInGate};
 use crate::adapters::http::{azure_client_options, http_client, ApiObserver, ObservingPolicy, TlsTrust};
 use crate::adapters::identity::{rotator_credential, RotatorCredential};
 use crate::adapters::kubernetes::SmtpVariables;
 use crate::config::{AzureSettings, CredentialConfig, KubernetesSettings, RotationConfig, TargetConfig, TlsSettings, VerificationConfig};
 use crate::domain::{AppRef, SecretString};
 use crate::engine::policy::Timing;
-use crate::engine::ports::{Directory, Rollout, SecretStore, Verifier};
+use crate::engine::ports::{Directory, Rollout, SecretStore, SystemClock, Verifier};
 use crate::engine::{Rotation, VerifyRetry};
 use azure_core::credentials::TokenCredential;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ fn assembly_error(context: &str, error: impl std::fmt::Display) -> AssemblyError
 /// with its trust settings, and the Kubernetes client when Secrets are written.
 pub struct Assembly {
     directory: Arc<dyn Directory>,
+    /// The same client, for what only Graph answers (the sign-in log).
+    graph: Arc<GraphClient>,
     credential: Arc<dyn TokenCredential>,
     http: reqwest::Client,
     trust: TlsTrust,
@@ -63,11 +65,12 @@ impl Assembly {
         if let Some(observer) = &observer {
             graph = graph.with_observer(observer.clone());
         }
-        let directory: Arc<dyn Directory> = Arc::new(graph);
+        let graph = Arc::new(graph);
+        let directory: Arc<dyn Directory> = graph.clone();
         let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&azure.authority_host)
             .with_private_hosts(azure.key_vault.private_hosts.iter().map(String::as_str));
         let vaults = crate::adapters::keyvault::KeyVaultClients::new(vault_trust);
-        Ok(Self { directory, credential, http, trust, kube, observer, vaults })
+        Ok(Self { directory, graph, credential, http, trust, kube, observer, vaults })
     }
 
     /// azure_core options for Key Vault: the shared HTTP client, and the observer per attempt.
@@ -92,6 +95,14 @@ impl Assembly {
     /// The Graph client shared by all rotations.
     pub fn directory(&self) -> Arc<dyn Directory> {
         self.directory.clone()
+    }
+
+    /// The sign-in check of a rotation with `requireUnusedFor`, for the faces to put among
+    /// its revocation gates.
+    pub fn sign_in_gate(&self, config: &RotationConfig) -> Result<Option<Arc<SignInGate>>, AssemblyError> {
+        let Some(window) = config.require_unused_for else { return Ok(None) };
+        let app_id = Uuid::parse_str(&config.application.client_id).map_err(|e| assembly_error(&config.name, e))?;
+        Ok(Some(Arc::new(SignInGate::new(self.graph.clone(), app_id, window.chrono(), Arc::new(SystemClock)))))
     }
 
     /// Builds one rotation; `rollout` restarts its consumers (operator only).

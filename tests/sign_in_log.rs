@@ -114,3 +114,135 @@ async fn a_tenant_without_the_licence_or_the_permission_says_which() {
         assert!(error.to_string().contains("403"), "{access:?}: {error}");
     }
 }
+
+mod revocation {
+    //! The check end to end (`run --config` with `requireUnusedFor`): an old secret that
+    //! still signs in is not revoked; once the log shows it unused for the window, it is;
+    //! a tenant whose log cannot be read says so and leaves the decision to the other checks.
+
+    use chrono::Duration as ChronoDuration;
+    use entra_rotator_standins::graph::AuditLogAccess;
+    use entra_rotator_standins::scenario::Scenario;
+    use std::process::Output;
+    use uuid::Uuid;
+
+    async fn run(scenario: &Scenario, extra: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+            .args(["run", "--config", scenario.config_path.to_str().unwrap()])
+            .args(extra)
+            .env("KUBECONFIG", scenario.kubeconfig_path())
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap()
+    }
+
+    fn text(output: &Output) -> String {
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    }
+
+    /// Our secrets on the target, oldest first, with their values.
+    fn ours(scenario: &Scenario) -> Vec<(Uuid, String)> {
+        let mut mine: Vec<_> = scenario.target_now().passwords.into_iter().filter(|p| p.key_id != scenario.foreign_key_id).collect();
+        mine.sort_by_key(|p| p.start);
+        mine.into_iter().map(|p| (p.key_id, p.secret_text)).collect()
+    }
+
+    /// A scenario whose rotation waits for the sign-in log (one hour unused), with one
+    /// secret of ours rotated in and a second minted by `--force`, the first still signing in.
+    async fn rotated_twice_with_the_first_still_signing_in(access: AuditLogAccess) -> (Scenario, Uuid, Output) {
+        let scenario = Scenario::start().await.unwrap();
+        scenario.edit_config("    revokeGracePeriod: 0s\n", "    revokeGracePeriod: 0s\n    requireUnusedFor: 1h\n").unwrap();
+        scenario.graph.set_audit_log_access(access);
+        let first = run(&scenario, &[]).await;
+        assert!(first.status.success(), "{}", text(&first));
+        let (first_key, first_value) = ours(&scenario)[0].clone();
+        // A consumer outside the cluster (a VM, a SaaS app) still uses the first secret.
+        scenario.tenant.sign_in(scenario.target.app_id, &first_value, "smtp").unwrap();
+        let second = run(&scenario, &["--force"]).await;
+        (scenario, first_key, second)
+    }
+
+    #[tokio::test]
+    async fn an_old_secret_that_still_signs_in_stays_until_it_has_been_unused_for_the_window() {
+        let (scenario, first_key, second) = rotated_twice_with_the_first_still_signing_in(AuditLogAccess::Allowed).await;
+
+        let out = text(&second);
+        assert!(second.status.success(), "{out}");
+        assert!(out.contains(&format!("keyId {first_key}")) && out.contains("still signs in"), "the hold names the key: {out}");
+        assert!(ours(&scenario).iter().any(|(key, _)| *key == first_key), "the first secret is still live");
+
+        // An hour later in the log's terms: no sign-in with the first secret since.
+        scenario.tenant.backdate_sign_ins(ChronoDuration::minutes(61));
+        let third = run(&scenario, &[]).await;
+
+        assert!(third.status.success(), "{}", text(&third));
+        let left = ours(&scenario);
+        assert_eq!(left.len(), 1, "only the newest secret of ours is live: {left:?}");
+        assert_ne!(left[0].0, first_key);
+        assert!(!text(&third).contains("still signs in"), "{}", text(&third));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_without_the_licence_skips_the_check_and_says_so() {
+        let (scenario, first_key, second) = rotated_twice_with_the_first_still_signing_in(AuditLogAccess::NoLicence).await;
+
+        let out = text(&second);
+        assert!(second.status.success(), "{out}");
+        assert!(out.contains("sign-in check (requireUnusedFor) was skipped") && out.contains("P1 or P2 licence"), "{out}");
+        assert!(!ours(&scenario).iter().any(|(key, _)| *key == first_key), "the other checks decided: revoked");
+    }
+}
+
+mod operator {
+    //! The same check from a ClientSecretRotation (`spec.requireUnusedFor`), CronJob pass:
+    //! a rotator without AuditLog.Read.All revokes on the other checks, and the status's
+    //! SignInCheck condition says what to grant.
+
+    use entra_rotator_standins::graph::AuditLogAccess;
+    use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE};
+    use serde_json::json;
+
+    const NAMESPACE: &str = "dify";
+    const NAME: &str = "app-smtp";
+
+    async fn pass(scenario: &Scenario) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+            .args(["run", "--namespace", NAMESPACE, "--azure-config", scenario.config_path.to_str().unwrap()])
+            .env("KUBECONFIG", scenario.kubeconfig_path())
+            .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    }
+
+    #[tokio::test]
+    async fn without_audit_log_read_all_the_status_says_the_check_was_skipped_and_what_to_grant() {
+        let scenario = Scenario::start().await.unwrap();
+        scenario.graph.set_audit_log_access(AuditLogAccess::NoPermission);
+        let spec = json!({
+            "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
+            "lifetime": "4320h", "revokeGracePeriod": "0s", "requireUnusedFor": "1h",
+            "targets": [ { "secret": { "name": "app-smtp", "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
+            "verification": { "smtp": {
+                "host": "localhost", "port": scenario.relay.port(),
+                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+                "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
+        });
+        scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
+        pass(&scenario).await;
+        // Due again at once: the next pass rotates and revokes the first secret.
+        scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": "4319h" })).unwrap();
+        pass(&scenario).await;
+
+        let status = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"].clone();
+        let condition = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "SignInCheck").cloned().unwrap_or_default();
+        assert_eq!(condition["status"], "False", "{status}");
+        assert_eq!(condition["reason"], "SignInLogUnavailable", "{status}");
+        assert!(condition["message"].as_str().unwrap_or_default().contains("AuditLog.Read.All"), "{status}");
+        let ours = scenario.target_now().passwords.into_iter().filter(|p| p.key_id != scenario.foreign_key_id).count();
+        assert_eq!(ours, 1, "the other checks let the first secret go");
+    }
+}

@@ -15,7 +15,7 @@
 //! it is exhausted and is shared across applications in arrival order.
 
 mod sign_ins;
-pub use sign_ins::SignInScan;
+pub use sign_ins::{SignInGate, SignInScan, OLD_SECRET_SIGNS_IN, SIGN_IN_LOG_UNREADABLE};
 
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
 use super::error_chain::find_cause;

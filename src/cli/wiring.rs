@@ -6,7 +6,7 @@ use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
 use crate::assembly::{kube_client, Assembly, AssemblyError};
 use crate::config::{Config, TargetConfig};
 use crate::engine::events::LogSink;
-use crate::engine::ports::SystemClock;
+use crate::engine::ports::{RevocationGate, SystemClock};
 use crate::engine::{Engine, Rotation, RunOptions};
 use futures::StreamExt;
 use std::path::Path;
@@ -77,5 +77,13 @@ pub async fn wire(config: &Config) -> Result<Vec<Rotation>, AssemblyError> {
         .any(|t| matches!(t, TargetConfig::KubernetesSecret(_)));
     let kube = if needs_kubernetes { Some(kube_client(&config.kubernetes).await?) } else { None };
     let assembly = Assembly::new(&config.azure, &config.tls, kube)?;
-    config.rotations.iter().map(|rotation| assembly.rotation(rotation, None)).collect()
+    config
+        .rotations
+        .iter()
+        .map(|config| {
+            let mut rotation = assembly.rotation(config, None)?;
+            rotation.revocation_gate = assembly.sign_in_gate(config)?.map(|gate| gate as Arc<dyn RevocationGate>);
+            Ok(rotation)
+        })
+        .collect()
 }

@@ -184,6 +184,10 @@ pub struct RotationConfig {
     pub revoke_grace_period: HumanDuration,
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace_period: HumanDuration,
+    /// Revoke an older secret only once the Entra sign-in log shows it unused this long
+    /// (needs AuditLog.Read.All and an Entra ID P1/P2 licence). Off when unset.
+    #[serde(default)]
+    pub require_unused_for: Option<HumanDuration>,
     pub targets: Vec<TargetConfig>,
     pub verification: VerificationConfig,
 }
@@ -471,6 +475,14 @@ impl RotationConfig {
                 ));
             }
         }
+        if let Some(window) = self.require_unused_for {
+            if window < MIN_UNUSED_FOR || window > self.lifetime {
+                problems.push(format!(
+                    "{at}.requireUnusedFor: {window} must be between {MIN_UNUSED_FOR} (the sign-in log shows sign-ins minutes late) and the lifetime {}",
+                    self.lifetime
+                ));
+            }
+        }
         if self.targets.is_empty() {
             problems.push(format!("{at}.targets: name at least one store (keyVault or kubernetesSecret)"));
         }
@@ -563,6 +575,9 @@ impl TargetConfig {
 /// The longest verification patience: Entra replication takes seconds to about two
 /// minutes, and a verification holds its secret unstored (and, in a run from a file, the
 /// run) while it waits; a secret that takes longer is discarded and the next run mints again.
+/// The shortest `requireUnusedFor`: well above the sign-in log's usual latency.
+pub const MIN_UNUSED_FOR: HumanDuration = HumanDuration::seconds(15 * 60);
+
 pub const MAX_RETRY_BUDGET: HumanDuration = HumanDuration::seconds(3600);
 
 impl SmtpConfig {

@@ -11,7 +11,7 @@ use crate::template::Template;
 use serde_yaml::{Mapping, Value};
 
 /// The duration fields of a rotation and of its SMTP verification; all have defaults.
-const ROTATION_DURATIONS: [&str; 4] = ["lifetime", "renewBefore", "revokeGracePeriod", "orphanGracePeriod"];
+const ROTATION_DURATIONS: [&str; 5] = ["lifetime", "renewBefore", "revokeGracePeriod", "orphanGracePeriod", "requireUnusedFor"];
 const SMTP_DURATIONS: [&str; 3] = ["retryBudget", "retryInterval", "timeout"];
 /// Stands in for a template that does not parse; it has no variables, so it cannot
 /// cause another problem of its own.

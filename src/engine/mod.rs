@@ -454,7 +454,7 @@ impl Engine {
                 self.emit(rotation, Event::RolledOut { key_id, workloads });
             }
         }
-        let hold = gate.hold(key_id).await;
+        let hold = gate.hold(key_id, old).await;
         if let Some(hold) = &hold {
             self.emit(rotation, Event::RevocationHeld { key_ids: old.to_vec(), message: hold.message.clone() });
         }

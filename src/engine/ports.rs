@@ -6,6 +6,7 @@
 
 use crate::domain::{AppRef, Application, MintedSecret, SecretString, SecretToStore, StoredSecret};
 use async_trait::async_trait;
+use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
@@ -59,8 +60,24 @@ pub trait Rollout: Send + Sync {
 /// revocation; a failure to find out is a hold too, whose message says what to fix.
 #[async_trait]
 pub trait RevocationGate: Send + Sync {
-    /// `None`: revoke. `Some`: keep the older secrets, and ask again at `recheck_at`.
-    async fn hold(&self, key_id: Uuid) -> Option<RevocationHold>;
+    /// `None`: revoke `old`. `Some`: keep the older secrets, and ask again at `recheck_at`.
+    async fn hold(&self, key_id: Uuid, old: &[Uuid]) -> Option<RevocationHold>;
+}
+
+/// Several gates (the consumers in Kubernetes, the sign-in log), asked in order: the first
+/// that holds keeps the older secrets.
+pub struct Gates(pub Vec<Arc<dyn RevocationGate>>);
+
+#[async_trait]
+impl RevocationGate for Gates {
+    async fn hold(&self, key_id: Uuid, old: &[Uuid]) -> Option<RevocationHold> {
+        for gate in &self.0 {
+            if let Some(hold) = gate.hold(key_id, old).await {
+                return Some(hold);
+            }
+        }
+        None
+    }
 }
 
 /// Why the older secrets stay live for now.

@@ -635,7 +635,7 @@ struct FakeGate {
 
 #[async_trait]
 impl RevocationGate for FakeGate {
-    async fn hold(&self, _key_id: Uuid) -> Option<RevocationHold> {
+    async fn hold(&self, _key_id: Uuid, _old: &[Uuid]) -> Option<RevocationHold> {
         *self.asked.lock().unwrap() += 1;
         self.holding.lock().unwrap().then(|| RevocationHold {
             reason: "ConsumersOnOldSecret",

@@ -217,7 +217,7 @@ impl ConsumerGate {
 
 #[async_trait]
 impl RevocationGate for ConsumerGate {
-    async fn hold(&self, key_id: Uuid) -> Option<RevocationHold> {
+    async fn hold(&self, key_id: Uuid, _old: &[Uuid]) -> Option<RevocationHold> {
         let now = self.clock.now();
         let mut report = self.look(key_id).await;
         let on_old = report.on_old_value();

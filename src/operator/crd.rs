@@ -95,6 +95,14 @@ pub struct ClientSecretRotationSpec {
     /// still use it (their mail stops). Default false.
     #[serde(default)]
     pub revoke_when_consumers_stuck: bool,
+    /// Revoke an older secret only once the Entra sign-in log shows it has not signed in
+    /// for this long (Go duration, at least 15m): the check for consumers outside the
+    /// cluster, and for ACS, which signs in on every SMTP AUTH. Needs the Graph permission
+    /// AuditLog.Read.All and an Entra ID P1/P2 licence; without them the check is skipped
+    /// and the SignInCheck condition says why. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
+    pub require_unused_for: Option<String>,
     /// Stop rotating; status and alerts continue.
     #[serde(default)]
     pub suspend: bool,
@@ -478,6 +486,7 @@ impl ClientSecretRotation {
             // second runner away; the wait covers a leader that lost its Lease mid-rotation.
             // The controller overrides it with --orphan-grace-period.
             orphan_grace_period: HumanDuration(DEFAULT_ORPHAN_GRACE),
+            require_unused_for: spec.require_unused_for.as_ref().map(|window| duration("requireUnusedFor", window, &mut problems)),
             targets,
             verification,
         };

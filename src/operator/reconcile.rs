@@ -12,7 +12,8 @@ use crate::assembly::Assembly;
 use crate::metrics::{CredentialLabels, Metrics};
 use crate::config::duration::HumanDuration;
 use crate::engine::events::{Event as EngineEvent, RecordingSink};
-use crate::engine::ports::{Clock, RevocationGate, Rollout};
+use crate::adapters::graph::SignInGate;
+use crate::engine::ports::{Clock, Gates, RevocationGate, Rollout};
 use crate::engine::{Engine, EngineError, Outcome, Reverify, RunOptions};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
@@ -72,11 +73,34 @@ const BACKGROUND_POLL: Duration = Duration::from_secs(5);
 
 type EngineResult = Result<Outcome, EngineError>;
 
+/// Condition: whether the sign-in log could be read before the last revocation.
+pub const SIGN_IN_CHECK: &str = "SignInCheck";
+
+/// The revocation gates of a run, kept to read what they found once it ends.
+#[derive(Clone, Default)]
+struct Gatekeepers {
+    consumers: Option<Arc<ConsumerGate>>,
+    sign_in: Option<Arc<SignInGate>>,
+}
+
+impl Gatekeepers {
+    /// All of them as the engine's one gate, consumers first.
+    fn gate(&self) -> Option<Arc<dyn RevocationGate>> {
+        let gates: Vec<Arc<dyn RevocationGate>> = self
+            .consumers
+            .iter()
+            .map(|gate| gate.clone() as Arc<dyn RevocationGate>)
+            .chain(self.sign_in.iter().map(|gate| gate.clone() as Arc<dyn RevocationGate>))
+            .collect();
+        (!gates.is_empty()).then(|| Arc::new(Gates(gates)) as Arc<dyn RevocationGate>)
+    }
+}
+
 /// An engine run that outlived the reconcile that started it.
 struct BackgroundRun {
     generation: Option<i64>,
     sink: Arc<RecordingSink>,
-    gate: Option<Arc<ConsumerGate>>,
+    gates: Gatekeepers,
     /// Events already published as Kubernetes Events.
     published: usize,
     handle: tokio::task::JoinHandle<EngineResult>,
@@ -210,16 +234,16 @@ pub async fn reconcile(
     let previous = accepted;
     let thresholds = alert_thresholds(object);
     let verification_enabled = object.spec.verification.smtp.is_some();
-    let (sink, result, generation, gate) = match resumed {
+    let (sink, result, generation, gates) = match resumed {
         Some(run) => {
             let events = run.sink.events();
             publish_events(ctx, object, &events[run.published.min(events.len())..]).await;
-            (run.sink, joined(run.handle.await, &name)?, run.generation, run.gate)
+            (run.sink, joined(run.handle.await, &name)?, run.generation, run.gates)
         }
         None => match start(object, ctx, &previous, &thresholds, now, background, request).await? {
-            Started::Done(sink, result, gate) => {
+            Started::Done(sink, result, gates) => {
                 publish_events(ctx, object, &sink.events()).await;
-                (sink, result, object.metadata.generation, gate)
+                (sink, result, object.metadata.generation, gates)
             }
             Started::Returned(reconciled) => return Ok(reconciled),
         },
@@ -246,13 +270,24 @@ pub async fn reconcile(
         _ => None,
     });
     status::record_verification(&mut next, verified_now, verification_enabled, generation, now);
-    if let (Some(gate), Ok(outcome)) = (&gate, &result) {
+    if let (Some(gate), Ok(outcome)) = (&gates.consumers, &result) {
         let announced = consumers::record(gate, outcome, &previous, &mut next, generation, now).await;
         if !announce_consumers(ctx, object, &mut next, announced, now).await {
             soonest = soonest.min(Some(now + chrono::Duration::minutes(1)));
         }
+    } else if let Ok(Outcome::Settled { held: Some(hold), .. }) = &result {
+        status::set_condition(&mut next, consumers::REVOKED, false, hold.reason, hold.message.clone(), generation, now);
     }
-    let on_old_value = gate.as_ref().and_then(|gate| gate.report()).map(|report| report.on_old_value()).unwrap_or_default();
+    if let Some(checked) = gates.sign_in.as_ref().and_then(|gate| gate.last_check()) {
+        match checked {
+            Ok(()) => status::set_condition(&mut next, SIGN_IN_CHECK, true, "SignInLogRead", "the Entra sign-in log was read before revoking (requireUnusedFor)".into(), generation, now),
+            Err(skipped) => {
+                status::set_condition(&mut next, SIGN_IN_CHECK, false, "SignInLogUnavailable", skipped.clone(), generation, now);
+                publish(ctx, object, EventType::Warning, "SignInLogUnavailable", &skipped).await;
+            }
+        }
+    }
+    let on_old_value = gates.consumers.as_ref().and_then(|gate| gate.report()).map(|report| report.on_old_value()).unwrap_or_default();
     if let Some((done, compromised)) = result.as_ref().ok().and_then(|outcome| rotate_request::finish(&mut next, outcome, &on_old_value)) {
         if compromised {
             status::set_condition(&mut next, consumers::REVOKED, true, COMPROMISED_SECRET_REVOKED, done.clone(), generation, now);
@@ -279,7 +314,7 @@ pub async fn reconcile(
 /// What [`start`] did: ran the engine to the end, or answered without it (suspended,
 /// invalid spec, or the run went to the background).
 enum Started {
-    Done(Arc<RecordingSink>, EngineResult, Option<Arc<ConsumerGate>>),
+    Done(Arc<RecordingSink>, EngineResult, Gatekeepers),
     Returned(Reconciled),
 }
 
@@ -313,7 +348,7 @@ async fn start(
     }
 
     let rules = object.consumer_rules();
-    let gate = match &rules {
+    let consumer_gate = match &rules {
         Ok(rules) if !object.secret_names().is_empty() => Some(Arc::new(ConsumerGate::new(
             ctx.client.clone(),
             object.metadata.namespace.clone().unwrap_or_default(),
@@ -325,7 +360,7 @@ async fn start(
         ))),
         _ => None,
     };
-    let mut rotation = match rules.map_err(|problems| problems.join("; ")).and_then(|_| object.to_rotation_config().map_err(|problems| problems.join("; "))).and_then(|mut config| {
+    let (mut rotation, sign_in) = match rules.map_err(|problems| problems.join("; ")).and_then(|_| object.to_rotation_config().map_err(|problems| problems.join("; "))).and_then(|mut config| {
         config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
         let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
             Arc::new(WorkloadRollout::new(
@@ -334,12 +369,14 @@ async fn start(
                 object.spec.rollout.clone(),
             )) as Arc<dyn Rollout>
         });
-        ctx.assembly.rotation(&config, rollout).map_err(|e| e.to_string())
+        let sign_in = ctx.assembly.sign_in_gate(&config).map_err(|e| e.to_string())?;
+        ctx.assembly.rotation(&config, rollout).map(|rotation| (rotation, sign_in)).map_err(|e| e.to_string())
     }) {
-        Ok(rotation) => rotation,
+        Ok(built) => built,
         Err(problems) => return refuse_spec(object, ctx, previous.clone(), problems, now).await.map(Started::Returned),
     };
-    rotation.revocation_gate = gate.clone().map(|gate| gate as Arc<dyn RevocationGate>);
+    let gates = Gatekeepers { consumers: consumer_gate, sign_in };
+    rotation.revocation_gate = gates.gate();
 
     let sink = Arc::new(RecordingSink::default());
     let engine = Engine::new(ctx.clock.clone(), sink.clone());
@@ -358,10 +395,10 @@ async fn start(
         }
     });
     let Some(runs) = background else {
-        return Ok(Started::Done(sink, joined(handle.await, &name)?, gate));
+        return Ok(Started::Done(sink, joined(handle.await, &name)?, gates));
     };
     match tokio::time::timeout(ENGINE_SLICE, &mut handle).await {
-        Ok(result) => Ok(Started::Done(sink, joined(result, &name)?, gate)),
+        Ok(result) => Ok(Started::Done(sink, joined(result, &name)?, gates)),
         Err(_) => {
             let events = sink.events();
             publish_events(ctx, object, &events).await;
@@ -371,7 +408,7 @@ async fn start(
             let message = format!("the rotation goes on in the background (e.g. verification retrying while Entra replicates a new secret); last step: {last}");
             status::set_condition(&mut next, conditions::ROTATING, true, conditions::IN_PROGRESS, message, generation, now);
             write_status(ctx, object, previous, &next).await?;
-            runs.keep(name.clone(), BackgroundRun { generation, sink, gate, published: events.len(), handle });
+            runs.keep(name.clone(), BackgroundRun { generation, sink, gates, published: events.len(), handle });
             Ok(Started::Returned(Reconciled {
                 summary: format!("{name}: still rotating; the worker is given back while the engine run goes on"),
                 failed: false,

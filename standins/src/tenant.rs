@@ -291,6 +291,14 @@ impl Tenant {
         (Some(password.key_id), verdict)
     }
 
+    /// Moves every recorded sign-in `by` into the past, as if that much time had gone by
+    /// since (for tests of a window without waiting it out).
+    pub fn backdate_sign_ins(&self, by: chrono::Duration) {
+        for sign_in in &mut self.state().sign_ins {
+            sign_in.at -= by;
+        }
+    }
+
     /// How long a sign-in takes to appear in the log (Entra's reporting latency).
     pub fn set_sign_in_latency(&self, latency: Duration) {
         self.state().sign_in_latency = latency;

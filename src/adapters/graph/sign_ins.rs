@@ -9,7 +9,9 @@
 //! the tenant; entries show up minutes after the sign-in (Entra's reporting latency).
 
 use super::{Answer, Call, GraphClient, RetryMode, PAGE_BODY_LIMIT};
-use crate::engine::ports::GraphError;
+use crate::engine::ports::{Clock, GraphError, RevocationGate, RevocationHold};
+use async_trait::async_trait;
+use std::sync::{Arc, Mutex};
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::Method;
 use serde::Deserialize;
@@ -115,3 +117,91 @@ impl GraphError {
         }
     }
 }
+
+/// Keeps older secrets live while the sign-in log shows them in use: a keyId that signed in
+/// within `unused_for` is not revoked (`revocation.requireUnusedFor`). When the log cannot be
+/// read for a reason of the tenant's setup (no licence, no permission), the check steps
+/// aside and says so ([`SignInGate::last_check`]); the other checks still apply. Any other
+/// failure to read it holds, as not knowing is no proof of disuse.
+pub struct SignInGate {
+    graph: Arc<GraphClient>,
+    app_id: Uuid,
+    unused_for: chrono::Duration,
+    clock: Arc<dyn Clock>,
+    /// What the last question found: read (`Ok`), or skipped and why (`Err`).
+    last_check: Mutex<Option<Result<(), String>>>,
+}
+
+/// How soon a hold for an unreadable or incomplete log is looked at again.
+const RECHECK: chrono::Duration = chrono::Duration::minutes(5);
+
+impl SignInGate {
+    pub fn new(graph: Arc<GraphClient>, app_id: Uuid, unused_for: chrono::Duration, clock: Arc<dyn Clock>) -> Self {
+        Self { graph, app_id, unused_for, clock, last_check: Mutex::new(None) }
+    }
+
+    /// Whether the log was read when last asked, or why the check was skipped; `None` when
+    /// nothing was due for revocation, so it was not asked.
+    pub fn last_check(&self) -> Option<Result<(), String>> {
+        self.last_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn record(&self, checked: Result<(), String>) {
+        *self.last_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(checked);
+    }
+
+    fn window(&self) -> String {
+        let minutes = self.unused_for.num_minutes();
+        if minutes % 60 == 0 { format!("{}h", minutes / 60) } else { format!("{minutes}m") }
+    }
+}
+
+#[async_trait]
+impl RevocationGate for SignInGate {
+    async fn hold(&self, _key_id: Uuid, old: &[Uuid]) -> Option<RevocationHold> {
+        if old.is_empty() {
+            return None;
+        }
+        let now = self.clock.now();
+        let scan = self.graph.last_sign_ins(self.app_id, old, now - self.unused_for).await;
+        match scan {
+            Ok(scan) => {
+                self.record(Ok(()));
+                if let Some((key_id, at)) = scan.last_seen.iter().max_by_key(|(_, at)| **at) {
+                    return Some(RevocationHold {
+                        reason: OLD_SECRET_SIGNS_IN,
+                        message: format!(
+                            "keyId {key_id} of application {} still signs in: last at {} (Entra sign-in log); it is revoked once it has not signed in for {} (requireUnusedFor). Find the consumer still using it (the sign-in's IP address and resource in the Entra admin center) and give it the new value",
+                            self.app_id,
+                            at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                            self.window()
+                        ),
+                        recheck_at: *at + self.unused_for,
+                    });
+                }
+                (!scan.complete).then(|| RevocationHold {
+                    reason: SIGN_IN_LOG_UNREADABLE,
+                    message: format!("the sign-in log of application {} is too busy to read in full ({MAX_PAGES} pages); no older secret is revoked until it shows none of them within {}", self.app_id, self.window()),
+                    recheck_at: now + RECHECK,
+                })
+            }
+            Err(error) => match error.sign_in_log_unavailable() {
+                Some(why) => {
+                    let note = format!("the sign-in check (requireUnusedFor) was skipped: {why}; the other checks decided. ({error})");
+                    tracing::warn!(application = %self.app_id, "{note}");
+                    self.record(Err(note));
+                    None
+                }
+                None => Some(RevocationHold {
+                    reason: SIGN_IN_LOG_UNREADABLE,
+                    message: format!("could not read the sign-in log, so no older secret is revoked yet: {error}"),
+                    recheck_at: now + RECHECK,
+                }),
+            },
+        }
+    }
+}
+
+/// Hold reasons, for conditions and metrics.
+pub const OLD_SECRET_SIGNS_IN: &str = "OldSecretStillSignsIn";
+pub const SIGN_IN_LOG_UNREADABLE: &str = "SignInLogUnreadable";
