@@ -58,17 +58,24 @@ pub fn federated_token(text: &str) {
     let _ = identity::federated_token_claims(text);
 }
 
-/// A relay's replies (greeting, EHLO capability list, anything after), through our bounded
-/// reader and then lettre's parser and capability list, as a session reads them.
+/// A relay's replies (greeting, EHLO capability list, anything after): through our
+/// plaintext reader, and as lettre reads them after STARTTLS: line by line through the
+/// bounded stream, each complete reply parsed, and parsed as an EHLO answer too.
 pub fn smtp_replies(bytes: &[u8]) {
-    let replies = futures::executor::block_on(wire::replies_in(bytes));
-    for reply in replies.into_iter().flatten() {
-        let text: String = reply.lines.iter().enumerate().map(|(index, line)| {
-            let separator = if index + 1 == reply.lines.len() { ' ' } else { '-' };
-            format!("{}{separator}{line}\r\n", reply.code)
-        }).collect();
-        if let Ok(response) = lettre::transport::smtp::response::Response::from_str(&text) {
-            let _ = lettre::transport::smtp::extension::ServerInfo::from_response(&response);
+    let (_replies, passed) = futures::executor::block_on(wire::as_read_from_a_relay(bytes));
+    let mut buffer = String::new();
+    for line in passed.split_inclusive(|byte| *byte == b'\n').filter(|line| line.ends_with(b"\n")) {
+        // lettre reads lines into a String: a line that is not UTF-8 ends the session.
+        let Ok(line) = std::str::from_utf8(line) else { return };
+        buffer.push_str(line);
+        match lettre::transport::smtp::response::Response::from_str(&buffer) {
+            Ok(response) => {
+                let _ = lettre::transport::smtp::extension::ServerInfo::from_response(&response);
+                buffer.clear();
+            }
+            // A continuation line: lettre reads on.
+            Err(_) if line.as_bytes().get(3) == Some(&b'-') => {}
+            Err(_) => buffer.clear(),
         }
     }
 }

@@ -403,21 +403,24 @@ where
     }
 }
 
-/// Every reply in `bytes`, read as a relay's are: through the bounded buffer, until the
-/// end of the bytes or the first refusal (for the fuzz targets).
+/// What the plaintext reader and lettre each get of `bytes` from a relay (for the fuzz
+/// targets): the replies our reader parses until the end or its first refusal, and the
+/// bytes the bounded stream under lettre lets through before it refuses.
 #[cfg(feature = "fuzzing")]
-pub(crate) async fn replies_in(bytes: &[u8]) -> Vec<Result<Reply, WireError>> {
+pub(crate) async fn as_read_from_a_relay(bytes: &[u8]) -> (Vec<Reply>, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
     let peer = SocketAddr::from(([127, 0, 0, 1], 25));
-    let mut stream = BufReader::new(BoundedStream::new(bytes, peer, &[]));
     let mut replies = Vec::new();
-    loop {
-        let reply = read_reply(&mut stream).await;
-        let done = reply.is_err();
+    let mut plaintext = BufReader::new(BoundedStream::new(bytes, peer, &[]));
+    while let Ok(reply) = read_reply(&mut plaintext).await {
         replies.push(reply);
-        if done {
-            return replies;
-        }
     }
+    let mut under_lettre = BoundedStream::new(bytes, peer, &[]);
+    let (mut passed, mut chunk) = (Vec::new(), [0u8; 64]);
+    while let Ok(read @ 1..) = under_lettre.read(&mut chunk).await {
+        passed.extend_from_slice(&chunk[..read]);
+    }
+    (replies, passed)
 }
 
 #[cfg(test)]
