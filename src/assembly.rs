@@ -163,6 +163,10 @@ impl Assembly {
                     from: smtp.from.clone(),
                     to: smtp.to.clone(),
                     timeout: smtp.timeout.0,
+                    mode: match smtp.mode {
+                        crate::config::SmtpMode::Deliver => crate::adapters::smtp::ProofMode::Deliver,
+                        crate::config::SmtpMode::Handshake => crate::adapters::smtp::ProofMode::Handshake,
+                    },
                 },
                 trust,
             )

@@ -72,6 +72,7 @@ fn verifier(port: u16, tls: TlsMode, mechanism: AuthMechanism, pki: &TestPki) ->
             from: "DoNotReply@example.azurecomm.net".into(),
             to: "canary@contoso.example".into(),
             timeout: Duration::from_secs(10),
+            mode: entra_rotator::adapters::smtp::ProofMode::Deliver,
         },
         &trust(pki),
     )

@@ -164,6 +164,28 @@ async fn success_shows_capabilities_tls_and_the_mechanism() {
     assert_eq!(accepted[0].rcpt_to, vec![RECIPIENT.to_string()]);
 }
 
+/// Issue 19 item 1: `--mode handshake` checks the credential, sender and recipient without
+/// sending: the relay counts no message and no DATA.
+#[tokio::test]
+async fn handshake_mode_checks_without_sending() {
+    let fixture = Fixture::start().await;
+    let output = fixture.run(&[("--mode", Some("handshake"))]).await;
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("no mail was sent"), "{shown}");
+    assert!(!shown.contains("Sending a test mail"), "{shown}");
+    assert_eq!(fixture.relay.messages(), 0);
+    assert_eq!(fixture.relay.count("DATA"), 0);
+    assert_eq!(fixture.relay.handshakes(), 1);
+
+    let refused = fixture
+        .run(&[("--mode", Some("handshake")), ("--from", Some("alerts@contoso.example"))])
+        .await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("refused the sender alerts@contoso.example"), "{shown}");
+}
+
 #[tokio::test]
 async fn implicit_tls_is_shown_too() {
     let fixture = Fixture::start().await;

@@ -37,7 +37,7 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -85,6 +85,32 @@ impl AuthMechanism {
     }
 }
 
+/// What a verification of a newly minted secret proves at the relay.
+///
+/// An enum, not a switch: other proofs (Exchange Online's AUTH XOAUTH2) are further modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProofMode {
+    /// A test mail: STARTTLS, AUTH, MAIL FROM, RCPT TO and DATA. The only proof that the
+    /// relay delivers for this app, and it costs one mail of the resource's quota.
+    #[default]
+    Deliver,
+    /// STARTTLS, AUTH, MAIL FROM, RCPT TO, then RSET and QUIT: no message, no quota spent.
+    /// Proves the secret authenticates and the sender and recipient are accepted, not that
+    /// the relay delivers.
+    Handshake,
+}
+
+impl ProofMode {
+    /// `a test mail` / `a handshake (no mail)`, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ProofMode::Deliver => "a test mail",
+            ProofMode::Handshake => "a handshake (AUTH, MAIL FROM, RCPT TO, no mail)",
+        }
+    }
+}
+
 /// Where and how to send the verification mail.
 #[derive(Clone, Debug)]
 pub struct SmtpVerification {
@@ -102,6 +128,9 @@ pub struct SmtpVerification {
     pub to: String,
     /// How long one whole session may take.
     pub timeout: Duration,
+    /// How a newly minted secret is proven; re-checks of a proven one always use the
+    /// handshake.
+    pub mode: ProofMode,
 }
 
 impl SmtpVerification {
@@ -116,6 +145,7 @@ impl SmtpVerification {
             from: from.to_string(),
             to: to.to_string(),
             timeout: DEFAULT_TIMEOUT,
+            mode: ProofMode::Deliver,
         }
     }
 }
@@ -198,19 +228,41 @@ impl SmtpRelay {
         secret: &SecretString,
         message: Message,
     ) -> Result<(), VerifyError> {
-        let forms = CredentialForms::new(username, secret);
         let envelope = message.envelope().clone();
         let email = message.formatted();
+        self.run(username, secret, &envelope, Some(&email)).await
+    }
+
+    /// One session that authenticates as `username` and has the envelope's sender and
+    /// recipients accepted, then sends RSET and QUIT instead of a message: no mail, no
+    /// quota spent.
+    pub async fn handshake(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        envelope: &Envelope,
+    ) -> Result<(), VerifyError> {
+        self.run(username, secret, envelope, None).await
+    }
+
+    async fn run(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        envelope: &Envelope,
+        email: Option<&[u8]>,
+    ) -> Result<(), VerifyError> {
+        let forms = CredentialForms::new(username, secret);
         let mut phase = Phase::Connect;
         let outcome = tokio::time::timeout(
             self.timeout,
-            self.session(username, secret, &envelope, &email, &mut phase),
+            self.session(username, secret, envelope, email, &mut phase),
         )
         .await;
         match outcome.unwrap_or(Err(Failure::TimedOut)) {
             Ok(()) => Ok(()),
             Err(failure) => {
-                let (kind, message) = self.explain(phase, failure, username, &envelope, &forms);
+                let (kind, message) = self.explain(phase, failure, username, envelope, &forms);
                 Err(VerifyError {
                     target: self.describe(),
                     kind,
@@ -226,7 +278,7 @@ impl SmtpRelay {
         username: &str,
         secret: &SecretString,
         envelope: &Envelope,
-        email: &[u8],
+        email: Option<&[u8]>,
         phase: &mut Phase,
     ) -> Result<(), Failure> {
         let hello = ClientId::default();
@@ -236,7 +288,8 @@ impl SmtpRelay {
             .converse(&mut conn, username, secret, envelope, email, phase)
             .await;
         match &result {
-            // The mail is accepted at this point; a failed QUIT changes nothing.
+            // The mail (or the handshake) is accepted at this point; a failed QUIT changes
+            // nothing.
             Ok(()) => {
                 let _ = conn.quit().await;
             }
@@ -287,7 +340,7 @@ impl SmtpRelay {
         username: &str,
         secret: &SecretString,
         envelope: &Envelope,
-        email: &[u8],
+        email: Option<&[u8]>,
         phase: &mut Phase,
     ) -> Result<(), Failure> {
         *phase = Phase::Auth;
@@ -309,6 +362,12 @@ impl SmtpRelay {
         for recipient in envelope.to() {
             conn.command(Rcpt::new(recipient.clone(), vec![])).await?;
         }
+        let Some(email) = email else {
+            // The handshake's proof is complete once the recipients are accepted; RSET ends
+            // the transaction without a message, and its answer changes nothing.
+            let _ = conn.command(Rset).await;
+            return Ok(());
+        };
         *phase = Phase::Data;
         conn.command(Data).await?;
         conn.message(email).await?;
@@ -526,7 +585,8 @@ impl SmtpRelay {
     }
 }
 
-/// Sends one test mail per [`verify`](Verifier::verify) through an SMTP relay.
+/// Proves a secret at an SMTP relay: a new one as its [`ProofMode`] says (a test mail by
+/// default), one already proven by the handshake alone, so a rotation costs at most one mail.
 pub struct SmtpVerifier {
     settings: SmtpVerification,
     relay: SmtpRelay,
@@ -597,14 +657,18 @@ impl SmtpVerifier {
             .body(body)
     }
 
-    /// Sends one test mail as `username` (taken as is, no template), for
+    /// Proves `secret` as `username` (taken as is, no template) the way `mode` says, for
     /// `entra-rotator smtp-test`; a failure carries the same phase-exact explanation as
     /// [`verify`](Verifier::verify).
-    pub async fn send_test_mail(
+    pub async fn check(
         &self,
         username: &str,
         secret: &SecretString,
+        mode: ProofMode,
     ) -> Result<(), VerifyError> {
+        if mode == ProofMode::Handshake {
+            return self.relay.handshake(username, secret, &self.envelope()).await;
+        }
         let message = self.message(
             "entra-rotator smtp-test".to_string(),
             "entra-rotator smtp-test sent this message to check the SMTP relay settings.\r\n\
@@ -612,6 +676,12 @@ impl SmtpVerifier {
                 .to_string(),
         );
         self.deliver(username, secret, message).await
+    }
+
+    /// The verification's sender and recipient, for a handshake without a message.
+    fn envelope(&self) -> Envelope {
+        Envelope::new(Some(self.from.email.clone()), vec![self.to.email.clone()])
+            .expect("an envelope with a recipient is always valid")
     }
 
     async fn deliver(
@@ -637,7 +707,15 @@ impl Verifier for SmtpVerifier {
 
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         let username = self.username_for(app);
-        self.deliver(&username, secret, self.test_message(app))
+        match self.settings.mode {
+            ProofMode::Deliver => self.deliver(&username, secret, self.test_message(app)).await,
+            ProofMode::Handshake => self.relay.handshake(&username, secret, &self.envelope()).await,
+        }
+    }
+
+    async fn recheck(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+        self.relay
+            .handshake(&self.username_for(app), secret, &self.envelope())
             .await
     }
 }

@@ -276,6 +276,21 @@ pub struct SmtpConfig {
     pub retry_interval: HumanDuration,
     #[serde(default = "default_smtp_timeout")]
     pub timeout: HumanDuration,
+    /// How a newly minted secret is proven: `deliver` (a test mail, the default) or
+    /// `handshake` (no mail). Later re-checks always use the handshake.
+    #[serde(default)]
+    pub mode: SmtpMode,
+}
+
+/// What verifying a new secret costs and proves at the relay.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SmtpMode {
+    /// A test mail (one of the resource's mail quota): proves delivery too.
+    #[default]
+    Deliver,
+    /// AUTH, MAIL FROM and RCPT TO, then RSET: no mail sent.
+    Handshake,
 }
 
 fn default_smtp_host() -> String {

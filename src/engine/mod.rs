@@ -229,7 +229,7 @@ impl Engine {
                 if matches!(reverify, Reverify::UnlessVerified(verified) if verified != Some(key_id)) {
                     let value = value_held(&observation.stored, key_id)
                         .expect("the plan is up to date only when every store holds the keyId");
-                    self.verify(rotation, key_id, &value).await?;
+                    self.verify(rotation, key_id, &value, Proof::Recheck).await?;
                 }
                 Ok(Outcome::UpToDate { key_id, expires, renew_at })
             }
@@ -293,7 +293,7 @@ impl Engine {
         self.emit(rotation, Event::Minted { key_id, expires: end });
         // Prove the secret before any store gets it: consumers must only ever read a
         // secret that works. Until it is stored, other runs see it as in flight.
-        if let Err(error) = self.verify(rotation, key_id, &minted.value).await {
+        if let Err(error) = self.verify(rotation, key_id, &minted.value, Proof::NewSecret).await {
             self.discard(rotation, app.object_id, key_id).await;
             return Err(error);
         }
@@ -355,7 +355,9 @@ impl Engine {
         app: &Application,
     ) -> Result<Outcome, EngineError> {
         if !minted {
-            self.verify(rotation, key_id, value).await?;
+            // Stores only ever receive a secret that passed the full proof, so what is
+            // stored needs only to show it still authenticates.
+            self.verify(rotation, key_id, value, Proof::Recheck).await?;
         }
         if let Some(rollout) = &rotation.rollout {
             let workloads = rollout.roll_out(key_id).await?;
@@ -398,7 +400,7 @@ impl Engine {
     }
 
     /// Tries the secret through the verifier, retrying while Entra replicates it.
-    async fn verify(&self, rotation: &Rotation, key_id: Uuid, value: &SecretString) -> Result<(), EngineError> {
+    async fn verify(&self, rotation: &Rotation, key_id: Uuid, value: &SecretString, proof: Proof) -> Result<(), EngineError> {
         let Some(verifier) = &rotation.verifier else {
             self.emit(rotation, Event::VerificationSkipped { key_id });
             return Ok(());
@@ -409,9 +411,17 @@ impl Engine {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match verifier.verify(&rotation.app, value).await {
+            let result = match proof {
+                Proof::NewSecret => verifier.verify(&rotation.app, value).await,
+                Proof::Recheck => verifier.recheck(&rotation.app, value).await,
+            };
+            let error = match result {
                 Ok(()) => {
-                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via: verifier.describe() });
+                    let via = match proof {
+                        Proof::NewSecret => verifier.describe(),
+                        Proof::Recheck => format!("{} (re-check that it still authenticates)", verifier.describe()),
+                    };
+                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via });
                     return Ok(());
                 }
                 Err(error) => error,
@@ -431,6 +441,16 @@ impl Engine {
             delay = (delay * 2).min(policy.max_delay);
         }
     }
+}
+
+/// What a verification must show. A rotation's full proof (at an SMTP relay, by default a
+/// test mail that costs the application's mail quota) is spent once, on the secret just
+/// minted; every later look at it (before revoking its predecessor, drift re-checks, the
+/// operator's re-verify) only shows that it still authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proof {
+    NewSecret,
+    Recheck,
 }
 
 /// The older secrets of ours around `current`: those to revoke now and those to keep for

@@ -41,7 +41,12 @@ pub trait SecretStore: Send + Sync {
 #[async_trait]
 pub trait Verifier: Send + Sync {
     fn describe(&self) -> String;
+    /// The full proof configured for a newly minted secret (at the SMTP relay, a test mail
+    /// unless the rotation chose the handshake).
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError>;
+    /// Shows that a secret proven once still authenticates, spending nothing the
+    /// application needs (at the SMTP relay, the handshake: no mail, no quota).
+    async fn recheck(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError>;
 }
 
 /// Makes consumers pick up a newly stored secret (restarts workloads that read it at

@@ -159,7 +159,10 @@ impl SecretStore for FakeStore {
 struct FakeVerifier {
     directory: Arc<FakeDirectory>,
     refusals: Mutex<Vec<VerifyFailureKind>>,
+    /// Every attempt, full proofs and re-checks together.
     attempts: Mutex<u32>,
+    /// Attempts at the full proof (at a relay: a test mail each).
+    full_proofs: Mutex<u32>,
     /// At each attempt, the keyIds the stores hold (what consumers read at that moment).
     stores: Mutex<Vec<Arc<FakeStore>>>,
     seen: Mutex<Vec<Vec<Option<Uuid>>>>,
@@ -170,7 +173,11 @@ impl Verifier for FakeVerifier {
     fn describe(&self) -> String {
         "fake relay".into()
     }
-    async fn verify(&self, _app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+    async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+        *self.full_proofs.lock().unwrap() += 1;
+        self.recheck(app, secret).await
+    }
+    async fn recheck(&self, _app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         *self.attempts.lock().unwrap() += 1;
         let held = self.stores.lock().unwrap().iter().map(|s| s.key_id()).collect();
         self.seen.lock().unwrap().push(held);
@@ -215,6 +222,7 @@ fn world(revoke_grace: chrono::Duration) -> World {
         directory: directory.clone(),
         refusals: Mutex::default(),
         attempts: Mutex::default(),
+        full_proofs: Mutex::default(),
         stores: Mutex::new(vec![vault.clone(), secret.clone()]),
         seen: Mutex::default(),
     });
@@ -327,6 +335,35 @@ async fn grace_period_delays_revocation_to_a_later_run() {
     assert_eq!((current, revoked), (key_id, vec![old]));
     assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1, "re-verified right before revoking");
     assert!(!w.directory.has(old));
+}
+
+/// Issue 19 item 1: the full proof (a test mail at a relay) is spent once per rotation, on
+/// the secret just minted; the run that revokes after the grace period, a resumed run that
+/// completes the stores and the operator's re-verify only re-check.
+#[tokio::test]
+async fn only_the_newly_minted_secret_gets_the_full_proof() {
+    let w = world(Days::hours(1));
+    w.settled().await;
+    assert_eq!(*w.verifier.full_proofs.lock().unwrap(), 1, "the first rotation's one mail");
+    let Outcome::Settled { key_id, pending, .. } =
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(pending.len(), 1);
+    assert_eq!(*w.verifier.full_proofs.lock().unwrap(), 2, "one mail for the forced rotation");
+    let attempts = *w.verifier.attempts.lock().unwrap();
+
+    w.clock.advance(Days::hours(1));
+    let Outcome::Settled { revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(revoked, pending);
+    w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(None)).await.unwrap();
+    *w.secret.held.lock().unwrap() = None;
+    let Outcome::Settled { key_id: completed, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(completed, key_id);
+
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 3, "revoking run, re-verify and completion each re-checked");
+    assert_eq!(*w.verifier.full_proofs.lock().unwrap(), 2, "and none of them sent a mail");
 }
 
 #[tokio::test]

@@ -42,6 +42,11 @@ const MAX_TEXT_LINE: usize = 1_001;
 const MAX_ERRORS: u32 = 10;
 /// How long the relay waits for the next line before it hangs up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Count keys of sessions that started DATA, and of transactions ended before DATA with
+/// their recipients accepted (counted before the reply, so a client that has its answer
+/// sees the count).
+const DATA_SESSION: &str = "data session";
+const HANDSHAKE: &str = "handshake";
 /// The name the relay gives itself in its greeting and EHLO answer.
 const SERVER_NAME: &str = "localhost";
 
@@ -56,6 +61,10 @@ pub struct RelaySettings {
     pub smtp_usernames: HashMap<String, Uuid>,
     /// The largest message accepted, advertised as `SIZE` in the EHLO answer.
     pub max_message_size: usize,
+    /// Refuse a disallowed sender at RCPT TO instead of MAIL FROM, with Postfix's wording
+    /// (`554 5.7.1 <address>: Sender address rejected: Access denied`): Postfix delays
+    /// every restriction to RCPT TO by default (`smtpd_delay_reject = yes`).
+    pub refuse_senders_at_rcpt: bool,
 }
 
 impl RelaySettings {
@@ -67,7 +76,14 @@ impl RelaySettings {
             allowed_senders: vec![format!("DoNotReply@{}.azurecomm.net", Uuid::new_v4())],
             smtp_usernames: HashMap::new(),
             max_message_size: ACS_MAX_MESSAGE_SIZE,
+            refuse_senders_at_rcpt: false,
         }
+    }
+
+    /// Refuses disallowed senders at RCPT TO, as a Postfix relay does.
+    pub fn refusing_senders_at_rcpt(mut self) -> Self {
+        self.refuse_senders_at_rcpt = true;
+        self
     }
 
     /// Registers a custom SMTP username for the application `client_id`.
@@ -271,6 +287,22 @@ impl SmtpRelayStandin {
         locked(&self.shared.counts).clone()
     }
 
+    /// Messages accepted so far (what the resource's mail quota counts).
+    pub fn messages(&self) -> usize {
+        locked(&self.shared.accepted).len()
+    }
+
+    /// Sessions that started DATA at least once (a test mail was attempted).
+    pub fn data_sessions(&self) -> u64 {
+        self.count(DATA_SESSION)
+    }
+
+    /// Mail transactions abandoned by RSET or QUIT after their recipients were accepted:
+    /// the handshake proof, which sends no message.
+    pub fn handshakes(&self) -> u64 {
+        self.count(HANDSHAKE)
+    }
+
     /// One entry of [`counts`](Self::counts); 0 when never seen.
     pub fn count(&self, key: &str) -> u64 {
         locked(&self.shared.counts).get(key).copied().unwrap_or(0)
@@ -360,6 +392,8 @@ struct Session {
     authenticated: Option<Authenticated>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Whether this session has started DATA before.
+    sent_data: bool,
 }
 
 impl Session {
@@ -373,6 +407,7 @@ impl Session {
             authenticated: None,
             transaction: None,
             errors: 0,
+            sent_data: false,
         }
     }
 
@@ -505,15 +540,24 @@ impl Session {
             "RCPT" => self.rcpt(w, argument).await,
             "DATA" => self.data(stream, argument).await,
             "RSET" => {
-                self.transaction = None;
+                self.end_transaction();
                 ok(w, "250 2.0.0 Resetting").await
             }
             "NOOP" => ok(w, "250 2.0.0 OK").await,
             "QUIT" => {
+                self.end_transaction();
                 reply(w, "221 2.0.0 Service closing transmission channel").await?;
                 Ok(Flow::Ending(Ending::Closed))
             }
             _ => self.refuse(w, "500 5.3.3 Unrecognized command").await,
+        }
+    }
+
+    /// Drops the mail transaction, counting it as a handshake when its recipients were
+    /// accepted.
+    fn end_transaction(&mut self) {
+        if self.transaction.take().is_some_and(|t| !t.rcpt_to.is_empty()) {
+            self.shared.count(HANDSHAKE);
         }
     }
 
@@ -750,7 +794,7 @@ impl Session {
         }
         // The exact wording ACS uses for a refused MailFrom is not published; this is the
         // reply Microsoft's SMTP front ends give when the sender is not allowed.
-        if !self.shared.settings.allows_sender(address) {
+        if !self.shared.settings.allows_sender(address) && !self.shared.settings.refuse_senders_at_rcpt {
             return self
                 .refuse(
                     w,
@@ -776,6 +820,13 @@ impl Session {
         if transaction.rcpt_to.len() >= MAX_RECIPIENTS {
             return self.refuse(w, "452 4.5.3 Too many recipients").await;
         }
+        if !self.shared.settings.allows_sender(&transaction.mail_from) {
+            let answer = format!(
+                "554 5.7.1 <{}>: Sender address rejected: Access denied",
+                transaction.mail_from
+            );
+            return self.refuse(w, &answer).await;
+        }
         transaction.rcpt_to.push(address.to_string());
         ok(w, "250 2.1.5 Recipient OK").await
     }
@@ -796,6 +847,9 @@ impl Session {
             .is_some_and(|t| !t.rcpt_to.is_empty());
         if !has_recipients {
             return self.refuse(w, "503 5.5.1 Need rcpt command").await;
+        }
+        if !std::mem::replace(&mut self.sent_data, true) {
+            self.shared.count(DATA_SESSION);
         }
         reply(w, "354 Start mail input; end with <CRLF>.<CRLF>").await?;
         let Some(content) = read_data(stream, self.shared.settings.max_message_size).await? else {

@@ -584,6 +584,7 @@ pub fn in_process_rotation(
             from: smtp.from.clone(),
             to: smtp.to.clone(),
             timeout,
+            mode: entra_rotator::adapters::smtp::ProofMode::Deliver,
         },
         &trust,
     )
