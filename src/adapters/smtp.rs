@@ -267,6 +267,7 @@ impl SmtpRelay {
                     target: self.describe(),
                     kind,
                     message: forms.redact(&message),
+                    authenticated: phase.after_auth(),
                 })
             }
         }
@@ -509,13 +510,16 @@ impl SmtpRelay {
         };
         let enhanced = enhanced_code(&reply);
         let kind = match phase {
-            _ if (400..500).contains(&code) => VerifyFailureKind::Temporary,
+            _ if (400..500).contains(&code) || is_throttling(&text) => VerifyFailureKind::Throttled,
             Phase::Auth if code == 535 => VerifyFailureKind::BadCredentials,
             Phase::Auth if code == 504 || enhanced.as_deref() == Some("5.7.4") => {
                 VerifyFailureKind::MechanismRejected
             }
             Phase::Auth if code == 530 || code == 538 => VerifyFailureKind::Tls,
             Phase::MailFrom => VerifyFailureKind::SenderRejected,
+            Phase::RcptTo if refuses_sender(&text, enhanced.as_deref()) => {
+                VerifyFailureKind::SenderRejected
+            }
             Phase::RcptTo => VerifyFailureKind::RecipientRejected,
             _ => VerifyFailureKind::Other,
         };
@@ -525,7 +529,7 @@ impl SmtpRelay {
             .unwrap_or_else(|| "<>".to_string());
         let recipients: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
         let advice = match kind {
-            VerifyFailureKind::Temporary => TEMPORARY_ADVICE.to_string(),
+            VerifyFailureKind::Throttled => THROTTLED_ADVICE.to_string(),
             VerifyFailureKind::BadCredentials => format!(
                 "The relay refused username `{username}` with this secret. {CREDENTIALS_ADVICE}"
             ),
@@ -690,10 +694,12 @@ impl SmtpVerifier {
         secret: &SecretString,
         message: Result<Message, lettre::error::Error>,
     ) -> Result<(), VerifyError> {
-        let message = message.map_err(|e| VerifyError {
-            target: self.describe(),
-            kind: VerifyFailureKind::Other,
-            message: format!("could not build the verification mail: {e}"),
+        let message = message.map_err(|e| {
+            VerifyError::new(
+                self.describe(),
+                VerifyFailureKind::Other,
+                format!("could not build the verification mail: {e}"),
+            )
         })?;
         self.relay.send(username, secret, message).await
     }
@@ -729,6 +735,13 @@ enum Phase {
     MailFrom,
     RcptTo,
     Data,
+}
+
+impl Phase {
+    /// Whether AUTH had succeeded when the session stopped here.
+    fn after_auth(self) -> bool {
+        matches!(self, Phase::MailFrom | Phase::RcptTo | Phase::Data)
+    }
 }
 
 impl fmt::Display for Phase {
@@ -791,8 +804,46 @@ const SENDER_ADVICE: &str = "An Azure-managed domain accepts only DoNotReply@<gu
 a custom domain needs verified SPF and DKIM records and the address added under MailFrom addresses, and the \
 domain must be connected to the Communication Services resource";
 
-const TEMPORARY_ADVICE: &str = "This is a temporary refusal (throttling, the sending quota, or a fault at the \
-relay); it will be tried again later";
+const THROTTLED_ADVICE: &str = "The relay asks to wait: a rate or connection limit, the sending quota (ACS \
+counts mails per subscription: 5 a minute and 10 an hour on an Azure-managed domain, 30 and 100 on a custom \
+domain), or a temporary fault. Nothing is wrong with the credential for that; try again after a minute, since \
+asking sooner counts against the quota again";
+
+/// Reply texts that mean a rate or quota limit even under a 5xx code, matched in lower case:
+/// - Exchange Online, Microsoft Learn "Message storage and concurrent connection throttling
+///   for SMTP Authenticated Submission": past the daily recipient rate limit,
+///   `554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException`;
+/// - Exchange Online, Microsoft Learn "Continuous error throttling for SMTP AUTH
+///   submissions": `550 5.2.251` to `550 5.2.255 Sender throttled due to continuous … errors`;
+/// - ACS publishes no SMTP wording for its quota (its REST API answers 429 with
+///   Retry-After: Learn "Service limits for Azure Communication Services"), so the generic
+///   words of rate and quota refusals count too.
+///
+/// A full mailbox (`554 5.2.2 mailbox full; …QuotaExceededException`) is not among them: it
+/// does not clear by waiting.
+const THROTTLING_TEXTS: &[&str] = &[
+    "submissionquotaexceeded",
+    "throttl",
+    "rate limit",
+    "quota exceeded",
+    "exceeded the quota",
+];
+
+/// Whether a reply's text says a rate or quota limit (see [`THROTTLING_TEXTS`]).
+fn is_throttling(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    THROTTLING_TEXTS.iter().any(|needle| text.contains(needle))
+}
+
+/// Whether a refusal at RCPT TO is about the sender, not the recipient. Postfix evaluates
+/// every restriction at RCPT TO by default (`smtpd_delay_reject = yes`), so a refused sender
+/// reads `554 5.7.1 <x@y>: Sender address rejected: …` there; RFC 3463's 5.1.7 and 5.1.8
+/// are the sender's address codes.
+fn refuses_sender(text: &str, enhanced: Option<&str>) -> bool {
+    let text = text.to_ascii_lowercase();
+    matches!(enhanced, Some("5.1.7" | "5.1.8"))
+        || (text.contains("sender") && !text.contains("recipient"))
+}
 
 const CONNECTION_ADVICE: &str = "Check the host and port (ACS: smtp.azurecomm.net, port 587 with STARTTLS) and \
 firewalls or proxies in between; outbound port 25 is blocked from Azure VMs, use 587";

@@ -124,11 +124,18 @@ impl EngineError {
         match self {
             EngineError::Graph(_) => "GraphFailed",
             EngineError::Store(_) => "StoreFailed",
+            EngineError::Verification { last, .. } if last.kind == ports::VerifyFailureKind::Throttled => "WaitingForRelay",
             EngineError::Verification { .. } => "VerificationFailed",
             EngineError::Rollout(_) => "RolloutFailed",
             EngineError::StoreChanged { .. } => "StoreChanged",
             EngineError::Claimed(_) => "ClaimedByAnother",
         }
+    }
+
+    /// The relay asked us to wait (rate or quota limit) until the run gave up: nothing is
+    /// wrong, the next run tries again. Shown as waiting, not as a failure.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, EngineError::Verification { last, .. } if last.kind == ports::VerifyFailureKind::Throttled)
     }
 
     /// Whether the next run can succeed with nobody changing anything.
@@ -409,6 +416,8 @@ impl Engine {
         let policy = &rotation.verify_retry;
         let mut delay = policy.initial_delay;
         let mut attempt = 0;
+        // Whether the relay took this secret at some attempt, then asked us to wait.
+        let mut throttled_after_auth = false;
         loop {
             attempt += 1;
             let result = match proof {
@@ -434,6 +443,19 @@ impl Engine {
                 retry_in: retry.then_some(wait),
                 message: error.to_string(),
             });
+            throttled_after_auth |= error.authenticated_then_throttled();
+            if !retry && throttled_after_auth && error.is_retryable() {
+                // The relay took the secret, then kept asking us to wait (its rate limit or
+                // the sending quota) or failed transiently for the rest of the budget. That proves what the handshake
+                // proves; discarding a secret that authenticated would throw away a working
+                // credential for the application's own mail quota.
+                self.emit(rotation, Event::Verified {
+                    key_id,
+                    attempts: attempt,
+                    via: format!("{} (AUTH accepted; the rest was deferred by the relay's rate or quota limit)", verifier.describe()),
+                });
+                return Ok(());
+            }
             if !retry {
                 return Err(EngineError::Verification { key_id, attempts: attempt, last: error });
             }

@@ -159,6 +159,8 @@ impl SecretStore for FakeStore {
 struct FakeVerifier {
     directory: Arc<FakeDirectory>,
     refusals: Mutex<Vec<VerifyFailureKind>>,
+    /// Whether the refusals come after the relay accepted AUTH.
+    refuse_after_auth: Mutex<bool>,
     /// Every attempt, full proofs and re-checks together.
     attempts: Mutex<u32>,
     /// Attempts at the full proof (at a relay: a test mail each).
@@ -181,9 +183,10 @@ impl Verifier for FakeVerifier {
         *self.attempts.lock().unwrap() += 1;
         let held = self.stores.lock().unwrap().iter().map(|s| s.key_id()).collect();
         self.seen.lock().unwrap().push(held);
-        let fail = |kind| Err(VerifyError { target: "fake relay".into(), kind, message: "refused".into() });
+        let fail = |kind| Err(VerifyError::new("fake relay".into(), kind, "refused".into()));
         if let Some(kind) = self.refusals.lock().unwrap().pop() {
-            return fail(kind);
+            let authenticated = *self.refuse_after_auth.lock().unwrap();
+            return Err(VerifyError { authenticated, ..VerifyError::new("fake relay".into(), kind, "refused".into()) });
         }
         let known = self.directory.minted_values.lock().unwrap().iter().any(|v| v == secret.expose_secret());
         if known { Ok(()) } else { fail(VerifyFailureKind::BadCredentials) }
@@ -221,6 +224,7 @@ fn world(revoke_grace: chrono::Duration) -> World {
     let verifier = Arc::new(FakeVerifier {
         directory: directory.clone(),
         refusals: Mutex::default(),
+        refuse_after_auth: Mutex::default(),
         attempts: Mutex::default(),
         full_proofs: Mutex::default(),
         stores: Mutex::new(vec![vault.clone(), secret.clone()]),
@@ -456,6 +460,40 @@ async fn verification_retries_through_propagation_delay() {
     assert!(w.clock.now() > start, "waited between attempts");
     let verified = w.sink.events().into_iter().any(|(_, e)| matches!(e, Event::Verified { attempts: 4, .. }));
     assert!(verified);
+}
+
+/// Issue 19 item 2: a relay that took the new secret and then only asked us to wait (its
+/// rate limit, the sending quota) for the whole budget has proven the secret authenticates:
+/// it is stored, not discarded.
+#[tokio::test]
+async fn a_secret_that_authenticated_is_kept_when_the_relay_only_throttles() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::Throttled; 1000];
+    *w.verifier.refuse_after_auth.lock().unwrap() = true;
+    let start = w.clock.now();
+    let Outcome::Settled { key_id, minted: true, revoked, .. } =
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert!(w.clock.now() - start >= Days::minutes(4), "retried through the budget first");
+    assert!(w.directory.has(key_id), "the secret that authenticated is kept");
+    assert_eq!((w.vault.key_id(), w.secret.key_id()), (Some(key_id), Some(key_id)));
+    assert_eq!(revoked, vec![old]);
+}
+
+/// A relay that throttles before AUTH proves nothing about the secret: it is discarded
+/// (its value reached no store) and the run reports waiting, not a failure to fix.
+#[tokio::test]
+async fn throttling_before_auth_is_waiting_not_failing() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::Throttled; 1000];
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    assert!(err.is_waiting() && err.is_transient(), "{err}");
+    assert_eq!(err.category(), "WaitingForRelay");
+    assert_eq!(w.vault.key_id(), Some(old), "consumers keep the secret that works");
 }
 
 #[tokio::test]
