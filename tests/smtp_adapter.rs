@@ -200,7 +200,7 @@ async fn a_wrong_secret_is_explained_as_bad_credentials() {
         "a fresh secret gets 535 until Entra replicated it"
     );
     for expected in [
-        "535 5.7.3 Authentication unsuccessful",
+        "answered `535 5.7.3` to AUTH",
         "<resource>|<appId>|<tenantId>",
         &format!("{RESOURCE}|{}|{}", f.app.app_id, f.tenant.tenant_id),
         "Microsoft.Communication/CommunicationServices/Read",

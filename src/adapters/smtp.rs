@@ -17,10 +17,15 @@
 //! refuses overlong replies and bytes injected after STARTTLS. The same session
 //! ([`SmtpRelay`]) serves the verifier, `smtp-test` and the email notifier.
 //!
-//! Reply text shown to users is relay-controlled: it is stripped of control characters,
-//! bounded to [`MAX_REPLY_TEXT`] characters, and freed of the credential in every form it
-//! crossed the wire in (plain, base64 for AUTH LOGIN, base64 of `\0user\0secret` for
-//! AUTH PLAIN), since a relay may echo what it was sent.
+//! Messages are built without the secret, so nothing has to be cut out of them afterwards
+//! (replacing the secret's text garbles every message for a short or common-word secret and
+//! tells which characters it holds). The only text that is not ours is the relay's, and a
+//! relay may echo what it was sent: so replies to AUTH, the one command that carries the
+//! credential, are quoted by their code and enhanced code only, never their text, and
+//! nothing lettre reports about a failed AUTH is quoted either. Replies to every other
+//! command (greeting, EHLO, STARTTLS, MAIL FROM, RCPT TO, DATA) are quoted, stripped of
+//! control characters and bounded to [`MAX_REPLY_TEXT`] characters: none of them answers
+//! anything that carried the secret.
 
 pub(crate) mod wire;
 
@@ -29,7 +34,6 @@ use crate::domain::{AppRef, ExposeSecret, SecretString};
 use crate::engine::ports::{Verifier, VerifyError, VerifyFailureKind};
 use crate::template::Template;
 use async_trait::async_trait;
-use base64::Engine as _;
 use lettre::Message;
 use lettre::address::Envelope;
 use lettre::message::Mailbox;
@@ -252,7 +256,6 @@ impl SmtpRelay {
         envelope: &Envelope,
         email: Option<&[u8]>,
     ) -> Result<(), VerifyError> {
-        let forms = CredentialForms::new(username, secret);
         let mut phase = Phase::Connect;
         let outcome = tokio::time::timeout(
             self.timeout,
@@ -262,11 +265,11 @@ impl SmtpRelay {
         match outcome.unwrap_or(Err(Failure::TimedOut)) {
             Ok(()) => Ok(()),
             Err(failure) => {
-                let (kind, message) = self.explain(phase, failure, username, envelope, &forms);
+                let (kind, message) = self.explain(phase, failure, username, envelope);
                 Err(VerifyError {
                     target: self.describe(),
                     kind,
-                    message: forms.redact(&message),
+                    message,
                     authenticated: phase.after_auth(),
                 })
             }
@@ -381,7 +384,6 @@ impl SmtpRelay {
         failure: Failure,
         username: &str,
         envelope: &Envelope,
-        forms: &CredentialForms,
     ) -> (VerifyFailureKind, String) {
         match failure {
             Failure::TimedOut => (
@@ -411,11 +413,11 @@ impl SmtpRelay {
                     }
                 ),
             ),
-            Failure::Wire(error) => self.explain_wire(phase, error, username, envelope, forms),
+            Failure::Wire(error) => self.explain_wire(phase, error, username, envelope),
             Failure::Smtp(error) => match error.status() {
                 Some(code) => {
                     let text = lettre_reply_text(&error);
-                    self.explain_reply(phase, u16::from(code), &text, username, envelope, forms)
+                    self.explain_reply(phase, u16::from(code), &text, username, envelope)
                 }
                 None => self.explain_transport(phase, &error),
             },
@@ -430,7 +432,6 @@ impl SmtpRelay {
         error: WireError,
         username: &str,
         envelope: &Envelope,
-        forms: &CredentialForms,
     ) -> (VerifyFailureKind, String) {
         let (host, port) = (&self.host, self.port);
         match error {
@@ -439,7 +440,7 @@ impl SmtpRelay {
                 format!("could not reach the SMTP relay {host}:{port}: {io}. {CONNECTION_ADVICE}"),
             ),
             WireError::Reply { code, text } => {
-                self.explain_reply(phase, code, &text, username, envelope, forms)
+                self.explain_reply(phase, code, &text, username, envelope)
             }
             WireError::Limit(limit) => self.explain_limit(phase, limit),
             WireError::BytesAfterStartTls => (
@@ -497,18 +498,16 @@ impl SmtpRelay {
         text: &str,
         username: &str,
         envelope: &Envelope,
-        forms: &CredentialForms,
     ) -> (VerifyFailureKind, String) {
-        let mut text = sanitize_reply(&forms.redact(text));
-        if phase == Phase::Auth {
-            text = drop_encoded_tokens(&text);
-        }
-        let reply = if text.is_empty() {
-            code.to_string()
-        } else {
-            format!("{code} {text}")
+        let text = sanitize_reply(text);
+        let enhanced = enhanced_code(&format!("{code} {text}"));
+        // A reply to AUTH may echo the credential it answers: only its codes are shown.
+        let reply = match (phase, &enhanced) {
+            (Phase::Auth, Some(enhanced)) => format!("{code} {enhanced}"),
+            (Phase::Auth, None) => code.to_string(),
+            _ if text.is_empty() => code.to_string(),
+            _ => format!("{code} {text}"),
         };
-        let enhanced = enhanced_code(&reply);
         let kind = match phase {
             _ if (400..500).contains(&code) || is_throttling(&text) => VerifyFailureKind::Throttled,
             Phase::Auth if code == 535 => VerifyFailureKind::BadCredentials,
@@ -564,7 +563,12 @@ impl SmtpRelay {
         if let Some(limit) = ReplyLimit::find(error) {
             return self.explain_limit(phase, limit);
         }
-        let detail = sanitize_reply(&root_cause(error));
+        // What lettre reports about a failed AUTH may carry the relay's answer, which may
+        // echo the credential: it is not quoted.
+        let detail = match phase {
+            Phase::Auth => "not quoted: an answer to AUTH may echo the credential".to_string(),
+            _ => sanitize_reply(&root_cause(error)),
+        };
         if error.is_timeout() {
             return (
                 VerifyFailureKind::Connection,
@@ -909,46 +913,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// The credential in every form it crosses the wire in, so that none of them reaches an
-/// error, a log or a status even when a relay echoes what it was sent.
-///
-/// Zeroized when dropped. (lettre's `Credentials` and the AUTH command strings it builds
-/// hold copies too; lettre offers no way to wipe those.)
-struct CredentialForms(Vec<zeroize::Zeroizing<String>>);
-
-impl CredentialForms {
-    fn new(username: &str, secret: &SecretString) -> Self {
-        let value = secret.expose_secret();
-        if value.is_empty() {
-            return Self(Vec::new());
-        }
-        let plain = zeroize::Zeroizing::new(format!("\0{username}\0{value}"));
-        let mut forms = vec![zeroize::Zeroizing::new(value.to_string())];
-        for encoded in [value.as_bytes(), plain.as_bytes()] {
-            // AUTH LOGIN sends base64(secret); AUTH PLAIN base64("\0user\0secret"). A relay
-            // may echo either with or without the padding, or re-encoded URL-safe.
-            for engine in [
-                &base64::engine::general_purpose::STANDARD,
-                &base64::engine::general_purpose::URL_SAFE,
-            ] {
-                let padded = zeroize::Zeroizing::new(engine.encode(encoded));
-                let unpadded = zeroize::Zeroizing::new(padded.trim_end_matches('=').to_string());
-                forms.push(padded);
-                forms.push(unpadded);
-            }
-        }
-        // Longest first, so that a form containing another is replaced whole.
-        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
-        Self(forms)
-    }
-
-    fn redact(&self, text: &str) -> String {
-        self.0.iter().fold(text.to_string(), |text, form| {
-            text.replace(form.as_str(), "[REDACTED]")
-        })
-    }
-}
-
 /// Relay text made fit to show: control characters removed (a newline or tab becomes a
 /// space), and at most [`MAX_REPLY_TEXT`] characters.
 pub fn sanitize_reply(text: &str) -> String {
@@ -965,28 +929,6 @@ pub fn sanitize_reply(text: &str) -> String {
         Some((cut, _)) => format!("{}…", &cleaned[..cut]),
         None => cleaned.to_string(),
     }
-}
-
-/// In replies to AUTH, words that look base64-encoded (16 or more characters of the base64
-/// alphabet, not an ordinary word) are removed: a relay may echo part of what it was sent,
-/// which exact-match redaction would miss. Real AUTH replies
-/// (`535 5.7.3 Authentication unsuccessful`) have no such words.
-fn drop_encoded_tokens(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            let base64ish = word.len() >= 16
-                && word
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-            let ordinary = word.bytes().skip(1).all(|b| b.is_ascii_lowercase());
-            if base64ish && !ordinary {
-                "[removed]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, SmtpSetupError> {
@@ -1038,35 +980,11 @@ mod tests {
     }
 
     #[test]
-    fn redacts_the_secret_and_its_base64_forms() {
-        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-        let secret = SecretString::from("s3cr3t~~~>value");
-        let forms = CredentialForms::new("user", &secret);
-        let login = STANDARD.encode("s3cr3t~~~>value");
-        let plain = STANDARD.encode("\0user\0s3cr3t~~~>value");
-        let url_safe = URL_SAFE_NO_PAD.encode("s3cr3t~~~>value");
-        assert_ne!(login.trim_end_matches('='), url_safe, "the URL-safe form differs");
-        let echoed = format!("got s3cr3t~~~>value, {login}, {plain} and {url_safe} back");
-        assert_eq!(
-            forms.redact(&echoed),
-            "got [REDACTED], [REDACTED], [REDACTED] and [REDACTED] back"
-        );
-    }
-
-    #[test]
     fn reply_text_is_bounded_and_free_of_control_characters() {
         let shown = sanitize_reply(&format!("5.7.1 \x1b[31mred\x07\r\n{}", "x".repeat(1000)));
         assert!(shown.starts_with("5.7.1 [31mred "), "{shown}");
         assert_eq!(shown.chars().count(), MAX_REPLY_TEXT + 1);
         assert!(!shown.chars().any(char::is_control));
-    }
-
-    #[test]
-    fn auth_replies_lose_encoded_words_but_keep_ordinary_ones() {
-        assert_eq!(
-            drop_encoded_tokens("5.7.3 Authentication unsuccessful aGVsbG8gd29ybGQgMTIzNA"),
-            "5.7.3 Authentication unsuccessful [removed]"
-        );
     }
 
     #[test]
