@@ -457,7 +457,7 @@ impl SmtpRelay {
                 format!(
                     "the TLS handshake with the SMTP relay {host}:{port} failed {phase}: {}. {}",
                     root_cause(&io),
-                    tls_advice(rustls_error(&io))
+                    tls_advice(host, rustls_error(&io))
                 ),
             ),
             WireError::NotAReply(line) => {
@@ -585,7 +585,7 @@ impl SmtpRelay {
                     "the TLS connection with the SMTP relay {}:{} failed {phase}: {detail}. {}",
                     self.host,
                     self.port,
-                    tls_advice(rustls_error(error))
+                    tls_advice(&self.host, rustls_error(error))
                 ),
             );
         }
@@ -799,9 +799,9 @@ const CREDENTIALS_ADVICE: &str = "Check the username form `<resource>|<appId>|<t
 resource name, the app's client id, the tenant id) or the custom SMTP username, the client secret, and that the \
 app has a role with Microsoft.Communication/CommunicationServices/Read and \
 Microsoft.Communication/EmailServices/Write on the Communication Services resource. A brand-new secret is \
-refused until Entra has replicated it (seconds to minutes), so this is retried before it counts as a failure";
+refused until Entra has replicated it (seconds to minutes)";
 
-const MECHANISM_ADVICE: &str = "The ACS relay accepts AUTH LOGIN only; set mechanism: login \
+const MECHANISM_ADVICE: &str = "The ACS relay accepts AUTH LOGIN only; set authMechanism: LOGIN \
 (clients using AUTH PLAIN, such as Go's smtp.PlainAuth, get 504 5.7.4)";
 
 const SENDER_ADVICE: &str = "An Azure-managed domain accepts only DoNotReply@<guid>.azurecomm.net as MailFrom; \
@@ -852,17 +852,31 @@ fn refuses_sender(text: &str, enhanced: Option<&str>) -> bool {
 const CONNECTION_ADVICE: &str = "Check the host and port (ACS: smtp.azurecomm.net, port 587 with STARTTLS) and \
 firewalls or proxies in between; outbound port 25 is blocked from Azure VMs, use 587";
 
-fn tls_advice(error: Option<&rustls::Error>) -> &'static str {
+fn tls_advice(host: &str, error: Option<&rustls::Error>) -> String {
     match error {
-        Some(rustls::Error::InvalidCertificate(_)) => {
+        // webpki refuses a CA certificate (basicConstraints CA:TRUE) as the server's own,
+        // trusted or not; rustls reports it only as an `Other` certificate error, so it is
+        // recognised by name.
+        Some(rustls::Error::InvalidCertificate(invalid))
+            if format!("{invalid:?}").contains("CaUsedAsEndEntity") =>
+        {
+            format!(
+                "The relay {host} presents a CA certificate (basicConstraints CA:TRUE) as its own, as a \
+                 self-signed certificate made with `openssl req -x509` usually is. TLS clients refuse that even \
+                 when it is trusted, so adding it to tls.extraRootCertificates cannot help: give the relay a \
+                 certificate for {host} signed by a CA and trust that CA under tls.extraRootCertificates, or \
+                 re-create the self-signed certificate as an end-entity one (basicConstraints CA:FALSE, a \
+                 subjectAltName for {host})"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(_)) => format!(
             "The relay's certificate is not trusted or does not match the host name: check the host \
-             (smtp.azurecomm.net), and if a TLS-inspecting proxy or a private CA sits in between add its CA \
-             under tls.extraRootCertificates"
-        }
-        _ => {
-            "Check the TLS mode and port: 587 speaks STARTTLS, 465 speaks TLS from the start; and check for \
+             ({host}), and if a TLS-inspecting proxy or a private CA sits in between add its CA under \
+             tls.extraRootCertificates"
+        ),
+        _ => "Check the TLS mode and port: 587 speaks STARTTLS, 465 speaks TLS from the start; and check for \
              proxies that interfere with TLS"
-        }
+            .to_string(),
     }
 }
 

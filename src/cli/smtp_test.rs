@@ -110,13 +110,17 @@ pub(crate) async fn run(args: SmtpTestArgs) -> ExitCode {
         ModeArg::Deliver => ProofMode::Deliver,
         ModeArg::Handshake => ProofMode::Handshake,
     };
-    println!("Authenticating with AUTH {mechanism} as {}", args.username);
-    match mode {
-        ProofMode::Deliver => println!("Sending a test mail from {} to {}", args.from, args.to),
-        ProofMode::Handshake => println!(
-            "Checking that the relay accepts sender {} and recipient {}, without sending (RSET after RCPT TO)",
-            args.from, args.to
-        ),
+    // Announce the steps only when the look at the relay got through: after a failed
+    // connection they would describe something that is not going to happen.
+    if report.stopped.is_none() {
+        println!("Authenticating with AUTH {mechanism} as {}", args.username);
+        match mode {
+            ProofMode::Deliver => println!("Sending a test mail from {} to {}", args.from, args.to),
+            ProofMode::Handshake => println!(
+                "Checking that the relay accepts sender {} and recipient {}, without sending (RSET after RCPT TO)",
+                args.from, args.to
+            ),
+        }
     }
     match verifier.check(&args.username, &password, mode).await {
         Ok(()) => {
@@ -129,11 +133,12 @@ pub(crate) async fn run(args: SmtpTestArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            // The shared explanation names the configuration file's setting; here it is a flag.
-            let message = error.message.replace(
-                "under tls.extraRootCertificates",
-                "with --extra-root-certificate",
-            );
+            // The shared explanation names the configuration file's settings; here they are flags.
+            let message = error
+                .message
+                .replace("under tls.extraRootCertificates", "with --extra-root-certificate")
+                .replace("tls.extraRootCertificates", "--extra-root-certificate")
+                .replace("set authMechanism: LOGIN", "use --auth login");
             println!("FAILED ({:?}): {message}", error.kind);
             if error.kind == VerifyFailureKind::BadCredentials {
                 println!(
