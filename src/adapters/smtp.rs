@@ -27,6 +27,7 @@
 //! control characters and bounded to [`MAX_REPLY_TEXT`] characters: none of them answers
 //! anything that carried the secret.
 
+pub mod quota;
 pub(crate) mod wire;
 
 use crate::adapters::http::TlsTrust;
@@ -45,8 +46,10 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+use quota::RelayLimiter;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::TlsConnector;
 use wire::{Plaintext, ReplyLimit, WireError};
@@ -600,6 +603,9 @@ pub struct SmtpVerifier {
     relay: SmtpRelay,
     from: Mailbox,
     to: Mailbox,
+    /// The relay resource's mail quota and session bound, when paced, and the longest a
+    /// test mail may wait for the quota.
+    limiter: Option<(Arc<RelayLimiter>, Duration)>,
 }
 
 impl fmt::Debug for SmtpVerifier {
@@ -628,7 +634,46 @@ impl SmtpVerifier {
             relay,
             from,
             to,
+            limiter: None,
         })
+    }
+
+    /// Paces test mails to `limiter`'s quota, each waiting at most `max_wait` (the
+    /// rotation's verification budget), and bounds the sessions it allows.
+    pub fn paced(mut self, limiter: Arc<RelayLimiter>, max_wait: Duration) -> Self {
+        self.limiter = Some((limiter, max_wait));
+        self
+    }
+
+    /// The relay resource whose quota the test mails spend: the relay and the sending
+    /// domain (one Communication Services email domain), e.g.
+    /// `smtp.azurecomm.net:587/<guid>.azurecomm.net`.
+    pub fn resource(&self) -> String {
+        quota::resource_key(&self.settings.host, self.settings.port, self.from.email.domain())
+    }
+
+    /// This process has spent the relay resource's quota until `free_at`: nothing was sent.
+    fn quota_spent(&self, free_at: chrono::DateTime<chrono::Utc>) -> VerifyError {
+        VerifyError::new(
+            self.describe(),
+            VerifyFailureKind::Throttled,
+            format!(
+                "the test mails of this process have spent the mail quota of {} until {}, later than this \
+                 verification may wait; nothing was sent. The rotation waits and tries again; to spend no \
+                 mail at all, set verification.smtp.mode: handshake",
+                self.resource(),
+                free_at.to_rfc3339()
+            ),
+        )
+    }
+
+    /// A handshake, within the session bound.
+    async fn paced_handshake(&self, username: &str, secret: &SecretString) -> Result<(), VerifyError> {
+        let _session = match &self.limiter {
+            Some((limiter, _)) => Some(limiter.session().await),
+            None => None,
+        };
+        self.relay.handshake(username, secret, &self.envelope()).await
     }
 
     fn username_for(&self, app: &AppRef) -> String {
@@ -717,16 +762,28 @@ impl Verifier for SmtpVerifier {
 
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         let username = self.username_for(app);
-        match self.settings.mode {
-            ProofMode::Deliver => self.deliver(&username, secret, self.test_message(app)).await,
-            ProofMode::Handshake => self.relay.handshake(&username, secret, &self.envelope()).await,
+        if self.settings.mode == ProofMode::Handshake {
+            return self.paced_handshake(&username, secret).await;
         }
+        // The quota first, so no session is held while waiting for it.
+        let (waited, _session) = match &self.limiter {
+            Some((limiter, max_wait)) => match limiter.mail(*max_wait).await {
+                Ok(waited) => (waited, Some(limiter.session().await)),
+                Err(free_at) => return Err(self.quota_spent(free_at)),
+            },
+            None => (Duration::ZERO, None),
+        };
+        if !waited.is_zero() {
+            tracing::info!(
+                relay = %self.resource(),
+                "waited {waited:.1?} for room in the relay's mail quota before the test mail"
+            );
+        }
+        self.deliver(&username, secret, self.test_message(app)).await
     }
 
     async fn recheck(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
-        self.relay
-            .handshake(&self.username_for(app), secret, &self.envelope())
-            .await
+        self.paced_handshake(&self.username_for(app), secret).await
     }
 }
 

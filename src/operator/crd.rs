@@ -376,6 +376,8 @@ impl ClientSecretRotation {
                     SmtpMode::Deliver => crate::config::SmtpMode::Deliver,
                     SmtpMode::Handshake => crate::config::SmtpMode::Handshake,
                 },
+                // The controller paces to the relay's default (azureManaged on ACS).
+                quota: None,
                 retry_interval: HumanDuration(std::time::Duration::from_secs(5)),
                 timeout: HumanDuration(std::time::Duration::from_secs(30)),
             }),

@@ -47,6 +47,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// sees the count).
 const DATA_SESSION: &str = "data session";
 const HANDSHAKE: &str = "handshake";
+/// Count keys of messages refused by the quota, and of sessions over the connection limit.
+const QUOTA_REFUSED: &str = "quota refused";
+const SESSION_REFUSED: &str = "session refused";
 /// The name the relay gives itself in its greeting and EHLO answer.
 const SERVER_NAME: &str = "localhost";
 
@@ -65,6 +68,53 @@ pub struct RelaySettings {
     /// (`554 5.7.1 <address>: Sender address rejected: Access denied`): Postfix delays
     /// every restriction to RCPT TO by default (`smtpd_delay_reject = yes`).
     pub refuse_senders_at_rcpt: bool,
+    /// The resource's mail quota, counted when a message is accepted; `None`: unlimited.
+    pub quota: Option<StandinQuota>,
+    /// SMTP sessions open at once; one more is greeted with
+    /// `432 4.3.2 Concurrent connections limit exceeded` and hung up on.
+    pub max_sessions: Option<usize>,
+    /// Where the quota's windows take the time from (a simulated clock in tests).
+    pub clock: RelayClock,
+}
+
+/// A mail quota like ACS's: per minute and per hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StandinQuota {
+    pub per_minute: usize,
+    pub per_hour: usize,
+}
+
+impl StandinQuota {
+    /// ACS with an Azure-managed domain: 5 mails a minute, 10 an hour (Microsoft Learn,
+    /// "Service limits for Azure Communication Services").
+    pub const AZURE_MANAGED: Self = Self { per_minute: 5, per_hour: 10 };
+}
+
+/// The time the relay's quota windows use.
+#[derive(Clone)]
+pub struct RelayClock(Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>);
+
+impl RelayClock {
+    /// Time from `now`, e.g. a test's simulated clock.
+    pub fn from_fn(now: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        (self.0)()
+    }
+}
+
+impl Default for RelayClock {
+    fn default() -> Self {
+        Self::from_fn(chrono::Utc::now)
+    }
+}
+
+impl std::fmt::Debug for RelayClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayClock")
+    }
 }
 
 impl RelaySettings {
@@ -77,7 +127,17 @@ impl RelaySettings {
             smtp_usernames: HashMap::new(),
             max_message_size: ACS_MAX_MESSAGE_SIZE,
             refuse_senders_at_rcpt: false,
+            quota: None,
+            max_sessions: None,
+            clock: RelayClock::default(),
         }
+    }
+
+    /// Counts mails against `quota` on `clock`.
+    pub fn with_quota(mut self, quota: StandinQuota, clock: RelayClock) -> Self {
+        self.quota = Some(quota);
+        self.clock = clock;
+        self
     }
 
     /// Refuses disallowed senders at RCPT TO, as a Postfix relay does.
@@ -191,6 +251,9 @@ struct Shared {
     accepted: Mutex<Vec<AcceptedMessage>>,
     faults: Mutex<VecDeque<SmtpFault>>,
     counts: Mutex<HashMap<String, u64>>,
+    /// When the messages of the last hour were accepted, for the quota.
+    quota_log: Mutex<VecDeque<chrono::DateTime<chrono::Utc>>>,
+    open_sessions: std::sync::atomic::AtomicUsize,
 }
 
 use super::https::ServerTask;
@@ -199,6 +262,33 @@ use super::lock as locked;
 impl Shared {
     fn count(&self, key: &str) {
         *locked(&self.counts).entry(key.to_string()).or_default() += 1;
+    }
+
+    /// Whether one more message fits the quota now; if so it is counted.
+    fn take_quota(&self) -> bool {
+        let Some(quota) = self.settings.quota else {
+            return true;
+        };
+        let now = self.settings.clock.now();
+        let mut log = locked(&self.quota_log);
+        while log.front().is_some_and(|at| *at <= now - chrono::Duration::hours(1)) {
+            log.pop_front();
+        }
+        let last_minute = log.iter().filter(|at| **at > now - chrono::Duration::minutes(1)).count();
+        if log.len() >= quota.per_hour || last_minute >= quota.per_minute {
+            return false;
+        }
+        log.push_back(now);
+        true
+    }
+}
+
+/// Counts an open session until dropped.
+struct OpenSession(Arc<Shared>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.open_sessions.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -229,6 +319,8 @@ impl SmtpRelayStandin {
             accepted: Mutex::default(),
             faults: Mutex::default(),
             counts: Mutex::default(),
+            quota_log: Mutex::default(),
+            open_sessions: std::sync::atomic::AtomicUsize::new(0),
         });
         Ok(Self {
             addr: starttls_listener.local_addr()?,
@@ -303,6 +395,16 @@ impl SmtpRelayStandin {
         self.count(HANDSHAKE)
     }
 
+    /// Messages refused because the quota was spent.
+    pub fn quota_refusals(&self) -> u64 {
+        self.count(QUOTA_REFUSED)
+    }
+
+    /// Sessions refused over the connection limit.
+    pub fn session_refusals(&self) -> u64 {
+        self.count(SESSION_REFUSED)
+    }
+
     /// One entry of [`counts`](Self::counts); 0 when never seen.
     pub fn count(&self, key: &str) -> u64 {
         locked(&self.shared.counts).get(key).copied().unwrap_or(0)
@@ -332,6 +434,15 @@ async fn serve_connection(
     implicit_tls: bool,
 ) {
     shared.count("session");
+    let open = shared.open_sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let _open = OpenSession(shared.clone());
+    if shared.settings.max_sessions.is_some_and(|max| open > max) {
+        // Exchange Online's documented reply for too many concurrent connections.
+        shared.count(SESSION_REFUSED);
+        let mut tcp = tcp;
+        let _ = reply(&mut tcp, "432 4.3.2 Concurrent connections limit exceeded").await;
+        return;
+    }
     let fault = locked(&shared.faults).pop_front();
     let mut session = Session::new(shared.clone(), peer, fault);
     let outcome = if implicit_tls {
@@ -868,6 +979,17 @@ impl Session {
             DataContent::LineTooLong => {
                 self.refuse(w, "500 5.5.6 Message line longer than 1000 characters")
                     .await
+            }
+            DataContent::Message(_) if !self.shared.take_quota() => {
+                // ACS publishes no SMTP wording for a spent quota; this is Exchange Online's
+                // documented refusal for its sending quota (Microsoft Learn, "Message storage
+                // and concurrent connection throttling for SMTP Authenticated Submission").
+                self.shared.count(QUOTA_REFUSED);
+                self.refuse(
+                    w,
+                    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [sending quota exceeded]",
+                )
+                .await
             }
             DataContent::Message(data) => {
                 let authenticated = self.authenticated.clone();
