@@ -139,7 +139,7 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
 
     // The killed run.
     let monitor = Monitor::start(scenario.clone());
-    let mails_before_kill = scenario.relay.accepted_messages().len();
+    let proofs_before_kill = proofs(&scenario);
     let blocked = hold.arm(&scenario);
     let mut child = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
     child.wait_until(point, blocked).await;
@@ -161,7 +161,7 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
         "{point}: consumers broke"
     );
     let (revoked_in_kill, _) =
-        assert_revocations_followed_verification(&killed, mails_before_kill, &k0);
+        assert_revocations_followed_verification(&killed, proofs_before_kill, &k0);
     consumers_credential_works(&scenario)
         .unwrap_or_else(|e| panic!("{point}, after the kill: {e}"));
     let ours_after_kill = our_key_ids(&scenario).len();
@@ -177,7 +177,7 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
         3,
     );
     let monitor = Monitor::start(scenario.clone());
-    let mails_before_rerun = scenario.relay.accepted_messages().len();
+    let proofs_before_rerun = proofs(&scenario);
     let rerun = run_ok(&scenario, &[], &transcript).await;
     let watched = monitor.stop().await;
     assert_eq!(
@@ -186,7 +186,7 @@ async fn crash_at(point: &'static str, hold: Hold) -> Row {
         "{point}: consumers broke in the rerun"
     );
     let (revocations, orphans) =
-        assert_revocations_followed_verification(&watched, mails_before_rerun, &k0);
+        assert_revocations_followed_verification(&watched, proofs_before_rerun, &k0);
     assert_log_verifies_before_revoking(&rerun.text);
 
     assert_settled_with_one_credential(&scenario, point);

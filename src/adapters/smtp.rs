@@ -95,8 +95,7 @@ impl AuthMechanism {
 /// What a verification of a newly minted secret proves at the relay.
 ///
 /// An enum, not a switch: other proofs (Exchange Online's AUTH XOAUTH2) are further modes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProofMode {
     /// A test mail: STARTTLS, AUTH, MAIL FROM, RCPT TO and DATA. The only proof that the
     /// relay delivers for this app, and it costs one mail of the resource's quota.
@@ -106,16 +105,6 @@ pub enum ProofMode {
     /// Proves the secret authenticates and the sender and recipient are accepted, not that
     /// the relay delivers.
     Handshake,
-}
-
-impl ProofMode {
-    /// `a test mail` / `a handshake (no mail)`, for messages.
-    pub fn describe(self) -> &'static str {
-        match self {
-            ProofMode::Deliver => "a test mail",
-            ProofMode::Handshake => "a handshake (AUTH, MAIL FROM, RCPT TO, no mail)",
-        }
-    }
 }
 
 /// Where and how to send the verification mail.

@@ -444,11 +444,13 @@ impl Engine {
                 message: error.to_string(),
             });
             throttled_after_auth |= error.authenticated_then_throttled();
-            if !retry && throttled_after_auth && error.is_retryable() {
-                // The relay took the secret, then kept asking us to wait (its rate limit or
-                // the sending quota) or failed transiently for the rest of the budget. That proves what the handshake
-                // proves; discarding a secret that authenticated would throw away a working
-                // credential for the application's own mail quota.
+            let only_waiting = matches!(error.kind, ports::VerifyFailureKind::Throttled | ports::VerifyFailureKind::Connection);
+            if !retry && throttled_after_auth && only_waiting {
+                // The relay took the secret, then only asked us to wait (its rate limit or
+                // the sending quota) or could not be reached for the rest of the budget.
+                // That proves what the handshake proves; discarding a secret that
+                // authenticated would throw away a working credential. A refusal of the
+                // secret itself (535) at the last attempt is not waved through.
                 self.emit(rotation, Event::Verified {
                     key_id,
                     attempts: attempt,

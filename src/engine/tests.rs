@@ -483,6 +483,23 @@ async fn a_secret_that_authenticated_is_kept_when_the_relay_only_throttles() {
     assert_eq!(revoked, vec![old]);
 }
 
+/// A secret that authenticated once but is refused outright (535) at the last attempt is
+/// not waved through as "only throttled".
+#[tokio::test]
+async fn a_refusal_after_throttling_is_not_taken_for_waiting() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    // Popped from the end: throttled after AUTH first, then refused for the whole budget.
+    let mut refusals = vec![VerifyFailureKind::BadCredentials; 1000];
+    refusals.push(VerifyFailureKind::Throttled);
+    *w.verifier.refusals.lock().unwrap() = refusals;
+    *w.verifier.refuse_after_auth.lock().unwrap() = true;
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    let EngineError::Verification { last, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(last.kind, VerifyFailureKind::BadCredentials, "{err}");
+    assert_eq!(w.vault.key_id(), Some(old), "the stores keep the secret that works");
+}
+
 /// A relay that throttles before AUTH proves nothing about the secret: it is discarded
 /// (its value reached no store) and the run reports waiting, not a failure to fix.
 #[tokio::test]

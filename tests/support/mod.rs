@@ -302,7 +302,8 @@ pub struct Sample {
     pub at: Duration,
     pub stored: [Option<Uuid>; 2],
     pub ours: Vec<Uuid>,
-    pub mails: usize,
+    /// Verifications the relay accepted: test mails and handshakes.
+    pub proofs: usize,
     pub remove_requests: u64,
 }
 
@@ -371,7 +372,7 @@ async fn sample_until(
             at: started.elapsed(),
             stored: stored_key_ids(&scenario),
             ours: our_key_ids(&scenario),
-            mails: scenario.relay.accepted_messages().len(),
+            proofs: proofs(&scenario),
             remove_requests: scenario.graph.faults().count(ROUTE_REMOVE_PASSWORD),
         });
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -382,11 +383,11 @@ async fn sample_until(
 /// Checks every revocation a monitor saw. When a `removePassword` request arrived (the
 /// stand-in holds it briefly, so the state is frozen) for a keyId that a store ever held,
 /// both stores held another live keyId of ours and the relay had accepted a verification
-/// mail since `mails_before`. A keyId no store ever held is an unstored orphan: removing
+/// (a test mail, or the handshake a revoking run re-checks with) since `proofs_before`. A keyId no store ever held is an unstored orphan: removing
 /// it needs no verification. Returns (revocations checked, orphans removed).
 pub fn assert_revocations_followed_verification(
     watched: &Watched,
-    mails_before: usize,
+    proofs_before: usize,
     stored_earlier: &[Uuid],
 ) -> (usize, usize) {
     let samples = &watched.samples;
@@ -426,8 +427,8 @@ pub fn assert_revocations_followed_verification(
             "removePassword arrived while the stored keyId was not live, or was the one removed: {at:?}"
         );
         assert!(
-            at.mails > mails_before,
-            "removePassword arrived before any verification mail was accepted: {at:?}"
+            at.proofs > proofs_before,
+            "removePassword arrived before any verification was accepted: {at:?}"
         );
     }
     (revocations, orphans)
@@ -448,6 +449,11 @@ pub fn assert_log_verifies_before_revoking(text: &str) {
             );
         }
     }
+}
+
+/// Verifications the scenario's relay has accepted: test mails and handshakes.
+pub fn proofs(scenario: &Scenario) -> usize {
+    scenario.relay.messages() + scenario.relay.handshakes() as usize
 }
 
 /// A fresh scenario shared with a monitor.
