@@ -343,11 +343,30 @@ fn facts(notification: &Notification) -> Vec<(&'static str, String)> {
 /// required, AUTH LOGIN, bounded replies, no bytes accepted after STARTTLS), so a failure
 /// carries the same explanation and never the password.
 async fn send_email(config: &EmailConfig, password: &SecretString, notification: &Notification, trust: &TlsTrust) -> Result<(), String> {
-    use crate::adapters::smtp::{AuthMechanism, SmtpRelay, TlsMode};
+    use crate::adapters::smtp::{AuthMechanism, SmtpRelay, TlsMode, quota};
     use lettre::Message;
     use lettre::message::Mailbox;
 
     let from: Mailbox = config.from.parse().map_err(|e| format!("from address: {e}"))?;
+    // Notifications spend the relay resource's mail quota like test mails do, through the
+    // same limiter; one that would wait over a minute is left to the notifier's retry.
+    let limiter = quota::default_quota(&config.host).map(|mail_quota| {
+        quota::process_limiters().for_resource(&quota::resource_key(&config.host, config.port, from.email.domain()), Some(mail_quota))
+    });
+    if let Some(limiter) = &limiter
+        && let Err(free_at) = limiter.mail(Duration::from_secs(60)).await
+    {
+        return Err(format!(
+            "the mail quota of {}:{} is spent by this process until {}; the notification is sent again later",
+            config.host,
+            config.port,
+            free_at.to_rfc3339()
+        ));
+    }
+    let _session = match &limiter {
+        Some(limiter) => Some(limiter.session().await),
+        None => None,
+    };
     let mut message = Message::builder().from(from).subject(notification.title());
     for to in &config.to {
         message = message.to(to.parse().map_err(|e| format!("to address {to}: {e}"))?);

@@ -174,9 +174,18 @@ impl Assembly {
                     from: smtp.from.clone(),
                     to: smtp.to.clone(),
                     timeout: smtp.timeout.0,
+                    mode: match smtp.mode {
+                        crate::config::SmtpMode::Deliver => crate::adapters::smtp::ProofMode::Deliver,
+                        crate::config::SmtpMode::Handshake => crate::adapters::smtp::ProofMode::Handshake,
+                    },
                 },
                 trust,
             )
+            .map(|verifier| {
+                let limiter = crate::adapters::smtp::quota::process_limiters()
+                    .for_resource(&verifier.resource(), mail_quota(smtp));
+                verifier.paced(limiter, smtp.retry_budget.0)
+            })
             .map_err(|e| assembly_error(&config.name, e))?,
         )),
         None => None,
@@ -311,4 +320,17 @@ pub async fn kube_client(settings: &KubernetesSettings) -> Result<kube::Client, 
         None => kube::Config::infer().await.map_err(no_cluster)?,
     };
     kube::Client::try_from(kube_config).map_err(|e| assembly_error("kubernetes: cannot build a client", e))
+}
+
+/// The quota test mails are paced to: the configured one, else ACS's stricter default
+/// (an Azure-managed domain's) for smtp.azurecomm.net, and none for other relays.
+fn mail_quota(smtp: &crate::config::SmtpConfig) -> Option<crate::adapters::smtp::quota::MailQuota> {
+    use crate::adapters::smtp::quota::MailQuota;
+    use crate::config::{MailQuotaConfig, NamedMailQuota};
+    match smtp.quota {
+        Some(MailQuotaConfig::Named(NamedMailQuota::AzureManaged)) => Some(MailQuota::AZURE_MANAGED),
+        Some(MailQuotaConfig::Named(NamedMailQuota::CustomDomain)) => Some(MailQuota::CUSTOM_DOMAIN),
+        Some(MailQuotaConfig::Figures { per_minute, per_hour }) => Some(MailQuota { per_minute, per_hour }),
+        None => crate::adapters::smtp::quota::default_quota(&smtp.host),
+    }
 }

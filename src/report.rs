@@ -82,6 +82,9 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
 }
 
 pub fn error_line(name: &str, error: &EngineError) -> String {
+    if error.is_waiting() {
+        return format!("{name}: WAITING ({}; the relay's rate or quota limit, a later run tries again; the stores keep the secret that works): {error}", error.category());
+    }
     let retry = if error.is_transient() { "will succeed on a later run if the fault clears" } else { "needs a fix before the next run" };
     format!("{name}: FAILED ({}; {retry}): {error}", error.category())
 }

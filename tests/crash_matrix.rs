@@ -11,7 +11,7 @@
 //! - after the rerun no secret of ours exists that no store holds;
 //! - every `removePassword`, held by the stand-in while the test looks, removed exactly one
 //!   keyId of ours and arrived while both stores held a live successor and after the relay
-//!   accepted a verification mail; the engine's log says `verified` first; each row's
+//!   accepted a verification (a test mail or a handshake); the engine's log says `verified` first; each row's
 //!   counts of revocations and removed orphans are what the row expects;
 //! - exactly one credential of ours is live (the scenario's `revokeGracePeriod` is 0s),
 //!   at most two with a grace period;
@@ -162,7 +162,7 @@ async fn crash_at(point: &'static str, hold: Hold, expected: Removals) -> Row {
 
     // The killed run.
     let monitor = Monitor::start(scenario.clone());
-    let mails_before_kill = scenario.relay.accepted_messages().len();
+    let proofs_before_kill = proofs(&scenario);
     let blocked = hold.arm(&scenario);
     let mut child = Rotator::spawn(&scenario.config_path, &["--force"], &transcript);
     child.wait_until(point, blocked).await;
@@ -170,7 +170,7 @@ async fn crash_at(point: &'static str, hold: Hold, expected: Removals) -> Row {
     let at_the_kill = snapshot(&scenario);
     let mut revoked_in_kill = 0;
     if hold.holds_a_revocation() {
-        assert_revocation_followed_verification(point, &at_the_kill, k0[0], mails_before_kill);
+        assert_revocation_followed_verification(point, &at_the_kill, k0[0], proofs_before_kill);
         revoked_in_kill = 1;
     }
     if let Hold::RevokeLanded = hold {
@@ -207,13 +207,13 @@ async fn crash_at(point: &'static str, hold: Hold, expected: Removals) -> Row {
         .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 0s")
         .unwrap();
     let monitor = Monitor::start(scenario.clone());
-    let mails_before_rerun = scenario.relay.accepted_messages().len();
+    let proofs_before_rerun = proofs(&scenario);
     let rerun = run_checking_revocations(
         point,
         &scenario,
         &[],
         &transcript,
-        mails_before_rerun,
+        proofs_before_rerun,
         &stored_earlier,
     )
     .await;
@@ -422,7 +422,7 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     run_ok(&scenario, &[], &transcript).await;
     let k0 = our_key_ids(&scenario);
     let monitor = Monitor::start(scenario.clone());
-    let mails_before = scenario.relay.accepted_messages().len();
+    let proofs_before = proofs(&scenario);
     let blocked = Hold::Request {
         service: Service::Kubernetes,
         route: kube_routes::PATCH_SECRET,
@@ -436,7 +436,7 @@ async fn kill_with_a_grace_period_leaves_at_most_two_credentials() {
     scenario
         .edit_config("orphanGracePeriod: 10m", "orphanGracePeriod: 0s")
         .unwrap();
-    let rerun = run_checking_revocations(POINT, &scenario, &[], &transcript, mails_before, &stored_after_kill).await;
+    let rerun = run_checking_revocations(POINT, &scenario, &[], &transcript, proofs_before, &stored_after_kill).await;
     assert_eq!(rerun.output.code, Some(0), "{POINT}: {}", tail(&rerun.output.text));
     let watched = monitor.stop().await;
     assert_eq!(watched.violations, Vec::<String>::new(), "{POINT}");

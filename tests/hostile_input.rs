@@ -672,6 +672,7 @@ async fn smtp_replies_malformed_overlong_or_cut_short_fail_clearly() {
                         from: "DoNotReply@example.azurecomm.net".into(),
                         to: "canary@contoso.example".into(),
                         timeout: Duration::from_secs(3),
+                        mode: entra_rotator::adapters::smtp::ProofMode::Deliver,
                     },
                     &trust,
                 )

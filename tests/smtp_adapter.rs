@@ -200,7 +200,7 @@ async fn a_wrong_secret_is_explained_as_bad_credentials() {
         "a fresh secret gets 535 until Entra replicated it"
     );
     for expected in [
-        "535 5.7.3 Authentication unsuccessful",
+        "answered `535 5.7.3` to AUTH",
         "<resource>|<appId>|<tenantId>",
         &format!("{RESOURCE}|{}|{}", f.app.app_id, f.tenant.tenant_id),
         "Microsoft.Communication/CommunicationServices/Read",
@@ -375,10 +375,10 @@ async fn a_temporary_refusal_is_retryable_and_the_next_attempt_succeeds() {
     let verifier = f.verifier(|_| {});
 
     let error = f.checked(f.verify_with(&verifier, &f.secret).await.unwrap_err());
-    assert_eq!(error.kind, VerifyFailureKind::Temporary);
+    assert_eq!(error.kind, VerifyFailureKind::Throttled);
     assert!(error.is_retryable());
     assert!(error.message.contains("451 4.4.3"), "{}", error.message);
-    assert!(error.message.contains("tried again"), "{}", error.message);
+    assert!(error.message.contains("asks to wait"), "{}", error.message);
 
     f.verify_with(&verifier, &f.secret).await.unwrap();
     assert_eq!(f.relay.sessions(), 2);
@@ -394,7 +394,7 @@ async fn a_relay_that_is_unavailable_or_hangs_up_is_retryable() {
     let unavailable = f.checked(f.verify_with(&verifier, &f.secret).await.unwrap_err());
     assert_eq!(
         unavailable.kind,
-        VerifyFailureKind::Temporary,
+        VerifyFailureKind::Throttled,
         "{unavailable}"
     );
     assert!(

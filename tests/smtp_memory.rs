@@ -65,6 +65,7 @@ fn verifier(port: u16, tls: TlsMode, trust: &TlsTrust) -> SmtpVerifier {
             from: "DoNotReply@example.azurecomm.net".into(),
             to: "canary@contoso.example".into(),
             timeout: Duration::from_secs(20),
+            mode: entra_rotator::adapters::smtp::ProofMode::Deliver,
         },
         trust,
     )

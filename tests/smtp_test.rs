@@ -164,6 +164,28 @@ async fn success_shows_capabilities_tls_and_the_mechanism() {
     assert_eq!(accepted[0].rcpt_to, vec![RECIPIENT.to_string()]);
 }
 
+/// Issue 19 item 1: `--mode handshake` checks the credential, sender and recipient without
+/// sending: the relay counts no message and no DATA.
+#[tokio::test]
+async fn handshake_mode_checks_without_sending() {
+    let fixture = Fixture::start().await;
+    let output = fixture.run(&[("--mode", Some("handshake"))]).await;
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("no mail was sent"), "{shown}");
+    assert!(!shown.contains("Sending a test mail"), "{shown}");
+    assert_eq!(fixture.relay.messages(), 0);
+    assert_eq!(fixture.relay.count("DATA"), 0);
+    assert_eq!(fixture.relay.handshakes(), 1);
+
+    let refused = fixture
+        .run(&[("--mode", Some("handshake")), ("--from", Some("alerts@contoso.example"))])
+        .await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("refused the sender alerts@contoso.example"), "{shown}");
+}
+
 #[tokio::test]
 async fn implicit_tls_is_shown_too() {
     let fixture = Fixture::start().await;
@@ -319,4 +341,123 @@ async fn the_password_cannot_be_a_flag_and_must_come_from_somewhere() {
         "{}",
         text(&empty_env)
     );
+}
+
+/// Issue 19 item 4: after a failed connection, no "Authenticating…" or "Sending…" line
+/// announces steps that are not going to happen.
+#[tokio::test]
+async fn no_steps_are_announced_after_the_connection_failed() {
+    let fixture = Fixture::start().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = fixture
+        .run(&[("--host", Some("127.0.0.1")), ("--port", Some(&closed.to_string()))])
+        .await;
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(!shown.contains("Authenticating"), "{shown}");
+    assert!(!shown.contains("Sending"), "{shown}");
+    assert!(shown.contains("FAILED (Connection)"), "{shown}");
+}
+
+/// Issue 19 item 4: smtp-test does not retry, so its advice does not say it does; and the
+/// mechanism advice names the flag, not a key that does not exist.
+#[tokio::test]
+async fn the_advice_names_the_flag_and_promises_no_retry() {
+    let fixture = Fixture::start().await;
+    let wrong = fixture.wrong_password_file();
+    let output = fixture.run(&[("--password-file", Some(&wrong))]).await;
+    let shown = text(&output);
+    assert!(shown.contains("FAILED (BadCredentials)"), "{shown}");
+    assert!(!shown.contains("retried"), "{shown}");
+    assert!(shown.contains("run smtp-test again"), "{shown}");
+
+    let output = fixture.run(&[("--auth", Some("plain"))]).await;
+    let shown = text(&output);
+    assert!(shown.contains("use --auth login"), "{shown}");
+    assert!(!shown.contains("mechanism: login"), "{shown}");
+}
+
+/// Issue 19 item 4: the advice for an untrusted certificate names the host given, not ACS's.
+#[tokio::test]
+async fn untrusted_certificate_advice_names_the_host_given() {
+    let fixture = Fixture::start().await;
+    let output = fixture.run(&[("--extra-root-certificate", None)]).await;
+    let shown = text(&output);
+    assert!(shown.contains("check the host (localhost)"), "{shown}");
+    assert!(!shown.contains("smtp.azurecomm.net)"), "{shown}");
+}
+
+/// A TLS server on 127.0.0.1 presenting a self-signed certificate for localhost, a CA
+/// certificate (`openssl req -x509` style) or an end-entity one; returns its port and the
+/// certificate's PEM.
+async fn self_signed_relay(is_ca: bool) -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = if is_ca {
+        IsCa::Ca(BasicConstraints::Unconstrained)
+    } else {
+        IsCa::ExplicitNoCa
+    };
+    let key = KeyPair::generate().unwrap();
+    let certificate = params.self_signed(&key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![certificate.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            // Completes the handshake when the client accepts the certificate, then hangs up.
+            let _ = acceptor.accept(socket).await;
+        }
+    });
+    (port, certificate.pem())
+}
+
+/// Issue 19 item 4: a self-signed CA certificate given as the extra root fails with
+/// CaUsedAsEndEntity; the advice says what is wrong instead of asking for the CA again.
+#[tokio::test]
+async fn a_self_signed_ca_certificate_on_the_relay_is_explained() {
+    let fixture = Fixture::start().await;
+    let (port, pem) = self_signed_relay(true).await;
+    let certificate = fixture.dir.path().join("self-signed.pem");
+    std::fs::write(&certificate, pem).unwrap();
+    let certificate = certificate.to_str().unwrap();
+    let output = fixture
+        .run(&[
+            ("--port", Some(&port.to_string())),
+            ("--tls", Some("implicit")),
+            ("--extra-root-certificate", Some(certificate)),
+        ])
+        .await;
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("presents a CA certificate (basicConstraints CA:TRUE) as its own"), "{shown}");
+    assert!(shown.contains("adding it to --extra-root-certificate cannot help"), "{shown}");
+    assert!(!shown.contains("add its CA with"), "{shown}");
+
+    // The advice's second way out: the same certificate as an end-entity one is accepted.
+    let (port, pem) = self_signed_relay(false).await;
+    std::fs::write(fixture.dir.path().join("self-signed.pem"), pem).unwrap();
+    let output = fixture
+        .run(&[
+            ("--port", Some(&port.to_string())),
+            ("--tls", Some("implicit")),
+            ("--extra-root-certificate", Some(certificate)),
+        ])
+        .await;
+    let shown = text(&output);
+    assert!(!shown.contains("certificate"), "the end-entity certificate is trusted: {shown}");
 }

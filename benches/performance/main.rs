@@ -3,7 +3,7 @@
 //! table (docs/performance.md explains each figure and its floor).
 //!
 //! `cargo bench --bench performance -- economy scale` runs only the sections named
-//! (`economy`, `controller`, `scale`, `budget`, `footprint`). Nothing here asserts a timing:
+//! (`economy`, `controller`, `scale`, `budget`, `footprint`, `quota`). Nothing here asserts a timing:
 //! the figures are reported, and only correctness (every rotation done, none failed) is
 //! checked.
 
@@ -11,6 +11,7 @@ mod budget;
 mod economy;
 mod footprint;
 mod probe;
+mod quota;
 mod scale;
 
 use std::time::Instant;
@@ -34,7 +35,7 @@ impl Row {
     }
 }
 
-const SECTIONS: &[&str] = &["economy", "controller", "scale", "budget", "footprint"];
+const SECTIONS: &[&str] = &["economy", "controller", "scale", "budget", "footprint", "quota"];
 
 fn main() {
     // `cargo bench` passes `--bench`; every other argument names a section to run.
@@ -71,6 +72,10 @@ fn main() {
         }
         if runs("budget") {
             rows.extend(budget::rows().await);
+        }
+        if runs("quota") {
+            rows.extend(economy::mail_rows().await);
+            rows.extend(quota::rows().await);
         }
         rows
     });

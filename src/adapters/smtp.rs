@@ -17,11 +17,17 @@
 //! refuses overlong replies and bytes injected after STARTTLS. The same session
 //! ([`SmtpRelay`]) serves the verifier, `smtp-test` and the email notifier.
 //!
-//! Reply text shown to users is relay-controlled: it is stripped of control characters,
-//! bounded to [`MAX_REPLY_TEXT`] characters, and freed of the credential in every form it
-//! crossed the wire in (plain, base64 for AUTH LOGIN, base64 of `\0user\0secret` for
-//! AUTH PLAIN), since a relay may echo what it was sent.
+//! Messages are built without the secret, so nothing has to be cut out of them afterwards
+//! (replacing the secret's text garbles every message for a short or common-word secret and
+//! tells which characters it holds). The only text that is not ours is the relay's, and a
+//! relay may echo what it was sent: so replies to AUTH, the one command that carries the
+//! credential, are quoted by their code and enhanced code only, never their text, and
+//! nothing lettre reports about a failed AUTH is quoted either. Replies to every other
+//! command (greeting, EHLO, STARTTLS, MAIL FROM, RCPT TO, DATA) are quoted, stripped of
+//! control characters and bounded to [`MAX_REPLY_TEXT`] characters: none of them answers
+//! anything that carried the secret.
 
+pub mod quota;
 pub(crate) mod wire;
 
 use crate::adapters::http::TlsTrust;
@@ -29,7 +35,6 @@ use crate::domain::{AppRef, ExposeSecret, SecretString};
 use crate::engine::ports::{Verifier, VerifyError, VerifyFailureKind};
 use crate::template::Template;
 use async_trait::async_trait;
-use base64::Engine as _;
 use lettre::Message;
 use lettre::address::Envelope;
 use lettre::message::Mailbox;
@@ -37,12 +42,14 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+use quota::RelayLimiter;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::TlsConnector;
 use wire::{Plaintext, ReplyLimit, WireError};
@@ -85,6 +92,21 @@ impl AuthMechanism {
     }
 }
 
+/// What a verification of a newly minted secret proves at the relay.
+///
+/// An enum, not a switch: other proofs (Exchange Online's AUTH XOAUTH2) are further modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProofMode {
+    /// A test mail: STARTTLS, AUTH, MAIL FROM, RCPT TO and DATA. The only proof that the
+    /// relay delivers for this app, and it costs one mail of the resource's quota.
+    #[default]
+    Deliver,
+    /// STARTTLS, AUTH, MAIL FROM, RCPT TO, then RSET and QUIT: no message, no quota spent.
+    /// Proves the secret authenticates and the sender and recipient are accepted, not that
+    /// the relay delivers.
+    Handshake,
+}
+
 /// Where and how to send the verification mail.
 #[derive(Clone, Debug)]
 pub struct SmtpVerification {
@@ -102,6 +124,9 @@ pub struct SmtpVerification {
     pub to: String,
     /// How long one whole session may take.
     pub timeout: Duration,
+    /// How a newly minted secret is proven; re-checks of a proven one always use the
+    /// handshake.
+    pub mode: ProofMode,
 }
 
 impl SmtpVerification {
@@ -116,6 +141,7 @@ impl SmtpVerification {
             from: from.to_string(),
             to: to.to_string(),
             timeout: DEFAULT_TIMEOUT,
+            mode: ProofMode::Deliver,
         }
     }
 }
@@ -198,23 +224,45 @@ impl SmtpRelay {
         secret: &SecretString,
         message: Message,
     ) -> Result<(), VerifyError> {
-        let forms = CredentialForms::new(username, secret);
         let envelope = message.envelope().clone();
         let email = message.formatted();
+        self.run(username, secret, &envelope, Some(&email)).await
+    }
+
+    /// One session that authenticates as `username` and has the envelope's sender and
+    /// recipients accepted, then sends RSET and QUIT instead of a message: no mail, no
+    /// quota spent.
+    pub async fn handshake(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        envelope: &Envelope,
+    ) -> Result<(), VerifyError> {
+        self.run(username, secret, envelope, None).await
+    }
+
+    async fn run(
+        &self,
+        username: &str,
+        secret: &SecretString,
+        envelope: &Envelope,
+        email: Option<&[u8]>,
+    ) -> Result<(), VerifyError> {
         let mut phase = Phase::Connect;
         let outcome = tokio::time::timeout(
             self.timeout,
-            self.session(username, secret, &envelope, &email, &mut phase),
+            self.session(username, secret, envelope, email, &mut phase),
         )
         .await;
         match outcome.unwrap_or(Err(Failure::TimedOut)) {
             Ok(()) => Ok(()),
             Err(failure) => {
-                let (kind, message) = self.explain(phase, failure, username, &envelope, &forms);
+                let (kind, message) = self.explain(phase, failure, username, envelope);
                 Err(VerifyError {
                     target: self.describe(),
                     kind,
-                    message: forms.redact(&message),
+                    message,
+                    authenticated: phase.after_auth(),
                 })
             }
         }
@@ -226,7 +274,7 @@ impl SmtpRelay {
         username: &str,
         secret: &SecretString,
         envelope: &Envelope,
-        email: &[u8],
+        email: Option<&[u8]>,
         phase: &mut Phase,
     ) -> Result<(), Failure> {
         let hello = ClientId::default();
@@ -236,7 +284,8 @@ impl SmtpRelay {
             .converse(&mut conn, username, secret, envelope, email, phase)
             .await;
         match &result {
-            // The mail is accepted at this point; a failed QUIT changes nothing.
+            // The mail (or the handshake) is accepted at this point; a failed QUIT changes
+            // nothing.
             Ok(()) => {
                 let _ = conn.quit().await;
             }
@@ -287,7 +336,7 @@ impl SmtpRelay {
         username: &str,
         secret: &SecretString,
         envelope: &Envelope,
-        email: &[u8],
+        email: Option<&[u8]>,
         phase: &mut Phase,
     ) -> Result<(), Failure> {
         *phase = Phase::Auth;
@@ -309,6 +358,12 @@ impl SmtpRelay {
         for recipient in envelope.to() {
             conn.command(Rcpt::new(recipient.clone(), vec![])).await?;
         }
+        let Some(email) = email else {
+            // The handshake's proof is complete once the recipients are accepted; RSET ends
+            // the transaction without a message, and its answer changes nothing.
+            let _ = conn.command(Rset).await;
+            return Ok(());
+        };
         *phase = Phase::Data;
         conn.command(Data).await?;
         conn.message(email).await?;
@@ -321,7 +376,6 @@ impl SmtpRelay {
         failure: Failure,
         username: &str,
         envelope: &Envelope,
-        forms: &CredentialForms,
     ) -> (VerifyFailureKind, String) {
         match failure {
             Failure::TimedOut => (
@@ -351,11 +405,11 @@ impl SmtpRelay {
                     }
                 ),
             ),
-            Failure::Wire(error) => self.explain_wire(phase, error, username, envelope, forms),
+            Failure::Wire(error) => self.explain_wire(phase, error, username, envelope),
             Failure::Smtp(error) => match error.status() {
                 Some(code) => {
                     let text = lettre_reply_text(&error);
-                    self.explain_reply(phase, u16::from(code), &text, username, envelope, forms)
+                    self.explain_reply(phase, u16::from(code), &text, username, envelope)
                 }
                 None => self.explain_transport(phase, &error),
             },
@@ -370,7 +424,6 @@ impl SmtpRelay {
         error: WireError,
         username: &str,
         envelope: &Envelope,
-        forms: &CredentialForms,
     ) -> (VerifyFailureKind, String) {
         let (host, port) = (&self.host, self.port);
         match error {
@@ -379,7 +432,7 @@ impl SmtpRelay {
                 format!("could not reach the SMTP relay {host}:{port}: {io}. {CONNECTION_ADVICE}"),
             ),
             WireError::Reply { code, text } => {
-                self.explain_reply(phase, code, &text, username, envelope, forms)
+                self.explain_reply(phase, code, &text, username, envelope)
             }
             WireError::Limit(limit) => self.explain_limit(phase, limit),
             WireError::BytesAfterStartTls => (
@@ -396,7 +449,7 @@ impl SmtpRelay {
                 format!(
                     "the TLS handshake with the SMTP relay {host}:{port} failed {phase}: {}. {}",
                     root_cause(&io),
-                    tls_advice(rustls_error(&io))
+                    tls_advice(host, rustls_error(&io))
                 ),
             ),
             WireError::NotAReply(line) => {
@@ -437,26 +490,27 @@ impl SmtpRelay {
         text: &str,
         username: &str,
         envelope: &Envelope,
-        forms: &CredentialForms,
     ) -> (VerifyFailureKind, String) {
-        let mut text = sanitize_reply(&forms.redact(text));
-        if phase == Phase::Auth {
-            text = drop_encoded_tokens(&text);
-        }
-        let reply = if text.is_empty() {
-            code.to_string()
-        } else {
-            format!("{code} {text}")
+        let text = sanitize_reply(text);
+        let enhanced = enhanced_code(&format!("{code} {text}"));
+        // A reply to AUTH may echo the credential it answers: only its codes are shown.
+        let reply = match (phase, &enhanced) {
+            (Phase::Auth, Some(enhanced)) => format!("{code} {enhanced}"),
+            (Phase::Auth, None) => code.to_string(),
+            _ if text.is_empty() => code.to_string(),
+            _ => format!("{code} {text}"),
         };
-        let enhanced = enhanced_code(&reply);
         let kind = match phase {
-            _ if (400..500).contains(&code) => VerifyFailureKind::Temporary,
+            _ if (400..500).contains(&code) || is_throttling(&text) => VerifyFailureKind::Throttled,
             Phase::Auth if code == 535 => VerifyFailureKind::BadCredentials,
             Phase::Auth if code == 504 || enhanced.as_deref() == Some("5.7.4") => {
                 VerifyFailureKind::MechanismRejected
             }
             Phase::Auth if code == 530 || code == 538 => VerifyFailureKind::Tls,
             Phase::MailFrom => VerifyFailureKind::SenderRejected,
+            Phase::RcptTo if refuses_sender(&text, enhanced.as_deref()) => {
+                VerifyFailureKind::SenderRejected
+            }
             Phase::RcptTo => VerifyFailureKind::RecipientRejected,
             _ => VerifyFailureKind::Other,
         };
@@ -466,7 +520,7 @@ impl SmtpRelay {
             .unwrap_or_else(|| "<>".to_string());
         let recipients: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
         let advice = match kind {
-            VerifyFailureKind::Temporary => TEMPORARY_ADVICE.to_string(),
+            VerifyFailureKind::Throttled => THROTTLED_ADVICE.to_string(),
             VerifyFailureKind::BadCredentials => format!(
                 "The relay refused username `{username}` with this secret. {CREDENTIALS_ADVICE}"
             ),
@@ -501,7 +555,12 @@ impl SmtpRelay {
         if let Some(limit) = ReplyLimit::find(error) {
             return self.explain_limit(phase, limit);
         }
-        let detail = sanitize_reply(&root_cause(error));
+        // What lettre reports about a failed AUTH may carry the relay's answer, which may
+        // echo the credential: it is not quoted.
+        let detail = match phase {
+            Phase::Auth => "not quoted: an answer to AUTH may echo the credential".to_string(),
+            _ => sanitize_reply(&root_cause(error)),
+        };
         if error.is_timeout() {
             return (
                 VerifyFailureKind::Connection,
@@ -518,7 +577,7 @@ impl SmtpRelay {
                     "the TLS connection with the SMTP relay {}:{} failed {phase}: {detail}. {}",
                     self.host,
                     self.port,
-                    tls_advice(rustls_error(error))
+                    tls_advice(&self.host, rustls_error(error))
                 ),
             );
         }
@@ -526,12 +585,16 @@ impl SmtpRelay {
     }
 }
 
-/// Sends one test mail per [`verify`](Verifier::verify) through an SMTP relay.
+/// Proves a secret at an SMTP relay: a new one as its [`ProofMode`] says (a test mail by
+/// default), one already proven by the handshake alone, so a rotation costs at most one mail.
 pub struct SmtpVerifier {
     settings: SmtpVerification,
     relay: SmtpRelay,
     from: Mailbox,
     to: Mailbox,
+    /// The relay resource's mail quota and session bound, when paced, and the longest a
+    /// test mail may wait for the quota.
+    limiter: Option<(Arc<RelayLimiter>, Duration)>,
 }
 
 impl fmt::Debug for SmtpVerifier {
@@ -560,7 +623,46 @@ impl SmtpVerifier {
             relay,
             from,
             to,
+            limiter: None,
         })
+    }
+
+    /// Paces test mails to `limiter`'s quota, each waiting at most `max_wait` (the
+    /// rotation's verification budget), and bounds the sessions it allows.
+    pub fn paced(mut self, limiter: Arc<RelayLimiter>, max_wait: Duration) -> Self {
+        self.limiter = Some((limiter, max_wait));
+        self
+    }
+
+    /// The relay resource whose quota the test mails spend: the relay and the sending
+    /// domain (one Communication Services email domain), e.g.
+    /// `smtp.azurecomm.net:587/<guid>.azurecomm.net`.
+    pub fn resource(&self) -> String {
+        quota::resource_key(&self.settings.host, self.settings.port, self.from.email.domain())
+    }
+
+    /// This process has spent the relay resource's quota until `free_at`: nothing was sent.
+    fn quota_spent(&self, free_at: chrono::DateTime<chrono::Utc>) -> VerifyError {
+        VerifyError::new(
+            self.describe(),
+            VerifyFailureKind::Throttled,
+            format!(
+                "the test mails of this process have spent the mail quota of {} until {}, later than this \
+                 verification may wait; nothing was sent. The rotation waits and tries again; to spend no \
+                 mail at all, set verification.smtp.mode: handshake",
+                self.resource(),
+                free_at.to_rfc3339()
+            ),
+        )
+    }
+
+    /// A handshake, within the session bound.
+    async fn paced_handshake(&self, username: &str, secret: &SecretString) -> Result<(), VerifyError> {
+        let _session = match &self.limiter {
+            Some((limiter, _)) => Some(limiter.session().await),
+            None => None,
+        };
+        self.relay.handshake(username, secret, &self.envelope()).await
     }
 
     fn username_for(&self, app: &AppRef) -> String {
@@ -597,14 +699,18 @@ impl SmtpVerifier {
             .body(body)
     }
 
-    /// Sends one test mail as `username` (taken as is, no template), for
+    /// Proves `secret` as `username` (taken as is, no template) the way `mode` says, for
     /// `entra-rotator smtp-test`; a failure carries the same phase-exact explanation as
     /// [`verify`](Verifier::verify).
-    pub async fn send_test_mail(
+    pub async fn check(
         &self,
         username: &str,
         secret: &SecretString,
+        mode: ProofMode,
     ) -> Result<(), VerifyError> {
+        if mode == ProofMode::Handshake {
+            return self.relay.handshake(username, secret, &self.envelope()).await;
+        }
         let message = self.message(
             "entra-rotator smtp-test".to_string(),
             "entra-rotator smtp-test sent this message to check the SMTP relay settings.\r\n\
@@ -614,16 +720,24 @@ impl SmtpVerifier {
         self.deliver(username, secret, message).await
     }
 
+    /// The verification's sender and recipient, for a handshake without a message.
+    fn envelope(&self) -> Envelope {
+        Envelope::new(Some(self.from.email.clone()), vec![self.to.email.clone()])
+            .expect("an envelope with a recipient is always valid")
+    }
+
     async fn deliver(
         &self,
         username: &str,
         secret: &SecretString,
         message: Result<Message, lettre::error::Error>,
     ) -> Result<(), VerifyError> {
-        let message = message.map_err(|e| VerifyError {
-            target: self.describe(),
-            kind: VerifyFailureKind::Other,
-            message: format!("could not build the verification mail: {e}"),
+        let message = message.map_err(|e| {
+            VerifyError::new(
+                self.describe(),
+                VerifyFailureKind::Other,
+                format!("could not build the verification mail: {e}"),
+            )
         })?;
         self.relay.send(username, secret, message).await
     }
@@ -637,8 +751,28 @@ impl Verifier for SmtpVerifier {
 
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         let username = self.username_for(app);
-        self.deliver(&username, secret, self.test_message(app))
-            .await
+        if self.settings.mode == ProofMode::Handshake {
+            return self.paced_handshake(&username, secret).await;
+        }
+        // The quota first, so no session is held while waiting for it.
+        let (waited, _session) = match &self.limiter {
+            Some((limiter, max_wait)) => match limiter.mail(*max_wait).await {
+                Ok(waited) => (waited, Some(limiter.session().await)),
+                Err(free_at) => return Err(self.quota_spent(free_at)),
+            },
+            None => (Duration::ZERO, None),
+        };
+        if !waited.is_zero() {
+            tracing::info!(
+                relay = %self.resource(),
+                "waited {waited:.1?} for room in the relay's mail quota before the test mail"
+            );
+        }
+        self.deliver(&username, secret, self.test_message(app)).await
+    }
+
+    async fn recheck(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+        self.paced_handshake(&self.username_for(app), secret).await
     }
 }
 
@@ -651,6 +785,13 @@ enum Phase {
     MailFrom,
     RcptTo,
     Data,
+}
+
+impl Phase {
+    /// Whether AUTH had succeeded when the session stopped here.
+    fn after_auth(self) -> bool {
+        matches!(self, Phase::MailFrom | Phase::RcptTo | Phase::Data)
+    }
 }
 
 impl fmt::Display for Phase {
@@ -704,32 +845,84 @@ const CREDENTIALS_ADVICE: &str = "Check the username form `<resource>|<appId>|<t
 resource name, the app's client id, the tenant id) or the custom SMTP username, the client secret, and that the \
 app has a role with Microsoft.Communication/CommunicationServices/Read and \
 Microsoft.Communication/EmailServices/Write on the Communication Services resource. A brand-new secret is \
-refused until Entra has replicated it (seconds to minutes), so this is retried before it counts as a failure";
+refused until Entra has replicated it (seconds to minutes)";
 
-const MECHANISM_ADVICE: &str = "The ACS relay accepts AUTH LOGIN only; set mechanism: login \
+const MECHANISM_ADVICE: &str = "The ACS relay accepts AUTH LOGIN only; set authMechanism: LOGIN \
 (clients using AUTH PLAIN, such as Go's smtp.PlainAuth, get 504 5.7.4)";
 
 const SENDER_ADVICE: &str = "An Azure-managed domain accepts only DoNotReply@<guid>.azurecomm.net as MailFrom; \
 a custom domain needs verified SPF and DKIM records and the address added under MailFrom addresses, and the \
 domain must be connected to the Communication Services resource";
 
-const TEMPORARY_ADVICE: &str = "This is a temporary refusal (throttling, the sending quota, or a fault at the \
-relay); it will be tried again later";
+const THROTTLED_ADVICE: &str = "The relay asks to wait: a rate or connection limit, the sending quota (ACS \
+counts mails per subscription: 5 a minute and 10 an hour on an Azure-managed domain, 30 and 100 on a custom \
+domain), or a temporary fault. Nothing is wrong with the credential for that; try again after a minute, since \
+asking sooner counts against the quota again";
+
+/// Reply texts that mean a rate or quota limit even under a 5xx code, matched in lower case:
+/// - Exchange Online, Microsoft Learn "Message storage and concurrent connection throttling
+///   for SMTP Authenticated Submission": past the daily recipient rate limit,
+///   `554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException`;
+/// - Exchange Online, Microsoft Learn "Continuous error throttling for SMTP AUTH
+///   submissions": `550 5.2.251` to `550 5.2.255 Sender throttled due to continuous … errors`;
+/// - ACS publishes no SMTP wording for its quota (its REST API answers 429 with
+///   Retry-After: Learn "Service limits for Azure Communication Services"), so the generic
+///   words of rate and quota refusals count too.
+///
+/// A full mailbox (`554 5.2.2 mailbox full; …QuotaExceededException`) is not among them: it
+/// does not clear by waiting.
+const THROTTLING_TEXTS: &[&str] = &[
+    "submissionquotaexceeded",
+    "throttl",
+    "rate limit",
+    "quota exceeded",
+    "exceeded the quota",
+];
+
+/// Whether a reply's text says a rate or quota limit (see [`THROTTLING_TEXTS`]).
+fn is_throttling(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    THROTTLING_TEXTS.iter().any(|needle| text.contains(needle))
+}
+
+/// Whether a refusal at RCPT TO is about the sender, not the recipient. Postfix evaluates
+/// every restriction at RCPT TO by default (`smtpd_delay_reject = yes`), so a refused sender
+/// reads `554 5.7.1 <x@y>: Sender address rejected: …` there; RFC 3463's 5.1.7 and 5.1.8
+/// are the sender's address codes.
+fn refuses_sender(text: &str, enhanced: Option<&str>) -> bool {
+    let text = text.to_ascii_lowercase();
+    matches!(enhanced, Some("5.1.7" | "5.1.8"))
+        || (text.contains("sender") && !text.contains("recipient"))
+}
 
 const CONNECTION_ADVICE: &str = "Check the host and port (ACS: smtp.azurecomm.net, port 587 with STARTTLS) and \
 firewalls or proxies in between; outbound port 25 is blocked from Azure VMs, use 587";
 
-fn tls_advice(error: Option<&rustls::Error>) -> &'static str {
+fn tls_advice(host: &str, error: Option<&rustls::Error>) -> String {
     match error {
-        Some(rustls::Error::InvalidCertificate(_)) => {
+        // webpki refuses a CA certificate (basicConstraints CA:TRUE) as the server's own,
+        // trusted or not; rustls reports it only as an `Other` certificate error, so it is
+        // recognised by name.
+        Some(rustls::Error::InvalidCertificate(invalid))
+            if format!("{invalid:?}").contains("CaUsedAsEndEntity") =>
+        {
+            format!(
+                "The relay {host} presents a CA certificate (basicConstraints CA:TRUE) as its own, as a \
+                 self-signed certificate made with `openssl req -x509` usually is. TLS clients refuse that even \
+                 when it is trusted, so adding it to tls.extraRootCertificates cannot help: give the relay a \
+                 certificate for {host} signed by a CA and trust that CA under tls.extraRootCertificates, or \
+                 re-create the self-signed certificate as an end-entity one (basicConstraints CA:FALSE, a \
+                 subjectAltName for {host})"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(_)) => format!(
             "The relay's certificate is not trusted or does not match the host name: check the host \
-             (smtp.azurecomm.net), and if a TLS-inspecting proxy or a private CA sits in between add its CA \
-             under tls.extraRootCertificates"
-        }
-        _ => {
-            "Check the TLS mode and port: 587 speaks STARTTLS, 465 speaks TLS from the start; and check for \
+             ({host}), and if a TLS-inspecting proxy or a private CA sits in between add its CA under \
+             tls.extraRootCertificates"
+        ),
+        _ => "Check the TLS mode and port: 587 speaks STARTTLS, 465 speaks TLS from the start; and check for \
              proxies that interfere with TLS"
-        }
+            .to_string(),
     }
 }
 
@@ -780,46 +973,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// The credential in every form it crosses the wire in, so that none of them reaches an
-/// error, a log or a status even when a relay echoes what it was sent.
-///
-/// Zeroized when dropped. (lettre's `Credentials` and the AUTH command strings it builds
-/// hold copies too; lettre offers no way to wipe those.)
-struct CredentialForms(Vec<zeroize::Zeroizing<String>>);
-
-impl CredentialForms {
-    fn new(username: &str, secret: &SecretString) -> Self {
-        let value = secret.expose_secret();
-        if value.is_empty() {
-            return Self(Vec::new());
-        }
-        let plain = zeroize::Zeroizing::new(format!("\0{username}\0{value}"));
-        let mut forms = vec![zeroize::Zeroizing::new(value.to_string())];
-        for encoded in [value.as_bytes(), plain.as_bytes()] {
-            // AUTH LOGIN sends base64(secret); AUTH PLAIN base64("\0user\0secret"). A relay
-            // may echo either with or without the padding, or re-encoded URL-safe.
-            for engine in [
-                &base64::engine::general_purpose::STANDARD,
-                &base64::engine::general_purpose::URL_SAFE,
-            ] {
-                let padded = zeroize::Zeroizing::new(engine.encode(encoded));
-                let unpadded = zeroize::Zeroizing::new(padded.trim_end_matches('=').to_string());
-                forms.push(padded);
-                forms.push(unpadded);
-            }
-        }
-        // Longest first, so that a form containing another is replaced whole.
-        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
-        Self(forms)
-    }
-
-    fn redact(&self, text: &str) -> String {
-        self.0.iter().fold(text.to_string(), |text, form| {
-            text.replace(form.as_str(), "[REDACTED]")
-        })
-    }
-}
-
 /// Relay text made fit to show: control characters removed (a newline or tab becomes a
 /// space), and at most [`MAX_REPLY_TEXT`] characters.
 pub fn sanitize_reply(text: &str) -> String {
@@ -836,28 +989,6 @@ pub fn sanitize_reply(text: &str) -> String {
         Some((cut, _)) => format!("{}…", &cleaned[..cut]),
         None => cleaned.to_string(),
     }
-}
-
-/// In replies to AUTH, words that look base64-encoded (16 or more characters of the base64
-/// alphabet, not an ordinary word) are removed: a relay may echo part of what it was sent,
-/// which exact-match redaction would miss. Real AUTH replies
-/// (`535 5.7.3 Authentication unsuccessful`) have no such words.
-fn drop_encoded_tokens(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            let base64ish = word.len() >= 16
-                && word
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-            let ordinary = word.bytes().skip(1).all(|b| b.is_ascii_lowercase());
-            if base64ish && !ordinary {
-                "[removed]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn parse_mailbox(field: &'static str, value: &str) -> Result<Mailbox, SmtpSetupError> {
@@ -909,35 +1040,11 @@ mod tests {
     }
 
     #[test]
-    fn redacts_the_secret_and_its_base64_forms() {
-        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-        let secret = SecretString::from("s3cr3t~~~>value");
-        let forms = CredentialForms::new("user", &secret);
-        let login = STANDARD.encode("s3cr3t~~~>value");
-        let plain = STANDARD.encode("\0user\0s3cr3t~~~>value");
-        let url_safe = URL_SAFE_NO_PAD.encode("s3cr3t~~~>value");
-        assert_ne!(login.trim_end_matches('='), url_safe, "the URL-safe form differs");
-        let echoed = format!("got s3cr3t~~~>value, {login}, {plain} and {url_safe} back");
-        assert_eq!(
-            forms.redact(&echoed),
-            "got [REDACTED], [REDACTED], [REDACTED] and [REDACTED] back"
-        );
-    }
-
-    #[test]
     fn reply_text_is_bounded_and_free_of_control_characters() {
         let shown = sanitize_reply(&format!("5.7.1 \x1b[31mred\x07\r\n{}", "x".repeat(1000)));
         assert!(shown.starts_with("5.7.1 [31mred "), "{shown}");
         assert_eq!(shown.chars().count(), MAX_REPLY_TEXT + 1);
         assert!(!shown.chars().any(char::is_control));
-    }
-
-    #[test]
-    fn auth_replies_lose_encoded_words_but_keep_ordinary_ones() {
-        assert_eq!(
-            drop_encoded_tokens("5.7.3 Authentication unsuccessful aGVsbG8gd29ybGQgMTIzNA"),
-            "5.7.3 Authentication unsuccessful [removed]"
-        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! the command line (where `ps` and shell history would keep it), and is never printed.
 
 use super::EXIT_INVALID_INPUT;
-use crate::adapters::smtp::{AuthMechanism, SmtpVerification, SmtpVerifier, TlsMode};
+use crate::adapters::smtp::{AuthMechanism, ProofMode, SmtpVerification, SmtpVerifier, TlsMode};
 use crate::adapters::smtp_probe::{ProbeReport, probe};
 use crate::assembly::load_trust;
 use crate::config::TlsSettings;
@@ -58,6 +58,16 @@ pub(crate) struct SmtpTestArgs {
     /// How long each connection may take.
     #[arg(long, default_value = "30s", value_parser = HumanDuration::parse)]
     timeout: HumanDuration,
+    /// deliver: send a test mail; handshake: AUTH, MAIL FROM and RCPT TO, then RSET, so
+    /// nothing is sent and no mail quota is spent.
+    #[arg(long, value_enum, default_value_t = ModeArg::Deliver)]
+    mode: ModeArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModeArg {
+    Deliver,
+    Handshake,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,19 +106,39 @@ pub(crate) async fn run(args: SmtpTestArgs) -> ExitCode {
         AuthArg::Login => "LOGIN",
         AuthArg::Plain => "PLAIN",
     };
-    println!("Authenticating with AUTH {mechanism} as {}", args.username);
-    println!("Sending a test mail from {} to {}", args.from, args.to);
-    match verifier.send_test_mail(&args.username, &password).await {
+    let mode = match args.mode {
+        ModeArg::Deliver => ProofMode::Deliver,
+        ModeArg::Handshake => ProofMode::Handshake,
+    };
+    // Announce the steps only when the look at the relay got through: after a failed
+    // connection they would describe something that is not going to happen.
+    if report.stopped.is_none() {
+        println!("Authenticating with AUTH {mechanism} as {}", args.username);
+        match mode {
+            ProofMode::Deliver => println!("Sending a test mail from {} to {}", args.from, args.to),
+            ProofMode::Handshake => println!(
+                "Checking that the relay accepts sender {} and recipient {}, without sending (RSET after RCPT TO)",
+                args.from, args.to
+            ),
+        }
+    }
+    match verifier.check(&args.username, &password, mode).await {
         Ok(()) => {
-            println!("OK: the relay accepted the test mail (AUTH {mechanism}).");
+            match mode {
+                ProofMode::Deliver => println!("OK: the relay accepted the test mail (AUTH {mechanism})."),
+                ProofMode::Handshake => println!(
+                    "OK: the relay accepted the credential, the sender and the recipient (AUTH {mechanism}); no mail was sent, so delivery itself is not proven."
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            // The shared explanation names the configuration file's setting; here it is a flag.
-            let message = error.message.replace(
-                "under tls.extraRootCertificates",
-                "with --extra-root-certificate",
-            );
+            // The shared explanation names the configuration file's settings; here they are flags.
+            let message = error
+                .message
+                .replace("under tls.extraRootCertificates", "with --extra-root-certificate")
+                .replace("tls.extraRootCertificates", "--extra-root-certificate")
+                .replace("set authMechanism: LOGIN", "use --auth login");
             println!("FAILED ({:?}): {message}", error.kind);
             if error.kind == VerifyFailureKind::BadCredentials {
                 println!(

@@ -281,6 +281,49 @@ pub struct SmtpConfig {
     pub retry_interval: HumanDuration,
     #[serde(default = "default_smtp_timeout")]
     pub timeout: HumanDuration,
+    /// How a newly minted secret is proven: `deliver` (a test mail, the default) or
+    /// `handshake` (no mail). Later re-checks always use the handshake.
+    #[serde(default)]
+    pub mode: SmtpMode,
+    /// The relay resource's mail quota that test mails are paced to: `azureManaged`,
+    /// `customDomain` or `{perMinute, perHour}`. Unset: `azureManaged` for
+    /// smtp.azurecomm.net (the stricter of ACS's two), no pacing for other relays.
+    #[serde(default)]
+    pub quota: Option<MailQuotaConfig>,
+}
+
+/// A mail quota, by the kind of ACS email domain or in figures.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MailQuotaConfig {
+    Named(NamedMailQuota),
+    Figures {
+        #[serde(rename = "perMinute")]
+        per_minute: u32,
+        #[serde(rename = "perHour")]
+        per_hour: u32,
+    },
+}
+
+/// ACS's default quotas (Microsoft Learn, "Service limits for Azure Communication Services").
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum NamedMailQuota {
+    /// 5 mails a minute, 10 an hour.
+    AzureManaged,
+    /// 30 mails a minute, 100 an hour.
+    CustomDomain,
+}
+
+/// What verifying a new secret costs and proves at the relay.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SmtpMode {
+    /// A test mail (one of the resource's mail quota): proves delivery too.
+    #[default]
+    Deliver,
+    /// AUTH, MAIL FROM and RCPT TO, then RSET: no mail sent.
+    Handshake,
 }
 
 fn default_smtp_host() -> String {
@@ -604,6 +647,13 @@ impl SmtpConfig {
             "a relay that has not answered in 5 minutes will not",
             problems,
         );
+        if let Some(MailQuotaConfig::Figures { per_minute, per_hour }) = self.quota
+            && (per_minute == 0 || per_hour < per_minute)
+        {
+            problems.push(format!(
+                "{at}.quota: perMinute {per_minute} and perHour {per_hour} must be at least 1 and perHour at least perMinute (ACS: azureManaged is 5 and 10, customDomain 30 and 100)"
+            ));
+        }
         for (field, address) in [("from", &self.from), ("to", &self.to)] {
             if address.parse::<lettre::Address>().is_err() {
                 problems.push(format!("{at}.{field}: {address:?} is not an email address"));

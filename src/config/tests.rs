@@ -173,3 +173,24 @@ fn a_bad_duration_beside_an_unreadable_field_lists_both() {
     assert!(message.contains("lifetime: \"18x\" is not a duration"), "{message}");
     assert!(message.contains("unknown field `renewBefor`"), "{message}");
 }
+
+/// Issue 19 items 1 and 2: the proof mode and the mail quota, by name or in figures.
+#[test]
+fn verification_mode_and_quota_are_read_and_checked() {
+    let smtp = |extra: &str| example().replace("        port: 587\n", &format!("        port: 587\n{extra}"));
+    let settings = |text: &str| match parse(text).unwrap().rotations.remove(0).verification {
+        VerificationConfig::Smtp(smtp) => (smtp.mode, smtp.quota),
+        VerificationConfig::None => panic!("the example verifies"),
+    };
+    assert_eq!(settings(&example()), (SmtpMode::Deliver, None));
+    assert_eq!(
+        settings(&smtp("        mode: handshake\n        quota: customDomain\n")),
+        (SmtpMode::Handshake, Some(MailQuotaConfig::Named(NamedMailQuota::CustomDomain)))
+    );
+    assert_eq!(
+        settings(&smtp("        quota: {perMinute: 2, perHour: 20}\n")).1,
+        Some(MailQuotaConfig::Figures { per_minute: 2, per_hour: 20 })
+    );
+    assert!(problems(&smtp("        quota: {perMinute: 5, perHour: 2}\n")).contains("quota: perMinute 5 and perHour 2 must be"));
+    assert!(problems(&smtp("        mode: sendmail\n")).contains("unknown variant `sendmail`"));
+}

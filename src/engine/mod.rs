@@ -132,11 +132,18 @@ impl EngineError {
         match self {
             EngineError::Graph(_) => "GraphFailed",
             EngineError::Store(_) => "StoreFailed",
+            EngineError::Verification { last, .. } if last.kind == ports::VerifyFailureKind::Throttled => "WaitingForRelay",
             EngineError::Verification { .. } => "VerificationFailed",
             EngineError::Rollout(_) => "RolloutFailed",
             EngineError::StoreChanged { .. } => "StoreChanged",
             EngineError::Claimed(_) => "ClaimedByAnother",
         }
+    }
+
+    /// The relay asked us to wait (rate or quota limit) until the run gave up: nothing is
+    /// wrong, the next run tries again. Shown as waiting, not as a failure.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, EngineError::Verification { last, .. } if last.kind == ports::VerifyFailureKind::Throttled)
     }
 
     /// Whether the next run can succeed with nobody changing anything.
@@ -265,7 +272,7 @@ impl Engine {
                 if matches!(reverify, Reverify::UnlessVerified(verified) if verified != Some(key_id)) {
                     let value = value_held(&observation.stored, key_id)
                         .expect("the plan is up to date only when every store holds the keyId");
-                    self.verify(rotation, key_id, &value).await?;
+                    self.verify(rotation, key_id, &value, Proof::Recheck).await?;
                 }
                 Ok(Outcome::UpToDate { key_id, expires, renew_at })
             }
@@ -346,7 +353,7 @@ impl Engine {
         self.emit(rotation, Event::Minted { key_id, expires: end });
         // Prove the secret before any store gets it: consumers must only ever read a
         // secret that works. Until it is stored, other runs see it as in flight.
-        if let Err(error) = self.verify(rotation, key_id, &minted.value).await {
+        if let Err(error) = self.verify(rotation, key_id, &minted.value, Proof::NewSecret).await {
             self.discard(rotation, app.object_id, key_id).await;
             return Err(error);
         }
@@ -410,7 +417,9 @@ impl Engine {
     ) -> Result<Outcome, EngineError> {
         let at_once = revocation == Revocation::AtOnce;
         if !minted {
-            self.verify(rotation, key_id, value).await?;
+            // Stores only ever receive a secret that passed the full proof, so what is
+            // stored needs only to show it still authenticates.
+            self.verify(rotation, key_id, value, Proof::Recheck).await?;
         }
         if let Some(rollout) = &rotation.rollout {
             let workloads = rollout.roll_out(key_id).await?;
@@ -478,7 +487,7 @@ impl Engine {
     }
 
     /// Tries the secret through the verifier, retrying while Entra replicates it.
-    async fn verify(&self, rotation: &Rotation, key_id: Uuid, value: &SecretString) -> Result<(), EngineError> {
+    async fn verify(&self, rotation: &Rotation, key_id: Uuid, value: &SecretString, proof: Proof) -> Result<(), EngineError> {
         let Some(verifier) = &rotation.verifier else {
             self.emit(rotation, Event::VerificationSkipped { key_id });
             return Ok(());
@@ -487,11 +496,21 @@ impl Engine {
         let policy = &rotation.verify_retry;
         let mut delay = policy.initial_delay;
         let mut attempt = 0;
+        // Whether the relay took this secret at some attempt, then asked us to wait.
+        let mut throttled_after_auth = false;
         loop {
             attempt += 1;
-            let error = match verifier.verify(&rotation.app, value).await {
+            let result = match proof {
+                Proof::NewSecret => verifier.verify(&rotation.app, value).await,
+                Proof::Recheck => verifier.recheck(&rotation.app, value).await,
+            };
+            let error = match result {
                 Ok(()) => {
-                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via: verifier.describe() });
+                    let via = match proof {
+                        Proof::NewSecret => verifier.describe(),
+                        Proof::Recheck => format!("{} (re-check that it still authenticates)", verifier.describe()),
+                    };
+                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via });
                     return Ok(());
                 }
                 Err(error) => error,
@@ -504,6 +523,21 @@ impl Engine {
                 retry_in: retry.then_some(wait),
                 message: error.to_string(),
             });
+            throttled_after_auth |= error.authenticated_then_throttled();
+            let only_waiting = matches!(error.kind, ports::VerifyFailureKind::Throttled | ports::VerifyFailureKind::Connection);
+            if !retry && throttled_after_auth && only_waiting {
+                // The relay took the secret, then only asked us to wait (its rate limit or
+                // the sending quota) or could not be reached for the rest of the budget.
+                // That proves what the handshake proves; discarding a secret that
+                // authenticated would throw away a working credential. A refusal of the
+                // secret itself (535) at the last attempt is not waved through.
+                self.emit(rotation, Event::Verified {
+                    key_id,
+                    attempts: attempt,
+                    via: format!("{} (AUTH accepted; the rest was deferred by the relay's rate or quota limit)", verifier.describe()),
+                });
+                return Ok(());
+            }
             if !retry {
                 return Err(EngineError::Verification { key_id, attempts: attempt, last: error });
             }
@@ -520,6 +554,16 @@ enum Revocation {
     Ordinary,
     /// As soon as the new secret is stored everywhere and rolled out (a leak).
     AtOnce,
+}
+
+/// What a verification must show. A rotation's full proof (at an SMTP relay, by default a
+/// test mail that costs the application's mail quota) is spent once, on the secret just
+/// minted; every later look at it (before revoking its predecessor, drift re-checks, the
+/// operator's re-verify) only shows that it still authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proof {
+    NewSecret,
+    Recheck,
 }
 
 /// The older secrets of ours around `current`: those to revoke now and those to keep for

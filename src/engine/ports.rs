@@ -42,7 +42,12 @@ pub trait SecretStore: Send + Sync {
 #[async_trait]
 pub trait Verifier: Send + Sync {
     fn describe(&self) -> String;
+    /// The full proof configured for a newly minted secret (at the SMTP relay, a test mail
+    /// unless the rotation chose the handshake).
     async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError>;
+    /// Shows that a secret proven once still authenticates, spending nothing the
+    /// application needs (at the SMTP relay, the handshake: no mail, no quota).
+    async fn recheck(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError>;
 }
 
 /// Makes consumers pick up a newly stored secret (restarts workloads that read it at
@@ -212,8 +217,11 @@ pub enum VerifyFailureKind {
     Tls,
     /// Could not connect, or the connection dropped.
     Connection,
-    /// A 4xx reply: throttling or a temporary fault at the relay.
-    Temporary,
+    /// The relay asks us to wait: a 4xx reply at any phase (rate or connection limits, the
+    /// sending quota, a temporary fault), or a 5xx whose text is a throttling or quota
+    /// refusal of Exchange Online or ACS. Retried after the limit's window; never a reason
+    /// to discard a secret that authenticated.
+    Throttled,
     /// Anything else the relay said.
     Other,
 }
@@ -225,9 +233,22 @@ pub struct VerifyError {
     pub target: String,
     pub kind: VerifyFailureKind,
     pub message: String,
+    /// The relay accepted the secret (AUTH succeeded) before it refused something later.
+    pub authenticated: bool,
 }
 
 impl VerifyError {
+    /// A refusal that does not depend on the secret: `message`, nothing authenticated.
+    pub fn new(target: String, kind: VerifyFailureKind, message: String) -> Self {
+        Self { target, kind, message, authenticated: false }
+    }
+
+    /// The relay took the secret and then asked us to wait (rate or quota limit): the
+    /// secret is proven to authenticate, only the rest of the proof was deferred.
+    pub fn authenticated_then_throttled(&self) -> bool {
+        self.authenticated && self.kind == VerifyFailureKind::Throttled
+    }
+
     /// Whether another attempt can succeed: a new secret gets 535 until Entra replicated it,
     /// and connection faults and 4xx replies are temporary.
     pub fn is_retryable(&self) -> bool {
@@ -235,7 +256,7 @@ impl VerifyError {
             self.kind,
             VerifyFailureKind::BadCredentials
                 | VerifyFailureKind::Connection
-                | VerifyFailureKind::Temporary
+                | VerifyFailureKind::Throttled
         )
     }
 }

@@ -159,7 +159,12 @@ impl SecretStore for FakeStore {
 struct FakeVerifier {
     directory: Arc<FakeDirectory>,
     refusals: Mutex<Vec<VerifyFailureKind>>,
+    /// Whether the refusals come after the relay accepted AUTH.
+    refuse_after_auth: Mutex<bool>,
+    /// Every attempt, full proofs and re-checks together.
     attempts: Mutex<u32>,
+    /// Attempts at the full proof (at a relay: a test mail each).
+    full_proofs: Mutex<u32>,
     /// At each attempt, the keyIds the stores hold (what consumers read at that moment).
     stores: Mutex<Vec<Arc<FakeStore>>>,
     seen: Mutex<Vec<Vec<Option<Uuid>>>>,
@@ -170,13 +175,18 @@ impl Verifier for FakeVerifier {
     fn describe(&self) -> String {
         "fake relay".into()
     }
-    async fn verify(&self, _app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+    async fn verify(&self, app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
+        *self.full_proofs.lock().unwrap() += 1;
+        self.recheck(app, secret).await
+    }
+    async fn recheck(&self, _app: &AppRef, secret: &SecretString) -> Result<(), VerifyError> {
         *self.attempts.lock().unwrap() += 1;
         let held = self.stores.lock().unwrap().iter().map(|s| s.key_id()).collect();
         self.seen.lock().unwrap().push(held);
-        let fail = |kind| Err(VerifyError { target: "fake relay".into(), kind, message: "refused".into() });
+        let fail = |kind| Err(VerifyError::new("fake relay".into(), kind, "refused".into()));
         if let Some(kind) = self.refusals.lock().unwrap().pop() {
-            return fail(kind);
+            let authenticated = *self.refuse_after_auth.lock().unwrap();
+            return Err(VerifyError { authenticated, ..VerifyError::new("fake relay".into(), kind, "refused".into()) });
         }
         let known = self.directory.minted_values.lock().unwrap().iter().any(|v| v == secret.expose_secret());
         if known { Ok(()) } else { fail(VerifyFailureKind::BadCredentials) }
@@ -214,7 +224,9 @@ fn world(revoke_grace: chrono::Duration) -> World {
     let verifier = Arc::new(FakeVerifier {
         directory: directory.clone(),
         refusals: Mutex::default(),
+        refuse_after_auth: Mutex::default(),
         attempts: Mutex::default(),
+        full_proofs: Mutex::default(),
         stores: Mutex::new(vec![vault.clone(), secret.clone()]),
         seen: Mutex::default(),
     });
@@ -330,6 +342,35 @@ async fn grace_period_delays_revocation_to_a_later_run() {
     assert!(!w.directory.has(old));
 }
 
+/// Issue 19 item 1: the full proof (a test mail at a relay) is spent once per rotation, on
+/// the secret just minted; the run that revokes after the grace period, a resumed run that
+/// completes the stores and the operator's re-verify only re-check.
+#[tokio::test]
+async fn only_the_newly_minted_secret_gets_the_full_proof() {
+    let w = world(Days::hours(1));
+    w.settled().await;
+    assert_eq!(*w.verifier.full_proofs.lock().unwrap(), 1, "the first rotation's one mail");
+    let Outcome::Settled { key_id, pending, .. } =
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(pending.len(), 1);
+    assert_eq!(*w.verifier.full_proofs.lock().unwrap(), 2, "one mail for the forced rotation");
+    let attempts = *w.verifier.attempts.lock().unwrap();
+
+    w.clock.advance(Days::hours(1));
+    let Outcome::Settled { revoked, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(revoked, pending);
+    w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(None)).await.unwrap();
+    *w.secret.held.lock().unwrap() = None;
+    let Outcome::Settled { key_id: completed, .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(completed, key_id);
+
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 3, "revoking run, re-verify and completion each re-checked");
+    assert_eq!(*w.verifier.full_proofs.lock().unwrap(), 2, "and none of them sent a mail");
+}
+
 #[tokio::test]
 async fn stored_secret_deleted_out_of_band_is_replaced() {
     let w = world(Days::zero());
@@ -420,6 +461,57 @@ async fn verification_retries_through_propagation_delay() {
     assert!(w.clock.now() > start, "waited between attempts");
     let verified = w.sink.events().into_iter().any(|(_, e)| matches!(e, Event::Verified { attempts: 4, .. }));
     assert!(verified);
+}
+
+/// Issue 19 item 2: a relay that took the new secret and then only asked us to wait (its
+/// rate limit, the sending quota) for the whole budget has proven the secret authenticates:
+/// it is stored, not discarded.
+#[tokio::test]
+async fn a_secret_that_authenticated_is_kept_when_the_relay_only_throttles() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::Throttled; 1000];
+    *w.verifier.refuse_after_auth.lock().unwrap() = true;
+    let start = w.clock.now();
+    let Outcome::Settled { key_id, minted: true, revoked, .. } =
+        w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert!(w.clock.now() - start >= Days::minutes(4), "retried through the budget first");
+    assert!(w.directory.has(key_id), "the secret that authenticated is kept");
+    assert_eq!((w.vault.key_id(), w.secret.key_id()), (Some(key_id), Some(key_id)));
+    assert_eq!(revoked, vec![old]);
+}
+
+/// A secret that authenticated once but is refused outright (535) at the last attempt is
+/// not waved through as "only throttled".
+#[tokio::test]
+async fn a_refusal_after_throttling_is_not_taken_for_waiting() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    // Popped from the end: throttled after AUTH first, then refused for the whole budget.
+    let mut refusals = vec![VerifyFailureKind::BadCredentials; 1000];
+    refusals.push(VerifyFailureKind::Throttled);
+    *w.verifier.refusals.lock().unwrap() = refusals;
+    *w.verifier.refuse_after_auth.lock().unwrap() = true;
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    let EngineError::Verification { last, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(last.kind, VerifyFailureKind::BadCredentials, "{err}");
+    assert_eq!(w.vault.key_id(), Some(old), "the stores keep the secret that works");
+}
+
+/// A relay that throttles before AUTH proves nothing about the secret: it is discarded
+/// (its value reached no store) and the run reports waiting, not a failure to fix.
+#[tokio::test]
+async fn throttling_before_auth_is_waiting_not_failing() {
+    let w = world(Days::zero());
+    let old = w.settled().await;
+    *w.verifier.refusals.lock().unwrap() = vec![VerifyFailureKind::Throttled; 1000];
+    let err = w.engine.run(&w.rotation, RunOptions { force: true, dry_run: false }).await.unwrap_err();
+    assert!(err.is_waiting() && err.is_transient(), "{err}");
+    assert_eq!(err.category(), "WaitingForRelay");
+    assert_eq!(w.vault.key_id(), Some(old), "consumers keep the secret that works");
 }
 
 #[tokio::test]

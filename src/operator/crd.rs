@@ -229,6 +229,18 @@ pub struct SmtpVerification {
     #[serde(default = "default_retry_budget")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub retry_budget: String,
+    /// How a newly minted secret is proven: Deliver (a test mail, the default) or
+    /// Handshake (AUTH, MAIL FROM, RCPT TO, then RSET: no mail). Re-checks of a stored
+    /// secret always use the handshake.
+    #[serde(default)]
+    pub mode: SmtpMode,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SmtpMode {
+    #[default]
+    Deliver,
+    Handshake,
 }
 
 fn default_smtp_host() -> String {
@@ -467,6 +479,12 @@ impl ClientSecretRotation {
                 from: smtp.from.clone(),
                 to: smtp.to.clone(),
                 retry_budget: duration("verification.smtp.retryBudget", &smtp.retry_budget, &mut problems),
+                mode: match smtp.mode {
+                    SmtpMode::Deliver => crate::config::SmtpMode::Deliver,
+                    SmtpMode::Handshake => crate::config::SmtpMode::Handshake,
+                },
+                // The controller paces to the relay's default (azureManaged on ACS).
+                quota: None,
                 retry_interval: HumanDuration(std::time::Duration::from_secs(5)),
                 timeout: HumanDuration(std::time::Duration::from_secs(30)),
             }),

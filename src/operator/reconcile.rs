@@ -261,7 +261,9 @@ pub async fn reconcile(
         ),
         Err(error) => {
             let next = status::after_error(&previous, error, generation, now, &thresholds);
-            let retry = now + chrono::Duration::from_std(status::backoff(next.failed_attempts)).unwrap_or_default();
+            // Waiting for the relay's rate or quota limit counts no failure; its window is a minute.
+            let wait = if error.is_waiting() { std::time::Duration::from_secs(60) } else { status::backoff(next.failed_attempts) };
+            let retry = now + chrono::Duration::from_std(wait).unwrap_or_default();
             (next, crate::report::error_line(&name, error), true, Some(retry))
         }
     };

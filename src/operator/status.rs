@@ -169,10 +169,19 @@ pub fn after_error(
 ) -> ClientSecretRotationStatus {
     let mut status = previous.clone();
     status.observed_generation = generation;
+    let reason = error.category();
+    if error.is_waiting() {
+        // The relay's rate or quota limit: waiting, not failing. No failure is counted, and
+        // the stores keep the secret that works.
+        set_condition(&mut status, DEGRADED, false, reason, error.to_string(), generation, now);
+        set_condition(&mut status, READY, false, reason, error.to_string(), generation, now);
+        set_condition(&mut status, VERIFIED, false, reason, error.to_string(), generation, now);
+        update_expiry(&mut status, generation, now, alert_thresholds);
+        return status;
+    }
     status.failed_attempts = previous.failed_attempts.saturating_add(1);
     status.last_failure_time = Some(rfc3339(now));
     status.last_error = Some(error.to_string());
-    let reason = error.category();
     set_condition(&mut status, DEGRADED, true, reason, error.to_string(), generation, now);
     set_condition(&mut status, READY, false, reason, error.to_string(), generation, now);
     if matches!(error, EngineError::Verification { .. }) {
@@ -286,6 +295,25 @@ mod tests {
         let recovered = after_outcome(&twice, &up_to_date(120), None, now(), &thresholds());
         assert_eq!(recovered.failed_attempts, 0);
         assert_eq!(recovered.last_error, None);
+    }
+
+    /// Issue 19 item 2: a relay's rate or quota limit shows as waiting: not Degraded, and no
+    /// failure counted.
+    #[test]
+    fn waiting_for_the_relay_is_not_a_failure() {
+        use crate::engine::ports::{VerifyError, VerifyFailureKind};
+        let error = EngineError::Verification {
+            key_id: Uuid::new_v4(),
+            attempts: 3,
+            last: VerifyError::new("relay".into(), VerifyFailureKind::Throttled, "452 4.5.3 wait".into()),
+        };
+        let status = after_error(&ClientSecretRotationStatus::default(), &error, None, now(), &thresholds());
+        assert_eq!(status.failed_attempts, 0);
+        assert_eq!(status.last_failure_time, None);
+        let degraded = condition(&status, DEGRADED).unwrap();
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("False", "WaitingForRelay"));
+        let ready = condition(&status, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "WaitingForRelay"));
     }
 
     #[test]

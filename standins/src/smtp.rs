@@ -42,6 +42,14 @@ const MAX_TEXT_LINE: usize = 1_001;
 const MAX_ERRORS: u32 = 10;
 /// How long the relay waits for the next line before it hangs up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Count keys of sessions that started DATA, and of transactions ended before DATA with
+/// their recipients accepted (counted before the reply, so a client that has its answer
+/// sees the count).
+const DATA_SESSION: &str = "data session";
+const HANDSHAKE: &str = "handshake";
+/// Count keys of messages refused by the quota, and of sessions over the connection limit.
+const QUOTA_REFUSED: &str = "quota refused";
+const SESSION_REFUSED: &str = "session refused";
 /// The name the relay gives itself in its greeting and EHLO answer.
 const SERVER_NAME: &str = "localhost";
 
@@ -56,6 +64,57 @@ pub struct RelaySettings {
     pub smtp_usernames: HashMap<String, Uuid>,
     /// The largest message accepted, advertised as `SIZE` in the EHLO answer.
     pub max_message_size: usize,
+    /// Refuse a disallowed sender at RCPT TO instead of MAIL FROM, with Postfix's wording
+    /// (`554 5.7.1 <address>: Sender address rejected: Access denied`): Postfix delays
+    /// every restriction to RCPT TO by default (`smtpd_delay_reject = yes`).
+    pub refuse_senders_at_rcpt: bool,
+    /// The resource's mail quota, counted when a message is accepted; `None`: unlimited.
+    pub quota: Option<StandinQuota>,
+    /// SMTP sessions open at once; one more is greeted with
+    /// `432 4.3.2 Concurrent connections limit exceeded` and hung up on.
+    pub max_sessions: Option<usize>,
+    /// Where the quota's windows take the time from (a simulated clock in tests).
+    pub clock: RelayClock,
+}
+
+/// A mail quota like ACS's: per minute and per hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StandinQuota {
+    pub per_minute: usize,
+    pub per_hour: usize,
+}
+
+impl StandinQuota {
+    /// ACS with an Azure-managed domain: 5 mails a minute, 10 an hour (Microsoft Learn,
+    /// "Service limits for Azure Communication Services").
+    pub const AZURE_MANAGED: Self = Self { per_minute: 5, per_hour: 10 };
+}
+
+/// The time the relay's quota windows use.
+#[derive(Clone)]
+pub struct RelayClock(Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>);
+
+impl RelayClock {
+    /// Time from `now`, e.g. a test's simulated clock.
+    pub fn from_fn(now: impl Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        (self.0)()
+    }
+}
+
+impl Default for RelayClock {
+    fn default() -> Self {
+        Self::from_fn(chrono::Utc::now)
+    }
+}
+
+impl std::fmt::Debug for RelayClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayClock")
+    }
 }
 
 impl RelaySettings {
@@ -67,7 +126,24 @@ impl RelaySettings {
             allowed_senders: vec![format!("DoNotReply@{}.azurecomm.net", Uuid::new_v4())],
             smtp_usernames: HashMap::new(),
             max_message_size: ACS_MAX_MESSAGE_SIZE,
+            refuse_senders_at_rcpt: false,
+            quota: None,
+            max_sessions: None,
+            clock: RelayClock::default(),
         }
+    }
+
+    /// Counts mails against `quota` on `clock`.
+    pub fn with_quota(mut self, quota: StandinQuota, clock: RelayClock) -> Self {
+        self.quota = Some(quota);
+        self.clock = clock;
+        self
+    }
+
+    /// Refuses disallowed senders at RCPT TO, as a Postfix relay does.
+    pub fn refusing_senders_at_rcpt(mut self) -> Self {
+        self.refuse_senders_at_rcpt = true;
+        self
     }
 
     /// Registers a custom SMTP username for the application `client_id`.
@@ -175,6 +251,9 @@ struct Shared {
     accepted: Mutex<Vec<AcceptedMessage>>,
     faults: Mutex<VecDeque<SmtpFault>>,
     counts: Mutex<HashMap<String, u64>>,
+    /// When the messages of the last hour were accepted, for the quota.
+    quota_log: Mutex<VecDeque<chrono::DateTime<chrono::Utc>>>,
+    open_sessions: std::sync::atomic::AtomicUsize,
 }
 
 use super::https::ServerTask;
@@ -183,6 +262,33 @@ use super::lock as locked;
 impl Shared {
     fn count(&self, key: &str) {
         *locked(&self.counts).entry(key.to_string()).or_default() += 1;
+    }
+
+    /// Whether one more message fits the quota now; if so it is counted.
+    fn take_quota(&self) -> bool {
+        let Some(quota) = self.settings.quota else {
+            return true;
+        };
+        let now = self.settings.clock.now();
+        let mut log = locked(&self.quota_log);
+        while log.front().is_some_and(|at| *at <= now - chrono::Duration::hours(1)) {
+            log.pop_front();
+        }
+        let last_minute = log.iter().filter(|at| **at > now - chrono::Duration::minutes(1)).count();
+        if log.len() >= quota.per_hour || last_minute >= quota.per_minute {
+            return false;
+        }
+        log.push_back(now);
+        true
+    }
+}
+
+/// Counts an open session until dropped.
+struct OpenSession(Arc<Shared>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.open_sessions.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -213,6 +319,8 @@ impl SmtpRelayStandin {
             accepted: Mutex::default(),
             faults: Mutex::default(),
             counts: Mutex::default(),
+            quota_log: Mutex::default(),
+            open_sessions: std::sync::atomic::AtomicUsize::new(0),
         });
         Ok(Self {
             addr: starttls_listener.local_addr()?,
@@ -271,6 +379,32 @@ impl SmtpRelayStandin {
         locked(&self.shared.counts).clone()
     }
 
+    /// Messages accepted so far (what the resource's mail quota counts).
+    pub fn messages(&self) -> usize {
+        locked(&self.shared.accepted).len()
+    }
+
+    /// Sessions that started DATA at least once (a test mail was attempted).
+    pub fn data_sessions(&self) -> u64 {
+        self.count(DATA_SESSION)
+    }
+
+    /// Mail transactions abandoned by RSET or QUIT after their recipients were accepted:
+    /// the handshake proof, which sends no message.
+    pub fn handshakes(&self) -> u64 {
+        self.count(HANDSHAKE)
+    }
+
+    /// Messages refused because the quota was spent.
+    pub fn quota_refusals(&self) -> u64 {
+        self.count(QUOTA_REFUSED)
+    }
+
+    /// Sessions refused over the connection limit.
+    pub fn session_refusals(&self) -> u64 {
+        self.count(SESSION_REFUSED)
+    }
+
     /// One entry of [`counts`](Self::counts); 0 when never seen.
     pub fn count(&self, key: &str) -> u64 {
         locked(&self.shared.counts).get(key).copied().unwrap_or(0)
@@ -300,6 +434,15 @@ async fn serve_connection(
     implicit_tls: bool,
 ) {
     shared.count("session");
+    let open = shared.open_sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let _open = OpenSession(shared.clone());
+    if shared.settings.max_sessions.is_some_and(|max| open > max) {
+        // Exchange Online's documented reply for too many concurrent connections.
+        shared.count(SESSION_REFUSED);
+        let mut tcp = tcp;
+        let _ = reply(&mut tcp, "432 4.3.2 Concurrent connections limit exceeded").await;
+        return;
+    }
     let fault = locked(&shared.faults).pop_front();
     let mut session = Session::new(shared.clone(), peer, fault);
     let outcome = if implicit_tls {
@@ -360,6 +503,8 @@ struct Session {
     authenticated: Option<Authenticated>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Whether this session has started DATA before.
+    sent_data: bool,
 }
 
 impl Session {
@@ -373,6 +518,7 @@ impl Session {
             authenticated: None,
             transaction: None,
             errors: 0,
+            sent_data: false,
         }
     }
 
@@ -505,15 +651,24 @@ impl Session {
             "RCPT" => self.rcpt(w, argument).await,
             "DATA" => self.data(stream, argument).await,
             "RSET" => {
-                self.transaction = None;
+                self.end_transaction();
                 ok(w, "250 2.0.0 Resetting").await
             }
             "NOOP" => ok(w, "250 2.0.0 OK").await,
             "QUIT" => {
+                self.end_transaction();
                 reply(w, "221 2.0.0 Service closing transmission channel").await?;
                 Ok(Flow::Ending(Ending::Closed))
             }
             _ => self.refuse(w, "500 5.3.3 Unrecognized command").await,
+        }
+    }
+
+    /// Drops the mail transaction, counting it as a handshake when its recipients were
+    /// accepted.
+    fn end_transaction(&mut self) {
+        if self.transaction.take().is_some_and(|t| !t.rcpt_to.is_empty()) {
+            self.shared.count(HANDSHAKE);
         }
     }
 
@@ -750,7 +905,7 @@ impl Session {
         }
         // The exact wording ACS uses for a refused MailFrom is not published; this is the
         // reply Microsoft's SMTP front ends give when the sender is not allowed.
-        if !self.shared.settings.allows_sender(address) {
+        if !self.shared.settings.allows_sender(address) && !self.shared.settings.refuse_senders_at_rcpt {
             return self
                 .refuse(
                     w,
@@ -776,6 +931,13 @@ impl Session {
         if transaction.rcpt_to.len() >= MAX_RECIPIENTS {
             return self.refuse(w, "452 4.5.3 Too many recipients").await;
         }
+        if !self.shared.settings.allows_sender(&transaction.mail_from) {
+            let answer = format!(
+                "554 5.7.1 <{}>: Sender address rejected: Access denied",
+                transaction.mail_from
+            );
+            return self.refuse(w, &answer).await;
+        }
         transaction.rcpt_to.push(address.to_string());
         ok(w, "250 2.1.5 Recipient OK").await
     }
@@ -797,6 +959,9 @@ impl Session {
         if !has_recipients {
             return self.refuse(w, "503 5.5.1 Need rcpt command").await;
         }
+        if !std::mem::replace(&mut self.sent_data, true) {
+            self.shared.count(DATA_SESSION);
+        }
         reply(w, "354 Start mail input; end with <CRLF>.<CRLF>").await?;
         let Some(content) = read_data(stream, self.shared.settings.max_message_size).await? else {
             return Ok(Flow::Ending(Ending::Closed));
@@ -814,6 +979,17 @@ impl Session {
             DataContent::LineTooLong => {
                 self.refuse(w, "500 5.5.6 Message line longer than 1000 characters")
                     .await
+            }
+            DataContent::Message(_) if !self.shared.take_quota() => {
+                // ACS publishes no SMTP wording for a spent quota; this is Exchange Online's
+                // documented refusal for its sending quota (Microsoft Learn, "Message storage
+                // and concurrent connection throttling for SMTP Authenticated Submission").
+                self.shared.count(QUOTA_REFUSED);
+                self.refuse(
+                    w,
+                    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [sending quota exceeded]",
+                )
+                .await
             }
             DataContent::Message(data) => {
                 let authenticated = self.authenticated.clone();

@@ -423,30 +423,31 @@ async fn sample_until(
     (samples, violations)
 }
 
-/// The world at one moment: what the stores hold, our live keyIds, the mails accepted.
+/// The world at one moment: what the stores hold, our live keyIds, the verifications
+/// (test mails and handshakes) the relay accepted.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub stored: [Option<Uuid>; 2],
     pub ours: Vec<Uuid>,
-    pub mails: usize,
+    pub proofs: usize,
 }
 
 pub fn snapshot(scenario: &Scenario) -> Snapshot {
     Snapshot {
         stored: stored_key_ids(scenario),
         ours: our_key_ids(scenario),
-        mails: scenario.relay.accepted_messages().len(),
+        proofs: proofs(scenario),
     }
 }
 
 /// Checks the world as it stood when a `removePassword` for `removed` arrived (the request
 /// held, so nothing moved): both stores held the same live keyId of ours, not the one
-/// removed, and the relay had accepted a verification mail since `mails_before`.
+/// removed, and the relay had accepted a verification since `proofs_before`.
 pub fn assert_revocation_followed_verification(
     case: &str,
     at: &Snapshot,
     removed: Uuid,
-    mails_before: usize,
+    proofs_before: usize,
 ) {
     let [vault, secret] = at.stored;
     assert!(
@@ -460,9 +461,9 @@ pub fn assert_revocation_followed_verification(
          successor: {at:?}"
     );
     assert!(
-        at.mails > mails_before,
-        "{case}: removePassword for {removed} arrived before any verification mail was \
-         accepted: {at:?}"
+        at.proofs > proofs_before,
+        "{case}: removePassword for {removed} arrived before the relay had accepted any \
+         verification: {at:?}"
     );
 }
 
@@ -487,7 +488,7 @@ pub async fn run_checking_revocations(
     scenario: &Scenario,
     extra: &[&str],
     transcript: &Transcript,
-    mails_before: usize,
+    proofs_before: usize,
     stored_earlier: &[Uuid],
 ) -> CheckedRun {
     let graph = scenario.graph.faults();
@@ -533,7 +534,7 @@ pub async fn run_checking_revocations(
             index + 1
         );
         if ever_stored.contains(&removed[0]) {
-            assert_revocation_followed_verification(case, at, removed[0], mails_before);
+            assert_revocation_followed_verification(case, at, removed[0], proofs_before);
             revoked.push(removed[0]);
         } else {
             orphans.push(removed[0]);
@@ -561,6 +562,11 @@ pub fn assert_log_verifies_before_revoking(text: &str) {
             );
         }
     }
+}
+
+/// Verifications the scenario's relay has accepted: test mails and handshakes.
+pub fn proofs(scenario: &Scenario) -> usize {
+    scenario.relay.messages() + scenario.relay.handshakes() as usize
 }
 
 /// A fresh scenario shared with a monitor.
@@ -725,6 +731,7 @@ pub fn in_process_rotation_and_adapters(
             from: smtp.from.clone(),
             to: smtp.to.clone(),
             timeout,
+            mode: entra_rotator::adapters::smtp::ProofMode::Deliver,
         },
         &trust,
     )
