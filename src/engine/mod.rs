@@ -17,7 +17,7 @@ use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore
 use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
 use policy::{Decision, Observed, Plan, Timing};
-use ports::{Clock, Directory, GraphError, Rollout, RolloutError, SecretStore, StoreError, Verifier, VerifyError};
+use ports::{Clock, Directory, GraphError, Rollout, RolloutError, SecretStore, StoreError, StoreErrorKind, Verifier, VerifyError};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -123,6 +123,7 @@ impl EngineError {
     pub fn category(&self) -> &'static str {
         match self {
             EngineError::Graph(_) => "GraphFailed",
+            EngineError::Store(e) if e.kind == StoreErrorKind::Claimed => "ClaimedByAnother",
             EngineError::Store(_) => "StoreFailed",
             EngineError::Verification { .. } => "VerificationFailed",
             EngineError::Rollout(_) => "RolloutFailed",

@@ -271,6 +271,9 @@ struct SecretObject {
     data: BTreeMap<String, Vec<u8>>,
     annotations: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
+    /// As sent when the Secret was created (external-secrets and sealed-secrets create
+    /// theirs with a controller reference); later writes keep it.
+    owner_references: Option<Value>,
     managed: BTreeMap<(String, Operation), ManagedEntry>,
 }
 
@@ -291,6 +294,7 @@ impl SecretObject {
             data: BTreeMap::new(),
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
+            owner_references: None,
             managed: BTreeMap::new(),
         }
     }
@@ -417,6 +421,9 @@ impl SecretObject {
         }
         if !self.labels.is_empty() {
             metadata["labels"] = json!(self.labels);
+        }
+        if let Some(owners) = &self.owner_references {
+            metadata["ownerReferences"] = owners.clone();
         }
         let data: BTreeMap<&String, String> = self
             .data
@@ -660,6 +667,29 @@ impl KubernetesStandin {
     /// Writes `data` keys into the Secret (creating it and its namespace if needed) as an
     /// `Update` by `manager`, the way `kubectl edit` or a Helm release would.
     pub fn put_secret_as(&self, namespace: &str, name: &str, manager: &str, data: &[(&str, &str)]) {
+        let fields = data.iter().map(|(k, v)| (Field::Data(k.to_string()), FieldValue::Bytes(v.as_bytes().to_vec())));
+        self.update_secret_as(namespace, name, manager, fields.collect());
+    }
+
+    /// Sets labels and annotations on the Secret (creating it if needed) as an `Update` by
+    /// `manager`, e.g. Helm's `app.kubernetes.io/managed-by: Helm`.
+    pub fn put_secret_metadata_as(
+        &self,
+        namespace: &str,
+        name: &str,
+        manager: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) {
+        let text = |v: &str| FieldValue::Text(v.to_string());
+        let fields = labels
+            .iter()
+            .map(|(k, v)| (Field::Label(k.to_string()), text(v)))
+            .chain(annotations.iter().map(|(k, v)| (Field::Annotation(k.to_string()), text(v))));
+        self.update_secret_as(namespace, name, manager, fields.collect());
+    }
+
+    fn update_secret_as(&self, namespace: &str, name: &str, manager: &str, fields: Vec<(Field, FieldValue)>) {
         let mut cluster = self.shared.cluster();
         cluster.namespaces.insert(namespace.to_string());
         let version = cluster.next_resource_version();
@@ -672,9 +702,8 @@ impl KubernetesStandin {
             .secrets
             .entry(key)
             .or_insert_with(|| SecretObject::new(version));
-        for (k, v) in data {
-            let field = Field::Data(k.to_string());
-            object.set(&field, FieldValue::Bytes(v.as_bytes().to_vec()));
+        for (field, value) in fields {
+            object.set(&field, value);
             object.disown(&field, Some((manager, Operation::Update)));
             object.record(manager, Operation::Update, [field]);
         }
@@ -1483,6 +1512,7 @@ async fn create_secret(
         ));
     }
     let mut object = SecretObject::new(cluster.resource_version + 1);
+    object.owner_references = body.pointer("/metadata/ownerReferences").filter(|owners| owners.is_array()).cloned();
     update_fields(&mut object, &manager, assigned);
     Ok(store(&mut cluster, key, None, object, &namespace, &name))
 }
