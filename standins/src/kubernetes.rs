@@ -185,6 +185,13 @@ pub mod routes {
     /// Cluster-scoped like ClusterRoles (named like the namespaced routes).
     pub const ROTATION_POLICIES: RouteSet =
         route_set!("/apis/entra-rotator.io/v1alpha1", "rotationpolicies");
+    pub const ROTATOR_IDENTITIES: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "rotatoridentities");
+    /// Cluster-scoped like RotationPolicies.
+    pub const CLUSTER_ROTATOR_IDENTITIES: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "clusterrotatoridentities");
+    /// `POST /api/v1/namespaces/{namespace}/serviceaccounts/{name}/token` (TokenRequest).
+    pub const CREATE_SERVICE_ACCOUNT_TOKEN: &str = "POST /api/v1/namespaces/{namespace}/serviceaccounts/{name}/token";
     pub const VALIDATINGADMISSIONPOLICIES: RouteSet =
         route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies");
     pub const VALIDATINGADMISSIONPOLICYBINDINGS: RouteSet =
@@ -518,6 +525,8 @@ struct Cluster {
     history: watch::History,
     /// Workloads keep their old status after a spec change (a stuck roll-out).
     rollouts_held: bool,
+    /// Signs the tokens the TokenRequest API hands out (`sign_service_account_tokens`).
+    service_account_issuer: Option<crate::federation::ServiceAccountIssuer>,
     resource_version: u64,
 }
 
@@ -531,6 +540,7 @@ impl Cluster {
             objects: BTreeMap::new(),
             history: watch::History::new(),
             rollouts_held: false,
+            service_account_issuer: None,
             resource_version: 0,
         }
     }
@@ -617,6 +627,12 @@ impl KubernetesStandin {
             .cluster()
             .namespaces
             .insert(namespace.to_string());
+    }
+
+    /// Makes `POST …/serviceaccounts/{name}/token` (the TokenRequest API) answer with tokens
+    /// `issuer` signs, as the cluster's service-account issuer does; without it, 503.
+    pub fn sign_service_account_tokens(&self, issuer: crate::federation::ServiceAccountIssuer) {
+        self.shared.cluster().service_account_issuer = Some(issuer);
     }
 
     /// Labels `namespace` (creating it), as a platform team labels the namespaces a
@@ -751,6 +767,10 @@ fn router(shared: Shared) -> Router {
             "/api/v1/namespaces/{namespace}/secrets",
             get(api::secrets_in_namespace).post(create_secret),
         )
+        .route(
+            "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            axum::routing::post(create_service_account_token),
+        )
         .route("/api/v1/secrets", get(api::all_secrets))
         .route("/api/v1/events", get(core_events::everywhere))
         .route(
@@ -844,6 +864,65 @@ fn not_found(name: &str) -> Refusal {
         format!("secrets \"{name}\" not found"),
         json!({ "name": name, "kind": "secrets" }),
     )
+}
+
+/// The TokenRequest API: a token of an existing ServiceAccount for the audiences asked
+/// (the first one is signed in), for `expirationSeconds` (default 1 h, at least 10 min).
+async fn create_service_account_token(
+    State(shared): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::CREATE_SERVICE_ACCOUNT_TOKEN).await {
+        return Ok(fault);
+    }
+    let body = protobuf::request_body(&headers, &body)?;
+    let cluster = shared.cluster();
+    let key = (kinds::Kind::ServiceAccount, namespace.clone(), name.clone());
+    if !cluster.objects.contains_key(&key) {
+        return Err(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("serviceaccounts \"{name}\" not found"),
+            json!({ "name": name, "kind": "serviceaccounts" }),
+        ));
+    }
+    let Some(issuer) = cluster.service_account_issuer.clone() else {
+        return Err(status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the stand-in has no service-account issuer (sign_service_account_tokens)".to_string(),
+            json!({}),
+        ));
+    };
+    drop(cluster);
+    let audience = body.pointer("/spec/audiences/0").and_then(Value::as_str).unwrap_or_default().to_string();
+    let seconds = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    if audience.is_empty() || seconds < 600 {
+        return Err(status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "TokenRequest is invalid: spec.audiences must name one audience and spec.expirationSeconds must be at least 600".to_string(),
+            json!({ "name": name, "kind": "TokenRequest" }),
+        ));
+    }
+    let now = Utc::now();
+    let lifetime = chrono::Duration::seconds(seconds);
+    let token = issuer.token(&namespace, &name, &audience, now, lifetime).map_err(|e| {
+        status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string(), json!({}))
+    })?;
+    let answer = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "metadata": { "name": name, "namespace": namespace, "creationTimestamp": null },
+        "spec": { "audiences": [audience], "expirationSeconds": seconds },
+        "status": {
+            "token": token,
+            "expirationTimestamp": (now + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true),
+        },
+    });
+    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
 }
 
 fn namespace_not_found(namespace: &str) -> Refusal {

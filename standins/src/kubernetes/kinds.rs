@@ -45,6 +45,8 @@ pub(super) enum Kind {
     RotationPolicy,
     ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
+    RotatorIdentity,
+    ClusterRotatorIdentity,
 }
 
 /// How the real API server's registry treats one kind.
@@ -103,6 +105,40 @@ const ROTATION_POLICY: KindInfo = KindInfo {
     built_in: false,
     singular: "rotationpolicy",
     short_names: &["rotpol"],
+};
+
+/// The rotator's identity resources: namespaced `RotatorIdentity` and cluster-scoped
+/// `ClusterRotatorIdentity`, served like RotationPolicy.
+const ROTATOR_IDENTITY: KindInfo = KindInfo {
+    group: "entra-rotator.io",
+    version: "v1alpha1",
+    plural: "rotatoridentities",
+    kind: "RotatorIdentity",
+    namespaced: true,
+    routes: routes::ROTATOR_IDENTITIES,
+    status_subresource: false,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: false,
+    singular: "rotatoridentity",
+    short_names: &["rotid"],
+};
+
+const CLUSTER_ROTATOR_IDENTITY: KindInfo = KindInfo {
+    group: "entra-rotator.io",
+    version: "v1alpha1",
+    plural: "clusterrotatoridentities",
+    kind: "ClusterRotatorIdentity",
+    namespaced: false,
+    routes: routes::CLUSTER_ROTATOR_IDENTITIES,
+    status_subresource: false,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: false,
+    singular: "clusterrotatoridentity",
+    short_names: &["crotid"],
 };
 
 const EVENT: KindInfo = KindInfo {
@@ -333,7 +369,7 @@ const POD_DISRUPTION_BUDGET: KindInfo = stored(
 
 /// Kinds served under `/apis/{group}/{version}/…` (and core ones under `/api/v1/…`) by the
 /// generic object store.
-const GENERIC: [Kind; 18] = [
+const GENERIC: [Kind; 20] = [
     Kind::Rotation,
     Kind::Event,
     Kind::Lease,
@@ -352,10 +388,12 @@ const GENERIC: [Kind; 18] = [
     Kind::RotationPolicy,
     Kind::ValidatingAdmissionPolicy,
     Kind::ValidatingAdmissionPolicyBinding,
+    Kind::RotatorIdentity,
+    Kind::ClusterRotatorIdentity,
 ];
 
 /// Every kind the stand-in serves, in the order discovery lists them.
-pub(super) const SERVED: [Kind; 19] = [
+pub(super) const SERVED: [Kind; 21] = [
     Kind::Secret,
     Kind::Rotation,
     Kind::Event,
@@ -375,6 +413,8 @@ pub(super) const SERVED: [Kind; 19] = [
     Kind::RotationPolicy,
     Kind::ValidatingAdmissionPolicy,
     Kind::ValidatingAdmissionPolicyBinding,
+    Kind::RotatorIdentity,
+    Kind::ClusterRotatorIdentity,
 ];
 
 impl Kind {
@@ -399,6 +439,8 @@ impl Kind {
             Kind::RotationPolicy => &ROTATION_POLICY,
             Kind::ValidatingAdmissionPolicy => &VALIDATING_ADMISSION_POLICY,
             Kind::ValidatingAdmissionPolicyBinding => &VALIDATING_ADMISSION_POLICY_BINDING,
+            Kind::RotatorIdentity => &ROTATOR_IDENTITY,
+            Kind::ClusterRotatorIdentity => &CLUSTER_ROTATOR_IDENTITY,
         }
     }
 
