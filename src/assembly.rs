@@ -29,16 +29,44 @@ fn assembly_error(context: &str, error: impl std::fmt::Display) -> AssemblyError
 /// The clients every rotation shares: Graph with the rotator's identity, the HTTP client
 /// with its trust settings, and the Kubernetes client when Secrets are written.
 pub struct Assembly {
-    directory: Arc<dyn Directory>,
-    credential: Arc<dyn TokenCredential>,
+    own: SignedIn,
     http: reqwest::Client,
     trust: TlsTrust,
     kube: Option<kube::Client>,
     observer: Option<Arc<dyn ApiObserver>>,
+    /// What every identity's clients are built with.
+    endpoints: Endpoints,
+    /// The clients of each other identity (a RotatorIdentity or ClusterRotatorIdentity), by
+    /// its name, with the version they were built from: rebuilt when it changes.
+    identities: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<SignedIn>)>>,
+}
+
+/// Graph and Key Vault clients signed in as one identity. Each identity has its own Key
+/// Vault clients: a vault's client holds the credential it was first built with.
+struct SignedIn {
+    directory: Arc<dyn Directory>,
+    credential: Arc<dyn TokenCredential>,
     /// One Key Vault client per vault, so each learns the vault's challenge only once; they
     /// request Key Vault's audience only, and skip the challenge's domain check only for the
     /// administrator's `azure.keyVault.privateHosts`.
     vaults: crate::adapters::keyvault::KeyVaultClients,
+}
+
+/// The Azure endpoints and limits of the configuration, for building clients later.
+struct Endpoints {
+    authority_host: url::Url,
+    graph_url: url::Url,
+    max_concurrent_graph_requests: usize,
+    private_vault_hosts: Vec<String>,
+}
+
+/// Another identity than the rotator's own, to sign in as for one rotation.
+pub struct SignInAs<'a> {
+    /// Names the identity in messages and keys the cache.
+    pub name: &'a str,
+    /// Changes when the identity (or its Secret) does.
+    pub version: &'a str,
+    pub credential: &'a RotatorCredential,
 }
 
 impl Assembly {
@@ -55,19 +83,27 @@ impl Assembly {
     ) -> Result<Self, AssemblyError> {
         let trust = load_trust(tls)?;
         let http = http_client(&trust, Duration::from_secs(30)).map_err(|e| assembly_error("tls", e))?;
-        let credential = rotator_credential(&resolve_credential(&azure.credential)?, Some(&azure.authority_host), http.clone())
-            .map_err(|e| assembly_error("azure.credential", e))?;
-        let mut graph = GraphClient::new(GraphConfig::new(azure.graph_url.clone()), credential.clone(), http.clone())
-            .map_err(|e| assembly_error("azure.graphUrl", e))?
-            .with_max_concurrent_requests(azure.max_concurrent_graph_requests);
-        if let Some(observer) = &observer {
-            graph = graph.with_observer(observer.clone());
+        let endpoints = Endpoints {
+            authority_host: azure.authority_host.clone(),
+            graph_url: azure.graph_url.clone(),
+            max_concurrent_graph_requests: azure.max_concurrent_graph_requests,
+            private_vault_hosts: azure.key_vault.private_hosts.clone(),
+        };
+        let own = sign_in(&endpoints, "azure.credential", &resolve_credential(&azure.credential)?, &http, observer.as_ref())?;
+        Ok(Self { own, http, trust, kube, observer, endpoints, identities: Default::default() })
+    }
+
+    /// The clients of `identity`, built once per version of it.
+    fn signed_in(&self, identity: &SignInAs<'_>) -> Result<Arc<SignedIn>, AssemblyError> {
+        let mut identities = self.identities.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, clients)) = identities.get(identity.name).filter(|(version, _)| version == identity.version) {
+            return Ok(clients.clone());
         }
-        let directory: Arc<dyn Directory> = Arc::new(graph);
-        let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&azure.authority_host)
-            .with_private_hosts(azure.key_vault.private_hosts.iter().map(String::as_str));
-        let vaults = crate::adapters::keyvault::KeyVaultClients::new(vault_trust);
-        Ok(Self { directory, credential, http, trust, kube, observer, vaults })
+        let clients = Arc::new(
+            sign_in(&self.endpoints, identity.name, identity.credential, &self.http, self.observer.as_ref())?,
+        );
+        identities.insert(identity.name.to_string(), (identity.version.to_string(), clients.clone()));
+        Ok(clients)
     }
 
     /// azure_core options for Key Vault: the shared HTTP client, and the observer per attempt.
@@ -89,14 +125,27 @@ impl Assembly {
         self.trust.clone()
     }
 
-    /// The Graph client shared by all rotations.
+    /// The Graph client of the rotator's own identity.
     pub fn directory(&self) -> Arc<dyn Directory> {
-        self.directory.clone()
+        self.own.directory.clone()
     }
 
-    /// Builds one rotation; `rollout` restarts its consumers (operator only).
+    /// Builds one rotation signed in as the rotator's own identity; `rollout` restarts its
+    /// consumers (operator only).
     pub fn rotation(&self, config: &RotationConfig, rollout: Option<Arc<dyn Rollout>>) -> Result<Rotation, AssemblyError> {
-        let (directory, credential, trust) = (&self.directory, &self.credential, &self.trust);
+        self.rotation_as(config, rollout, None)
+    }
+
+    /// Like [`Assembly::rotation`], signed in as `identity` (Graph and Key Vault) when given.
+    pub fn rotation_as(
+        &self,
+        config: &RotationConfig,
+        rollout: Option<Arc<dyn Rollout>>,
+        identity: Option<SignInAs<'_>>,
+    ) -> Result<Rotation, AssemblyError> {
+        let other = identity.map(|identity| self.signed_in(&identity)).transpose()?;
+        let signed_in = other.as_deref().unwrap_or(&self.own);
+        let (directory, credential, trust) = (&signed_in.directory, &signed_in.credential, &self.trust);
         let kube_client = self.kube.as_ref();
     // The configuration was validated, so these parse.
     let guid = |text: &str| Uuid::parse_str(text).map_err(|e| assembly_error(&config.name, e));
@@ -118,7 +167,8 @@ impl Assembly {
                     vault.secret_name.clone(),
                 );
                 Arc::new(
-                    self.vaults
+                    signed_in
+                        .vaults
                         .store(settings, credential.clone(), || self.key_vault_options())
                         .map_err(|e| assembly_error(&config.name, e))?,
                 )
@@ -194,6 +244,27 @@ impl Assembly {
         verify_retry,
     })
     }
+}
+
+/// Graph and Key Vault clients signed in as `credential`.
+/// `context` names where the credential is configured, for its errors.
+fn sign_in(
+    endpoints: &Endpoints,
+    context: &str,
+    credential: &RotatorCredential,
+    http: &reqwest::Client,
+    observer: Option<&Arc<dyn ApiObserver>>,
+) -> Result<SignedIn, AssemblyError> {
+    let credential = rotator_credential(credential, Some(&endpoints.authority_host), http.clone()).map_err(|e| assembly_error(context, e))?;
+    let mut graph = GraphClient::new(GraphConfig::new(endpoints.graph_url.clone()), credential.clone(), http.clone())
+        .map_err(|e| assembly_error("azure.graphUrl", e))?
+        .with_max_concurrent_requests(endpoints.max_concurrent_graph_requests);
+    if let Some(observer) = observer {
+        graph = graph.with_observer(observer.clone());
+    }
+    let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&endpoints.authority_host)
+        .with_private_hosts(endpoints.private_vault_hosts.iter().map(String::as_str));
+    Ok(SignedIn { directory: Arc::new(graph), credential, vaults: crate::adapters::keyvault::KeyVaultClients::new(vault_trust) })
 }
 
 /// Renders a template with the variables known before any secret exists.

@@ -86,6 +86,10 @@ pub struct ClientSecretRotationSpec {
     #[serde(default = "default_alert_thresholds")]
     #[schemars(length(max = 8), inner(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH)))]
     pub alert_thresholds: Vec<String>,
+    /// The identity that signs in to Entra for this rotation (a RotatorIdentity of this
+    /// namespace, or a ClusterRotatorIdentity serving it); without it, the controller's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_ref: Option<super::identity::IdentityRef>,
 }
 
 fn default_lifetime() -> String {
