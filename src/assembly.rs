@@ -292,10 +292,16 @@ pub(crate) fn load_trust(tls: &TlsSettings) -> Result<TlsTrust, AssemblyError> {
 /// Fills the rotator's credential from the file and the standard Azure environment
 /// variables, and reads a client secret from its variable or file.
 pub(crate) fn resolve_credential(config: &CredentialConfig) -> Result<RotatorCredential, AssemblyError> {
+    resolve_credential_at(config, "azure.credential")
+}
+
+/// Like [`resolve_credential`] for the credential configured at `at` (e.g.
+/// `identities[0] (customer-a).credential`), which messages name.
+pub(crate) fn resolve_credential_at(config: &CredentialConfig, at: &str) -> Result<RotatorCredential, AssemblyError> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let required = |value: Option<String>, variable: &str, field: &str| {
         value.or_else(|| env(variable)).ok_or_else(|| {
-            AssemblyError(format!("azure.credential.{field} is not set and neither is {variable}; the azure.workload.identity/use: \"true\" pod label sets it on Kubernetes"))
+            AssemblyError(format!("{at}.{field} is not set and neither is {variable}; the azure.workload.identity/use: \"true\" pod label sets it on Kubernetes"))
         })
     };
     Ok(match config {
@@ -316,15 +322,15 @@ pub(crate) fn resolve_credential(config: &CredentialConfig) -> Result<RotatorCre
         CredentialConfig::ClientSecret { tenant_id, client_id, secret_env, secret_file } => {
             let secret = match (secret_env, secret_file) {
                 (Some(variable), None) => env(variable).ok_or_else(|| {
-                    AssemblyError(format!("azure.credential.secretEnv: environment variable {variable} is not set or empty"))
+                    AssemblyError(format!("{at}.secretEnv: environment variable {variable} is not set or empty"))
                 })?,
                 (None, Some(path)) => std::fs::read_to_string(path)
                     .map(|s| s.trim_end().to_string())
-                    .map_err(|e| assembly_error(&format!("azure.credential.secretFile: cannot read {}", path.display()), e))?,
+                    .map_err(|e| assembly_error(&format!("{at}.secretFile: cannot read {}", path.display()), e))?,
                 _ => {
-                    return Err(AssemblyError(
-                        "azure.credential: a clientSecret credential needs exactly one of secretEnv or secretFile (never the secret itself)".into(),
-                    ));
+                    return Err(AssemblyError(format!(
+                        "{at}: a clientSecret credential needs exactly one of secretEnv or secretFile (never the secret itself)"
+                    )));
                 }
             };
             RotatorCredential::ClientSecret {

@@ -273,3 +273,46 @@ async fn a_workload_identity_federated_with_another_namespace_is_refused_by_entr
     assert_eq!(ready(&scenario, TEAM_B)["status"], "True", "team b's own ServiceAccount signs in: {}", ready(&scenario, TEAM_B));
     assert!(scenario.kubernetes.secret(TEAM_B, SECRET).is_some());
 }
+
+/// Config-file mode (`run --config`): a rotation names one of `identities:` with
+/// `identity:` and signs in as it; the file's `azure.credential` (which owns nothing here)
+/// stays the default for the others.
+#[tokio::test]
+async fn a_configuration_file_rotation_signs_in_as_the_identity_it_names() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.graph.require_ownership();
+    let now = chrono::Utc::now();
+    let customer = scenario.tenant.register_app("customer-rotator");
+    let password = scenario
+        .tenant
+        .add_replicated_password(customer.object_id, Some("rotator".into()), now, now + chrono::Duration::days(365))
+        .unwrap();
+    scenario.graph.add_owner(scenario.target.object_id, customer.app_id);
+    let secret_file = scenario.config_path.with_file_name("customer-secret");
+    std::fs::write(&secret_file, &password.secret_text).unwrap();
+    let config = std::fs::read_to_string(&scenario.config_path).unwrap();
+    let identities = format!(
+        "identities:\n  - name: customer\n    credential:\n      type: clientSecret\n      tenantId: {}\n      clientId: {}\n      secretFile: {}\nrotations:\n",
+        scenario.tenant.tenant_id,
+        customer.app_id,
+        secret_file.display()
+    );
+    let run = |text: String| {
+        let path = scenario.config_path.with_file_name("identities.yaml");
+        std::fs::write(&path, text).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator")).args(["run", "--config"]).arg(path).env_remove("RUST_LOG").output()
+    };
+
+    let before = scenario.tenant.app(scenario.target.object_id).unwrap().passwords.len();
+    let as_the_rotator = run(config.replacen("rotations:\n", &identities, 1)).await.unwrap();
+
+    assert_eq!(as_the_rotator.status.code(), Some(1), "azure.credential owns nothing: {}", text(&as_the_rotator));
+    assert_eq!(scenario.tenant.app(scenario.target.object_id).unwrap().passwords.len(), before, "Graph refused the mint");
+
+    let named = config.replacen("rotations:\n", &identities, 1).replacen("    application:\n", "    identity: customer\n    application:\n", 1);
+    let as_the_customer = run(named).await.unwrap();
+
+    assert!(as_the_customer.status.success(), "{}", text(&as_the_customer));
+    assert!(scenario.kubernetes.secret(SECRET_NAMESPACE, "dify-smtp").is_some(), "stored");
+    assert!(!text(&as_the_customer).contains(&password.secret_text));
+}

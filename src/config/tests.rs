@@ -173,3 +173,12 @@ fn a_bad_duration_beside_an_unreadable_field_lists_both() {
     assert!(message.contains("lifetime: \"18x\" is not a duration"), "{message}");
     assert!(message.contains("unknown field `renewBefor`"), "{message}");
 }
+
+#[test]
+fn a_rotation_naming_an_unknown_identity_is_refused_with_the_known_ones() {
+    let identities = "identities:\n  - name: customer-a\n    credential:\n      type: managedIdentity\n  - name: customer-a\n    credential:\n      type: managedIdentity\nrotations:\n";
+    let text = example().replacen("rotations:\n", identities, 1).replacen("  - name: dify-smtp\n", "  - name: dify-smtp\n    identity: customer-b\n", 1);
+    let message = problems(&text);
+    assert!(message.contains("rotations[0] (dify-smtp).identity: \"customer-b\" is not one of identities: (customer-a, customer-a)"), "{message}");
+    assert!(message.contains("identities[1].name: \"customer-a\" is empty or used twice"), "{message}");
+}

@@ -385,6 +385,8 @@ impl ClientSecretRotation {
             orphan_grace_period: HumanDuration(DEFAULT_ORPHAN_GRACE),
             targets,
             verification,
+            // spec.identityRef is resolved by the reconcile, against the cluster.
+            identity: None,
         };
         config.check("spec", &mut problems);
         if problems.is_empty() { Ok(config) } else { Err(problems) }
