@@ -377,3 +377,37 @@ pub async fn kube_client(settings: &KubernetesSettings) -> Result<kube::Client, 
     };
     kube::Client::try_from(kube_config).map_err(|e| assembly_error("kubernetes: cannot build a client", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AzureSettings, CredentialConfig, TlsSettings};
+
+    fn assembly() -> Assembly {
+        let azure = AzureSettings { credential: CredentialConfig::ManagedIdentity { client_id: None }, ..AzureSettings::default() };
+        Assembly::new(&azure, &TlsSettings { extra_root_certificates: Vec::new() }, None).unwrap()
+    }
+
+    /// An identity's clients are built once and rebuilt when the identity or its Secret
+    /// changes (a new resourceVersion), so a rotated identity secret takes effect.
+    #[tokio::test]
+    async fn an_identitys_clients_are_reused_until_its_version_changes() {
+        let assembly = assembly();
+        let credential = RotatorCredential::ClientSecret {
+            tenant_id: "11111111-1111-1111-1111-111111111111".into(),
+            client_id: "22222222-2222-2222-2222-222222222222".into(),
+            secret: SecretString::from("first".to_string()),
+        };
+        let as_version = |version| SignInAs { name: "RotatorIdentity team-a/entra", version, credential: &credential };
+
+        let first = assembly.signed_in(&as_version("7/3")).unwrap();
+        let again = assembly.signed_in(&as_version("7/3")).unwrap();
+        let changed = assembly.signed_in(&as_version("7/4")).unwrap();
+        let after = assembly.signed_in(&as_version("7/4")).unwrap();
+
+        assert!(Arc::ptr_eq(&first, &again), "the same version reuses the clients");
+        assert!(!Arc::ptr_eq(&first, &changed), "a new version rebuilds them");
+        assert!(Arc::ptr_eq(&changed, &after));
+        assert!(!Arc::ptr_eq(&first.directory, &assembly.own.directory), "and never shares the rotator's own");
+    }
+}
