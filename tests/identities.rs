@@ -37,6 +37,39 @@ fn committed_identity_crds_match_the_rust_types() {
     }
 }
 
+/// The identity kinds' CEL rules, evaluated locally as the API server would at admission:
+/// a namespaced identity may not ask for managed identity, and each names one way to sign in.
+#[test]
+fn admission_refuses_a_namespaced_managed_identity_and_ambiguous_sign_ins() {
+    use entra_rotator::operator::identity::{ClusterRotatorIdentity, RotatorIdentity};
+    let guid = "11111111-1111-1111-1111-111111111111";
+    let secret = json!({ "tenantId": guid, "clientId": guid, "secretRef": { "name": "s", "key": "k" } });
+    let workload = json!({ "tenantId": guid, "clientId": guid, "serviceAccountRef": { "name": "mailer" } });
+    let namespaced = |spec: Value| {
+        let object: RotatorIdentity = serde_json::from_value(json!({
+            "apiVersion": "entra-rotator.io/v1alpha1", "kind": "RotatorIdentity", "metadata": { "name": "x", "namespace": "team-a" }, "spec": spec })).unwrap();
+        object.validate_cel().map_err(|e| e.to_string())
+    };
+    let cluster = |spec: Value| {
+        let object: ClusterRotatorIdentity = serde_json::from_value(json!({
+            "apiVersion": "entra-rotator.io/v1alpha1", "kind": "ClusterRotatorIdentity", "metadata": { "name": "x" }, "spec": spec })).unwrap();
+        object.validate_cel().map_err(|e| e.to_string())
+    };
+
+    assert_eq!(namespaced(json!({ "clientSecret": secret })), Ok(()));
+    assert_eq!(namespaced(json!({ "workloadIdentity": workload })), Ok(()));
+    let managed = namespaced(json!({ "managedIdentity": {} })).unwrap_err();
+    assert!(managed.contains("a RotatorIdentity may not use managed identity"), "{managed}");
+    let both = namespaced(json!({ "clientSecret": secret, "workloadIdentity": workload })).unwrap_err();
+    assert!(both.contains("set exactly one of workloadIdentity and clientSecret"), "{both}");
+
+    assert_eq!(cluster(json!({ "managedIdentity": {} })), Ok(()));
+    for spec in [json!({}), json!({ "managedIdentity": {}, "clientSecret": secret })] {
+        let refused = cluster(spec.clone()).unwrap_err();
+        assert!(refused.contains("set exactly one of workloadIdentity, clientSecret and managedIdentity"), "{spec}: {refused}");
+    }
+}
+
 /// The CronJob pass over every namespace, as the chart runs it with `watch.allNamespaces`.
 async fn pass(scenario: &Scenario) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
