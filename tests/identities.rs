@@ -70,6 +70,28 @@ fn admission_refuses_a_namespaced_managed_identity_and_ambiguous_sign_ins() {
     }
 }
 
+/// The identities the README shows are admitted as they are written.
+#[test]
+fn the_readme_identities_are_admitted() {
+    use entra_rotator::operator::identity::{ClusterRotatorIdentity, RotatorIdentity};
+    use serde::Deserialize as _;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("#### Whose identity signs in").nth(1).unwrap().split("\n### ").next().unwrap();
+    let mut seen = Vec::new();
+    for block in section.split("```yaml\n").skip(1).filter_map(|rest| rest.split("```").next()) {
+        for document in serde_yaml::Deserializer::from_str(block) {
+            let object = Value::deserialize(document).unwrap();
+            match object["kind"].as_str() {
+                Some("RotatorIdentity") => serde_json::from_value::<RotatorIdentity>(object.clone()).unwrap().validate_cel().unwrap(),
+                Some("ClusterRotatorIdentity") => serde_json::from_value::<ClusterRotatorIdentity>(object.clone()).unwrap().validate_cel().unwrap(),
+                _ => continue,
+            }
+            seen.push(object["metadata"]["name"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, ["customer-fabrikam", "customer-northwind", "entra"]);
+}
+
 /// The CronJob pass over every namespace, as the chart runs it with `watch.allNamespaces`.
 async fn pass(scenario: &Scenario) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
