@@ -8,7 +8,7 @@
 //! sent.
 
 use entra_rotator::operator::identity::{self, IdentityKind};
-use entra_rotator_standins::federation::{FederatedCredential, ServiceAccountIssuer};
+use entra_rotator_standins::federation::{FederatedCredential, ServiceAccountIssuer, TOKEN_EXCHANGE_AUDIENCE};
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
 use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAMESPACE};
 use serde_json::{json, Value};
@@ -94,16 +94,23 @@ fn the_readme_identities_are_admitted() {
 
 /// The CronJob pass over every namespace, as the chart runs it with `watch.allNamespaces`.
 async fn pass(scenario: &Scenario) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+    pass_with_token(scenario, None).await
+}
+
+/// The same, with the pod's projected service-account token at `token_file`.
+async fn pass_with_token(scenario: &Scenario, token_file: Option<&std::path::Path>) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
+    command
         .args(["run", "--all-namespaces", "--azure-config", scenario.config_path.to_str().unwrap()])
         .env("KUBECONFIG", scenario.kubeconfig_path())
         .env("POD_NAMESPACE", HOME)
         .env_remove("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS")
         .env_remove("AZURE_FEDERATED_TOKEN_FILE")
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .unwrap()
+        .env_remove("RUST_LOG");
+    if let Some(file) = token_file {
+        command.env("AZURE_FEDERATED_TOKEN_FILE", file);
+    }
+    command.output().await.unwrap()
 }
 
 fn text(output: &Output) -> String {
@@ -370,4 +377,44 @@ async fn a_configuration_file_rotation_signs_in_as_the_identity_it_names() {
     assert!(as_the_customer.status.success(), "{}", text(&as_the_customer));
     assert!(scenario.kubernetes.secret(SECRET_NAMESPACE, "dify-smtp").is_some(), "stored");
     assert!(!text(&as_the_customer).contains(&password.secret_text));
+}
+
+/// A managed-service provider's ClusterRotatorIdentity with workload identity: another
+/// Entra identity (e.g. in a customer's tenant) federated with the rotator's own
+/// ServiceAccount signs in with the pod's projected token, for the namespace it serves.
+#[tokio::test]
+async fn a_cluster_workload_identity_signs_in_with_the_rotators_own_token() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario.graph.require_ownership();
+    let issuer = ServiceAccountIssuer::new(&format!("https://oidc.cluster.example/{}/", scenario.tenant.tenant_id)).unwrap();
+    scenario.tenant.trust_issuer(issuer.issuer(), issuer.public_key());
+    let customer = team(&scenario, TEAM_A, HOME);
+    let federated = scenario.tenant.register_app("customer-a-federated");
+    scenario.tenant.add_federated_credential(federated.app_id, FederatedCredential::for_service_account(issuer.issuer(), HOME, "entra-rotator"));
+    scenario.graph.add_owner(customer.app_object_id, federated.app_id);
+    scenario
+        .kubernetes
+        .create_cluster_rotator_identity("customer-a", json!({
+            "conditions": [ { "namespaces": [TEAM_A] } ],
+            "workloadIdentity": { "tenantId": scenario.tenant.tenant_id, "clientId": federated.app_id },
+        }))
+        .unwrap();
+    let reference = json!({ "kind": "ClusterRotatorIdentity", "name": "customer-a" });
+    scenario.kubernetes.create_rotation(TEAM_A, NAME, rotation(&scenario, customer.app_id, reference)).unwrap();
+    let token_file = scenario.config_path.with_file_name("projected-token");
+    let now = chrono::Utc::now();
+    std::fs::write(&token_file, issuer.token(HOME, "entra-rotator", TOKEN_EXCHANGE_AUDIENCE, now, chrono::Duration::hours(1)).unwrap()).unwrap();
+
+    let without_token = pass(&scenario).await;
+
+    assert_eq!(without_token.status.code(), Some(1), "{}", text(&without_token));
+    let refused = ready(&scenario, TEAM_A);
+    assert_eq!(refused["reason"], "IdentityRefused", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("AZURE_FEDERATED_TOKEN_FILE is not set"), "{refused}");
+
+    let output = pass_with_token(&scenario, Some(&token_file)).await;
+
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(ready(&scenario, TEAM_A)["status"], "True");
+    assert!(scenario.kubernetes.secret(TEAM_A, SECRET).is_some());
 }
