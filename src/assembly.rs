@@ -29,18 +29,46 @@ fn assembly_error(context: &str, error: impl std::fmt::Display) -> AssemblyError
 /// The clients every rotation shares: Graph with the rotator's identity, the HTTP client
 /// with its trust settings, and the Kubernetes client when Secrets are written.
 pub struct Assembly {
-    directory: Arc<dyn Directory>,
-    /// The same client, for what only Graph answers (the sign-in log).
-    graph: Arc<GraphClient>,
-    credential: Arc<dyn TokenCredential>,
+    own: SignedIn,
     http: reqwest::Client,
     trust: TlsTrust,
     kube: Option<kube::Client>,
     observer: Option<Arc<dyn ApiObserver>>,
+    /// What every identity's clients are built with.
+    endpoints: Endpoints,
+    /// The clients of each other identity (a RotatorIdentity or ClusterRotatorIdentity), by
+    /// its name, with the version they were built from: rebuilt when it changes.
+    identities: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<SignedIn>)>>,
+}
+
+/// Graph and Key Vault clients signed in as one identity. Each identity has its own Key
+/// Vault clients: a vault's client holds the credential it was first built with.
+struct SignedIn {
+    directory: Arc<dyn Directory>,
+    /// The same client, for what only Graph answers (the sign-in log).
+    graph: Arc<GraphClient>,
+    credential: Arc<dyn TokenCredential>,
     /// One Key Vault client per vault, so each learns the vault's challenge only once; they
     /// request Key Vault's audience only, and skip the challenge's domain check only for the
     /// administrator's `azure.keyVault.privateHosts`.
     vaults: crate::adapters::keyvault::KeyVaultClients,
+}
+
+/// The Azure endpoints and limits of the configuration, for building clients later.
+struct Endpoints {
+    authority_host: url::Url,
+    graph_url: url::Url,
+    max_concurrent_graph_requests: usize,
+    private_vault_hosts: Vec<String>,
+}
+
+/// Another identity than the rotator's own, to sign in as for one rotation.
+pub struct SignInAs<'a> {
+    /// Names the identity in messages and keys the cache.
+    pub name: &'a str,
+    /// Changes when the identity (or its Secret) does.
+    pub version: &'a str,
+    pub credential: &'a RotatorCredential,
 }
 
 impl Assembly {
@@ -57,20 +85,27 @@ impl Assembly {
     ) -> Result<Self, AssemblyError> {
         let trust = load_trust(tls)?;
         let http = http_client(&trust, Duration::from_secs(30)).map_err(|e| assembly_error("tls", e))?;
-        let credential = rotator_credential(&resolve_credential(&azure.credential)?, Some(&azure.authority_host), http.clone())
-            .map_err(|e| assembly_error("azure.credential", e))?;
-        let mut graph = GraphClient::new(GraphConfig::new(azure.graph_url.clone()), credential.clone(), http.clone())
-            .map_err(|e| assembly_error("azure.graphUrl", e))?
-            .with_max_concurrent_requests(azure.max_concurrent_graph_requests);
-        if let Some(observer) = &observer {
-            graph = graph.with_observer(observer.clone());
+        let endpoints = Endpoints {
+            authority_host: azure.authority_host.clone(),
+            graph_url: azure.graph_url.clone(),
+            max_concurrent_graph_requests: azure.max_concurrent_graph_requests,
+            private_vault_hosts: azure.key_vault.private_hosts.clone(),
+        };
+        let own = sign_in(&endpoints, "azure.credential", &resolve_credential(&azure.credential)?, &http, observer.as_ref())?;
+        Ok(Self { own, http, trust, kube, observer, endpoints, identities: Default::default() })
+    }
+
+    /// The clients of `identity`, built once per version of it.
+    fn signed_in(&self, identity: &SignInAs<'_>) -> Result<Arc<SignedIn>, AssemblyError> {
+        let mut identities = self.identities.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, clients)) = identities.get(identity.name).filter(|(version, _)| version == identity.version) {
+            return Ok(clients.clone());
         }
-        let graph = Arc::new(graph);
-        let directory: Arc<dyn Directory> = graph.clone();
-        let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&azure.authority_host)
-            .with_private_hosts(azure.key_vault.private_hosts.iter().map(String::as_str));
-        let vaults = crate::adapters::keyvault::KeyVaultClients::new(vault_trust);
-        Ok(Self { directory, graph, credential, http, trust, kube, observer, vaults })
+        let clients = Arc::new(
+            sign_in(&self.endpoints, identity.name, identity.credential, &self.http, self.observer.as_ref())?,
+        );
+        identities.insert(identity.name.to_string(), (identity.version.to_string(), clients.clone()));
+        Ok(clients)
     }
 
     /// azure_core options for Key Vault: the shared HTTP client, and the observer per attempt.
@@ -92,22 +127,50 @@ impl Assembly {
         self.trust.clone()
     }
 
-    /// The Graph client shared by all rotations.
+    /// The Graph client of the rotator's own identity.
     pub fn directory(&self) -> Arc<dyn Directory> {
-        self.directory.clone()
+        self.own.directory.clone()
+    }
+
+    /// The same client, for what only Graph answers (listings, the sign-in log).
+    pub fn graph(&self) -> Arc<GraphClient> {
+        self.own.graph.clone()
     }
 
     /// The sign-in check of a rotation with `requireUnusedFor`, for the faces to put among
     /// its revocation gates.
     pub fn sign_in_gate(&self, config: &RotationConfig) -> Result<Option<Arc<SignInGate>>, AssemblyError> {
-        let Some(window) = config.require_unused_for else { return Ok(None) };
-        let app_id = Uuid::parse_str(&config.application.client_id).map_err(|e| assembly_error(&config.name, e))?;
-        Ok(Some(Arc::new(SignInGate::new(self.graph.clone(), app_id, window.chrono(), Arc::new(SystemClock)))))
+        self.sign_in_gate_as(config, None)
     }
 
-    /// Builds one rotation; `rollout` restarts its consumers (operator only).
+    /// Like [`Assembly::sign_in_gate`], reading the log as `identity` when given: the
+    /// identity that owns the application may read its sign-ins where the rotator may not.
+    pub fn sign_in_gate_as(&self, config: &RotationConfig, identity: Option<&SignInAs<'_>>) -> Result<Option<Arc<SignInGate>>, AssemblyError> {
+        let Some(window) = config.require_unused_for else { return Ok(None) };
+        let app_id = Uuid::parse_str(&config.application.client_id).map_err(|e| assembly_error(&config.name, e))?;
+        let graph = match identity {
+            Some(identity) => self.signed_in(identity)?.graph.clone(),
+            None => self.own.graph.clone(),
+        };
+        Ok(Some(Arc::new(SignInGate::new(graph, app_id, window.chrono(), Arc::new(SystemClock)))))
+    }
+
+    /// Builds one rotation signed in as the rotator's own identity; `rollout` restarts its
+    /// consumers (operator only).
     pub fn rotation(&self, config: &RotationConfig, rollout: Option<Arc<dyn Rollout>>) -> Result<Rotation, AssemblyError> {
-        let (directory, credential, trust) = (&self.directory, &self.credential, &self.trust);
+        self.rotation_as(config, rollout, None)
+    }
+
+    /// Like [`Assembly::rotation`], signed in as `identity` (Graph and Key Vault) when given.
+    pub fn rotation_as(
+        &self,
+        config: &RotationConfig,
+        rollout: Option<Arc<dyn Rollout>>,
+        identity: Option<SignInAs<'_>>,
+    ) -> Result<Rotation, AssemblyError> {
+        let other = identity.map(|identity| self.signed_in(&identity)).transpose()?;
+        let signed_in = other.as_deref().unwrap_or(&self.own);
+        let (directory, credential, trust) = (&signed_in.directory, &signed_in.credential, &self.trust);
         let kube_client = self.kube.as_ref();
     // The configuration was validated, so these parse.
     let guid = |text: &str| Uuid::parse_str(text).map_err(|e| assembly_error(&config.name, e));
@@ -129,7 +192,8 @@ impl Assembly {
                     vault.secret_name.clone(),
                 );
                 Arc::new(
-                    self.vaults
+                    signed_in
+                        .vaults
                         .store(settings, credential.clone(), || self.key_vault_options())
                         .map_err(|e| assembly_error(&config.name, e))?,
                 )
@@ -217,6 +281,28 @@ impl Assembly {
     }
 }
 
+/// Graph and Key Vault clients signed in as `credential`.
+/// `context` names where the credential is configured, for its errors.
+fn sign_in(
+    endpoints: &Endpoints,
+    context: &str,
+    credential: &RotatorCredential,
+    http: &reqwest::Client,
+    observer: Option<&Arc<dyn ApiObserver>>,
+) -> Result<SignedIn, AssemblyError> {
+    let credential = rotator_credential(credential, Some(&endpoints.authority_host), http.clone()).map_err(|e| assembly_error(context, e))?;
+    let mut graph = GraphClient::new(GraphConfig::new(endpoints.graph_url.clone()), credential.clone(), http.clone())
+        .map_err(|e| assembly_error("azure.graphUrl", e))?
+        .with_max_concurrent_requests(endpoints.max_concurrent_graph_requests);
+    if let Some(observer) = observer {
+        graph = graph.with_observer(observer.clone());
+    }
+    let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&endpoints.authority_host)
+        .with_private_hosts(endpoints.private_vault_hosts.iter().map(String::as_str));
+    let graph = Arc::new(graph);
+    Ok(SignedIn { directory: graph.clone(), graph, credential, vaults: crate::adapters::keyvault::KeyVaultClients::new(vault_trust) })
+}
+
 /// Renders a template with the variables known before any secret exists.
 fn render_for_app(template: &crate::template::Template, app: &AppRef) -> String {
     let (tenant, client) = (app.tenant_id.to_string(), app.client_id.to_string());
@@ -242,10 +328,16 @@ pub(crate) fn load_trust(tls: &TlsSettings) -> Result<TlsTrust, AssemblyError> {
 /// Fills the rotator's credential from the file and the standard Azure environment
 /// variables, and reads a client secret from its variable or file.
 pub(crate) fn resolve_credential(config: &CredentialConfig) -> Result<RotatorCredential, AssemblyError> {
+    resolve_credential_at(config, "azure.credential")
+}
+
+/// Like [`resolve_credential`] for the credential configured at `at` (e.g.
+/// `identities[0] (customer-a).credential`), which messages name.
+pub(crate) fn resolve_credential_at(config: &CredentialConfig, at: &str) -> Result<RotatorCredential, AssemblyError> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let required = |value: Option<String>, variable: &str, field: &str| {
         value.or_else(|| env(variable)).ok_or_else(|| {
-            AssemblyError(format!("azure.credential.{field} is not set and neither is {variable}; the azure.workload.identity/use: \"true\" pod label sets it on Kubernetes"))
+            AssemblyError(format!("{at}.{field} is not set and neither is {variable}; the azure.workload.identity/use: \"true\" pod label sets it on Kubernetes"))
         })
     };
     Ok(match config {
@@ -266,15 +358,15 @@ pub(crate) fn resolve_credential(config: &CredentialConfig) -> Result<RotatorCre
         CredentialConfig::ClientSecret { tenant_id, client_id, secret_env, secret_file } => {
             let secret = match (secret_env, secret_file) {
                 (Some(variable), None) => env(variable).ok_or_else(|| {
-                    AssemblyError(format!("azure.credential.secretEnv: environment variable {variable} is not set or empty"))
+                    AssemblyError(format!("{at}.secretEnv: environment variable {variable} is not set or empty"))
                 })?,
                 (None, Some(path)) => std::fs::read_to_string(path)
                     .map(|s| s.trim_end().to_string())
-                    .map_err(|e| assembly_error(&format!("azure.credential.secretFile: cannot read {}", path.display()), e))?,
+                    .map_err(|e| assembly_error(&format!("{at}.secretFile: cannot read {}", path.display()), e))?,
                 _ => {
-                    return Err(AssemblyError(
-                        "azure.credential: a clientSecret credential needs exactly one of secretEnv or secretFile (never the secret itself)".into(),
-                    ));
+                    return Err(AssemblyError(format!(
+                        "{at}: a clientSecret credential needs exactly one of secretEnv or secretFile (never the secret itself)"
+                    )));
                 }
             };
             RotatorCredential::ClientSecret {
@@ -332,5 +424,39 @@ fn mail_quota(smtp: &crate::config::SmtpConfig) -> Option<crate::adapters::smtp:
         Some(MailQuotaConfig::Named(NamedMailQuota::CustomDomain)) => Some(MailQuota::CUSTOM_DOMAIN),
         Some(MailQuotaConfig::Figures { per_minute, per_hour }) => Some(MailQuota { per_minute, per_hour }),
         None => crate::adapters::smtp::quota::default_quota(&smtp.host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AzureSettings, CredentialConfig, TlsSettings};
+
+    fn assembly() -> Assembly {
+        let azure = AzureSettings { credential: CredentialConfig::ManagedIdentity { client_id: None }, ..AzureSettings::default() };
+        Assembly::new(&azure, &TlsSettings { extra_root_certificates: Vec::new() }, None).unwrap()
+    }
+
+    /// An identity's clients are built once and rebuilt when the identity or its Secret
+    /// changes (a new resourceVersion), so a rotated identity secret takes effect.
+    #[tokio::test]
+    async fn an_identitys_clients_are_reused_until_its_version_changes() {
+        let assembly = assembly();
+        let credential = RotatorCredential::ClientSecret {
+            tenant_id: "11111111-1111-1111-1111-111111111111".into(),
+            client_id: "22222222-2222-2222-2222-222222222222".into(),
+            secret: SecretString::from("first".to_string()),
+        };
+        let as_version = |version| SignInAs { name: "RotatorIdentity team-a/entra", version, credential: &credential };
+
+        let first = assembly.signed_in(&as_version("7/3")).unwrap();
+        let again = assembly.signed_in(&as_version("7/3")).unwrap();
+        let changed = assembly.signed_in(&as_version("7/4")).unwrap();
+        let after = assembly.signed_in(&as_version("7/4")).unwrap();
+
+        assert!(Arc::ptr_eq(&first, &again), "the same version reuses the clients");
+        assert!(!Arc::ptr_eq(&first, &changed), "a new version rebuilds them");
+        assert!(Arc::ptr_eq(&changed, &after));
+        assert!(!Arc::ptr_eq(&first.directory, &assembly.own.directory), "and never shares the rotator's own");
     }
 }

@@ -461,9 +461,10 @@ fn rbac_grants_only_what_the_rotator_uses() {
             rules(policy_readers[0]).iter().map(|r| (strings(&r["apiGroups"]), strings(&r["resources"]), strings(&r["verbs"]))).collect::<Vec<_>>(),
             [
                 (vec!["entra-rotator.io".to_string()], vec!["rotationpolicies".to_string()], vec!["get".to_string(), "list".to_string()]),
+                (vec!["entra-rotator.io".to_string()], vec!["clusterrotatoridentities".to_string()], vec!["get".to_string()]),
                 (vec![String::new()], vec!["namespaces".to_string()], vec!["get".to_string()]),
             ],
-            "{}: the policy reader reads RotationPolicies and namespace labels, nothing else",
+            "{}: the policy reader reads RotationPolicies, ClusterRotatorIdentities and namespace labels, nothing else",
             s.name
         );
         let policy_binding: Vec<&Value> = rendered.kind("ClusterRoleBinding").into_iter().filter(is_policy_reader).collect();
@@ -543,6 +544,10 @@ fn rbac_grants_only_what_the_rotator_uses() {
             s.name
         );
         assert_eq!(verbs_on(&roles, "", "secrets"), secrets, "{}", s.name);
+        // A rotation's identityRef: the RotatorIdentity, and a token of its ServiceAccount.
+        assert_eq!(verbs_on(&roles, "entra-rotator.io", "rotatoridentities"), verbs(&["get"]), "{}", s.name);
+        assert_eq!(verbs_on(&roles, "", "serviceaccounts/token"), verbs(&["create"]), "{}", s.name);
+        assert_eq!(verbs_on(&roles, "", "serviceaccounts"), BTreeSet::new(), "{}: no access to ServiceAccounts themselves", s.name);
         assert_eq!(
             verbs_on(&roles, "events.k8s.io", "events"),
             verbs(&["create", "patch"]),
@@ -1097,8 +1102,13 @@ fn the_charts_crds_are_the_committed_ones() {
         Scenario::new("controller, defaults", Mode::Controller),
     );
     let crds = rendered.kind("CustomResourceDefinition");
-    assert_eq!(crds.len(), 2, "ClientSecretRotation and RotationPolicy");
-    for file in ["clientsecretrotations.entra-rotator.io.yaml", "rotationpolicies.entra-rotator.io.yaml"] {
+    assert_eq!(crds.len(), 4, "ClientSecretRotation, RotationPolicy, RotatorIdentity and ClusterRotatorIdentity");
+    for file in [
+        "clientsecretrotations.entra-rotator.io.yaml",
+        "rotationpolicies.entra-rotator.io.yaml",
+        "rotatoridentities.entra-rotator.io.yaml",
+        "clusterrotatoridentities.entra-rotator.io.yaml",
+    ] {
         let committed_text = std::fs::read_to_string(Path::new(ROOT).join("crds").join(file)).unwrap();
         let committed: Value = serde_yaml::from_str(
             committed_text

@@ -670,7 +670,13 @@ async fn helm_installs_lists_and_uninstalls_the_chart() {
     let crds = cluster.kubectl(&["get", "crd", "-o", "name"]).await.ok();
     assert_eq!(
         crds.trim(),
-        "customresourcedefinition.apiextensions.k8s.io/clientsecretrotations.entra-rotator.io\ncustomresourcedefinition.apiextensions.k8s.io/rotationpolicies.entra-rotator.io"
+        [
+            "customresourcedefinition.apiextensions.k8s.io/clientsecretrotations.entra-rotator.io",
+            "customresourcedefinition.apiextensions.k8s.io/clusterrotatoridentities.entra-rotator.io",
+            "customresourcedefinition.apiextensions.k8s.io/rotationpolicies.entra-rotator.io",
+            "customresourcedefinition.apiextensions.k8s.io/rotatoridentities.entra-rotator.io",
+        ]
+        .join("\n")
     );
     let cluster_scoped = "validatingadmissionpolicies,validatingadmissionpolicybindings,clusterroles,clusterrolebindings";
     let admission = cluster.kubectl(&["get", cluster_scoped, "-o", "name"]).await.ok();

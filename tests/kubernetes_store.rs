@@ -74,6 +74,18 @@ impl Fixture {
     fn store(&self) -> KubernetesSecretStore {
         self.store_with(dify_keys())
     }
+
+    /// Merge-patches the Secret's metadata as its manager (`helm`) would.
+    async fn patch_metadata(&self, metadata: serde_json::Value) {
+        let api: Api<Secret> = Api::namespaced(self.client(true), NAMESPACE);
+        let params = PatchParams { field_manager: Some("helm".into()), ..Default::default() };
+        api.patch(NAME, &params, &Patch::Merge(&serde_json::json!({ "metadata": metadata }))).await.unwrap();
+    }
+
+    /// Hands the Secret over to the rotator, as whoever manages it would.
+    async fn adopt(&self) {
+        self.patch_metadata(serde_json::json!({ "annotations": { "entra-rotator.io/adopt": "true" } })).await;
+    }
 }
 
 fn to_store<'a>(app: &'a AppRef, key_id: Uuid, value: &'a SecretString) -> SecretToStore<'a> {
@@ -150,6 +162,7 @@ async fn reading_a_missing_secret_or_key_is_none() {
 
     f.cluster
         .put_secret_as(NAMESPACE, NAME, "helm", &[("SECRET_KEY", "app-key")]);
+    f.adopt().await;
     assert!(store.read().await.unwrap().is_none());
 }
 
@@ -162,6 +175,7 @@ async fn keys_owned_by_another_manager_survive_our_apply() {
         "helm",
         &[("SECRET_KEY", "app-key"), ("DB_PASSWORD", "db")],
     );
+    f.adopt().await;
     let value = SecretString::from("v1");
 
     f.store()
@@ -181,6 +195,7 @@ async fn a_key_removed_from_our_templates_disappears_on_the_next_apply() {
     let f = fixture().await;
     f.cluster
         .put_secret_as(NAMESPACE, NAME, "helm", &[("SECRET_KEY", "app-key")]);
+    f.adopt().await;
     let value = SecretString::from("v1");
     f.store()
         .write(&to_store(&f.app, Uuid::new_v4(), &value))
@@ -203,6 +218,8 @@ async fn a_key_removed_from_our_templates_disappears_on_the_next_apply() {
 #[tokio::test]
 async fn a_hand_edited_password_is_taken_back() {
     let f = fixture().await;
+    let first = SecretString::from("first");
+    f.store().write(&to_store(&f.app, Uuid::new_v4(), &first)).await.unwrap();
     f.cluster.put_secret_as(
         NAMESPACE,
         NAME,
@@ -239,8 +256,12 @@ async fn a_helm_managed_by_label_is_left_alone() {
     f.cluster
         .put_secret_as(NAMESPACE, NAME, "helm", &[("SECRET_KEY", "app-key")]);
     let api: Api<Secret> = Api::namespaced(f.client(true), NAMESPACE);
-    let label =
-        serde_json::json!({ "metadata": { "labels": { "app.kubernetes.io/managed-by": "Helm" } } });
+    let label = serde_json::json!({
+        "metadata": {
+            "labels": { "app.kubernetes.io/managed-by": "Helm" },
+            "annotations": { "entra-rotator.io/adopt": "true" },
+        }
+    });
     api.patch(
         NAME,
         &PatchParams {
@@ -465,4 +486,81 @@ async fn another_manager_cannot_apply_over_our_keys_without_force() {
         f.cluster.secret(NAMESPACE, NAME).unwrap().data["SMTP_PASSWORD"],
         "ours"
     );
+}
+
+/// What a user checks after pointing a rotation at a Secret someone else made: the
+/// rotator refuses it before reading a value (so before the engine mints), says whose it
+/// is and what to do, and leaves every key as it was.
+#[tokio::test]
+async fn a_secret_made_by_someone_else_is_not_taken_over() {
+    for helm in [false, true] {
+        let f = fixture().await;
+        f.cluster.put_secret_as(NAMESPACE, NAME, "kubectl-create", &[("SMTP_PASSWORD", "someone-elses")]);
+        if helm {
+            f.patch_metadata(serde_json::json!({ "labels": { "app.kubernetes.io/managed-by": "Helm" } })).await;
+        }
+        let store = f.store();
+        let value = SecretString::from("rotated");
+
+        let read = store.read().await.unwrap_err();
+        let write = store.write(&to_store(&f.app, Uuid::new_v4(), &value)).await.unwrap_err();
+
+        for error in [&read, &write] {
+            assert_eq!(error.kind, StoreErrorKind::Claimed, "{error}");
+            let message = error.to_string();
+            assert!(message.starts_with("Kubernetes Secret dify/dify-smtp: not written: "), "{message}");
+            let whose = if helm { "managed by Helm" } else { "made by someone else" };
+            assert!(message.contains(whose), "{message}");
+            assert!(message.contains("entra-rotator.io/adopt: \"true\""), "{message}");
+            assert!(!message.contains("someone-elses"), "no value in the message: {message}");
+        }
+        let stored = f.cluster.secret(NAMESPACE, NAME).unwrap();
+        assert_eq!(stored.data.len(), 1, "{stored:?}");
+        assert_eq!(stored.data["SMTP_PASSWORD"], "someone-elses");
+        assert!(!stored.annotations.contains_key("entra-rotator.io/key-id"));
+    }
+}
+
+/// An empty Secret (a placeholder, e.g. made by a chart) is filled without adoption.
+#[tokio::test]
+async fn an_empty_secret_is_filled() {
+    let f = fixture().await;
+    let api: Api<Secret> = Api::namespaced(f.client(true), NAMESPACE);
+    let placeholder: Secret = serde_json::from_value(serde_json::json!({ "metadata": { "name": NAME } })).unwrap();
+    api.create(&Default::default(), &placeholder).await.unwrap();
+    let value = SecretString::from("v1");
+
+    f.store().write(&to_store(&f.app, Uuid::new_v4(), &value)).await.unwrap();
+
+    assert_eq!(f.cluster.secret(NAMESPACE, NAME).unwrap().data["SMTP_PASSWORD"], "v1");
+}
+
+/// A Secret another controller owns (an ExternalSecret's, a SealedSecret's) is refused even
+/// when annotated for adoption: that controller would overwrite the rotated value.
+#[tokio::test]
+async fn a_secret_another_controller_owns_is_refused_even_when_adopted() {
+    let f = fixture().await;
+    let api: Api<Secret> = Api::namespaced(f.client(true), NAMESPACE);
+    let owned: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": NAME,
+            "annotations": { "entra-rotator.io/adopt": "true" },
+            "ownerReferences": [ {
+                "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "name": "smtp",
+                "uid": "5f0c1d7e-2b7a-4c4e-9d2f-3a1b2c3d4e5f", "controller": true, "blockOwnerDeletion": true,
+            } ],
+        },
+        "stringData": { "SMTP_PASSWORD": "from-the-vault" },
+    }))
+    .unwrap();
+    api.create(&Default::default(), &owned).await.unwrap();
+    let value = SecretString::from("rotated");
+
+    let error = f.store().write(&to_store(&f.app, Uuid::new_v4(), &value)).await.unwrap_err();
+
+    assert_eq!(error.kind, StoreErrorKind::Claimed);
+    let message = error.to_string();
+    assert!(message.contains("controlled by ExternalSecret smtp"), "{message}");
+    assert!(message.contains("name a Secret of its own"), "{message}");
+    assert_eq!(f.cluster.secret(NAMESPACE, NAME).unwrap().data["SMTP_PASSWORD"], "from-the-vault");
 }

@@ -273,6 +273,54 @@ async fn a_secret_another_rotation_owns_is_not_taken_over() {
     assert!(scenario.tenant.app(own_app.object_id).unwrap().passwords.is_empty());
 }
 
+/// A Secret target that exists and was made by someone else (here by a Helm release, with
+/// a key of its own) is not taken over: ClaimedByAnother saying whose it is and how to hand
+/// it over, before anything is minted or sent, the Secret as it was. Once whoever manages
+/// the Secret annotates it `entra-rotator.io/adopt: "true"`, the rotation writes into it
+/// and keeps the other key.
+#[tokio::test]
+async fn a_secret_made_by_someone_else_is_not_taken_over_unless_handed_over() {
+    let scenario = Scenario::start().await.unwrap();
+    scenario
+        .kubernetes
+        .create_rotation_policy("home-relay", json!({
+            "conditions": [ { "namespaces": [HOME] } ],
+            "verificationHosts": [ { "host": "localhost", "ports": [scenario.relay.port()] } ],
+        }))
+        .unwrap();
+    scenario.kubernetes.put_secret_as(HOME, SECRET_NAME, "helm", &[("SMTP_PASSWORD", "helms-value"), ("DB_URL", "postgres://db")]);
+    scenario.kubernetes.put_secret_metadata_as(HOME, SECRET_NAME, "helm", &[("app.kubernetes.io/managed-by", "Helm")], &[]);
+    let before = scenario.kubernetes.secret(HOME, SECRET_NAME).unwrap();
+    scenario.kubernetes.create_rotation(HOME, NAME, spec(&scenario, &own(&scenario))).unwrap();
+
+    let output = pass(&scenario).await;
+
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let ready = ready(&scenario, HOME);
+    assert_eq!(ready["reason"], "ClaimedByAnother", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(message.contains("Kubernetes Secret dify/dify-smtp: not written: it is managed by Helm"), "{ready}");
+    assert!(message.contains("entra-rotator.io/adopt: \"true\""), "{ready}");
+    assert!(!message.contains("helms-value"), "{ready}");
+    let warned = scenario.kubernetes.events(HOME).iter().any(|e| e.reason == "ClaimedByAnother" && e.type_ == "Warning");
+    assert!(warned, "a Warning Event: {:?}", scenario.kubernetes.events(HOME));
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 0, "nothing minted");
+    assert_eq!(scenario.relay.sessions(), 0, "nothing sent");
+    assert!(scenario.vault.versions(VAULT_SECRET).is_empty(), "nothing stored in the vault");
+    let after = scenario.kubernetes.secret(HOME, SECRET_NAME).unwrap();
+    assert_eq!((after.data, after.annotations, after.labels), (before.data, before.annotations, before.labels), "the Secret is as it was");
+
+    scenario.kubernetes.put_secret_metadata_as(HOME, SECRET_NAME, "helm", &[], &[("entra-rotator.io/adopt", "true")]);
+    let adopted = pass(&scenario).await;
+
+    assert!(adopted.status.success(), "handed over, it rotates: {}", text(&adopted));
+    let filled = scenario.kubernetes.secret(HOME, SECRET_NAME).unwrap();
+    assert_ne!(filled.data["SMTP_PASSWORD"], "helms-value");
+    assert_eq!(filled.data["DB_URL"], "postgres://db", "Helm's other key is kept");
+    assert_eq!(filled.labels["app.kubernetes.io/managed-by"], "Helm", "and so is its label");
+    assert_eq!(filled.annotations["entra-rotator.io/rotation"], "dify/mail");
+}
+
 /// The controller (all namespaces, as with `watch.allNamespaces`) refuses the same way:
 /// the check sits in the reconcile both modes share.
 #[tokio::test]

@@ -62,6 +62,80 @@ pub enum RotatorCredential {
     },
     /// Whoever is logged in with `az login` (for people running the CLI by hand).
     AzureCli { tenant_id: Option<String> },
+    /// Workload identity through a ServiceAccount the rotator does not run as: its token,
+    /// requested from the Kubernetes TokenRequest API, is presented as the client assertion
+    /// (a team's RotatorIdentity; cert-manager's `serviceAccountRef`).
+    ServiceAccountToken {
+        tenant_id: String,
+        client_id: String,
+        token: Box<ServiceAccountToken>,
+    },
+}
+
+/// Asks the Kubernetes TokenRequest API for a ServiceAccount's token with Entra's token
+/// exchange audience, each time azure_identity needs an assertion (it caches the Entra
+/// token, so about once an hour).
+#[derive(Clone)]
+pub struct ServiceAccountToken {
+    accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount>,
+    namespace: String,
+    name: String,
+}
+
+/// The audience Entra's workload identity federation expects.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Asked for the token; the API server's minimum is 10 minutes.
+const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 3600;
+
+impl ServiceAccountToken {
+    pub fn new(accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount>, namespace: &str, name: &str) -> Self {
+        Self { accounts, namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl std::fmt::Debug for ServiceAccountToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountToken").field("namespace", &self.namespace).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl azure_identity::ClientAssertion for ServiceAccountToken {
+    async fn secret(&self, _: Option<azure_core::http::ClientMethodOptions<'_>>) -> azure_core::Result<String> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_string()],
+                expiration_seconds: Some(SERVICE_ACCOUNT_TOKEN_SECONDS),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let answer = self.accounts.create_token_request(&self.name, &Default::default(), &request).await.map_err(|error| {
+            let (namespace, name) = (&self.namespace, &self.name);
+            let (said, advice) = match &error {
+                kube::Error::Api(status) if status.code == 404 => (
+                    format!("{} {}: {}", status.code, status.reason, status.message),
+                    format!("name a ServiceAccount of namespace {namespace} in the identity's serviceAccountRef"),
+                ),
+                kube::Error::Api(status) => (
+                    format!("{} {}: {}", status.code, status.reason, status.message),
+                    format!("the rotator needs create on serviceaccounts/token in namespace {namespace}"),
+                ),
+                other => (other.to_string(), "check that the Kubernetes API is reachable; will try again".to_string()),
+            };
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!("cannot get a token for ServiceAccount {namespace}/{name} from the Kubernetes TokenRequest API ({said}): {advice}"),
+            )
+        })?;
+        answer.status.map(|status| status.token).filter(|token| !token.is_empty()).ok_or_else(|| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!("the Kubernetes TokenRequest API answered without a token for ServiceAccount {}/{}", self.namespace, self.name),
+            )
+        })
+    }
 }
 
 impl RotatorCredential {
@@ -72,6 +146,7 @@ impl RotatorCredential {
             Self::ManagedIdentity { .. } => "managed identity",
             Self::ClientSecret { .. } => "client secret",
             Self::AzureCli { .. } => "Azure CLI",
+            Self::ServiceAccountToken { .. } => "workload identity (TokenRequest)",
         }
     }
 }
@@ -136,6 +211,13 @@ pub fn rotator_credential(
             Some(ClientSecretCredentialOptions { client_options }),
         )
         .map_err(|e| fail(&e))?,
+        RotatorCredential::ServiceAccountToken { tenant_id, client_id, token } => azure_identity::ClientAssertionCredential::new(
+            tenant_id.clone(),
+            client_id.clone(),
+            (**token).clone(),
+            Some(ClientAssertionCredentialOptions { client_options }),
+        )
+        .map_err(|e| fail(&e))?,
         RotatorCredential::AzureCli { tenant_id } => {
             AzureCliCredential::new(Some(AzureCliCredentialOptions {
                 tenant_id: tenant_id.clone(),
@@ -170,6 +252,9 @@ fn advice(credential: &RotatorCredential) -> &'static str {
         }
         RotatorCredential::AzureCli { .. } => {
             "Check the tenant id, install the Azure CLI and run `az login`"
+        }
+        RotatorCredential::ServiceAccountToken { .. } => {
+            "Check the identity's tenantId and clientId (GUIDs) and its serviceAccountRef"
         }
     }
 }

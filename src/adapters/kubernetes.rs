@@ -13,6 +13,17 @@
 //! it. So each write first reads the Secret and applies our label only when the Secret has
 //! none or already has ours.
 //!
+//! A Secret someone else made is not taken over (the confused deputy of issue 12: the
+//! rotator may write every Secret of a namespace, a rotation author perhaps none). An
+//! existing Secret is written only when it is ours (our annotations or label), empty, or
+//! handed over by whoever controls it with the annotation `entra-rotator.io/adopt: "true"`
+//! (for a Secret a Helm chart creates for the rotator to fill). A Secret another
+//! controller owns (an ownerReference with `controller: true`: an ExternalSecret, a
+//! SealedSecret, …) is never written, adopted or not: that controller would overwrite
+//! the rotated value. The consent is on the Secret and not in the rotation, as
+//! cert-manager and external-secrets refuse a Secret another Certificate or ExternalSecret
+//! owns: only who may edit the Secret may hand it over.
+//!
 //! Reads take the value from the one key whose template is exactly `{{secret}}` and the
 //! credential's keyId from the `entra-rotator.io/key-id` annotation.
 
@@ -37,6 +48,8 @@ pub const ANNOTATION_KEY_ID: &str = "entra-rotator.io/key-id";
 /// The rotation that owns the Secret (`namespace/name` for a ClientSecretRotation).
 pub const ANNOTATION_ROTATION: &str = "entra-rotator.io/rotation";
 pub const ANNOTATION_EXPIRES_AT: &str = "entra-rotator.io/expires-at";
+/// Set to `"true"` on an existing Secret by whoever controls it, to let the rotator write into it.
+pub const ANNOTATION_ADOPT: &str = "entra-rotator.io/adopt";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "entra-rotator";
 
@@ -334,6 +347,13 @@ impl KubernetesSecretStore {
         }
     }
 
+    fn refuse_unless_ours(&self, existing: &Secret) -> Result<(), StoreError> {
+        match not_ours(existing) {
+            Some(why) => Err(self.error(StoreErrorKind::Claimed, format!("not written: {why}"))),
+            None => Ok(()),
+        }
+    }
+
     fn map_error(&self, verb: &str, err: kube::Error) -> StoreError {
         let (namespace, name) = (&self.settings.namespace, &self.settings.name);
         match err {
@@ -384,6 +404,38 @@ impl KubernetesSecretStore {
     }
 }
 
+/// Why an existing Secret is not ours to write, or `None` when it is: ours (any rotation's
+/// annotations or our label; which rotation is the engine's check), empty, or adopted.
+/// Messages name only metadata, never a value.
+fn not_ours(secret: &Secret) -> Option<String> {
+    let meta = &secret.metadata;
+    if let Some(owner) = meta.owner_references.iter().flatten().find(|owner| owner.controller == Some(true)) {
+        return Some(format!(
+            "it is controlled by {} {} (its ownerReference), which would overwrite whatever the rotator writes; \
+             name a Secret of its own in targets[].secret.name (the rotator creates it), and let {} keep this one",
+            owner.kind, owner.name, owner.kind
+        ));
+    }
+    let annotations = meta.annotations.as_ref();
+    let annotated = |name: &str| annotations.is_some_and(|a| a.contains_key(name));
+    let labelled_ours = meta.labels.as_ref().and_then(|l| l.get(LABEL_MANAGED_BY)).is_some_and(|v| v == MANAGED_BY);
+    let ours = labelled_ours || [ANNOTATION_ROTATION, ANNOTATION_APP_ID, ANNOTATION_KEY_ID].iter().any(|name| annotated(name));
+    let empty = secret.data.as_ref().is_none_or(BTreeMap::is_empty) && secret.string_data.as_ref().is_none_or(BTreeMap::is_empty);
+    let adopted = annotations.and_then(|a| a.get(ANNOTATION_ADOPT)).is_some_and(|v| v == "true");
+    if ours || empty || adopted {
+        return None;
+    }
+    let maker = match meta.labels.as_ref().and_then(|l| l.get(LABEL_MANAGED_BY)) {
+        Some(tool) => format!("it is managed by {tool} (label {LABEL_MANAGED_BY})"),
+        None => "it was made by someone else (no entra-rotator annotations)".to_string(),
+    };
+    Some(format!(
+        "{maker} and already holds keys, so the rotator does not take it over. If this Secret is meant for the rotator \
+         (e.g. a Helm chart creates it for the rotator to fill), whoever manages it annotates it \
+         {ANNOTATION_ADOPT}: \"true\"; otherwise name a Secret of its own in targets[].secret.name"
+    ))
+}
+
 /// Whether another party's `managed-by` label is on the Secret (then we leave it alone).
 fn foreign_managed_by(existing: Option<&Secret>) -> bool {
     existing
@@ -414,6 +466,7 @@ impl SecretStore for KubernetesSecretStore {
         else {
             return Ok(None);
         };
+        self.refuse_unless_ours(&secret)?;
         let annotation = |name: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(name)).cloned();
         let rotation = annotation(ANNOTATION_ROTATION);
         let app_id = annotation(ANNOTATION_APP_ID).and_then(|raw| Uuid::parse_str(&raw).ok());
@@ -453,6 +506,10 @@ impl SecretStore for KubernetesSecretStore {
             .get_opt(&self.settings.name)
             .await
             .map_err(|e| self.map_error("read", e))?;
+        // Made by someone else since the engine read it: still not ours.
+        if let Some(existing) = &existing {
+            self.refuse_unless_ours(existing)?;
+        }
         let with_label = !foreign_managed_by(existing.as_ref());
         let mut rendered = self.render(secret);
         let desired = self.desired(secret, std::mem::take(&mut rendered.0), with_label);

@@ -119,9 +119,10 @@ enum Command {
     /// Print a CustomResourceDefinition (YAML), generated from the Rust types; `crds/`
     /// holds the same text.
     Crd {
-        /// ClientSecretRotation (namespaced, what to rotate) or RotationPolicy
-        /// (cluster-scoped, who may rotate what).
-        #[arg(long, default_value = "ClientSecretRotation", value_parser = ["ClientSecretRotation", "RotationPolicy"])]
+        /// ClientSecretRotation (namespaced, what to rotate), RotationPolicy
+        /// (cluster-scoped, who may rotate what), RotatorIdentity or ClusterRotatorIdentity
+        /// (how to sign in to Entra, for one namespace or the namespaces an administrator chooses).
+        #[arg(long, default_value = "ClientSecretRotation", value_parser = ["ClientSecretRotation", "RotationPolicy", "RotatorIdentity", "ClusterRotatorIdentity"])]
         kind: String,
     },
     /// List every app registration's password and certificate credentials with expiry and
@@ -196,6 +197,10 @@ pub fn main() -> ExitCode {
             Command::Crd { kind } => {
                 match kind.as_str() {
                     "RotationPolicy" => print!("{}", crate::operator::authorization::crd_yaml()),
+                    "RotatorIdentity" => print!("{}", crate::operator::identity::crd_yaml(crate::operator::identity::IdentityKind::RotatorIdentity)),
+                    "ClusterRotatorIdentity" => {
+                        print!("{}", crate::operator::identity::crd_yaml(crate::operator::identity::IdentityKind::ClusterRotatorIdentity))
+                    }
                     _ => print!("{}", crate::operator::crd::crd_yaml()),
                 }
                 ExitCode::SUCCESS

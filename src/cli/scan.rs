@@ -294,7 +294,8 @@ fn settings_from_flags(args: &ScanArgs) -> Result<ConnectionSettings, String> {
 fn own_client_id(identity: &RotatorCredential) -> Result<Uuid, String> {
     let client_id = match identity {
         RotatorCredential::WorkloadIdentity { client_id, .. }
-        | RotatorCredential::ClientSecret { client_id, .. } => Some(client_id.as_str()),
+        | RotatorCredential::ClientSecret { client_id, .. }
+        | RotatorCredential::ServiceAccountToken { client_id, .. } => Some(client_id.as_str()),
         RotatorCredential::ManagedIdentity { client_id } => client_id.as_deref(),
         RotatorCredential::AzureCli { .. } => None,
     };

@@ -3,7 +3,7 @@
 
 use crate::report::{error_line, outcome_line};
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
-use crate::assembly::{kube_client, Assembly, AssemblyError};
+use crate::assembly::{kube_client, resolve_credential_at, Assembly, AssemblyError, SignInAs};
 use crate::config::{Config, TargetConfig};
 use crate::engine::events::LogSink;
 use crate::engine::ports::{RevocationGate, SystemClock};
@@ -77,13 +77,30 @@ pub async fn wire(config: &Config) -> Result<Vec<Rotation>, AssemblyError> {
         .any(|t| matches!(t, TargetConfig::KubernetesSecret(_)));
     let kube = if needs_kubernetes { Some(kube_client(&config.kubernetes).await?) } else { None };
     let assembly = Assembly::new(&config.azure, &config.tls, kube)?;
+    let identities = config
+        .identities
+        .iter()
+        .enumerate()
+        .map(|(index, identity)| {
+            let at = format!("identities[{index}] ({}).credential", identity.name);
+            Ok((identity.name.as_str(), (resolve_credential_at(&identity.credential, &at)?, at)))
+        })
+        .collect::<Result<std::collections::HashMap<_, _>, AssemblyError>>()?;
     config
         .rotations
         .iter()
-        .map(|config| {
-            let mut rotation = assembly.rotation(config, None)?;
-            rotation.revocation_gate = assembly.sign_in_gate(config)?.map(|gate| gate as Arc<dyn RevocationGate>);
-            Ok(rotation)
+        .map(|rotation| {
+            // The configuration was validated: every identity: names an entry.
+            let sign_in_as = || {
+                rotation.identity.as_deref().and_then(|name| identities.get(name)).map(|(credential, at)| SignInAs {
+                    name: at,
+                    version: "",
+                    credential,
+                })
+            };
+            let mut built = assembly.rotation_as(rotation, None, sign_in_as())?;
+            built.revocation_gate = assembly.sign_in_gate_as(rotation, sign_in_as().as_ref())?.map(|gate| gate as Arc<dyn RevocationGate>);
+            Ok(built)
         })
         .collect()
 }

@@ -29,9 +29,21 @@ pub struct Config {
     pub tls: TlsSettings,
     #[serde(default)]
     pub kubernetes: KubernetesSettings,
+    /// Further identities a rotation may sign in as (its `identity:`), e.g. one per
+    /// customer tenant; without `identity:` a rotation signs in as `azure.credential`.
+    #[serde(default)]
+    pub identities: Vec<IdentityConfig>,
     // Stores and verification are written `- keyVault: {...}`, not as YAML tags.
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub rotations: Vec<RotationConfig>,
+}
+
+/// A named way to sign in to Entra, written like `azure.credential`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub name: String,
+    pub credential: CredentialConfig,
 }
 
 /// Which cloud, and how the rotator itself signs in.
@@ -190,6 +202,9 @@ pub struct RotationConfig {
     pub require_unused_for: Option<HumanDuration>,
     pub targets: Vec<TargetConfig>,
     pub verification: VerificationConfig,
+    /// The name of an entry of `identities:` to sign in as; default `azure.credential`.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 fn default_lifetime() -> HumanDuration {
@@ -450,6 +465,12 @@ impl Config {
             }
         }
         self.azure.key_vault.check(&mut problems);
+        let mut identities = std::collections::HashSet::new();
+        for (index, identity) in self.identities.iter().enumerate() {
+            if identity.name.is_empty() || !identities.insert(identity.name.as_str()) {
+                problems.push(format!("identities[{index}].name: {:?} is empty or used twice; give each identity its own name", identity.name));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         let mut applications = std::collections::HashMap::new();
         for (index, rotation) in self.rotations.iter().enumerate() {
@@ -462,6 +483,12 @@ impl Config {
                 problems.push(format!(
                     "{at}.application: {} is also rotated by {first:?}; one rotation per application (two would each revoke the other's secrets)",
                     rotation.application.client_id
+                ));
+            }
+            if let Some(identity) = rotation.identity.as_deref().filter(|name| !identities.contains(name)) {
+                let known = if identities.is_empty() { "none".to_string() } else { self.identities.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ") };
+                problems.push(format!(
+                    "{at}.identity: {identity:?} is not one of identities: ({known}); add it there, or remove identity: to sign in as azure.credential"
                 ));
             }
             rotation.check(&at, &mut problems);

@@ -194,3 +194,12 @@ fn verification_mode_and_quota_are_read_and_checked() {
     assert!(problems(&smtp("        quota: {perMinute: 5, perHour: 2}\n")).contains("quota: perMinute 5 and perHour 2 must be"));
     assert!(problems(&smtp("        mode: sendmail\n")).contains("unknown variant `sendmail`"));
 }
+
+#[test]
+fn a_rotation_naming_an_unknown_identity_is_refused_with_the_known_ones() {
+    let identities = "identities:\n  - name: customer-a\n    credential:\n      type: managedIdentity\n  - name: customer-a\n    credential:\n      type: managedIdentity\nrotations:\n";
+    let text = example().replacen("rotations:\n", identities, 1).replacen("  - name: dify-smtp\n", "  - name: dify-smtp\n    identity: customer-b\n", 1);
+    let message = problems(&text);
+    assert!(message.contains("rotations[0] (dify-smtp).identity: \"customer-b\" is not one of identities: (customer-a, customer-a)"), "{message}");
+    assert!(message.contains("identities[1].name: \"customer-a\" is empty or used twice"), "{message}");
+}

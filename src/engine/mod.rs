@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
 use policy::{Decision, Observed, Plan, Timing};
 use ports::{
-    Clock, Directory, GraphError, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, Verifier,
-    VerifyError,
+    Clock, Directory, GraphError, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, StoreErrorKind,
+    Verifier, VerifyError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +131,7 @@ impl EngineError {
     pub fn category(&self) -> &'static str {
         match self {
             EngineError::Graph(_) => "GraphFailed",
+            EngineError::Store(e) if e.kind == StoreErrorKind::Claimed => "ClaimedByAnother",
             EngineError::Store(_) => "StoreFailed",
             EngineError::Verification { last, .. } if last.kind == ports::VerifyFailureKind::Throttled => "WaitingForRelay",
             EngineError::Verification { .. } => "VerificationFailed",

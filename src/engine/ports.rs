@@ -182,6 +182,9 @@ pub enum StoreErrorKind {
     NotFound,
     /// Throttling, a 5xx or a network fault: retrying later can help.
     Transient,
+    /// Someone else owns the object (another controller, or a Secret nobody handed to the
+    /// rotator): the rotator leaves it alone.
+    Claimed,
     /// Any other refusal.
     Rejected,
 }

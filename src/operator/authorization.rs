@@ -221,13 +221,7 @@ impl RotationPolicy {
     }
 
     fn serves(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.spec.conditions.iter().any(|condition| {
-            condition.namespaces.iter().any(|n| n == namespace)
-                || condition.namespace_selector.as_ref().is_some_and(|selector| {
-                    // A selector that does not parse serves nobody (fail closed).
-                    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
-                })
-        })
+        serve_any(&self.spec.conditions, namespace, labels)
     }
 
     fn has_selector(&self) -> bool {
@@ -252,6 +246,18 @@ impl RotationPolicy {
             .iter()
             .any(|allowed| normal_host(&allowed.host) == normal_host(host) && (allowed.ports.is_empty() || allowed.ports.contains(&port)))
     }
+}
+
+/// Whether any of `conditions` matches the namespace (by name, or its labels by selector);
+/// shared with ClusterRotatorIdentity's conditions.
+pub(crate) fn serve_any(conditions: &[PolicyCondition], namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+    conditions.iter().any(|condition| {
+        condition.namespaces.iter().any(|n| n == namespace)
+            || condition.namespace_selector.as_ref().is_some_and(|selector| {
+                // A selector that does not parse serves nobody (fail closed).
+                Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
+            })
+    })
 }
 
 fn is_microsoft_relay(host: &str, port: u16) -> bool {

@@ -111,6 +111,10 @@ pub struct ClientSecretRotationSpec {
     #[serde(default = "default_alert_thresholds")]
     #[schemars(length(max = 8), inner(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH)))]
     pub alert_thresholds: Vec<String>,
+    /// The identity that signs in to Entra for this rotation (a RotatorIdentity of this
+    /// namespace, or a ClusterRotatorIdentity serving it); without it, the controller's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_ref: Option<super::identity::IdentityRef>,
 }
 
 fn default_lifetime() -> String {
@@ -507,6 +511,8 @@ impl ClientSecretRotation {
             require_unused_for: spec.require_unused_for.as_ref().map(|window| duration("requireUnusedFor", window, &mut problems)),
             targets,
             verification,
+            // spec.identityRef is resolved by the reconcile, against the cluster.
+            identity: None,
         };
         config.check("spec", &mut problems);
         if problems.is_empty() { Ok(config) } else { Err(problems) }

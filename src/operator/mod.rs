@@ -1,5 +1,6 @@
 //! The Kubernetes operator: the `ClientSecretRotation` resource, who may rotate what
-//! (`RotationPolicy`, in `authorization`), the controller that reconciles it with the
+//! (`RotationPolicy`, in `authorization`), whose identity signs in (`RotatorIdentity`,
+//! `ClusterRotatorIdentity`, in `identity`), the controller that reconciles it with the
 //! rotation engine, and the one-shot pass for CronJobs.
 //!
 //! A face over everything below it (engine, adapters, assembly, config, alerting, metrics,
@@ -8,6 +9,7 @@ pub mod authorization;
 pub mod consumers;
 pub mod controller;
 pub mod crd;
+pub mod identity;
 pub mod pass;
 pub mod reconcile;
 pub mod rollout;

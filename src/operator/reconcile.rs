@@ -346,8 +346,17 @@ async fn start(
     // Before anything else reaches Graph, a vault or a relay: whose application, vault and
     // relay these are is the administrator's to decide, not the rotation author's.
     if let Err(denial) = super::authorization::authorize(&ctx.client, &ctx.authorization, object).await {
-        return refuse_by_policy(object, ctx, previous.clone(), denial, now).await.map(Started::Returned);
+        let reason = super::authorization::NOT_ALLOWED_BY_POLICY;
+        return refuse_before_graph(object, ctx, previous.clone(), reason, denial, now).await.map(Started::Returned);
     }
+    // Whose identity signs in is decided before any call to Graph too.
+    let identity = match super::identity::resolve(&ctx.client, &ctx.authorization.home_namespace, object).await {
+        Ok(identity) => identity,
+        Err(denial) => {
+            let reason = super::identity::IDENTITY_REFUSED;
+            return refuse_before_graph(object, ctx, previous.clone(), reason, denial, now).await.map(Started::Returned);
+        }
+    };
 
     let rules = object.consumer_rules();
     let consumer_gate = match &rules {
@@ -371,8 +380,15 @@ async fn start(
                 object.spec.rollout.clone(),
             )) as Arc<dyn Rollout>
         });
-        let sign_in = ctx.assembly.sign_in_gate(&config).map_err(|e| e.to_string())?;
-        ctx.assembly.rotation(&config, rollout).map(|rotation| (rotation, sign_in)).map_err(|e| e.to_string())
+        let sign_in_as = || {
+            identity.as_ref().map(|identity| crate::assembly::SignInAs {
+                name: &identity.name,
+                version: &identity.version,
+                credential: &identity.credential,
+            })
+        };
+        let sign_in = ctx.assembly.sign_in_gate_as(&config, sign_in_as().as_ref()).map_err(|e| e.to_string())?;
+        ctx.assembly.rotation_as(&config, rollout, sign_in_as()).map(|rotation| (rotation, sign_in)).map_err(|e| e.to_string())
     }) {
         Ok(built) => built,
         Err(problems) => return refuse_spec(object, ctx, previous.clone(), problems, now).await.map(Started::Returned),
@@ -621,32 +637,38 @@ async fn refuse_spec(
     })
 }
 
-/// How soon a rotation no policy allows is looked at again: policies are not watched, and
-/// a denied rotation costs one Kubernetes list, no Graph call.
+/// How soon a rotation no policy allows (or whose identity is refused) is looked at again:
+/// policies and identities are not watched, and a denied rotation costs a few Kubernetes
+/// reads, no Graph call.
 const POLICY_RECHECK: Duration = Duration::from_secs(60);
 
-async fn refuse_by_policy(
+/// Ready=False with `reason` and a Warning Event, for a rotation stopped before any call to
+/// Graph (not allowed by policy, or its identity refused).
+async fn refuse_before_graph(
     object: &ClientSecretRotation,
     ctx: &Context,
     previous: super::crd::ClientSecretRotationStatus,
+    reason: &'static str,
     denial: super::authorization::Denial,
     now: DateTime<Utc>,
 ) -> Result<Reconciled, ReconcileError> {
-    use super::authorization::NOT_ALLOWED_BY_POLICY;
     let generation = object.metadata.generation;
     let mut next = previous.clone();
     next.observed_generation = generation;
     next.last_error = Some(denial.message.clone());
-    status::set_condition(&mut next, conditions::READY, false, NOT_ALLOWED_BY_POLICY, denial.message.clone(), generation, now);
-    status::set_condition(&mut next, conditions::DEGRADED, true, NOT_ALLOWED_BY_POLICY, denial.message.clone(), generation, now);
+    status::set_condition(&mut next, conditions::READY, false, reason, denial.message.clone(), generation, now);
+    status::set_condition(&mut next, conditions::DEGRADED, true, reason, denial.message.clone(), generation, now);
     write_status(ctx, object, &previous, &next).await?;
     // Once per denial, not once per recheck: the Event would repeat every minute.
     if previous.last_error.as_deref() != Some(denial.message.as_str()) {
-        publish(ctx, object, EventType::Warning, NOT_ALLOWED_BY_POLICY, &denial.message).await;
+        publish(ctx, object, EventType::Warning, reason, &denial.message).await;
     }
-    ctx.metrics.count_reconcile("failed", NOT_ALLOWED_BY_POLICY);
+    ctx.metrics.count_reconcile("failed", reason);
     Ok(Reconciled {
-        summary: format!("{}: not allowed by policy: {}", object.rotation_name(), denial.message),
+        summary: match reason {
+            super::authorization::NOT_ALLOWED_BY_POLICY => format!("{}: not allowed by policy: {}", object.rotation_name(), denial.message),
+            _ => format!("{}: identity refused: {}", object.rotation_name(), denial.message),
+        },
         failed: true,
         requeue_after: POLICY_RECHECK.min(ctx.drift_interval),
     })

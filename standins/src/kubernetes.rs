@@ -187,6 +187,13 @@ pub mod routes {
     /// Cluster-scoped like ClusterRoles (named like the namespaced routes).
     pub const ROTATION_POLICIES: RouteSet =
         route_set!("/apis/entra-rotator.io/v1alpha1", "rotationpolicies");
+    pub const ROTATOR_IDENTITIES: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "rotatoridentities");
+    /// Cluster-scoped like RotationPolicies.
+    pub const CLUSTER_ROTATOR_IDENTITIES: RouteSet =
+        route_set!("/apis/entra-rotator.io/v1alpha1", "clusterrotatoridentities");
+    /// `POST /api/v1/namespaces/{namespace}/serviceaccounts/{name}/token` (TokenRequest).
+    pub const CREATE_SERVICE_ACCOUNT_TOKEN: &str = "POST /api/v1/namespaces/{namespace}/serviceaccounts/{name}/token";
     pub const VALIDATINGADMISSIONPOLICIES: RouteSet =
         route_set!("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies");
     pub const VALIDATINGADMISSIONPOLICYBINDINGS: RouteSet =
@@ -275,6 +282,9 @@ struct SecretObject {
     data: BTreeMap<String, Vec<u8>>,
     annotations: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
+    /// As sent when the Secret was created (external-secrets and sealed-secrets create
+    /// theirs with a controller reference); later writes keep it.
+    owner_references: Option<Value>,
     managed: BTreeMap<(String, Operation), ManagedEntry>,
 }
 
@@ -295,6 +305,7 @@ impl SecretObject {
             data: BTreeMap::new(),
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
+            owner_references: None,
             managed: BTreeMap::new(),
         }
     }
@@ -422,6 +433,9 @@ impl SecretObject {
         if !self.labels.is_empty() {
             metadata["labels"] = json!(self.labels);
         }
+        if let Some(owners) = &self.owner_references {
+            metadata["ownerReferences"] = owners.clone();
+        }
         let data: BTreeMap<&String, String> = self
             .data
             .iter()
@@ -517,6 +531,8 @@ struct Cluster {
     rollout_mode: rollout::RolloutMode,
     /// Roll-outs begun and not finished, with when they finish (`None`: when the test says).
     pending_rollouts: BTreeMap<(kinds::Kind, String, String), Option<std::time::Instant>>,
+    /// Signs the tokens the TokenRequest API hands out (`sign_service_account_tokens`).
+    service_account_issuer: Option<crate::federation::ServiceAccountIssuer>,
     resource_version: u64,
 }
 
@@ -531,6 +547,7 @@ impl Cluster {
             history: watch::History::new(),
             rollout_mode: rollout::RolloutMode::Immediate,
             pending_rollouts: BTreeMap::new(),
+            service_account_issuer: None,
             resource_version: 0,
         }
     }
@@ -631,6 +648,12 @@ impl KubernetesStandin {
             .insert(namespace.to_string());
     }
 
+    /// Makes `POST …/serviceaccounts/{name}/token` (the TokenRequest API) answer with tokens
+    /// `issuer` signs, as the cluster's service-account issuer does; without it, 503.
+    pub fn sign_service_account_tokens(&self, issuer: crate::federation::ServiceAccountIssuer) {
+        self.shared.cluster().service_account_issuer = Some(issuer);
+    }
+
     /// Labels `namespace` (creating it), as a platform team labels the namespaces a
     /// policy's `namespaceSelector` matches.
     pub fn label_namespace(&self, namespace: &str, key: &str, value: &str) {
@@ -679,6 +702,29 @@ impl KubernetesStandin {
     /// Writes `data` keys into the Secret (creating it and its namespace if needed) as an
     /// `Update` by `manager`, the way `kubectl edit` or a Helm release would.
     pub fn put_secret_as(&self, namespace: &str, name: &str, manager: &str, data: &[(&str, &str)]) {
+        let fields = data.iter().map(|(k, v)| (Field::Data(k.to_string()), FieldValue::Bytes(v.as_bytes().to_vec())));
+        self.update_secret_as(namespace, name, manager, fields.collect());
+    }
+
+    /// Sets labels and annotations on the Secret (creating it if needed) as an `Update` by
+    /// `manager`, e.g. Helm's `app.kubernetes.io/managed-by: Helm`.
+    pub fn put_secret_metadata_as(
+        &self,
+        namespace: &str,
+        name: &str,
+        manager: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) {
+        let text = |v: &str| FieldValue::Text(v.to_string());
+        let fields = labels
+            .iter()
+            .map(|(k, v)| (Field::Label(k.to_string()), text(v)))
+            .chain(annotations.iter().map(|(k, v)| (Field::Annotation(k.to_string()), text(v))));
+        self.update_secret_as(namespace, name, manager, fields.collect());
+    }
+
+    fn update_secret_as(&self, namespace: &str, name: &str, manager: &str, fields: Vec<(Field, FieldValue)>) {
         let mut cluster = self.shared.cluster();
         cluster.namespaces.insert(namespace.to_string());
         let version = cluster.next_resource_version();
@@ -691,9 +737,8 @@ impl KubernetesStandin {
             .secrets
             .entry(key)
             .or_insert_with(|| SecretObject::new(version));
-        for (k, v) in data {
-            let field = Field::Data(k.to_string());
-            object.set(&field, FieldValue::Bytes(v.as_bytes().to_vec()));
+        for (field, value) in fields {
+            object.set(&field, value);
             object.disown(&field, Some((manager, Operation::Update)));
             object.record(manager, Operation::Update, [field]);
         }
@@ -740,6 +785,10 @@ fn router(shared: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/secrets",
             get(api::secrets_in_namespace).post(create_secret),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            axum::routing::post(create_service_account_token),
         )
         .route("/api/v1/secrets", get(api::all_secrets))
         .route("/api/v1/events", get(core_events::everywhere))
@@ -834,6 +883,65 @@ fn not_found(name: &str) -> Refusal {
         format!("secrets \"{name}\" not found"),
         json!({ "name": name, "kind": "secrets" }),
     )
+}
+
+/// The TokenRequest API: a token of an existing ServiceAccount for the audiences asked
+/// (the first one is signed in), for `expirationSeconds` (default 1 h, at least 10 min).
+async fn create_service_account_token(
+    State(shared): State<Shared>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let Some(fault) = shared.faults.intercept(routes::CREATE_SERVICE_ACCOUNT_TOKEN).await {
+        return Ok(fault);
+    }
+    let body = protobuf::request_body(&headers, &body)?;
+    let cluster = shared.cluster();
+    let key = (kinds::Kind::ServiceAccount, namespace.clone(), name.clone());
+    if !cluster.objects.contains_key(&key) {
+        return Err(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("serviceaccounts \"{name}\" not found"),
+            json!({ "name": name, "kind": "serviceaccounts" }),
+        ));
+    }
+    let Some(issuer) = cluster.service_account_issuer.clone() else {
+        return Err(status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the stand-in has no service-account issuer (sign_service_account_tokens)".to_string(),
+            json!({}),
+        ));
+    };
+    drop(cluster);
+    let audience = body.pointer("/spec/audiences/0").and_then(Value::as_str).unwrap_or_default().to_string();
+    let seconds = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    if audience.is_empty() || seconds < 600 {
+        return Err(status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "TokenRequest is invalid: spec.audiences must name one audience and spec.expirationSeconds must be at least 600".to_string(),
+            json!({ "name": name, "kind": "TokenRequest" }),
+        ));
+    }
+    let now = Utc::now();
+    let lifetime = chrono::Duration::seconds(seconds);
+    let token = issuer.token(&namespace, &name, &audience, now, lifetime).map_err(|e| {
+        status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string(), json!({}))
+    })?;
+    let answer = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "metadata": { "name": name, "namespace": namespace, "creationTimestamp": null },
+        "spec": { "audiences": [audience], "expirationSeconds": seconds },
+        "status": {
+            "token": token,
+            "expirationTimestamp": (now + lifetime).to_rfc3339_opts(SecondsFormat::Secs, true),
+        },
+    });
+    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
 }
 
 fn namespace_not_found(namespace: &str) -> Refusal {
@@ -1502,6 +1610,7 @@ async fn create_secret(
         ));
     }
     let mut object = SecretObject::new(cluster.resource_version + 1);
+    object.owner_references = body.pointer("/metadata/ownerReferences").filter(|owners| owners.is_array()).cloned();
     update_fields(&mut object, &manager, assigned);
     Ok(store(&mut cluster, key, None, object, &namespace, &name))
 }

@@ -122,6 +122,24 @@ impl KubernetesStandin {
         )
     }
 
+    /// Creates a `RotatorIdentity` in `namespace` (creating it) with `spec`, as a team would.
+    pub fn create_rotator_identity(&self, namespace: &str, name: &str, spec: Value) -> Result<Value, ApiError> {
+        let body = json!({ "metadata": { "name": name }, "spec": spec });
+        self.seed(Kind::RotatorIdentity, namespace, name, Target::Main, Write::Create(body))
+    }
+
+    /// Creates a cluster-scoped `ClusterRotatorIdentity` with `spec`, as an administrator would.
+    pub fn create_cluster_rotator_identity(&self, name: &str, spec: Value) -> Result<Value, ApiError> {
+        let body = json!({ "metadata": { "name": name }, "spec": spec });
+        self.seed(Kind::ClusterRotatorIdentity, "", name, Target::Main, Write::Create(body))
+    }
+
+    /// Creates a ServiceAccount in `namespace` (creating it).
+    pub fn create_service_account(&self, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        let body = json!({ "metadata": { "name": name } });
+        self.seed(Kind::ServiceAccount, namespace, name, Target::Main, Write::Create(body))
+    }
+
     /// The whole `ClientSecretRotation`, status and `managedFields` included.
     pub fn rotation(&self, namespace: &str, name: &str) -> Option<Value> {
         self.object(Kind::Rotation, namespace, name)

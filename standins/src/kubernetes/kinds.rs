@@ -46,6 +46,8 @@ pub(super) enum Kind {
     ValidatingAdmissionPolicy,
     ValidatingAdmissionPolicyBinding,
     Pod,
+    RotatorIdentity,
+    ClusterRotatorIdentity,
 }
 
 /// How the real API server's registry treats one kind.
@@ -104,6 +106,40 @@ const ROTATION_POLICY: KindInfo = KindInfo {
     built_in: false,
     singular: "rotationpolicy",
     short_names: &["rotpol"],
+};
+
+/// The rotator's identity resources: namespaced `RotatorIdentity` and cluster-scoped
+/// `ClusterRotatorIdentity`, served like RotationPolicy.
+const ROTATOR_IDENTITY: KindInfo = KindInfo {
+    group: "entra-rotator.io",
+    version: "v1alpha1",
+    plural: "rotatoridentities",
+    kind: "RotatorIdentity",
+    namespaced: true,
+    routes: routes::ROTATOR_IDENTITIES,
+    status_subresource: false,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: false,
+    singular: "rotatoridentity",
+    short_names: &["rotid"],
+};
+
+const CLUSTER_ROTATOR_IDENTITY: KindInfo = KindInfo {
+    group: "entra-rotator.io",
+    version: "v1alpha1",
+    plural: "clusterrotatoridentities",
+    kind: "ClusterRotatorIdentity",
+    namespaced: false,
+    routes: routes::CLUSTER_ROTATOR_IDENTITIES,
+    status_subresource: false,
+    tracks_generation: true,
+    create_on_update: false,
+    unconditional_update: false,
+    built_in: false,
+    singular: "clusterrotatoridentity",
+    short_names: &["crotid"],
 };
 
 const EVENT: KindInfo = KindInfo {
@@ -338,7 +374,7 @@ const POD: KindInfo = stored("", "pods", "pod", &["po"], "Pod", true, routes::PO
 
 /// Kinds served under `/apis/{group}/{version}/…` (and core ones under `/api/v1/…`) by the
 /// generic object store.
-const GENERIC: [Kind; 19] = [
+const GENERIC: [Kind; 21] = [
     Kind::Rotation,
     Kind::Event,
     Kind::Lease,
@@ -358,10 +394,12 @@ const GENERIC: [Kind; 19] = [
     Kind::ValidatingAdmissionPolicy,
     Kind::ValidatingAdmissionPolicyBinding,
     Kind::Pod,
+    Kind::RotatorIdentity,
+    Kind::ClusterRotatorIdentity,
 ];
 
 /// Every kind the stand-in serves, in the order discovery lists them.
-pub(super) const SERVED: [Kind; 20] = [
+pub(super) const SERVED: [Kind; 22] = [
     Kind::Secret,
     Kind::Rotation,
     Kind::Event,
@@ -382,6 +420,8 @@ pub(super) const SERVED: [Kind; 20] = [
     Kind::ValidatingAdmissionPolicy,
     Kind::ValidatingAdmissionPolicyBinding,
     Kind::Pod,
+    Kind::RotatorIdentity,
+    Kind::ClusterRotatorIdentity,
 ];
 
 impl Kind {
@@ -407,6 +447,8 @@ impl Kind {
             Kind::ValidatingAdmissionPolicy => &VALIDATING_ADMISSION_POLICY,
             Kind::ValidatingAdmissionPolicyBinding => &VALIDATING_ADMISSION_POLICY_BINDING,
             Kind::Pod => &POD,
+            Kind::RotatorIdentity => &ROTATOR_IDENTITY,
+            Kind::ClusterRotatorIdentity => &CLUSTER_ROTATOR_IDENTITY,
         }
     }
 
