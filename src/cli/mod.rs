@@ -5,6 +5,7 @@
 
 #[cfg(feature = "demo")]
 mod demo;
+mod doctor;
 #[cfg(feature = "demo")]
 mod playground;
 mod operator_cli;
@@ -125,6 +126,14 @@ enum Command {
         #[arg(long, default_value = "ClientSecretRotation", value_parser = ["ClientSecretRotation", "RotationPolicy", "RotatorIdentity", "ClusterRotatorIdentity"])]
         kind: String,
     },
+    /// Check, changing nothing, what each rotation of a configuration file needs: Graph
+    /// signs the rotator in and reads the application, the rotator owns it (so addPassword is
+    /// allowed), every store can be read, and the secret stored now has not expired and still
+    /// authenticates at the relay (a handshake: no mail sent). Lists the permissions needed.
+    ///
+    /// Exit codes: 0 every check passed, 1 a check failed (the FAIL lines say what to fix),
+    /// 2 the configuration is invalid.
+    Doctor(doctor::DoctorArgs),
     /// List every app registration's password and certificate credentials with expiry and
     /// days left (table, JSON or CSV).
     ///
@@ -205,6 +214,7 @@ pub fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Scan(args) => scan::run(args).await,
             Command::SmtpTest(args) => smtp_test::run(args).await,
             Command::Completions { shell } => {

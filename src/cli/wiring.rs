@@ -70,6 +70,11 @@ pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[St
 
 /// Builds every configured rotation with the production adapters.
 pub async fn wire(config: &Config) -> Result<Vec<Rotation>, AssemblyError> {
+    Ok(assemble(config).await?.1)
+}
+
+/// The clients of a configuration, and its rotations (in the file's order) built with them.
+pub(crate) async fn assemble(config: &Config) -> Result<(Assembly, Vec<Rotation>), AssemblyError> {
     let needs_kubernetes = config
         .rotations
         .iter()
@@ -77,6 +82,11 @@ pub async fn wire(config: &Config) -> Result<Vec<Rotation>, AssemblyError> {
         .any(|t| matches!(t, TargetConfig::KubernetesSecret(_)));
     let kube = if needs_kubernetes { Some(kube_client(&config.kubernetes).await?) } else { None };
     let assembly = Assembly::new(&config.azure, &config.tls, kube)?;
+    let rotations = rotations(&assembly, config)?;
+    Ok((assembly, rotations))
+}
+
+fn rotations(assembly: &Assembly, config: &Config) -> Result<Vec<Rotation>, AssemblyError> {
     let identities = config
         .identities
         .iter()

@@ -86,6 +86,8 @@ impl Scenario {
             .ok_or_else(|| anyhow::anyhow!("the rotator application vanished"))?
             .secret_text;
 
+        // The rotator owns what it rotates, as Application.ReadWrite.OwnedBy requires.
+        graph.add_owner(target.object_id, rotator.app_id);
         let mut scenario = Self {
             tenant,
             graph,
