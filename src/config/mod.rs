@@ -545,13 +545,11 @@ impl RotationConfig {
                 ));
             }
         }
-        if let Some(window) = self.require_unused_for {
-            if window < MIN_UNUSED_FOR || window > self.lifetime {
-                problems.push(format!(
-                    "{at}.requireUnusedFor: {window} must be between {MIN_UNUSED_FOR} (the sign-in log shows sign-ins minutes late) and the lifetime {}",
-                    self.lifetime
-                ));
-            }
+        if let Some(window) = self.require_unused_for.filter(|window| *window < MIN_UNUSED_FOR || *window > self.lifetime) {
+            problems.push(format!(
+                "{at}.requireUnusedFor: {window} must be between {MIN_UNUSED_FOR} (the sign-in log shows sign-ins minutes late) and the lifetime {}",
+                self.lifetime
+            ));
         }
         if self.targets.is_empty() {
             problems.push(format!("{at}.targets: name at least one store (keyVault or kubernetesSecret)"));

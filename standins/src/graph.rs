@@ -1855,7 +1855,7 @@ mod sign_in_log {
             Vec::new()
         };
         let mut entries = entries;
-        entries.sort_by(|a, b| b.at.cmp(&a.at));
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.at));
         let page: Vec<Value> = entries
             .iter()
             .skip(skip)
