@@ -206,6 +206,8 @@ async fn assert_refused(scenario: &Scenario, namespace: &str, expected: &[&str])
 async fn two_teams_rotate_each_with_its_own_identity() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let teams = [team(&scenario, TEAM_A, TEAM_A), team(&scenario, TEAM_B, TEAM_B)];
     for team in &teams {
         scenario.kubernetes.create_rotator_identity(team.namespace, "entra", client_secret_sign_in(&scenario, team)).unwrap();
@@ -232,6 +234,8 @@ async fn two_teams_rotate_each_with_its_own_identity() {
 async fn a_cluster_identity_serves_the_namespaces_its_conditions_name() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let customer = team(&scenario, TEAM_A, HOME);
     let mut spec = client_secret_sign_in(&scenario, &customer);
     spec["conditions"] = json!([ { "namespaces": [TEAM_A] } ]);
@@ -253,6 +257,8 @@ async fn a_cluster_identity_serves_the_namespaces_its_conditions_name() {
 async fn an_identity_of_another_namespace_is_refused() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let b = team(&scenario, TEAM_B, TEAM_B);
     scenario.kubernetes.create_rotator_identity(TEAM_B, "team-b-entra", client_secret_sign_in(&scenario, &b)).unwrap();
     team(&scenario, TEAM_A, TEAM_A);
@@ -268,6 +274,8 @@ async fn an_identity_of_another_namespace_is_refused() {
 async fn a_cluster_identity_from_a_namespace_it_does_not_serve_is_refused() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let a = team(&scenario, TEAM_A, HOME);
     let mut spec = client_secret_sign_in(&scenario, &a);
     spec["conditions"] = json!([ { "namespaces": [TEAM_B] } ]);
@@ -300,6 +308,8 @@ async fn a_namespaced_identity_may_not_use_managed_identity() {
 async fn a_workload_identity_federated_with_another_namespace_is_refused_by_entra() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let issuer = ServiceAccountIssuer::new(&format!("https://oidc.cluster.example/{}/", scenario.tenant.tenant_id)).unwrap();
     scenario.tenant.trust_issuer(issuer.issuer(), issuer.public_key());
     scenario.kubernetes.sign_service_account_tokens(issuer.clone());
@@ -343,6 +353,8 @@ async fn a_workload_identity_federated_with_another_namespace_is_refused_by_entr
 async fn a_configuration_file_rotation_signs_in_as_the_identity_it_names() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let now = chrono::Utc::now();
     let customer = scenario.tenant.register_app("customer-rotator");
     let password = scenario
@@ -386,6 +398,8 @@ async fn a_configuration_file_rotation_signs_in_as_the_identity_it_names() {
 async fn a_cluster_workload_identity_signs_in_with_the_rotators_own_token() {
     let scenario = Scenario::start().await.unwrap();
     scenario.graph.require_ownership();
+    // The scenario's rotator owns its target; here only the identities under test do.
+    scenario.graph.remove_owner(scenario.target.object_id, scenario.rotator_client_id);
     let issuer = ServiceAccountIssuer::new(&format!("https://oidc.cluster.example/{}/", scenario.tenant.tenant_id)).unwrap();
     scenario.tenant.trust_issuer(issuer.issuer(), issuer.public_key());
     let customer = team(&scenario, TEAM_A, HOME);

@@ -209,6 +209,11 @@ impl GraphStandin {
         self.listing.add_owner(object_id, owner_client_id);
     }
 
+    /// Takes the service principal of `owner_client_id` off the application's owners.
+    pub fn remove_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
+        self.listing.remove_owner(object_id, owner_client_id);
+    }
+
     /// Throttles writes from now on: at most `per_app` by each calling application and
     /// `per_tenant` by all callers together within any `window`; a write beyond either is
     /// answered 429 with `Retry-After` (whole seconds, at least 1), as Graph does. Real
@@ -1320,6 +1325,12 @@ mod listing {
                 .entry(object_id)
                 .or_default()
                 .push(owner_client_id);
+        }
+
+        pub(super) fn remove_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
+            if let Some(owners) = self.state().owners.get_mut(&object_id) {
+                owners.retain(|owner| *owner != owner_client_id);
+            }
         }
 
         pub(super) fn certificates_json(&self, object_id: Uuid) -> Vec<Value> {
