@@ -108,3 +108,62 @@ async fn doctor_names_the_failing_check() {
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(failures(&out).iter().any(|line| line.contains(&format!("localhost:{closed}"))), "unreachable relay: {out}");
 }
+
+mod cluster {
+    //! `doctor --namespace` / `--all-namespaces`: the ClientSecretRotations of the cluster,
+    //! prepared as the CronJob pass prepares them.
+
+    use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE};
+    use serde_json::json;
+    use std::process::Output;
+
+    fn spec(scenario: &Scenario) -> serde_json::Value {
+        json!({
+            "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
+            "targets": [ { "secret": { "name": "app-smtp", "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
+            "verification": { "smtp": {
+                "host": "localhost", "port": scenario.relay.port(),
+                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+                "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
+        })
+    }
+
+    async fn rotator(scenario: &Scenario, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+            .args(args)
+            .args(["--azure-config", scenario.config_path.to_str().unwrap()])
+            .env("KUBECONFIG", scenario.kubeconfig_path())
+            .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .unwrap()
+    }
+
+    fn text(output: &Output) -> String {
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    }
+
+    #[tokio::test]
+    async fn the_clusters_rotations_are_checked_as_the_cronjob_pass_sees_them() {
+        let scenario = Scenario::start().await.unwrap();
+        scenario.kubernetes.create_rotation("dify", "app-smtp", spec(&scenario)).unwrap();
+        let pass = rotator(&scenario, &["run", "--namespace", "dify"]).await;
+        assert!(pass.status.success(), "{}", text(&pass));
+
+        let ready = rotator(&scenario, &["doctor", "--namespace", "dify"]).await;
+        let out = text(&ready);
+        assert_eq!(ready.status.code(), Some(0), "{out}");
+        assert!(out.contains("dify/app-smtp (application") && out.contains("authenticates (handshake: no mail sent)"), "{out}");
+
+        // A rotation in a namespace no RotationPolicy serves: refused before any call to Graph.
+        scenario.kubernetes.create_namespace("intruder");
+        scenario.kubernetes.create_rotation("intruder", "app-smtp", spec(&scenario)).unwrap();
+        let everywhere = rotator(&scenario, &["doctor", "--all-namespaces", "--namespace", "dify"]).await;
+        assert_eq!(everywhere.status.code(), Some(2), "--namespace and --all-namespaces together are refused: {}", text(&everywhere));
+        let all = rotator(&scenario, &["doctor", "--all-namespaces"]).await;
+        let out = text(&all);
+        assert_eq!(all.status.code(), Some(1), "{out}");
+        assert!(out.lines().any(|line| line.contains("[FAIL] NotAllowedByPolicy") && line.contains("intruder")), "{out}");
+    }
+}

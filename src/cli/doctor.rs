@@ -1,5 +1,7 @@
-//! `entra-rotator doctor --config FILE`: a preflight that changes nothing. For each
-//! rotation, a checklist of what its next run needs: Microsoft Graph signs the rotator in
+//! `entra-rotator doctor`: a preflight that changes nothing, for the rotations of a
+//! configuration file (`--config`) or the ClientSecretRotations of a cluster (`--namespace`,
+//! `--all-namespaces`, as the CronJob pass sees them: the RotationPolicy and the identity
+//! each names are decided first). For each rotation, a checklist of what its next run needs: Microsoft Graph signs the rotator in
 //! and reads the application; the rotator owns it (without that, `addPassword` is refused
 //! under `Application.ReadWrite.OwnedBy`); every store can be read; the secret stored now
 //! still authenticates at the relay (the handshake: no mail, no quota) and has not expired;
@@ -15,18 +17,32 @@ use crate::assembly::{resolve_credential, Assembly};
 use crate::config::{Config, RotationConfig, TargetConfig};
 use crate::domain::Application;
 use crate::engine::Rotation;
+use crate::operator::crd::ClientSecretRotation;
+use crate::operator::reconcile::{prepare, Unprepared};
 use chrono::Utc;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use uuid::Uuid;
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config", "namespace", "all_namespaces"])))]
 pub struct DoctorArgs {
     /// The configuration file `entra-rotator run --config` reads.
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
-    /// Check only these rotations (repeatable); default all.
+    pub config: Option<PathBuf>,
+    /// The ClientSecretRotations of this namespace (the kubeconfig's cluster).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The ClientSecretRotations of every namespace.
+    #[arg(long)]
+    pub all_namespaces: bool,
+    /// With --namespace/--all-namespaces: the controller's settings (the chart's azure.yaml).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub azure_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub relays: super::operator_cli::RelayArgs,
+    /// Check only these rotations (repeatable; a file's names, or NAMESPACE/NAME); default all.
     #[arg(long, value_name = "NAME")]
     pub only: Vec<String>,
 }
@@ -70,15 +86,23 @@ fn skipped(text: String) -> Check {
 }
 
 pub async fn run(args: DoctorArgs) -> ExitCode {
-    let config = match Config::load(&args.config) {
+    match &args.config {
+        Some(path) => file(path, &args.only).await,
+        None => cluster(args).await,
+    }
+}
+
+/// The rotations of a configuration file.
+async fn file(path: &std::path::Path, only: &[String]) -> ExitCode {
+    let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
     };
-    if let Some(unknown) = args.only.iter().find(|name| !config.rotations.iter().any(|r| &r.name == *name)) {
-        eprintln!("error: --only {unknown}: no rotation of that name in {}", args.config.display());
+    if let Some(unknown) = only.iter().find(|name| !config.rotations.iter().any(|r| &r.name == *name)) {
+        eprintln!("error: --only {unknown}: no rotation of that name in {}", path.display());
         return ExitCode::from(EXIT_INVALID_INPUT);
     }
     let (assembly, rotations) = match super::wiring::assemble(&config).await {
@@ -89,14 +113,11 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
         }
     };
     let own = resolve_credential(&config.azure.credential).ok().as_ref().and_then(own_client_id);
-    let mut not_ready = Vec::new();
-    let chosen: Vec<(&RotationConfig, &Rotation)> = config
-        .rotations
-        .iter()
-        .zip(&rotations)
-        .filter(|(r, _)| args.only.is_empty() || args.only.contains(&r.name))
-        .collect();
-    for (rotation_config, rotation) in &chosen {
+    let mut report = Report::default();
+    for (rotation_config, rotation) in config.rotations.iter().zip(&rotations) {
+        if !only.is_empty() && !only.contains(&rotation_config.name) {
+            continue;
+        }
         // A rotation that names another identity signs in as that one; whose ownership to
         // look up is then the identity's, not the rotator's own.
         let signer = match &rotation_config.identity {
@@ -104,26 +125,90 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
             Some(identity) => Signer::Identity(identity),
         };
         let checks = checks(&assembly, rotation, signer).await;
-        println!("{} (application {})", rotation_config.name, rotation_config.application.client_id);
-        for check in &checks {
+        report.rotation(&rotation_config.name, &rotation_config.application.client_id, &checks, &permissions(rotation_config));
+    }
+    report.finish()
+}
+
+/// The ClientSecretRotations of a namespace or of all, each prepared as the CronJob pass
+/// prepares it: what a RotationPolicy or its identity refuses is a failing check.
+async fn cluster(args: DoctorArgs) -> ExitCode {
+    let namespace = args.namespace.as_deref();
+    let (settings, ctx) = match super::operator_cli::pass_context(namespace, args.azure_config.as_deref(), args.relays).await {
+        Ok(built) => built,
+        Err(code) => return code,
+    };
+    let api: kube::Api<ClientSecretRotation> = match namespace {
+        Some(namespace) => kube::Api::namespaced(ctx.client.clone(), namespace),
+        None => kube::Api::all(ctx.client.clone()),
+    };
+    let mut objects = match api.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            eprintln!("error: cannot list ClientSecretRotations: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    objects.sort_by_key(ClientSecretRotation::rotation_name);
+    let own = resolve_credential(&settings.azure.credential).ok().as_ref().and_then(own_client_id);
+    let mut report = Report::default();
+    for object in objects.iter().filter(|o| args.only.is_empty() || args.only.contains(&o.rotation_name())) {
+        let client_id = object.spec.application.client_id.clone();
+        let (checks, needs) = match prepare(object, &ctx).await {
+            Ok(prepared) => {
+                let signer = match &object.spec.identity_ref {
+                    None => Signer::Own(own),
+                    Some(identity) => Signer::Identity(&identity.name),
+                };
+                let needs = object.to_rotation_config().map(|config| permissions(&config)).unwrap_or_default();
+                (checks(&ctx.assembly, &prepared.rotation, signer).await, needs)
+            }
+            Err(Unprepared::Refused { reason, denial }) => (vec![fail(format!("{reason}: {}", denial.message))], String::new()),
+            Err(Unprepared::Invalid(problems)) => (vec![fail(format!("the spec is invalid: {problems}"))], String::new()),
+        };
+        report.rotation(&object.rotation_name(), &client_id, &checks, &needs);
+    }
+    if report.checked == 0 {
+        println!("no ClientSecretRotation found");
+    }
+    report.finish()
+}
+
+/// The printed checklist and its verdict.
+#[derive(Default)]
+struct Report {
+    checked: usize,
+    not_ready: Vec<String>,
+}
+
+impl Report {
+    fn rotation(&mut self, name: &str, client_id: &str, checks: &[Check], needs: &str) {
+        self.checked += 1;
+        println!("{name} (application {client_id})");
+        for check in checks {
             println!("{check}");
         }
-        println!("  needs: {}", permissions(rotation_config));
+        if !needs.is_empty() {
+            println!("  needs: {needs}");
+        }
         if checks.iter().any(|c| matches!(c.verdict, Verdict::Fail)) {
-            not_ready.push(rotation_config.name.as_str());
+            self.not_ready.push(name.to_string());
         }
     }
-    if not_ready.is_empty() {
-        println!("doctor: {} rotation(s) ready; nothing was changed", chosen.len());
-        ExitCode::SUCCESS
-    } else {
-        println!(
-            "doctor: {} of {} rotation(s) not ready ({}): fix the FAIL lines above; nothing was changed",
-            not_ready.len(),
-            chosen.len(),
-            not_ready.join(", ")
-        );
-        ExitCode::from(EXIT_FAILED)
+
+    fn finish(self) -> ExitCode {
+        if self.not_ready.is_empty() {
+            println!("doctor: {} rotation(s) ready; nothing was changed", self.checked);
+            ExitCode::SUCCESS
+        } else {
+            println!(
+                "doctor: {} of {} rotation(s) not ready ({}): fix the FAIL lines above; nothing was changed",
+                self.not_ready.len(),
+                self.checked,
+                self.not_ready.join(", ")
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

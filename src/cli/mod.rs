@@ -126,10 +126,12 @@ enum Command {
         #[arg(long, default_value = "ClientSecretRotation", value_parser = ["ClientSecretRotation", "RotationPolicy", "RotatorIdentity", "ClusterRotatorIdentity"])]
         kind: String,
     },
-    /// Check, changing nothing, what each rotation of a configuration file needs: Graph
-    /// signs the rotator in and reads the application, the rotator owns it (so addPassword is
-    /// allowed), every store can be read, and the secret stored now has not expired and still
-    /// authenticates at the relay (a handshake: no mail sent). Lists the permissions needed.
+    /// Check, changing nothing, what each rotation needs (of a configuration file with
+    /// --config, or the ClientSecretRotations of --namespace/--all-namespaces, after their
+    /// RotationPolicy and identity): Graph signs the rotator in and reads the application, the
+    /// rotator owns it (so addPassword is allowed), every store can be read, and the secret
+    /// stored now has not expired and still authenticates at the relay (a handshake: no mail
+    /// sent). Lists the permissions needed.
     ///
     /// Exit codes: 0 every check passed, 1 a check failed (the FAIL lines say what to fix),
     /// 2 the configuration is invalid.

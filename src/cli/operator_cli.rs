@@ -6,6 +6,7 @@ use crate::config::ServiceSettings;
 use crate::operator::controller::{self, ControllerSettings};
 use crate::operator::crd::DEFAULT_ORPHAN_GRACE;
 use crate::operator::authorization::AllowedRelay;
+use crate::operator::reconcile::Context;
 use crate::operator::{context, pass, Scope, Timings};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,19 +134,25 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
     }
 }
 
-pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>, concurrency: usize, relays: RelayArgs) -> ExitCode {
-    let settings = match load_settings(azure_config) {
-        Ok(settings) => settings,
-        Err(code) => return code,
-    };
+/// The settings and the operator context of a one-shot look at the cluster (the CronJob
+/// pass, `doctor`).
+pub async fn pass_context(namespace: Option<&str>, azure_config: Option<&Path>, relays: RelayArgs) -> Result<(ServiceSettings, Context), ExitCode> {
+    let settings = load_settings(azure_config)?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "entra-rotator-run".into());
     let timings = Timings { drift_interval: Duration::from_secs(3600), orphan_grace: DEFAULT_ORPHAN_GRACE };
-    let ctx = match context(&settings, &instance, timings, scope(namespace, relays)).await {
-        Ok(ctx) => ctx,
+    match context(&settings, &instance, timings, scope(namespace, relays)).await {
+        Ok(ctx) => Ok((settings, ctx)),
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(EXIT_INVALID_INPUT);
+            Err(ExitCode::from(EXIT_INVALID_INPUT))
         }
+    }
+}
+
+pub async fn run_pass(namespace: Option<&str>, azure_config: Option<&Path>, concurrency: usize, relays: RelayArgs) -> ExitCode {
+    let ctx = match pass_context(namespace, azure_config, relays).await {
+        Ok((_, ctx)) => ctx,
+        Err(code) => return code,
     };
     match pass::run_pass(&ctx, namespace, concurrency).await {
         Ok(report) => {

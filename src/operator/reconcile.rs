@@ -14,7 +14,7 @@ use crate::config::duration::HumanDuration;
 use crate::engine::events::{Event as EngineEvent, RecordingSink};
 use crate::adapters::graph::SignInGate;
 use crate::engine::ports::{Clock, Gates, RevocationGate, Rollout};
-use crate::engine::{Engine, EngineError, Outcome, Reverify, RunOptions};
+use crate::engine::{Engine, EngineError, Outcome, Reverify, Rotation, RunOptions};
 use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -343,55 +343,26 @@ async fn start(
         return Ok(Started::Returned(Reconciled { summary: format!("{name}: suspended"), failed: false, requeue_after: requeue }));
     }
 
-    // Before anything else reaches Graph, a vault or a relay: whose application, vault and
-    // relay these are is the administrator's to decide, not the rotation author's.
-    if let Err(denial) = super::authorization::authorize(&ctx.client, &ctx.authorization, object).await {
-        let reason = super::authorization::NOT_ALLOWED_BY_POLICY;
-        return refuse_before_graph(object, ctx, previous.clone(), reason, denial, now).await.map(Started::Returned);
-    }
-    // Whose identity signs in is decided before any call to Graph too.
-    let identity = match super::identity::resolve(&ctx.client, &ctx.authorization.home_namespace, object).await {
-        Ok(identity) => identity,
-        Err(denial) => {
-            let reason = super::identity::IDENTITY_REFUSED;
+    let Prepared { mut rotation, sign_in } = match prepare(object, ctx).await {
+        Ok(prepared) => prepared,
+        Err(Unprepared::Refused { reason, denial }) => {
             return refuse_before_graph(object, ctx, previous.clone(), reason, denial, now).await.map(Started::Returned);
         }
+        Err(Unprepared::Invalid(problems)) => {
+            return refuse_spec(object, ctx, previous.clone(), problems, now).await.map(Started::Returned);
+        }
     };
-
-    let rules = object.consumer_rules();
-    let consumer_gate = match &rules {
+    let consumer_gate = match object.consumer_rules() {
         Ok(rules) if !object.secret_names().is_empty() => Some(Arc::new(ConsumerGate::new(
             ctx.client.clone(),
             object.metadata.namespace.clone().unwrap_or_default(),
             object.secret_names(),
             object.spec.rollout.clone(),
-            *rules,
+            rules,
             ctx.clock.clone(),
             consumers::recorded_wait(previous),
         ))),
         _ => None,
-    };
-    let (mut rotation, sign_in) = match rules.map_err(|problems| problems.join("; ")).and_then(|_| object.to_rotation_config().map_err(|problems| problems.join("; "))).and_then(|mut config| {
-        config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
-        let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
-            Arc::new(WorkloadRollout::new(
-                ctx.client.clone(),
-                object.metadata.namespace.clone().unwrap_or_default(),
-                object.spec.rollout.clone(),
-            )) as Arc<dyn Rollout>
-        });
-        let sign_in_as = || {
-            identity.as_ref().map(|identity| crate::assembly::SignInAs {
-                name: &identity.name,
-                version: &identity.version,
-                credential: &identity.credential,
-            })
-        };
-        let sign_in = ctx.assembly.sign_in_gate_as(&config, sign_in_as().as_ref()).map_err(|e| e.to_string())?;
-        ctx.assembly.rotation_as(&config, rollout, sign_in_as()).map(|rotation| (rotation, sign_in)).map_err(|e| e.to_string())
-    }) {
-        Ok(built) => built,
-        Err(problems) => return refuse_spec(object, ctx, previous.clone(), problems, now).await.map(Started::Returned),
     };
     let gates = Gatekeepers { consumers: consumer_gate, sign_in };
     rotation.revocation_gate = gates.gate();
@@ -434,6 +405,57 @@ async fn start(
             }))
         }
     }
+}
+
+/// A rotation of `object` wired to the adapters, signed in as the identity it names, with
+/// its sign-in check: what [`start`] runs and `entra-rotator doctor` checks.
+pub struct Prepared {
+    pub rotation: Rotation,
+    pub sign_in: Option<Arc<SignInGate>>,
+}
+
+/// Why `object` cannot be run: refused before any call to Graph (a RotationPolicy, its
+/// identity), or an invalid spec.
+pub enum Unprepared {
+    Refused { reason: &'static str, denial: super::authorization::Denial },
+    Invalid(String),
+}
+
+/// Decides, before anything reaches Graph, a vault or a relay, whether `object` may run and
+/// as whom, then builds its rotation.
+pub async fn prepare(object: &ClientSecretRotation, ctx: &Context) -> Result<Prepared, Unprepared> {
+    // Whose application, vault and relay these are is the administrator's to decide, not
+    // the rotation author's.
+    super::authorization::authorize(&ctx.client, &ctx.authorization, object)
+        .await
+        .map_err(|denial| Unprepared::Refused { reason: super::authorization::NOT_ALLOWED_BY_POLICY, denial })?;
+    // Whose identity signs in is decided before any call to Graph too.
+    let identity = super::identity::resolve(&ctx.client, &ctx.authorization.home_namespace, object)
+        .await
+        .map_err(|denial| Unprepared::Refused { reason: super::identity::IDENTITY_REFUSED, denial })?;
+    let mut config = object
+        .consumer_rules()
+        .and_then(|_| object.to_rotation_config())
+        .map_err(|problems| Unprepared::Invalid(problems.join("; ")))?;
+    config.orphan_grace_period = HumanDuration(ctx.orphan_grace);
+    let rollout: Option<Arc<dyn Rollout>> = (!object.spec.rollout.is_empty()).then(|| {
+        Arc::new(WorkloadRollout::new(
+            ctx.client.clone(),
+            object.metadata.namespace.clone().unwrap_or_default(),
+            object.spec.rollout.clone(),
+        )) as Arc<dyn Rollout>
+    });
+    let sign_in_as = || {
+        identity.as_ref().map(|identity| crate::assembly::SignInAs {
+            name: &identity.name,
+            version: &identity.version,
+            credential: &identity.credential,
+        })
+    };
+    let invalid = |error: crate::assembly::AssemblyError| Unprepared::Invalid(error.to_string());
+    let sign_in = ctx.assembly.sign_in_gate_as(&config, sign_in_as().as_ref()).map_err(invalid)?;
+    let rotation = ctx.assembly.rotation_as(&config, rollout, sign_in_as()).map_err(invalid)?;
+    Ok(Prepared { rotation, sign_in })
 }
 
 fn record_metrics(
