@@ -37,6 +37,8 @@ pub struct Assembly {
     trust: TlsTrust,
     kube: Option<kube::Client>,
     observer: Option<Arc<dyn ApiObserver>>,
+    /// The Entra login endpoint, where Exchange Online verification buys its tokens too.
+    authority_host: url::Url,
     /// One Key Vault client per vault, so each learns the vault's challenge only once; they
     /// request Key Vault's audience only, and skip the challenge's domain check only for the
     /// administrator's `azure.keyVault.privateHosts`.
@@ -70,7 +72,8 @@ impl Assembly {
         let vault_trust = crate::adapters::keyvault::VaultTrust::for_authority(&azure.authority_host)
             .with_private_hosts(azure.key_vault.private_hosts.iter().map(String::as_str));
         let vaults = crate::adapters::keyvault::KeyVaultClients::new(vault_trust);
-        Ok(Self { directory, graph, credential, http, trust, kube, observer, vaults })
+        let authority_host = azure.authority_host.clone();
+        Ok(Self { directory, graph, credential, http, trust, kube, observer, authority_host, vaults })
     }
 
     /// azure_core options for Key Vault: the shared HTTP client, and the observer per attempt.
@@ -118,7 +121,11 @@ impl Assembly {
     };
     let smtp = match &config.verification {
         VerificationConfig::Smtp(smtp) => Some(smtp),
-        VerificationConfig::None => None,
+        VerificationConfig::ExchangeOnline(_) | VerificationConfig::None => None,
+    };
+    let exchange = match &config.verification {
+        VerificationConfig::ExchangeOnline(exchange) => Some(exchange),
+        _ => None,
     };
     let mut stores: Vec<Arc<dyn SecretStore>> = Vec::new();
     for target in &config.targets {
@@ -143,11 +150,20 @@ impl Assembly {
                             namespace: secret.namespace.clone(),
                             name: secret.name.clone(),
                             keys: secret.keys.clone(),
-                            variables: SmtpVariables {
-                                smtp_host: smtp.map(|s| s.host.clone()),
-                                smtp_port: smtp.map(|s| s.port),
-                                smtp_username: smtp.map(|s| render_for_app(&s.username, &app)),
-                                smtp_from: smtp.map(|s| s.from.clone()),
+                            variables: match exchange {
+                                // What an XOAUTH2 client of Exchange Online is configured with.
+                                Some(exchange) => SmtpVariables {
+                                    smtp_host: Some(exchange.host.clone()),
+                                    smtp_port: Some(exchange.port),
+                                    smtp_username: Some(exchange.mailbox.clone()),
+                                    smtp_from: Some(exchange.sender().to_string()),
+                                },
+                                None => SmtpVariables {
+                                    smtp_host: smtp.map(|s| s.host.clone()),
+                                    smtp_port: smtp.map(|s| s.port),
+                                    smtp_username: smtp.map(|s| render_for_app(&s.username, &app)),
+                                    smtp_from: smtp.map(|s| s.from.clone()),
+                                },
                             },
                         },
                     )
@@ -188,15 +204,43 @@ impl Assembly {
             })
             .map_err(|e| assembly_error(&config.name, e))?,
         )),
-        None => None,
+        None => match exchange {
+            Some(exchange) => Some(Arc::new(
+                crate::adapters::smtp::exchange_online::ExchangeOnlineVerifier::new(
+                    crate::adapters::smtp::exchange_online::ExchangeOnlineVerification {
+                        host: exchange.host.clone(),
+                        port: exchange.port,
+                        mailbox: exchange.mailbox.clone(),
+                        from: exchange.sender().to_string(),
+                        to: exchange.to.clone(),
+                        scope: exchange.scope.clone(),
+                        authority_host: self.authority_host.clone(),
+                        timeout: exchange.timeout.0,
+                        mode: match exchange.mode {
+                            crate::config::SmtpMode::Deliver => crate::adapters::smtp::ProofMode::Deliver,
+                            crate::config::SmtpMode::Handshake => crate::adapters::smtp::ProofMode::Handshake,
+                        },
+                    },
+                    trust,
+                    self.http.clone(),
+                )
+                .map_err(|e| assembly_error(&config.name, e))?,
+            )),
+            None => None,
+        },
     };
-    let verify_retry = match smtp {
-        Some(smtp) => VerifyRetry {
+    let verify_retry = match (smtp, exchange) {
+        (Some(smtp), _) => VerifyRetry {
             budget: smtp.retry_budget.0,
             initial_delay: smtp.retry_interval.0,
             ..VerifyRetry::default()
         },
-        None => VerifyRetry::default(),
+        (None, Some(exchange)) => VerifyRetry {
+            budget: exchange.retry_budget.0,
+            initial_delay: exchange.retry_interval.0,
+            ..VerifyRetry::default()
+        },
+        (None, None) => VerifyRetry::default(),
     };
     Ok(Rotation {
         name: config.name.clone(),
