@@ -357,6 +357,11 @@ impl Tenant {
         self.state().tokens.values().map(|t| t.scope.clone()).collect()
     }
 
+    /// Every token issued so far, so tests can search outputs for them.
+    pub fn issued_token_values(&self) -> Vec<String> {
+        self.state().tokens.keys().cloned().collect()
+    }
+
     /// The token's grant if it was issued here and has not expired.
     pub fn token(&self, bearer: &str) -> Option<IssuedToken> {
         let state = self.state();
