@@ -274,3 +274,38 @@ async fn a_rotation_from_a_config_file_proves_the_new_secret_through_exchange_on
         assert!(!shown.contains(value.as_str()), "a secret or token in the output: {shown}");
     }
 }
+
+async fn smtp_test(f: &Fixture, dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, f.pki.ca_pem()).unwrap();
+    let password = dir.join("secret");
+    std::fs::write(&password, format!("{}\n", f.secret)).unwrap();
+    let (port, tenant, client) = (f.relay.port().to_string(), f.tenant.tenant_id.to_string(), f.app.app_id.to_string());
+    let authority = f.graph.authority_host().to_string();
+    let mut args = vec![
+        "smtp-test", "--xoauth2", "--host", "localhost", "--port", &port, "--tenant-id", &tenant, "--client-id", &client,
+        "--authority-host", &authority, "--username", MAILBOX, "--from", MAILBOX, "--to", RECIPIENT,
+        "--password-file", password.to_str().unwrap(), "--extra-root-certificate", ca.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_entra-rotator")).args(args).env_remove("RUST_LOG").output().await.unwrap()
+}
+
+#[tokio::test]
+async fn smtp_test_xoauth2_proves_the_secret_and_diagnoses_the_same_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::start().await;
+    f.authorize();
+    let ok = smtp_test(&f, dir.path(), &[]).await;
+    let shown = text(&ok);
+    assert!(ok.status.success(), "{shown}");
+    assert!(shown.contains("AUTH XOAUTH2") && shown.contains("OK: the relay accepted the test mail"), "{shown}");
+    assert_eq!(f.relay.messages(), 1);
+
+    f.exchange.set_smtp_auth_disabled_for_mailbox(MAILBOX, true);
+    let refused = smtp_test(&f, dir.path(), &["--mode", "handshake"]).await;
+    let shown = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("Set-CASMailbox -Identity dify@contoso.example"), "{shown}");
+    f.assert_no_credentials_in(&shown);
+}
