@@ -309,3 +309,39 @@ async fn smtp_test_xoauth2_proves_the_secret_and_diagnoses_the_same_states() {
     assert!(shown.contains("Set-CASMailbox -Identity dify@contoso.example"), "{shown}");
     f.assert_no_credentials_in(&shown);
 }
+
+/// smtplib, a client we did not write, authenticates with XOAUTH2 as Microsoft documents it
+/// and meets the basic-auth refusal: what the stand-in models holds for it too.
+#[tokio::test]
+async fn smtplib_speaks_xoauth2_with_the_exchange_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::start().await;
+    f.authorize();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, f.pki.ca_pem()).unwrap();
+    let token = f.tenant.issue_token(f.app.app_id, DEFAULT_SCOPE, Duration::from_secs(3600));
+    let output = tokio::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/smtplib_xoauth2.py"))
+        .env("RELAY_HOST", "localhost")
+        .env("RELAY_PORT", f.relay.port().to_string())
+        .env("RELAY_CA", &ca)
+        .env("RELAY_MAILBOX", MAILBOX)
+        .env("RELAY_TOKEN", &token)
+        .env("RELAY_PASSWORD", &f.secret)
+        .output()
+        .await
+        .expect("python3 runs");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    let steps: std::collections::HashMap<String, serde_json::Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|step| (step["step"].as_str().unwrap().to_string(), step))
+        .collect();
+    assert_eq!(steps["ehlo_after_tls"]["auth"], "LOGIN XOAUTH2", "{printed}");
+    assert_eq!(steps["basic_auth"]["code"], 550, "{printed}");
+    assert!(steps["basic_auth"]["reply"].as_str().unwrap().contains("5.7.30 Basic authentication is not supported"), "{printed}");
+    assert_eq!(steps["xoauth2"]["code"], 235, "{printed}");
+    assert_eq!(steps["sendmail"]["refused"], serde_json::json!([]), "{printed}");
+    assert_eq!(f.relay.accepted_messages()[0].username, MAILBOX);
+}

@@ -304,8 +304,8 @@ pub(super) fn explain_reply(
              defaults or Conditional Access policy blocks it"
         ),
         (Phase::Auth, _) if code == 535 => format!(
-            "Entra issued the token with this secret and it carries {SEND_AS_APP}, so the secret works; Exchange \
-             Online refused it for the mailbox {mailbox}. Either the application's service principal is not \
+            "Entra issued the token with this secret, so the secret works (and the token's claims, where readable, \
+             carry {SEND_AS_APP}); Exchange Online refused it for the mailbox {mailbox}. Either the application's service principal is not \
              registered in Exchange (`New-ServicePrincipal -AppId <application client id> -ObjectId <object id of \
              its enterprise application>`), or it has no permission on the mailbox (`Add-MailboxPermission \
              -Identity {mailbox} -User <service principal id> -AccessRights FullAccess`); both changes can take \
