@@ -181,7 +181,11 @@ impl Assembly {
     };
     let smtp = match &config.verification {
         VerificationConfig::Smtp(smtp) => Some(smtp),
-        VerificationConfig::None => None,
+        VerificationConfig::ExchangeOnline(_) | VerificationConfig::None => None,
+    };
+    let exchange = match &config.verification {
+        VerificationConfig::ExchangeOnline(exchange) => Some(exchange),
+        _ => None,
     };
     let mut stores: Vec<Arc<dyn SecretStore>> = Vec::new();
     for target in &config.targets {
@@ -207,11 +211,20 @@ impl Assembly {
                             namespace: secret.namespace.clone(),
                             name: secret.name.clone(),
                             keys: secret.keys.clone(),
-                            variables: SmtpVariables {
-                                smtp_host: smtp.map(|s| s.host.clone()),
-                                smtp_port: smtp.map(|s| s.port),
-                                smtp_username: smtp.map(|s| render_for_app(&s.username, &app)),
-                                smtp_from: smtp.map(|s| s.from.clone()),
+                            variables: match exchange {
+                                // What an XOAUTH2 client of Exchange Online is configured with.
+                                Some(exchange) => SmtpVariables {
+                                    smtp_host: Some(exchange.host.clone()),
+                                    smtp_port: Some(exchange.port),
+                                    smtp_username: Some(exchange.mailbox.clone()),
+                                    smtp_from: Some(exchange.sender().to_string()),
+                                },
+                                None => SmtpVariables {
+                                    smtp_host: smtp.map(|s| s.host.clone()),
+                                    smtp_port: smtp.map(|s| s.port),
+                                    smtp_username: smtp.map(|s| render_for_app(&s.username, &app)),
+                                    smtp_from: smtp.map(|s| s.from.clone()),
+                                },
                             },
                         },
                     )
@@ -252,15 +265,43 @@ impl Assembly {
             })
             .map_err(|e| assembly_error(&config.name, e))?,
         )),
-        None => None,
+        None => match exchange {
+            Some(exchange) => Some(Arc::new(
+                crate::adapters::smtp::exchange_online::ExchangeOnlineVerifier::new(
+                    crate::adapters::smtp::exchange_online::ExchangeOnlineVerification {
+                        host: exchange.host.clone(),
+                        port: exchange.port,
+                        mailbox: exchange.mailbox.clone(),
+                        from: exchange.sender().to_string(),
+                        to: exchange.to.clone(),
+                        scope: exchange.scope.clone(),
+                        authority_host: self.endpoints.authority_host.clone(),
+                        timeout: exchange.timeout.0,
+                        mode: match exchange.mode {
+                            crate::config::SmtpMode::Deliver => crate::adapters::smtp::ProofMode::Deliver,
+                            crate::config::SmtpMode::Handshake => crate::adapters::smtp::ProofMode::Handshake,
+                        },
+                    },
+                    trust,
+                    self.http.clone(),
+                )
+                .map_err(|e| assembly_error(&config.name, e))?,
+            )),
+            None => None,
+        },
     };
-    let verify_retry = match smtp {
-        Some(smtp) => VerifyRetry {
+    let verify_retry = match (smtp, exchange) {
+        (Some(smtp), _) => VerifyRetry {
             budget: smtp.retry_budget.0,
             initial_delay: smtp.retry_interval.0,
             ..VerifyRetry::default()
         },
-        None => VerifyRetry::default(),
+        (None, Some(exchange)) => VerifyRetry {
+            budget: exchange.retry_budget.0,
+            initial_delay: exchange.retry_interval.0,
+            ..VerifyRetry::default()
+        },
+        (None, None) => VerifyRetry::default(),
     };
     Ok(Rotation {
         name: config.name.clone(),

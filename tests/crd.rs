@@ -76,6 +76,24 @@ fn verification_must_be_chosen_explicitly() {
     assert!(admission(disabled).is_ok());
 }
 
+/// Issue 19 item 3: exchangeOnline is a third choice, exclusive with the others, with
+/// Exchange Online's defaults, and the relay it names is what authorization checks.
+#[test]
+fn exchange_online_verification_is_admitted_alone_with_its_defaults() {
+    let exchange = json!({"mailbox": "dify@contoso.com", "to": "canary@contoso.com"});
+    let both = with(example(), "/spec/verification/exchangeOnline", exchange.clone());
+    assert!(admission(both).unwrap_err().contains("verification.exchangeOnline"));
+    let alone = with(with(example(), "/spec/verification/smtp", Value::Null), "/spec/verification/exchangeOnline", exchange);
+    let rotation = admission(alone).unwrap();
+    assert_eq!(rotation.spec.verification.relay(), Some(("smtp.office365.com", 587)));
+    let config = rotation.to_rotation_config().unwrap();
+    let entra_rotator::config::VerificationConfig::ExchangeOnline(exchange) = config.verification else {
+        panic!("exchangeOnline")
+    };
+    assert_eq!(exchange.scope, "https://outlook.office365.com/.default");
+    assert_eq!(exchange.sender(), "dify@contoso.com");
+}
+
 /// The schema's formats as an API server applies them: the CRD is registered in the
 /// Kubernetes stand-in (which evaluates schemas and CEL rules as the API server does), and
 /// objects with a bad GUID, a bad duration, a percentage past 99 or no target are refused

@@ -80,10 +80,12 @@ fn verifier(port: u16, tls: TlsMode, mechanism: AuthMechanism, pki: &TestPki) ->
 }
 
 /// The credential as it crosses the wire: plain, AUTH LOGIN's base64(secret) and AUTH
-/// PLAIN's base64("\0user\0secret"), each with and without padding, and URL-safe.
+/// PLAIN's base64("\0user\0secret"), XOAUTH2's base64("user=…\x01auth=Bearer token\x01\x01"),
+/// each with and without padding, and URL-safe.
 fn credential_forms() -> Vec<String> {
     let mut forms = vec![SECRET.to_string()];
-    for value in [SECRET.to_string(), format!("\0{USERNAME}\0{SECRET}")] {
+    let xoauth2 = format!("user={USERNAME}\x01auth=Bearer {SECRET}\x01\x01");
+    for value in [SECRET.to_string(), format!("\0{USERNAME}\0{SECRET}"), xoauth2] {
         let encoded = STANDARD.encode(&value);
         forms.push(encoded.trim_end_matches('=').to_string());
         forms.push(encoded);
@@ -247,10 +249,11 @@ fn echoing_relay_script(mechanism: AuthMechanism) -> Script {
             b"334 UGFzc3dvcmQ6\r\n".to_vec(),
             echo_535.into_bytes(),
         ],
-        // AUTH PLAIN with base64("\0user\0secret") on the same line.
-        AuthMechanism::Plain => vec![echo_535.into_bytes()],
+        // AUTH PLAIN with base64("\0user\0secret"), AUTH XOAUTH2 with
+        // base64("user=…\x01auth=Bearer token\x01\x01"), on the same line.
+        AuthMechanism::Plain | AuthMechanism::Xoauth2 => vec![echo_535.into_bytes()],
     };
-    let mut replies = vec![b"250-relay.example\r\n250 AUTH LOGIN PLAIN\r\n".to_vec()];
+    let mut replies = vec![b"250-relay.example\r\n250 AUTH LOGIN PLAIN XOAUTH2\r\n".to_vec()];
     replies.extend(auth);
     Script {
         greeting: b"220 relay.example ESMTP\r\n".to_vec(),
@@ -264,7 +267,7 @@ fn echoing_relay_script(mechanism: AuthMechanism) -> Script {
 #[tokio::test]
 async fn an_echoed_auth_argument_reaches_no_error_in_any_form() {
     let pki = TestPki::generate().unwrap();
-    for mechanism in [AuthMechanism::Login, AuthMechanism::Plain] {
+    for mechanism in [AuthMechanism::Login, AuthMechanism::Plain, AuthMechanism::Xoauth2] {
         let relay = HostileSmtp::start_echoing(echoing_relay_script(mechanism), Some(&pki)).await;
         let verifier = verifier(relay.port(), TlsMode::Implicit, mechanism, &pki);
 

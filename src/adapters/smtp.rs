@@ -27,6 +27,7 @@
 //! control characters and bounded to [`MAX_REPLY_TEXT`] characters: none of them answers
 //! anything that carried the secret.
 
+pub mod exchange_online;
 pub mod quota;
 pub(crate) mod wire;
 
@@ -81,6 +82,8 @@ pub enum AuthMechanism {
     Login,
     /// AUTH PLAIN, for relays other than ACS.
     Plain,
+    /// AUTH XOAUTH2 with an Entra access token as the password (Exchange Online).
+    Xoauth2,
 }
 
 impl AuthMechanism {
@@ -88,6 +91,7 @@ impl AuthMechanism {
         match self {
             AuthMechanism::Login => Mechanism::Login,
             AuthMechanism::Plain => Mechanism::Plain,
+            AuthMechanism::Xoauth2 => Mechanism::Xoauth2,
         }
     }
 }
@@ -174,6 +178,17 @@ pub struct SmtpRelay {
     mechanism: AuthMechanism,
     timeout: Duration,
     connector: TlsConnector,
+    /// Whose replies the explanations read: ACS's, or Exchange Online's.
+    dialect: Dialect,
+}
+
+/// Which service's replies and set-up an explanation speaks of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    /// Azure Communication Services (and relays like it).
+    Acs,
+    /// Exchange Online client submission with OAuth ([`exchange_online`]).
+    ExchangeOnline,
 }
 
 impl fmt::Debug for SmtpRelay {
@@ -199,6 +214,7 @@ impl SmtpRelay {
             mechanism,
             timeout,
             connector: tls_connector(host, trust)?,
+            dialect: Dialect::Acs,
         })
     }
 
@@ -493,6 +509,11 @@ impl SmtpRelay {
     ) -> (VerifyFailureKind, String) {
         let text = sanitize_reply(text);
         let enhanced = enhanced_code(&format!("{code} {text}"));
+        if self.dialect == Dialect::ExchangeOnline
+            && let Some(explained) = exchange_online::explain_reply(phase, code, enhanced.as_deref(), &text, username, envelope)
+        {
+            return explained;
+        }
         // A reply to AUTH may echo the credential it answers: only its codes are shown.
         let reply = match (phase, &enhanced) {
             (Phase::Auth, Some(enhanced)) => format!("{code} {enhanced}"),
@@ -507,6 +528,7 @@ impl SmtpRelay {
                 VerifyFailureKind::MechanismRejected
             }
             Phase::Auth if code == 530 || code == 538 => VerifyFailureKind::Tls,
+            Phase::Auth if enhanced.as_deref() == Some("5.7.30") => VerifyFailureKind::MechanismRejected,
             Phase::MailFrom => VerifyFailureKind::SenderRejected,
             Phase::RcptTo if refuses_sender(&text, enhanced.as_deref()) => {
                 VerifyFailureKind::SenderRejected
@@ -524,6 +546,9 @@ impl SmtpRelay {
             VerifyFailureKind::BadCredentials => format!(
                 "The relay refused username `{username}` with this secret. {CREDENTIALS_ADVICE}"
             ),
+            VerifyFailureKind::MechanismRejected if enhanced.as_deref() == Some("5.7.30") => {
+                exchange_online::BASIC_AUTH_ADVICE.to_string()
+            }
             VerifyFailureKind::MechanismRejected => MECHANISM_ADVICE.to_string(),
             VerifyFailureKind::Tls => {
                 "The relay wants an encrypted connection before AUTH; use tls: startTls on port 587"
@@ -930,6 +955,7 @@ fn mechanism_name(mechanism: AuthMechanism) -> &'static str {
     match mechanism {
         AuthMechanism::Login => "LOGIN",
         AuthMechanism::Plain => "PLAIN",
+        AuthMechanism::Xoauth2 => "XOAUTH2",
     }
 }
 

@@ -7,7 +7,9 @@
 //! the command line (where `ps` and shell history would keep it), and is never printed.
 
 use super::EXIT_INVALID_INPUT;
+use crate::adapters::smtp::exchange_online::{ExchangeOnlineVerification, ExchangeOnlineVerifier};
 use crate::adapters::smtp::{AuthMechanism, ProofMode, SmtpVerification, SmtpVerifier, TlsMode};
+use crate::domain::AppRef;
 use crate::adapters::smtp_probe::{ProbeReport, probe};
 use crate::assembly::load_trust;
 use crate::config::TlsSettings;
@@ -25,9 +27,9 @@ const EXIT_SEND_FAILED: u8 = 1;
 
 #[derive(Args, Debug)]
 pub(crate) struct SmtpTestArgs {
-    /// The relay.
-    #[arg(long, default_value = "smtp.azurecomm.net")]
-    host: String,
+    /// The relay: smtp.azurecomm.net, or with --xoauth2 smtp.office365.com, unless given.
+    #[arg(long)]
+    host: Option<String>,
     /// 587 (STARTTLS) is the one to use; 25 is blocked outbound from Azure VMs.
     #[arg(long, default_value_t = 587)]
     port: u16,
@@ -62,6 +64,38 @@ pub(crate) struct SmtpTestArgs {
     /// nothing is sent and no mail quota is spent.
     #[arg(long, value_enum, default_value_t = ModeArg::Deliver)]
     mode: ModeArg,
+    /// Exchange Online with OAuth: buy a token with the client secret of --client-id in
+    /// --tenant-id, then AUTH XOAUTH2 as the mailbox given by --username.
+    #[arg(long, requires_all = ["tenant_id", "client_id"], conflicts_with = "auth")]
+    xoauth2: bool,
+    /// With --xoauth2: the app's tenant id.
+    #[arg(long, value_name = "GUID")]
+    tenant_id: Option<uuid::Uuid>,
+    /// With --xoauth2: the app's client id.
+    #[arg(long, value_name = "GUID")]
+    client_id: Option<uuid::Uuid>,
+    /// With --xoauth2: the token scope (a sovereign cloud has its own).
+    #[arg(long, default_value = crate::adapters::smtp::exchange_online::DEFAULT_SCOPE)]
+    scope: String,
+    /// With --xoauth2: the Entra login endpoint.
+    #[arg(long, default_value = "https://login.microsoftonline.com")]
+    authority_host: url::Url,
+}
+
+impl SmtpTestArgs {
+    fn host(&self) -> &str {
+        match (&self.host, self.xoauth2) {
+            (Some(host), _) => host,
+            (None, true) => crate::adapters::smtp::exchange_online::DEFAULT_HOST,
+            (None, false) => "smtp.azurecomm.net",
+        }
+    }
+}
+
+/// What proves the credential: the ACS-style relay session, or a token then XOAUTH2.
+enum Check {
+    Relay(SmtpVerifier),
+    ExchangeOnline(ExchangeOnlineVerifier, AppRef),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,13 +132,14 @@ pub(crate) async fn run(args: SmtpTestArgs) -> ExitCode {
         TlsArg::Starttls => (TlsMode::StartTls, "STARTTLS"),
         TlsArg::Implicit => (TlsMode::Implicit, "implicit TLS"),
     };
-    println!("Connecting to {}:{} ({tls_name})", args.host, args.port);
-    let report = probe(&args.host, args.port, tls_mode, &trust, args.timeout.0).await;
+    println!("Connecting to {}:{} ({tls_name})", args.host(), args.port);
+    let report = probe(args.host(), args.port, tls_mode, &trust, args.timeout.0).await;
     print_probe(&report);
 
-    let mechanism = match args.auth {
-        AuthArg::Login => "LOGIN",
-        AuthArg::Plain => "PLAIN",
+    let mechanism = match (args.auth, args.xoauth2) {
+        (_, true) => "XOAUTH2",
+        (AuthArg::Login, _) => "LOGIN",
+        (AuthArg::Plain, _) => "PLAIN",
     };
     let mode = match args.mode {
         ModeArg::Deliver => ProofMode::Deliver,
@@ -113,6 +148,12 @@ pub(crate) async fn run(args: SmtpTestArgs) -> ExitCode {
     // Announce the steps only when the look at the relay got through: after a failed
     // connection they would describe something that is not going to happen.
     if report.stopped.is_none() {
+        if let Check::ExchangeOnline(_, app) = &verifier {
+            println!(
+                "Getting a token for {} for application {} in tenant {} at {}",
+                args.scope, app.client_id, app.tenant_id, args.authority_host
+            );
+        }
         println!("Authenticating with AUTH {mechanism} as {}", args.username);
         match mode {
             ProofMode::Deliver => println!("Sending a test mail from {} to {}", args.from, args.to),
@@ -122,7 +163,11 @@ pub(crate) async fn run(args: SmtpTestArgs) -> ExitCode {
             ),
         }
     }
-    match verifier.check(&args.username, &password, mode).await {
+    let outcome = match &verifier {
+        Check::Relay(verifier) => verifier.check(&args.username, &password, mode).await,
+        Check::ExchangeOnline(verifier, app) => verifier.check(app, &password, mode).await,
+    };
+    match outcome {
         Ok(()) => {
             match mode {
                 ProofMode::Deliver => println!("OK: the relay accepted the test mail (AUTH {mechanism})."),
@@ -177,7 +222,7 @@ fn print_probe(report: &ProbeReport) {
 /// The verifier for these flags and the trust it uses.
 fn verifier(
     args: &SmtpTestArgs,
-) -> Result<(SmtpVerifier, crate::adapters::http::TlsTrust), String> {
+) -> Result<(Check, crate::adapters::http::TlsTrust), String> {
     if args.username.trim().is_empty() {
         return Err(
             "--username is empty; use the custom SMTP username or <resource>|<appId>|<tenantId>"
@@ -193,6 +238,26 @@ fn verifier(
         e.to_string()
             .replace("tls.extraRootCertificates", "--extra-root-certificate")
     })?;
+    if args.xoauth2 {
+        let (Some(tenant_id), Some(client_id)) = (args.tenant_id, args.client_id) else {
+            return Err("--xoauth2 needs --tenant-id and --client-id (the app whose secret buys the token)".into());
+        };
+        let settings = ExchangeOnlineVerification {
+            host: args.host().to_string(),
+            port: args.port,
+            mailbox: args.username.clone(),
+            from: args.from.clone(),
+            to: args.to.clone(),
+            scope: args.scope.clone(),
+            authority_host: args.authority_host.clone(),
+            timeout: args.timeout.0,
+            mode: ProofMode::Deliver,
+        };
+        let http = crate::adapters::http::http_client(&trust, args.timeout.0).map_err(|e| e.to_string())?;
+        let verifier = ExchangeOnlineVerifier::new(settings, &trust, http).map_err(|e| e.to_string())?;
+        let app = AppRef { tenant_id, client_id, object_id: None };
+        return Ok((Check::ExchangeOnline(verifier, app), trust));
+    }
     let settings = SmtpVerification {
         port: args.port,
         tls: match args.tls {
@@ -204,10 +269,10 @@ fn verifier(
             AuthArg::Plain => AuthMechanism::Plain,
         },
         timeout: args.timeout.0,
-        ..SmtpVerification::new(&args.host, username, &args.from, &args.to)
+        ..SmtpVerification::new(args.host(), username, &args.from, &args.to)
     };
     let verifier = SmtpVerifier::new(settings, &trust).map_err(|e| e.to_string())?;
-    Ok((verifier, trust))
+    Ok((Check::Relay(verifier), trust))
 }
 
 /// The password from --password-env, --password-file, or a no-echo prompt on a terminal.

@@ -269,6 +269,8 @@ pub struct KubernetesSecretTarget {
 pub enum VerificationConfig {
     /// Send a test mail through the SMTP relay with the new secret.
     Smtp(SmtpConfig),
+    /// Buy an Exchange Online token with the new secret and prove it with AUTH XOAUTH2.
+    ExchangeOnline(ExchangeOnlineConfig),
     /// No verification: old secrets are revoked after the grace period without proof.
     None,
 }
@@ -305,6 +307,51 @@ pub struct SmtpConfig {
     /// smtp.azurecomm.net (the stricter of ACS's two), no pacing for other relays.
     #[serde(default)]
     pub quota: Option<MailQuotaConfig>,
+}
+
+/// Proof through Exchange Online with OAuth: a token with the new secret (client
+/// credentials at `azure.authorityHost`, the app's tenant), then AUTH XOAUTH2 for `mailbox`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExchangeOnlineConfig {
+    /// The mailbox the app sends as (the XOAUTH2 user).
+    pub mailbox: String,
+    /// The sender; defaults to the mailbox.
+    #[serde(default)]
+    pub from: Option<String>,
+    pub to: String,
+    #[serde(default)]
+    pub mode: SmtpMode,
+    /// `smtp.office365.com` in the public cloud; a sovereign cloud has its own.
+    #[serde(default = "default_exchange_host")]
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// `https://outlook.office365.com/.default` in the public cloud; a sovereign cloud has
+    /// its own, set with the host.
+    #[serde(default = "default_exchange_scope")]
+    pub scope: String,
+    #[serde(default = "default_verify_budget")]
+    pub retry_budget: HumanDuration,
+    #[serde(default = "default_verify_interval")]
+    pub retry_interval: HumanDuration,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl ExchangeOnlineConfig {
+    /// The sender: `from`, else the mailbox.
+    pub fn sender(&self) -> &str {
+        self.from.as_deref().unwrap_or(&self.mailbox)
+    }
+}
+
+fn default_exchange_host() -> String {
+    "smtp.office365.com".into()
+}
+
+fn default_exchange_scope() -> String {
+    "https://outlook.office365.com/.default".into()
 }
 
 /// A mail quota, by the kind of ACS email domain or in figures.
@@ -565,8 +612,25 @@ impl RotationConfig {
         for (index, target) in self.targets.iter().enumerate() {
             target.check(&format!("{at}.targets[{index}]"), problems);
         }
-        if let VerificationConfig::Smtp(smtp) = &self.verification {
-            smtp.check(&format!("{at}.verification.smtp"), problems);
+        match &self.verification {
+            VerificationConfig::Smtp(smtp) => smtp.check(&format!("{at}.verification.smtp"), problems),
+            VerificationConfig::ExchangeOnline(exchange) => {
+                let at = format!("{at}.verification.exchangeOnline");
+                exchange.retry_budget.check_range(
+                    &format!("{at}.retryBudget"),
+                    HumanDuration::seconds(0),
+                    MAX_RETRY_BUDGET,
+                    "Entra replicates a new secret within minutes; a longer budget only holds the rotation",
+                    problems,
+                );
+                if !exchange.scope.ends_with("/.default") {
+                    problems.push(format!(
+                        "{at}.scope: {:?} must end in /.default (client credentials ask for a resource's application permissions), e.g. https://outlook.office365.com/.default",
+                        exchange.scope
+                    ));
+                }
+            }
+            VerificationConfig::None => {}
         }
     }
 }
@@ -575,15 +639,18 @@ impl RotationConfig {
     /// Runs from a file have no Lease: a secret another run is still verifying must not
     /// look like an orphan to this one.
     fn check_orphan_grace(&self, at: &str, problems: &mut Vec<String>) {
-        if let VerificationConfig::Smtp(smtp) = &self.verification {
-            // 0s says runs never overlap (a CronJob with concurrencyPolicy Forbid, a timer).
-            let grace = self.orphan_grace_period;
-            if !grace.0.is_zero() && grace <= smtp.retry_budget {
-                problems.push(format!(
-                    "{at}.orphanGracePeriod: {} must be longer than verification.smtp.retryBudget {} (or 0s when runs never overlap): a secret is verified before it is stored, and another run must not take it for an orphan meanwhile",
-                    grace, smtp.retry_budget
-                ));
-            }
+        let (field, budget) = match &self.verification {
+            VerificationConfig::Smtp(smtp) => ("smtp", smtp.retry_budget),
+            VerificationConfig::ExchangeOnline(exchange) => ("exchangeOnline", exchange.retry_budget),
+            VerificationConfig::None => return,
+        };
+        // 0s says runs never overlap (a CronJob with concurrencyPolicy Forbid, a timer).
+        let grace = self.orphan_grace_period;
+        if !grace.0.is_zero() && grace <= budget {
+            problems.push(format!(
+                "{at}.orphanGracePeriod: {} must be longer than verification.{field}.retryBudget {} (or 0s when runs never overlap): a secret is verified before it is stored, and another run must not take it for an orphan meanwhile",
+                grace, budget
+            ));
         }
     }
 }

@@ -180,7 +180,7 @@ fn verification_mode_and_quota_are_read_and_checked() {
     let smtp = |extra: &str| example().replace("        port: 587\n", &format!("        port: 587\n{extra}"));
     let settings = |text: &str| match parse(text).unwrap().rotations.remove(0).verification {
         VerificationConfig::Smtp(smtp) => (smtp.mode, smtp.quota),
-        VerificationConfig::None => panic!("the example verifies"),
+        _ => panic!("the example verifies through smtp"),
     };
     assert_eq!(settings(&example()), (SmtpMode::Deliver, None));
     assert_eq!(
@@ -202,4 +202,23 @@ fn a_rotation_naming_an_unknown_identity_is_refused_with_the_known_ones() {
     let message = problems(&text);
     assert!(message.contains("rotations[0] (dify-smtp).identity: \"customer-b\" is not one of identities: (customer-a, customer-a)"), "{message}");
     assert!(message.contains("identities[1].name: \"customer-a\" is empty or used twice"), "{message}");
+}
+
+/// Issue 19 item 3: Exchange Online's defaults (host, port, scope, the sender is the
+/// mailbox) and a scope that client credentials cannot ask for.
+#[test]
+fn exchange_online_verification_is_read_with_its_defaults_and_checked() {
+    let text = example();
+    let head = text.split("    verification:\n").next().unwrap();
+    let with = |block: &str| format!("{head}    verification:\n      exchangeOnline:\n{block}");
+    let rotation = parse(&with("        mailbox: dify@contoso.com\n        to: canary@contoso.com\n")).unwrap().rotations.remove(0);
+    let VerificationConfig::ExchangeOnline(exchange) = rotation.verification else { panic!("exchangeOnline") };
+    assert_eq!((exchange.host.as_str(), exchange.port), ("smtp.office365.com", 587));
+    assert_eq!(exchange.scope, "https://outlook.office365.com/.default");
+    assert_eq!(exchange.sender(), "dify@contoso.com");
+    assert_eq!(exchange.mode, SmtpMode::Deliver);
+    let refused = problems(&with(
+        "        mailbox: dify@contoso.com\n        to: canary@contoso.com\n        scope: https://outlook.office365.us\n",
+    ));
+    assert!(refused.contains("verification.exchangeOnline.scope: \"https://outlook.office365.us\" must end in /.default"), "{refused}");
 }

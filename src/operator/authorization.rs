@@ -203,7 +203,7 @@ impl<'a> Asks<'a> {
                 .enumerate()
                 .filter_map(|(i, t)| t.key_vault.as_ref().map(|v| (format!("spec.targets[{i}].keyVault.vaultUrl"), v.vault_url.as_str())))
                 .collect(),
-            relay: spec.verification.smtp.as_ref().map(|smtp| (smtp.host.as_str(), smtp.port)),
+            relay: spec.verification.relay(),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::config::duration::HumanDuration;
 use crate::config::{
-    ApplicationConfig, KeyVaultTarget as KeyVaultConfigTarget, KubernetesSecretTarget, RotationConfig, SmtpAuthMechanism,
+    ApplicationConfig, ExchangeOnlineConfig, KeyVaultTarget as KeyVaultConfigTarget, KubernetesSecretTarget, RotationConfig, SmtpAuthMechanism,
     SmtpConfig, TargetConfig, VerificationConfig,
 };
 use crate::template::Template;
@@ -192,13 +192,75 @@ pub struct SecretTarget {
 
 /// How to verify; set exactly one field.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.smtp) != (has(self.disabled) && self.disabled)").message("set verification.smtp, or verification.disabled: true to revoke without proof"))]
+#[x_kube(validation = Rule::new("(has(self.smtp) ? 1 : 0) + (has(self.exchangeOnline) ? 1 : 0) + ((has(self.disabled) && self.disabled) ? 1 : 0) == 1").message("set verification.smtp, or verification.exchangeOnline, or verification.disabled: true to revoke without proof"))]
 #[serde(rename_all = "camelCase")]
 pub struct Verification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<SmtpVerification>,
+    /// Exchange Online with OAuth: a token bought with the new secret, then AUTH XOAUTH2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_online: Option<ExchangeOnlineVerification>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+}
+
+impl Verification {
+    /// Whether new secrets are proven at a relay.
+    pub fn enabled(&self) -> bool {
+        self.smtp.is_some() || self.exchange_online.is_some()
+    }
+
+    /// The relay that receives the credential (the secret, or a token bought with it).
+    pub fn relay(&self) -> Option<(&str, u16)> {
+        match (&self.smtp, &self.exchange_online) {
+            (Some(smtp), _) => Some((smtp.host.as_str(), smtp.port)),
+            (None, Some(exchange)) => Some((exchange.host.as_str(), exchange.port)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Proof through Exchange Online: client credentials with the new secret for `scope` (at
+/// the controller's azure.authorityHost, the app's tenant), then AUTH XOAUTH2 as `mailbox`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("duration(self.retryBudget) <= duration('1h')").message("retryBudget must be at most 1h: Entra replicates a new secret within minutes")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExchangeOnlineVerification {
+    /// The mailbox the app sends as (the XOAUTH2 user).
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub mailbox: String,
+    /// The sender; defaults to the mailbox (another address needs SendAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub from: Option<String>,
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub to: String,
+    #[serde(default)]
+    pub mode: SmtpMode,
+    /// smtp.office365.com in the public cloud; a sovereign cloud has its own.
+    #[serde(default = "default_exchange_host")]
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// https://outlook.office365.com/.default in the public cloud; a sovereign cloud has its own.
+    #[serde(default = "default_exchange_scope")]
+    #[schemars(regex(pattern = r"^\S+/\.default$"))]
+    pub scope: String,
+    /// How long to retry while Entra replicates a new secret (Go duration, default 5m, at most 1h).
+    #[serde(default = "default_retry_budget")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
+    pub retry_budget: String,
+}
+
+fn default_exchange_host() -> String {
+    "smtp.office365.com".into()
+}
+
+fn default_exchange_scope() -> String {
+    "https://outlook.office365.com/.default".into()
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -492,7 +554,24 @@ impl ClientSecretRotation {
                 retry_interval: HumanDuration(std::time::Duration::from_secs(5)),
                 timeout: HumanDuration(std::time::Duration::from_secs(30)),
             }),
-            None => VerificationConfig::None,
+            None => match &spec.verification.exchange_online {
+                Some(exchange) => VerificationConfig::ExchangeOnline(ExchangeOnlineConfig {
+                    mailbox: exchange.mailbox.clone(),
+                    from: exchange.from.clone(),
+                    to: exchange.to.clone(),
+                    mode: match exchange.mode {
+                        SmtpMode::Deliver => crate::config::SmtpMode::Deliver,
+                        SmtpMode::Handshake => crate::config::SmtpMode::Handshake,
+                    },
+                    host: exchange.host.clone(),
+                    port: exchange.port,
+                    scope: exchange.scope.clone(),
+                    retry_budget: duration("verification.exchangeOnline.retryBudget", &exchange.retry_budget, &mut problems),
+                    retry_interval: HumanDuration(std::time::Duration::from_secs(5)),
+                    timeout: HumanDuration(std::time::Duration::from_secs(30)),
+                }),
+                None => VerificationConfig::None,
+            },
         };
         let config = RotationConfig {
             name: self.rotation_name(),

@@ -233,7 +233,7 @@ pub async fn reconcile(
     }
     let previous = accepted;
     let thresholds = alert_thresholds(object);
-    let verification_enabled = object.spec.verification.smtp.is_some();
+    let verification_enabled = object.spec.verification.enabled();
     let (sink, result, generation, gates) = match resumed {
         Some(run) => {
             let events = run.sink.events();
@@ -369,7 +369,7 @@ async fn start(
 
     let sink = Arc::new(RecordingSink::default());
     let engine = Engine::new(ctx.clock.clone(), sink.clone());
-    let reverify = if object.spec.verification.smtp.is_some() {
+    let reverify = if object.spec.verification.enabled() {
         let verified = previous.verified_key_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok());
         Reverify::UnlessVerified(verified)
     } else {

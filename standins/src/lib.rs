@@ -17,6 +17,7 @@
 /// the Graph stand-in enforces on `addPassword` as Graph does.
 pub const MAX_SECRET_LIFETIME_DAYS: i64 = 730;
 
+pub mod exchange;
 pub mod faults;
 pub mod federation;
 pub mod graph;

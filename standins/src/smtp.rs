@@ -13,6 +13,7 @@
 //! ACS's exact behaviour (which replies, in which state, with which enhanced codes), and
 //! the subset of SMTP the relay speaks is small.
 
+use crate::exchange::ExchangeOnline;
 use crate::tenant::Tenant;
 use crate::tls::TestPki;
 use base64::Engine as _;
@@ -75,6 +76,9 @@ pub struct RelaySettings {
     pub max_sessions: Option<usize>,
     /// Where the quota's windows take the time from (a simulated clock in tests).
     pub clock: RelayClock,
+    /// Speak Exchange Online's dialect instead of ACS's: AUTH XOAUTH2 with a token of the
+    /// shared tenant, basic auth refused, senders checked for SendAs (see [`crate::exchange`]).
+    pub exchange_online: Option<ExchangeOnline>,
 }
 
 /// A mail quota like ACS's: per minute and per hour.
@@ -130,6 +134,17 @@ impl RelaySettings {
             quota: None,
             max_sessions: None,
             clock: RelayClock::default(),
+            exchange_online: None,
+        }
+    }
+
+    /// Exchange Online's client submission (`smtp.office365.com`) with these permission states.
+    pub fn exchange_online(exchange: ExchangeOnline) -> Self {
+        Self {
+            resource_name: "exchange-online".to_string(),
+            allowed_senders: Vec::new(),
+            exchange_online: Some(exchange),
+            ..Self::azure_managed("exchange-online")
         }
     }
 
@@ -164,7 +179,8 @@ impl RelaySettings {
     }
 
     fn allows_sender(&self, address: &str) -> bool {
-        self.allowed_senders
+        // Exchange checks the sender against the mailbox's SendAs rights at DATA instead.
+        self.exchange_online.is_some() || self.allowed_senders
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(address))
     }
@@ -700,7 +716,11 @@ impl Session {
             "ENHANCEDSTATUSCODES".to_string(),
             "8BITMIME".to_string(),
         ];
-        lines.push(if self.tls { "AUTH LOGIN" } else { "STARTTLS" }.to_string());
+        let auth = match self.shared.settings.exchange_online {
+            Some(_) => "AUTH LOGIN XOAUTH2",
+            None => "AUTH LOGIN",
+        };
+        lines.push(if self.tls { auth } else { "STARTTLS" }.to_string());
         reply_lines(w, 250, &lines).await?;
         Ok(Flow::Continue)
     }
@@ -758,6 +778,9 @@ impl Session {
                 .refuse(w, "501 5.5.4 Syntax error, AUTH needs a mechanism")
                 .await;
         };
+        if let Some(exchange) = self.shared.settings.exchange_online.clone() {
+            return self.auth_exchange(w, &exchange, mechanism, words.next()).await;
+        }
         if !mechanism.eq_ignore_ascii_case("LOGIN") {
             return self
                 .refuse(w, "504 5.7.4 Unrecognized authentication type")
@@ -767,6 +790,33 @@ impl Session {
             .next()
             .map(|word| Zeroizing::new(word.as_bytes().to_vec()));
         self.auth_login(stream, initial_username).await
+    }
+
+    /// Exchange Online: AUTH XOAUTH2 with its initial response (what lettre, MSAL samples
+    /// and smtplib send); basic auth is refused.
+    async fn auth_exchange<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        exchange: &ExchangeOnline,
+        mechanism: &str,
+        initial: Option<&str>,
+    ) -> io::Result<Flow> {
+        if mechanism.eq_ignore_ascii_case("LOGIN") {
+            return self.refuse(w, crate::exchange::BASIC_AUTH_REFUSED).await;
+        }
+        if !mechanism.eq_ignore_ascii_case("XOAUTH2") {
+            return self.refuse(w, "504 5.7.4 Unrecognized authentication type").await;
+        }
+        let Some(response) = initial.and_then(|word| decode_base64(word.as_bytes())) else {
+            return self.auth_answer_unreadable(w).await;
+        };
+        match exchange.authenticate(&self.shared.tenant, &response) {
+            Ok((username, client_id)) => {
+                self.authenticated = Some(Authenticated { username, client_id });
+                ok(w, "235 2.7.0 Authentication successful").await
+            }
+            Err(answer) => self.refuse(w, answer).await,
+        }
     }
 
     /// AUTH LOGIN: username and password, each base64 encoded, each after a 334 prompt
@@ -1002,6 +1052,12 @@ impl Session {
                         .refuse(w, "530 5.7.57 Client not authenticated to send mail")
                         .await;
                 };
+                if let Some(exchange) = &self.shared.settings.exchange_online
+                    && !exchange.may_send_as(&username, &transaction.mail_from)
+                {
+                    let answer = ExchangeOnline::send_as_denied(&username, &transaction.mail_from);
+                    return self.refuse(w, &answer).await;
+                }
                 locked(&self.shared.accepted).push(AcceptedMessage {
                     username,
                     client_id,

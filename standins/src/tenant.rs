@@ -65,6 +65,9 @@ struct State {
     sign_ins: Vec<SignIn>,
     /// How long a sign-in takes to show in the sign-in log.
     sign_in_latency: Duration,
+    /// Application permissions granted with admin consent: (client id, resource) → roles,
+    /// e.g. `SMTP.SendAsApp` on `https://outlook.office365.com`.
+    app_roles: HashMap<(Uuid, String), Vec<String>>,
 }
 
 /// One service-principal sign-in with a client secret, as the sign-in log records it: the
@@ -87,7 +90,13 @@ pub struct IssuedToken {
     /// The scope it was issued for, e.g. `https://graph.microsoft.com/.default`.
     pub scope: String,
     pub expires_at: DateTime<Utc>,
+    /// The application permissions (`roles` claim) consented for the scope's resource.
+    pub roles: Vec<String>,
 }
+
+/// Exchange Online's resource (scope `https://outlook.office365.com/.default`): its tokens
+/// are JWT-shaped, as Entra's access tokens are, so a client can read their `roles`.
+pub const EXCHANGE_ONLINE_RESOURCE: &str = "https://outlook.office365.com";
 
 /// The shared tenant. Cheap to clone; every clone sees the same state.
 #[derive(Clone, Debug)]
@@ -318,21 +327,39 @@ impl Tenant {
         shown
     }
 
-    /// Issues a bearer token for `client_id` and `scope`, valid for `lifetime`.
+    /// Grants the application `client_id` the application permission `role` on `resource`
+    /// with admin consent (e.g. `SMTP.SendAsApp` on [`EXCHANGE_ONLINE_RESOURCE`]).
+    pub fn grant_app_role(&self, client_id: Uuid, resource: &str, role: &str) {
+        self.state().app_roles.entry((client_id, resource.to_string())).or_default().push(role.to_string());
+    }
+
+    /// Issues a bearer token for `client_id` and `scope`, valid for `lifetime`. Tokens for
+    /// Exchange Online, or for a resource with granted roles, are shaped like Entra's JWTs
+    /// (header, claims with `aud`, `appid`, `tid`, `roles`, `exp`, and a signature part that
+    /// nobody here checks); others are opaque.
     pub fn issue_token(&self, client_id: Uuid, scope: &str, lifetime: Duration) -> String {
-        let token = format!("standin.{}", Uuid::new_v4().simple());
-        let issued = IssuedToken {
-            client_id,
-            scope: scope.to_string(),
-            expires_at: Utc::now() + lifetime,
+        let resource = scope.trim_end_matches("/.default");
+        let expires_at = Utc::now() + lifetime;
+        let mut state = self.state();
+        let roles = state.app_roles.get(&(client_id, resource.to_string())).cloned();
+        let token = match &roles {
+            Some(_) => jwt_shaped(self.tenant_id, client_id, resource, roles.as_deref().unwrap_or_default(), expires_at),
+            None if resource == EXCHANGE_ONLINE_RESOURCE => jwt_shaped(self.tenant_id, client_id, resource, &[], expires_at),
+            None => format!("standin.{}", Uuid::new_v4().simple()),
         };
-        self.state().tokens.insert(token.clone(), issued);
+        let issued = IssuedToken { client_id, scope: scope.to_string(), expires_at, roles: roles.unwrap_or_default() };
+        state.tokens.insert(token.clone(), issued);
         token
     }
 
     /// The scopes of every token issued so far, in no particular order.
     pub fn issued_scopes(&self) -> Vec<String> {
         self.state().tokens.values().map(|t| t.scope.clone()).collect()
+    }
+
+    /// Every token issued so far, so tests can search outputs for them.
+    pub fn issued_token_values(&self) -> Vec<String> {
+        self.state().tokens.keys().cloned().collect()
     }
 
     /// The token's grant if it was issued here and has not expired.
@@ -347,6 +374,29 @@ impl Default for Tenant {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// An access token shaped like Entra's v1 tokens: base64url header, claims and a random
+/// signature part. Entra leaves `roles` out when the app has none on the resource.
+fn jwt_shaped(tenant_id: Uuid, client_id: Uuid, resource: &str, roles: &[String], expires_at: DateTime<Utc>) -> String {
+    use base64::Engine as _;
+    let encode = |value: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": "standin"});
+    let mut claims = serde_json::json!({
+        "aud": resource,
+        "iss": format!("https://sts.windows.net/{tenant_id}/"),
+        "iat": Utc::now().timestamp(),
+        "nbf": Utc::now().timestamp(),
+        "exp": expires_at.timestamp(),
+        "appid": client_id.to_string(),
+        "tid": tenant_id.to_string(),
+        "ver": "1.0",
+    });
+    if !roles.is_empty() {
+        claims["roles"] = serde_json::json!(roles);
+    }
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Uuid::new_v4().as_bytes());
+    format!("{}.{}.{signature}", encode(&header), encode(&claims))
 }
 
 /// A value shaped like Entra's: 40 characters from its alphabet, including `~` and `.`.
