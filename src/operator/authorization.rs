@@ -188,6 +188,8 @@ struct Asks<'a> {
     /// (field, vault URL)
     vaults: Vec<(String, &'a str)>,
     relay: Option<(&'a str, u16)>,
+    /// The field that names the relay, for messages.
+    relay_field: &'static str,
 }
 
 impl<'a> Asks<'a> {
@@ -204,6 +206,7 @@ impl<'a> Asks<'a> {
                 .filter_map(|(i, t)| t.key_vault.as_ref().map(|v| (format!("spec.targets[{i}].keyVault.vaultUrl"), v.vault_url.as_str())))
                 .collect(),
             relay: spec.verification.relay(),
+            relay_field: if spec.verification.smtp.is_some() { "spec.verification.smtp.host" } else { "spec.verification.exchangeOnline.host" },
         }
     }
 }
@@ -325,7 +328,8 @@ impl Authorization {
             candidates.retain(|p| p.allows_relay(host, port));
             if candidates.is_empty() {
                 return deny(format!(
-                    "spec.verification.smtp.host: the SMTP relay {host}:{port} is not allowed for namespace {namespace:?} ({considered}): only {} (ports 25, 465, 587) are, and what an administrator allows in spec.verificationHosts of a RotationPolicy serving the namespace, or for every namespace with the controller's --allow-smtp-host (chart value verification.allowedHosts). A relay receives the new secret, so it must be one you trust",
+                    "{}: the SMTP relay {host}:{port} is not allowed for namespace {namespace:?} ({considered}): only {} (ports 25, 465, 587) are, and what an administrator allows in spec.verificationHosts of a RotationPolicy serving the namespace, or for every namespace with the controller's --allow-smtp-host (chart value verification.allowedHosts). A relay receives the new secret, so it must be one you trust",
+                    asks.relay_field,
                     MICROSOFT_RELAYS.join(" and ")
                 ));
             }
@@ -450,6 +454,16 @@ mod tests {
     fn a_foreign_vault_is_refused_naming_the_target() {
         let denied = decide(&rotation("team-a", APP, "https://team-b.vault.azure.net", ACS, 587), &[team_a()], &[]).unwrap_err();
         assert!(denied.starts_with("spec.targets[1].keyVault.vaultUrl: Key Vault https://team-b.vault.azure.net is not allowed"), "{denied}");
+    }
+
+    #[test]
+    fn an_exchange_online_relay_is_checked_like_any_relay_and_named_by_its_field() {
+        let mut exchange = rotation("rotator", APP, VAULT_A, ACS, 587);
+        exchange.spec.verification = serde_json::from_value(json!({ "exchangeOnline": {
+            "host": "relay.attacker.example", "mailbox": "a@b.c", "to": "d@e.f" } }))
+        .unwrap();
+        let denied = decide(&exchange, &[], &[]).unwrap_err();
+        assert!(denied.starts_with("spec.verification.exchangeOnline.host: the SMTP relay relay.attacker.example:587 is not allowed"), "{denied}");
     }
 
     #[test]
