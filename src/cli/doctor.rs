@@ -14,7 +14,7 @@ use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
 use crate::adapters::graph::ListScope;
 use crate::adapters::identity::RotatorCredential;
 use crate::assembly::{resolve_credential, Assembly};
-use crate::config::{Config, RotationConfig, TargetConfig};
+use crate::config::{RotationConfig, TargetConfig};
 use crate::domain::Application;
 use crate::engine::Rotation;
 use crate::operator::crd::ClientSecretRotation;
@@ -94,17 +94,10 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
 
 /// The rotations of a configuration file.
 async fn file(path: &std::path::Path, only: &[String]) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match super::wiring::load_choosing(path, only) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_INVALID_INPUT);
-        }
+        Err(code) => return code,
     };
-    if let Some(unknown) = only.iter().find(|name| !config.rotations.iter().any(|r| &r.name == *name)) {
-        eprintln!("error: --only {unknown}: no rotation of that name in {}", path.display());
-        return ExitCode::from(EXIT_INVALID_INPUT);
-    }
     let (assembly, rotations) = match super::wiring::assemble(&config).await {
         Ok(built) => built,
         Err(error) => {

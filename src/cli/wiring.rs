@@ -16,17 +16,10 @@ use std::sync::Arc;
 /// `entra-rotator run`: loads the file, wires every rotation, runs each once, up to
 /// `concurrency` at a time; prints one line per rotation in configuration order.
 pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[String], concurrency: usize, lock: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load_choosing(path, only) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_INVALID_INPUT);
-        }
+        Err(code) => return code,
     };
-    if let Some(unknown) = only.iter().find(|name| !config.rotations.iter().any(|r| &r.name == *name)) {
-        eprintln!("error: --only {unknown}: no rotation of that name in {}", path.display());
-        return ExitCode::from(EXIT_INVALID_INPUT);
-    }
     // Held until the run ends; a dry run changes nothing and may look while another runs.
     let _lock = if dry_run {
         None
@@ -66,6 +59,20 @@ pub async fn run_config_file(path: &Path, dry_run: bool, force: bool, only: &[St
         }
     }
     if failed > 0 { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS }
+}
+
+/// The configuration at `path`, every name of `--only` checked against it; the error is
+/// printed and its exit code returned.
+pub(crate) fn load_choosing(path: &Path, only: &[String]) -> Result<Config, ExitCode> {
+    let config = Config::load(path).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(EXIT_INVALID_INPUT)
+    })?;
+    if let Some(unknown) = only.iter().find(|name| !config.rotations.iter().any(|r| &r.name == *name)) {
+        eprintln!("error: --only {unknown}: no rotation of that name in {}", path.display());
+        return Err(ExitCode::from(EXIT_INVALID_INPUT));
+    }
+    Ok(config)
 }
 
 /// Builds every configured rotation with the production adapters.
