@@ -222,3 +222,23 @@ fn a_percentage_of_a_lifetime_past_the_calendar_is_refused_not_a_panic() {
     let problems = object.to_rotation_config().unwrap_err().join("; ");
     assert!(problems.contains("spec.lifetime: ") && problems.contains("is outside 1s..730d"), "{problems}");
 }
+
+/// Issue 19 item 2: a ClientSecretRotation sets the mail quota its test mails are paced to,
+/// by preset or in figures, and admission refuses a half-given one.
+#[test]
+fn the_mail_quota_is_set_by_preset_or_figures() {
+    use entra_rotator::config::{MailQuotaConfig, NamedMailQuota, VerificationConfig};
+    let quota_of = |quota: Value| {
+        let config = admission(with(example(), "/spec/verification/smtp/quota", quota)).unwrap().to_rotation_config().unwrap();
+        match config.verification {
+            VerificationConfig::Smtp(smtp) => smtp.quota,
+            _ => panic!("the example verifies at the relay"),
+        }
+    };
+    assert_eq!(quota_of(json!({ "preset": "CustomDomain" })), Some(MailQuotaConfig::Named(NamedMailQuota::CustomDomain)));
+    assert_eq!(quota_of(json!({ "perMinute": 2, "perHour": 20 })), Some(MailQuotaConfig::Figures { per_minute: 2, per_hour: 20 }));
+    let refused = admission(with(example(), "/spec/verification/smtp/quota", json!({ "perMinute": 2 }))).unwrap_err();
+    assert!(refused.contains("give a preset (AzureManaged or CustomDomain), or both perMinute and perHour"), "{refused}");
+    let backwards = admission(with(example(), "/spec/verification/smtp/quota", json!({ "perMinute": 20, "perHour": 2 }))).unwrap().to_rotation_config().unwrap_err();
+    assert!(backwards.join("; ").contains("quota: perMinute 20 and perHour 2 must be"), "{backwards:?}");
+}
