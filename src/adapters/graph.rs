@@ -203,6 +203,21 @@ impl GraphClient {
         }
     }
 
+    /// The bearer token goes wherever `@odata.nextLink` points, so it must point at Graph:
+    /// the next page of a listing or of the sign-in log.
+    fn graph_link(&self, link: &str, operation: &str) -> Result<Url, GraphError> {
+        let protocol = |detail: String| GraphError::Protocol { operation: operation.to_string(), detail };
+        let url = Url::parse(link).map_err(|e| protocol(format!("@odata.nextLink {link:?} is not a URL: {e}")))?;
+        if url.origin() != self.api.origin() {
+            return Err(protocol(format!(
+                "@odata.nextLink points at {}, not at Graph ({}); refusing to send the token there",
+                url.origin().ascii_serialization(),
+                self.api.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
+    }
+
     /// The token scope used for Graph, e.g. `https://graph.microsoft.com/.default`.
     pub fn scope(&self) -> &str {
         &self.scope
@@ -860,20 +875,7 @@ impl ApplicationPages<'_> {
 
     /// The bearer token goes wherever `@odata.nextLink` points, so it must point at Graph.
     fn checked_next_link(&self, link: &str) -> Result<Url, GraphError> {
-        let protocol = |detail: String| GraphError::Protocol {
-            operation: self.operation.clone(),
-            detail,
-        };
-        let url = Url::parse(link)
-            .map_err(|e| protocol(format!("@odata.nextLink {link:?} is not a URL: {e}")))?;
-        if url.origin() != self.client.api.origin() {
-            return Err(protocol(format!(
-                "@odata.nextLink points at {}, not at Graph ({}); refusing to send the token there",
-                url.origin().ascii_serialization(),
-                self.client.api.origin().ascii_serialization()
-            )));
-        }
-        Ok(url)
+        self.client.graph_link(link, &self.operation)
     }
 }
 

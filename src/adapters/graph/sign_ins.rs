@@ -16,7 +16,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::Method;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use url::Url;
 use uuid::Uuid;
 
 /// At most this many pages (of up to 1,000 sign-ins) are read per question, so an app that
@@ -85,20 +84,6 @@ impl GraphClient {
             }
         }
         Ok(SignInScan { last_seen, complete: false })
-    }
-
-    /// The bearer token goes wherever `@odata.nextLink` points, so it must point at Graph.
-    fn graph_link(&self, link: &str, operation: &str) -> Result<Url, GraphError> {
-        let protocol = |detail: String| GraphError::Protocol { operation: operation.to_string(), detail };
-        let url = Url::parse(link).map_err(|e| protocol(format!("@odata.nextLink {link:?} is not a URL: {e}")))?;
-        if url.origin() != self.api.origin() {
-            return Err(protocol(format!(
-                "@odata.nextLink points at {}, not at Graph ({}); refusing to send the token there",
-                url.origin().ascii_serialization(),
-                self.api.origin().ascii_serialization()
-            )));
-        }
-        Ok(url)
     }
 }
 
