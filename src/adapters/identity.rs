@@ -139,6 +139,18 @@ impl azure_identity::ClientAssertion for ServiceAccountToken {
 }
 
 impl RotatorCredential {
+    /// The client id it signs in as, when the credential says it (a system-assigned
+    /// managed identity and `az login` do not).
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Self::WorkloadIdentity { client_id, .. } | Self::ClientSecret { client_id, .. } | Self::ServiceAccountToken { client_id, .. } => {
+                Some(client_id.as_str())
+            }
+            Self::ManagedIdentity { client_id } => client_id.as_deref(),
+            Self::AzureCli { .. } => None,
+        }
+    }
+
     /// A short name for messages, e.g. `client secret`.
     pub fn kind(&self) -> &'static str {
         match self {

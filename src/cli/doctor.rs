@@ -12,7 +12,6 @@
 
 use super::{EXIT_FAILED, EXIT_INVALID_INPUT};
 use crate::adapters::graph::ListScope;
-use crate::adapters::identity::RotatorCredential;
 use crate::assembly::{resolve_credential, Assembly};
 use crate::config::{RotationConfig, TargetConfig};
 use crate::domain::Application;
@@ -105,7 +104,7 @@ async fn file(path: &std::path::Path, only: &[String]) -> ExitCode {
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
     };
-    let own = resolve_credential(&config.azure.credential).ok().as_ref().and_then(own_client_id);
+    let own = own_client_id(&config.azure.credential);
     let mut report = Report::default();
     for (rotation_config, rotation) in config.rotations.iter().zip(&rotations) {
         if !only.is_empty() && !only.contains(&rotation_config.name) {
@@ -143,7 +142,7 @@ async fn cluster(args: DoctorArgs) -> ExitCode {
         }
     };
     objects.sort_by_key(ClientSecretRotation::rotation_name);
-    let own = resolve_credential(&settings.azure.credential).ok().as_ref().and_then(own_client_id);
+    let own = own_client_id(&settings.azure.credential);
     let mut report = Report::default();
     for object in objects.iter().filter(|o| args.only.is_empty() || args.only.contains(&o.rotation_name())) {
         let client_id = object.spec.application.client_id.clone();
@@ -213,14 +212,8 @@ enum Signer<'a> {
 }
 
 /// The rotator's own client id, when its sign-in says it.
-fn own_client_id(credential: &RotatorCredential) -> Option<Uuid> {
-    match credential {
-        RotatorCredential::WorkloadIdentity { client_id, .. }
-        | RotatorCredential::ClientSecret { client_id, .. }
-        | RotatorCredential::ServiceAccountToken { client_id, .. } => client_id.parse().ok(),
-        RotatorCredential::ManagedIdentity { client_id } => client_id.as_deref().and_then(|id| id.parse().ok()),
-        RotatorCredential::AzureCli { .. } => None,
-    }
+fn own_client_id(credential: &crate::config::CredentialConfig) -> Option<Uuid> {
+    resolve_credential(credential).ok()?.client_id()?.parse().ok()
 }
 
 async fn checks(assembly: &Assembly, rotation: &Rotation, signer: Signer<'_>) -> Vec<Check> {

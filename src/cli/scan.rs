@@ -292,14 +292,7 @@ fn settings_from_flags(args: &ScanArgs) -> Result<ConnectionSettings, String> {
 
 /// The client id whose service principal's owned applications `--owned` lists.
 fn own_client_id(identity: &RotatorCredential) -> Result<Uuid, String> {
-    let client_id = match identity {
-        RotatorCredential::WorkloadIdentity { client_id, .. }
-        | RotatorCredential::ClientSecret { client_id, .. }
-        | RotatorCredential::ServiceAccountToken { client_id, .. } => Some(client_id.as_str()),
-        RotatorCredential::ManagedIdentity { client_id } => client_id.as_deref(),
-        RotatorCredential::AzureCli { .. } => None,
-    };
-    let client_id = client_id.ok_or_else(|| {
+    let client_id = identity.client_id().ok_or_else(|| {
         format!(
             "--owned lists what the rotator's own service principal owns, but a {} sign-in does not say which \
              application that is; give its client id (--client-id, or azure.credential.clientId)",
