@@ -7,7 +7,7 @@
 use axum::{routing::post, Json, Router};
 use chrono::{DateTime, Utc};
 use entra_rotator_standins::kubernetes::WorkloadKind;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAME};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -55,15 +55,7 @@ fn env_reader() -> Value {
 async fn world(extra_spec: Value) -> World {
     let receiver = receiver().await;
     let scenario = Scenario::start().await.unwrap();
-    let mut spec = json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "lifetime": "4320h", "revokeGracePeriod": "0s",
-        "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    });
+    let mut spec = scenario.rotation_spec(SECRET_NAME, json!({ "lifetime": "4320h", "revokeGracePeriod": "0s" }));
     for (key, value) in extra_spec.as_object().unwrap() {
         spec[key] = value.clone();
     }

@@ -576,7 +576,7 @@ async fn read_all_stores(
 /// running pod may hold (the old keyId stays live while an old pod runs).
 mod operator_points {
     use entra_rotator_standins::kubernetes::{routes, WorkloadKind};
-    use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+    use entra_rotator_standins::scenario::{Scenario, SECRET_NAME};
     use serde_json::json;
     use std::process::Stdio;
     use std::time::Instant;
@@ -611,16 +611,7 @@ mod operator_points {
         let reads_env = json!({ "containers": [{ "name": "api", "image": "langgenius/dify-api",
             "envFrom": [{ "secretRef": { "name": SECRET_NAME } }] }] });
         scenario.kubernetes.create_workload_with(NAMESPACE, WorkloadKind::Deployment, "dify-api", &[("app", "dify")], reads_env, 1).unwrap();
-        let spec = json!({
-            "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-            "lifetime": "4320h", "revokeGracePeriod": "0s",
-            "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-            "verification": { "smtp": {
-                "host": "localhost", "port": scenario.relay.port(),
-                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-                "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } },
-            "rollout": [ { "kind": "Deployment", "name": "dify-api" } ]
-        });
+        let spec = scenario.rotation_spec(SECRET_NAME, json!({ "lifetime": "4320h", "revokeGracePeriod": "0s", "rollout": [ { "kind": "Deployment", "name": "dify-api" } ] }));
         scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
         pass_line(&scenario).await;
         scenario.kubernetes.hold_rollouts(true);

@@ -113,19 +113,12 @@ mod cluster {
     //! `doctor --namespace` / `--all-namespaces`: the ClientSecretRotations of the cluster,
     //! prepared as the CronJob pass prepares them.
 
-    use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE};
+    use entra_rotator_standins::scenario::{Scenario};
     use serde_json::json;
     use std::process::Output;
 
     fn spec(scenario: &Scenario) -> serde_json::Value {
-        json!({
-            "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-            "targets": [ { "secret": { "name": "app-smtp", "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-            "verification": { "smtp": {
-                "host": "localhost", "port": scenario.relay.port(),
-                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-                "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-        })
+        scenario.rotation_spec("app-smtp", json!({}))
     }
 
     async fn rotator(scenario: &Scenario, args: &[&str]) -> Output {

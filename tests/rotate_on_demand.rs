@@ -4,7 +4,7 @@
 
 use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
 use entra_rotator_standins::kubernetes::routes;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAME};
 use serde_json::{json, Value};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -15,15 +15,7 @@ const NAME: &str = "dify-smtp";
 
 async fn world() -> Scenario {
     let scenario = Scenario::start().await.unwrap();
-    let spec = json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "lifetime": "4320h", "revokeGracePeriod": "1h",
-        "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    });
+    let spec = scenario.rotation_spec(SECRET_NAME, json!({ "lifetime": "4320h", "revokeGracePeriod": "1h" }));
     scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
     scenario
 }

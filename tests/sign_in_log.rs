@@ -200,7 +200,7 @@ mod operator {
     //! SignInCheck condition says what to grant.
 
     use entra_rotator_standins::graph::AuditLogAccess;
-    use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE};
+    use entra_rotator_standins::scenario::{Scenario};
     use serde_json::json;
 
     const NAMESPACE: &str = "dify";
@@ -222,15 +222,7 @@ mod operator {
     async fn without_audit_log_read_all_the_status_says_the_check_was_skipped_and_what_to_grant() {
         let scenario = Scenario::start().await.unwrap();
         scenario.graph.set_audit_log_access(AuditLogAccess::NoPermission);
-        let spec = json!({
-            "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-            "lifetime": "4320h", "revokeGracePeriod": "0s", "requireUnusedFor": "1h",
-            "targets": [ { "secret": { "name": "app-smtp", "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-            "verification": { "smtp": {
-                "host": "localhost", "port": scenario.relay.port(),
-                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-                "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-        });
+        let spec = scenario.rotation_spec("app-smtp", json!({ "lifetime": "4320h", "revokeGracePeriod": "0s", "requireUnusedFor": "1h" }));
         scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
         pass(&scenario).await;
         // Due again at once: the next pass rotates and revokes the first secret.

@@ -3,7 +3,7 @@
 //! a consumer that was not restarted.
 
 use entra_rotator_standins::kubernetes::WorkloadKind;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAME};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -35,15 +35,7 @@ async fn status_tells_the_whole_story_of_a_rotation_waiting_for_its_consumers() 
     let reads_env = json!({ "containers": [{ "name": "api", "image": "langgenius/dify-api",
         "envFrom": [{ "secretRef": { "name": SECRET_NAME } }] }] });
     scenario.kubernetes.create_workload_with(NAMESPACE, WorkloadKind::Deployment, "dify-api", &[("app", "dify")], reads_env, 1).unwrap();
-    let spec = json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "lifetime": "4320h", "revokeGracePeriod": "0s",
-        "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    });
+    let spec = scenario.rotation_spec(SECRET_NAME, json!({ "lifetime": "4320h", "revokeGracePeriod": "0s" }));
     scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
 
     let (code, fresh) = status(&scenario, NAME).await;

@@ -7,7 +7,7 @@
 
 use entra_rotator_standins::federation::{FederatedCredential, ServiceAccountIssuer, TOKEN_EXCHANGE_AUDIENCE};
 use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE};
+use entra_rotator_standins::scenario::{Scenario};
 use serde::Deserialize as _;
 use serde_json::json;
 use serde_yaml::Value;
@@ -89,14 +89,7 @@ fn render_cronjob(helm: &Path, scenario: &Scenario) -> CronJobPod {
 /// A rotation in the release namespace writing a Kubernetes Secret, verified at the relay.
 fn create_rotation(scenario: &Scenario) {
     scenario.kubernetes.create_namespace(NAMESPACE);
-    let spec = json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "targets": [ { "secret": { "name": SECRET, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    });
+    let spec = scenario.rotation_spec(SECRET, json!({}));
     scenario.kubernetes.create_rotation(NAMESPACE, ROTATION, spec).unwrap();
 }
 

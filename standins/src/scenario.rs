@@ -108,6 +108,24 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// A ClientSecretRotation spec for the target application: the Kubernetes Secret
+    /// `secret` (its `SMTP_PASSWORD` key) as the one target, verified at the relay stand-in;
+    /// the top-level fields of `extra` are added or replace the defaults.
+    pub fn rotation_spec(&self, secret: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut spec = serde_json::json!({
+            "application": { "tenantId": self.tenant.tenant_id, "clientId": self.target.app_id },
+            "targets": [ { "secret": { "name": secret, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
+            "verification": { "smtp": {
+                "host": "localhost", "port": self.relay.port(),
+                "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
+                "from": self.relay.settings().default_sender().expect("the relay allows a sender"), "to": "canary@contoso.example" } }
+        });
+        if let (Some(spec), serde_json::Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        spec
+    }
+
     /// The target application as Graph holds it now.
     pub fn target_now(&self) -> StandinApp {
         self.tenant.app(self.target.object_id).unwrap_or_else(|| self.target.clone())
