@@ -443,6 +443,14 @@ impl SmtpRelay {
     ) -> (VerifyFailureKind, String) {
         let (host, port) = (&self.host, self.port);
         match error {
+            WireError::Resolve(io) => (
+                VerifyFailureKind::UnknownHost,
+                format!(
+                    "the SMTP relay host {host} does not resolve ({io}); nothing was sent. Check the host name \
+                     (ACS: smtp.azurecomm.net, Exchange Online: smtp.office365.com) and that the rotator's DNS \
+                     can resolve it; not retried before the next run"
+                ),
+            ),
             WireError::Connect(io) => (
                 VerifyFailureKind::Connection,
                 format!("could not reach the SMTP relay {host}:{port}: {io}. {CONNECTION_ADVICE}"),

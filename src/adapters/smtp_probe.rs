@@ -126,6 +126,7 @@ async fn converse(
 /// Why the probe stopped at `step`, in words.
 fn stopped(host: &str, port: u16, step: &str, error: WireError) -> String {
     match error {
+        WireError::Resolve(e) => format!("the host name {host} does not resolve: {e}"),
         WireError::Connect(e) => format!("could not connect: {e}"),
         WireError::Io(e) => format!("{step} failed: {e}"),
         WireError::Limit(limit) => format!(

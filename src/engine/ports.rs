@@ -220,6 +220,10 @@ pub enum VerifyFailureKind {
     Tls,
     /// Could not connect, or the connection dropped.
     Connection,
+    /// The relay's host name does not resolve: a wrong host, or a DNS the rotator cannot
+    /// use. Not retried: a name that does not resolve now will not within the retry budget,
+    /// and the next run tries again.
+    UnknownHost,
     /// The relay asks us to wait: a 4xx reply at any phase (rate or connection limits, the
     /// sending quota, a temporary fault), or a 5xx whose text is a throttling or quota
     /// refusal of Exchange Online or ACS. Retried after the limit's window; never a reason

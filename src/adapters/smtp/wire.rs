@@ -65,6 +65,8 @@ impl ReplyLimit {
 /// What went wrong below lettre. The caller adds the relay's host:port and the phase.
 #[derive(Debug)]
 pub enum WireError {
+    /// The relay's host name did not resolve to any address.
+    Resolve(io::Error),
     /// The TCP connection could not be made.
     Connect(io::Error),
     /// Reading or writing failed, or the relay hung up.
@@ -104,9 +106,17 @@ pub struct Plaintext {
 }
 
 impl Plaintext {
-    /// Connects to `host:port` (every address it resolves to, in turn).
+    /// Connects to `host:port` (every address it resolves to, in turn). Resolving first,
+    /// on its own, tells a name that does not resolve from a host that does not answer.
     pub async fn connect(host: &str, port: u16) -> Result<Self, WireError> {
-        let tcp = TcpStream::connect((host, port))
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(WireError::Resolve)?
+            .collect();
+        if addresses.is_empty() {
+            return Err(WireError::Resolve(io::Error::new(io::ErrorKind::NotFound, "the name has no addresses")));
+        }
+        let tcp = TcpStream::connect(addresses.as_slice())
             .await
             .map_err(WireError::Connect)?;
         let peer = tcp.peer_addr().map_err(WireError::Connect)?;
