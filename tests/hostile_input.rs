@@ -379,8 +379,45 @@ fn wrong_typed_application(scenario: &Scenario) -> impl Strategy<Value = Value> 
     })
 }
 
-/// Graph answers `200 OK` with hostile bodies to the read and to addPassword; the run
-/// stops with a protocol error, nothing is minted or stored, no value leaks.
+/// Whether Graph's answer to the application read must be refused: it is no object, its
+/// `id` or `appId` is not the application's (no generated string is a GUID), its
+/// `displayName` is neither a string nor null, or its `passwordCredentials` is not a list
+/// of credentials with GUID keyIds (no generated object has one: only the valid answer's
+/// own credential passes, and it is well-typed throughout).
+fn must_refuse_application_answer(body: &Value) -> bool {
+    let Some(answer) = body.as_object() else {
+        return true;
+    };
+    let is_uuid = |field: &str| answer.get(field).and_then(Value::as_str).is_some_and(|s| uuid::Uuid::parse_str(s).is_ok());
+    let name_ok = matches!(answer.get("displayName"), None | Some(Value::Null | Value::String(_)));
+    let credentials_ok = match answer.get("passwordCredentials") {
+        None => true,
+        Some(Value::Array(items)) => items.iter().all(|item| {
+            item.get("keyId").and_then(Value::as_str).is_some_and(|s| uuid::Uuid::parse_str(s).is_ok())
+        }),
+        Some(_) => false,
+    };
+    !is_uuid("id") || !is_uuid("appId") || !name_ok || !credentials_ok
+}
+
+/// A well-formed application answer that differs from the truth in what Graph may change:
+/// any display name (or none), no secrets listed, or one secret the stores never held.
+fn well_formed_application(scenario: &Scenario) -> impl Strategy<Value = Value> {
+    let (id, app_id) = (scenario.target.object_id, scenario.target.app_id);
+    let display_name = prop_oneof![Just(Value::Null), "(?s).{0,20}".prop_map(Value::String)];
+    (display_name, any::<bool>()).prop_map(move |(display_name, listed)| {
+        let credentials = if listed {
+            json!([{ "keyId": uuid::Uuid::new_v4(), "displayName": "entra-rotator:dify-smtp", "endDateTime": "2026-07-01T00:00:00Z" }])
+        } else {
+            json!([])
+        };
+        json!({ "id": id, "appId": app_id, "displayName": display_name, "passwordCredentials": credentials })
+    })
+}
+
+/// Graph answers `200 OK` with hostile bodies to the read and to addPassword. A hostile
+/// answer stops the run with a protocol error, nothing minted or stored, no value leaked;
+/// a well-formed one is read and the forced rotation goes ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
     let started = Instant::now();
@@ -394,8 +431,9 @@ async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
     let cases = 96;
     let strategy = (
         any::<bool>(),
-        prop_oneof![json_value(), wrong_typed_application(&scenario)],
+        prop_oneof![json_value(), wrong_typed_application(&scenario), well_formed_application(&scenario)],
     );
+    let (refused, must_refuse, read) = (Cell::new(0u32), Cell::new(0u32), Cell::new(0u32));
     let result = tokio::task::block_in_place(|| {
         runner(cases).run(&strategy, |(on_mint, body)| {
             let route = if on_mint {
@@ -403,10 +441,12 @@ async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
             } else {
                 ROUTE_GET_APPLICATION
             };
+            let refusal_due = on_mint || must_refuse_application_answer(&body);
+            let adds = scenario.graph.faults().count(ROUTE_ADD_PASSWORD);
             scenario
                 .graph
                 .faults()
-                .push(route, Fault::status(200).body(body));
+                .push(route, Fault::status(200).body(body.clone()));
             let outcome = handle.block_on(engine.run(
                 &rotation,
                 RunOptions {
@@ -415,22 +455,32 @@ async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
                 },
             ));
             scenario.graph.faults().clear();
+            let minted = scenario.graph.faults().count(ROUTE_ADD_PASSWORD) - adds;
             let now = (our_key_ids(&scenario), stored_key_ids(&scenario));
             match outcome {
                 Err(error) => {
+                    refused.set(refused.get() + 1);
+                    must_refuse.set(must_refuse.get() + u32::from(refusal_due));
+                    prop_assert!(refusal_due, "a well-formed application answer was refused: {body} -> {error}");
                     prop_assert!(
                         error.to_string().contains("Microsoft Graph"),
                         "names Graph: {error}"
                     );
                     prop_assert!(now == *state.borrow(), "a refused answer changed something");
                 }
-                // A body that happens to be a valid application answer is read, and the
-                // forced rotation then goes ahead for real: that is the new baseline.
+                // A well-formed application answer (its display name or its secret list
+                // differs from the truth) is read, and the forced rotation goes ahead for
+                // real: one secret minted, stored everywhere, working.
                 Ok(outcome) => {
-                    prop_assert!(
-                        !on_mint,
-                        "a hostile addPassword answer was accepted: {outcome:?}"
-                    );
+                    prop_assert!(!refusal_due, "a hostile answer was accepted: {body} -> {outcome:?}");
+                    read.set(read.get() + 1);
+                    let Outcome::Settled { key_id, minted: true, .. } = outcome else {
+                        return Err(TestCaseError::fail(format!("a forced run after a well-formed read rotates: {outcome:?}")));
+                    };
+                    prop_assert_eq!(minted, 1, "one secret minted");
+                    prop_assert!(now.0.contains(&key_id), "the new secret is live: {:?}", now);
+                    prop_assert_eq!(now.1, [Some(key_id); 2], "both stores hold the new secret");
+                    consumers_credential_works(&scenario).map_err(TestCaseError::fail)?;
                     *state.borrow_mut() = now;
                 }
             }
@@ -438,6 +488,10 @@ async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
         })
     });
     result.unwrap();
+    let (refused, must_refuse, read) = (refused.get(), must_refuse.get(), read.get());
+    assert_eq!(refused, must_refuse, "every refusal was due");
+    assert!(refused > 0 && read > 0, "the cases reached both hostile and well-formed answers: {refused} refused, {read} read");
+    assert_eq!(refused + read, cases, "every case refused or read");
 
     // Huge bodies: 8 MiB of JSON, valid and not.
     let huge = "x".repeat(8 << 20);
@@ -487,7 +541,7 @@ async fn graph_answers_malformed_wrong_typed_or_huge_change_nothing() {
     );
     transcript.assert_no_secret_leaked(&scenario);
     row(
-        "Graph answers (200 with arbitrary or wrong-typed JSON, 8 MiB bodies)",
+        &format!("Graph answers (200 with arbitrary or wrong-typed JSON, 8 MiB bodies; {refused} refused, each due; {read} well-formed application answers read, the forced rotation then minting one working secret)"),
         cases + 3,
         started,
     );
