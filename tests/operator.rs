@@ -192,6 +192,11 @@ impl LoggedController {
     }
 }
 
+fn lease_renewed_at(scenario: &Scenario) -> Value {
+    let lease = scenario.kubernetes.lease(NAMESPACE, "entra-rotator-leader").expect("the Lease exists");
+    lease["spec"]["renewTime"].clone()
+}
+
 fn lease_holder(scenario: &Scenario) -> Option<String> {
     let lease = scenario.kubernetes.lease(NAMESPACE, "entra-rotator-leader")?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
@@ -205,8 +210,10 @@ async fn two_controllers_never_rotate_the_same_app_twice() {
     let b = LoggedController::start(&scenario, "replica-b");
     eventually("replica-b runs as a standby", || b.logged("waiting to become the leader")).await;
     eventually("the rotation is Ready", || condition(&status(&scenario), "Ready").is_some_and(|c| c.0 == "True")).await;
-    // Give the standby every chance to act wrongly.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The standby gets a whole renewal of the Lease after the rotation is Ready to act
+    // wrongly: bounded by the leader's renewal, an event, rather than by a sleep.
+    let renewed = lease_renewed_at(&scenario);
+    eventually("replica-a renews the Lease once more", || lease_renewed_at(&scenario) != renewed).await;
     assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 1, "exactly one secret minted");
     assert_eq!(ours(&scenario).len(), 1);
     assert_eq!(lease_holder(&scenario).as_deref(), Some("replica-a"), "the first leader keeps the Lease");
