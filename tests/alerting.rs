@@ -6,7 +6,7 @@ use axum::{routing::post, Json, Router};
 use entra_rotator_standins::faults::Fault;
 use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
 use entra_rotator_standins::kubernetes::WorkloadKind;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAME};
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAME};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,15 +49,7 @@ async fn receiver() -> Receiver {
 async fn world(receiver: &Receiver) -> (Scenario, std::path::PathBuf) {
     let scenario = Scenario::start().await.unwrap();
     scenario.kubernetes.create_workload(NAMESPACE, WorkloadKind::Deployment, "dify-api", &[("app", "dify")]).unwrap();
-    let spec = json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "lifetime": "48h", "renewBefore": "1h", "revokeGracePeriod": "0s",
-        "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    });
+    let spec = scenario.rotation_spec(SECRET_NAME, json!({ "lifetime": "48h", "renewBefore": "1h", "revokeGracePeriod": "0s" }));
     scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
     let settings = scenario.config_path.with_file_name("controller.yaml");
     let base = std::fs::read_to_string(&scenario.config_path).unwrap();

@@ -10,7 +10,7 @@
 use entra_rotator::operator::identity::{self, IdentityKind};
 use entra_rotator_standins::federation::{FederatedCredential, ServiceAccountIssuer, TOKEN_EXCHANGE_AUDIENCE};
 use entra_rotator_standins::graph::{ROUTE_ADD_PASSWORD, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, SECRET_NAMESPACE};
+use entra_rotator_standins::scenario::{Scenario, SECRET_NAMESPACE};
 use serde_json::{json, Value};
 use std::process::Output;
 use uuid::Uuid;
@@ -157,16 +157,11 @@ fn client_secret_sign_in(scenario: &Scenario, team: &Team) -> Value {
 }
 
 fn rotation(scenario: &Scenario, app_id: Uuid, identity_ref: Value) -> Value {
-    json!({
+    scenario.rotation_spec(SECRET, json!({
         "application": { "tenantId": scenario.tenant.tenant_id, "clientId": app_id },
         "revokeGracePeriod": "0s",
         "identityRef": identity_ref,
-        "targets": [ { "secret": { "name": SECRET, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    })
+    }))
 }
 
 fn ready(scenario: &Scenario, namespace: &str) -> Value {

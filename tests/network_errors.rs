@@ -318,19 +318,12 @@ async fn each_azure_sdk_attempt_at_a_closed_vault_port_is_logged_at_info_with_it
 #[tokio::test]
 async fn a_webhook_at_a_closed_port_is_named_without_its_token() {
     use entra_rotator_standins::faults::Fault;
-    use entra_rotator_standins::scenario::{ACS_RESOURCE, SECRET_NAME};
+    use entra_rotator_standins::scenario::SECRET_NAME;
     const NAMESPACE: &str = "dify";
     let scenario = Scenario::start().await.unwrap();
     let port = closed_port();
     let token = "sig=hook-token-that-must-not-leak";
-    let spec = serde_json::json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "targets": [ { "secret": { "name": SECRET_NAME, "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    });
+    let spec = scenario.rotation_spec(SECRET_NAME, serde_json::json!({}));
     scenario.kubernetes.create_rotation(NAMESPACE, "dify-smtp", spec).unwrap();
     let settings = scenario.config_path.with_file_name("controller.yaml");
     let base = std::fs::read_to_string(&scenario.config_path).unwrap();

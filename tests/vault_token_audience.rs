@@ -4,7 +4,7 @@
 //! stand-ins over sockets, the vault stand-in playing a token-harvesting host.
 
 use entra_rotator_standins::graph::ROUTE_ADD_PASSWORD;
-use entra_rotator_standins::scenario::{Scenario, ACS_RESOURCE, VAULT_SECRET};
+use entra_rotator_standins::scenario::{Scenario, VAULT_SECRET};
 use serde_json::json;
 use std::process::Output;
 
@@ -74,14 +74,7 @@ async fn run_config_sends_a_harvesting_vault_no_token_and_mints_nothing() {
 }
 
 fn rotation_spec(scenario: &Scenario, vault: serde_json::Value) -> serde_json::Value {
-    json!({
-        "application": { "tenantId": scenario.tenant.tenant_id, "clientId": scenario.target.app_id },
-        "targets": [ { "keyVault": vault } ],
-        "verification": { "smtp": {
-            "host": "localhost", "port": scenario.relay.port(),
-            "username": format!("{ACS_RESOURCE}|{{{{clientId}}}}|{{{{tenantId}}}}"),
-            "from": scenario.relay.settings().default_sender().unwrap(), "to": "canary@contoso.example" } }
-    })
+    scenario.rotation_spec("unused", json!({ "targets": [ { "keyVault": vault } ] }))
 }
 
 #[tokio::test]
