@@ -6,7 +6,7 @@
 //! without aggregated discovery answers the legacy documents as `application/json`, and the
 //! client then fetches each group version, as it does here.
 
-use super::kinds::{ApiError, Kind, KindInfo, SERVED};
+use super::kinds::{ApiError, Kind, KindInfo, every_served_kind};
 use super::{Refusal, Shared, ok};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -21,8 +21,7 @@ const VERBS: [&str; 7] = [
 /// The kinds discovery announces now: the custom resource only once its CRD is registered.
 pub(super) fn served(shared: &Shared) -> Vec<Kind> {
     let cluster = shared.cluster();
-    SERVED
-        .into_iter()
+    every_served_kind()
         .filter(|kind| kind.info().built_in || cluster.custom_resource(*kind).is_some())
         .collect()
 }

@@ -398,31 +398,11 @@ const GENERIC: [Kind; 21] = [
     Kind::ClusterRotatorIdentity,
 ];
 
-/// Every kind the stand-in serves, in the order discovery lists them.
-pub(super) const SERVED: [Kind; 22] = [
-    Kind::Secret,
-    Kind::Rotation,
-    Kind::Event,
-    Kind::Lease,
-    Kind::Deployment,
-    Kind::StatefulSet,
-    Kind::DaemonSet,
-    Kind::CustomResourceDefinition,
-    Kind::ConfigMap,
-    Kind::Service,
-    Kind::ServiceAccount,
-    Kind::Role,
-    Kind::RoleBinding,
-    Kind::ClusterRole,
-    Kind::ClusterRoleBinding,
-    Kind::PodDisruptionBudget,
-    Kind::RotationPolicy,
-    Kind::ValidatingAdmissionPolicy,
-    Kind::ValidatingAdmissionPolicyBinding,
-    Kind::Pod,
-    Kind::RotatorIdentity,
-    Kind::ClusterRotatorIdentity,
-];
+/// Every kind the stand-in serves, in the order discovery lists them: Secrets (served by a
+/// store of their own, not the generic one) and then the generic kinds.
+pub(super) fn every_served_kind() -> impl Iterator<Item = Kind> {
+    std::iter::once(Kind::Secret).chain(GENERIC)
+}
 
 impl Kind {
     pub(super) fn info(self) -> &'static KindInfo {
