@@ -95,6 +95,21 @@ pub fn render(object: &ClientSecretRotation, events: Result<Vec<Event>, String>,
     for key_id in &status.pending_revocation {
         let _ = writeln!(out, "  old      keyId {key_id}  still live, awaiting revocation");
     }
+    if let Some(unmanaged) = &status.unmanaged {
+        let from = parse_time(&unmanaged.retire_from).map(|at| format!("{} ({})", time(at), relative(at, now)));
+        for secret in &unmanaged.secrets {
+            let expires = parse_time(&secret.expires).map(|at| format!("expires {}", time(at))).unwrap_or_else(|| "expiry unknown".into());
+            let fate = match (&secret.held_by, &from) {
+                (Some(held), _) => format!("kept live: {held}"),
+                (None, Some(from)) => format!("retired from {from} (retireUnmanaged)"),
+                (None, None) => "not retired".into(),
+            };
+            let _ = writeln!(out, "  unmanaged keyId {} {}  {expires}, {fate}", secret.key_id, display(&secret.display_name));
+        }
+        for secret in &unmanaged.retired {
+            let _ = writeln!(out, "  retired  keyId {} {}  removed {} (retireUnmanaged)", secret.key_id, display(&secret.display_name), secret.retired_at);
+        }
+    }
     if let Some(request) = &status.rotate_request {
         let _ = writeln!(
             out,
@@ -149,6 +164,11 @@ pub fn render(object: &ClientSecretRotation, events: Result<Vec<Event>, String>,
         }
     }
     out
+}
+
+/// A displayName as a person reads it: quoted, as it may hold anything.
+fn display(name: &Option<String>) -> String {
+    name.as_deref().map(|name| format!("{:?}", crate::operator::status::one_line(name))).unwrap_or_else(|| "(no displayName)".into())
 }
 
 fn event_time(event: &Event) -> Option<DateTime<Utc>> {

@@ -609,12 +609,24 @@ async fn deliver(ctx: &Context, notification: &Notification) -> Result<(), crate
 
 /// When the engine itself needs to act again.
 fn due_time(outcome: &Outcome) -> Option<DateTime<Utc>> {
-    match outcome {
+    let due = match outcome {
         Outcome::Planned(_) => None,
         Outcome::UpToDate { renew_at, .. } => Some(*renew_at),
         Outcome::InFlight { stale_at, .. } => Some(*stale_at),
         Outcome::Settled { revoke_at: Some(at), .. } => Some(*at),
         Outcome::Settled { renew_at, .. } => *renew_at,
+    };
+    let retirement = match outcome {
+        Outcome::UpToDate { retirement: Some(retirement), .. } | Outcome::Settled { retirement: Some(retirement), .. } => Some(retirement),
+        _ => None,
+    };
+    // retireUnmanaged: when the unmanaged secrets fall due, or when a hold is looked at again.
+    let retire = retirement.and_then(|r| {
+        r.kept.iter().map(|(_, hold)| hold.as_ref().map_or(r.from, |hold| hold.recheck_at)).min()
+    });
+    match (due, retire) {
+        (Some(due), Some(retire)) => Some(due.min(retire)),
+        (due, retire) => due.or(retire),
     }
 }
 
@@ -740,6 +752,8 @@ fn event_kind(event: &EngineEvent) -> Option<(EventType, &'static str)> {
         EngineEvent::RevocationScheduled { .. } => (EventType::Normal, "RevocationScheduled"),
         EngineEvent::RevocationHeld { .. } => (EventType::Warning, super::consumers::CONSUMERS_ON_OLD_SECRET),
         EngineEvent::Revoked { .. } => (EventType::Normal, "Revoked"),
+        EngineEvent::Retired { .. } => (EventType::Normal, "RetiredUnmanaged"),
+        EngineEvent::RetirementHeld { .. } => (EventType::Normal, "RetirementHeld"),
     })
 }
 

@@ -102,7 +102,8 @@ pub fn after_outcome(
     };
     match outcome {
         Outcome::Planned(_) => {}
-        Outcome::UpToDate { key_id, expires, renew_at } => {
+        Outcome::UpToDate { key_id, expires, renew_at, retirement } => {
+            record_retirement(&mut status, retirement.as_ref(), true, now);
             status.current_key_id = Some(key_id.to_string());
             status.not_after = expires.map(rfc3339);
             status.renewal_time = Some(rfc3339(*renew_at));
@@ -114,7 +115,8 @@ pub fn after_outcome(
         Outcome::InFlight { key_id, stale_at } => {
             set(&mut status, ROTATING, true, IN_FLIGHT, format!("keyId {key_id} was minted and is not stored yet; cleaned up after {} if it stays unstored", rfc3339(*stale_at)));
         }
-        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, .. } => {
+        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, retirement, .. } => {
+            record_retirement(&mut status, retirement.as_ref(), false, now);
             status.current_key_id = Some(key_id.to_string());
             status.not_after = expires.map(rfc3339);
             status.renewal_time = renew_at.map(rfc3339);
@@ -135,6 +137,44 @@ pub fn after_outcome(
     set(&mut status, DEGRADED, false, HEALTHY, "the last reconcile succeeded".into());
     update_expiry(&mut status, generation, now, alert_thresholds);
     status
+}
+
+/// At most this many unmanaged secrets, and retired ones, are listed in status.
+const UNMANAGED_LISTED: usize = 20;
+
+/// Writes what `retireUnmanaged` found into `status.unmanaged`: the secrets still on the
+/// application (`looked`: an up-to-date run, which looks whenever the option is on, found
+/// none when `retirement` is `None`) and, newest first, those it removed.
+fn record_retirement(status: &mut ClientSecretRotationStatus, retirement: Option<&crate::engine::policy::Retirement>, looked: bool, now: DateTime<Utc>) {
+    use super::crd::{RetiredSecretStatus, UnmanagedSecretStatus};
+    let Some(retirement) = retirement else {
+        if let Some(block) = status.unmanaged.as_mut().filter(|_| looked) {
+            block.secrets.clear();
+            block.retire_from = None;
+        }
+        return;
+    };
+    let block = status.unmanaged.get_or_insert_with(Default::default);
+    block.retire_from = Some(rfc3339(retirement.from));
+    block.secrets = retirement
+        .kept
+        .iter()
+        .take(UNMANAGED_LISTED)
+        .map(|(secret, hold)| UnmanagedSecretStatus {
+            key_id: secret.key_id.to_string(),
+            display_name: secret.display_name.clone(),
+            expires: secret.expires.map(rfc3339),
+            held_by: hold.as_ref().map(|hold| format!("{}: {}", hold.reason, one_line(&hold.message))),
+        })
+        .collect();
+    for secret in &retirement.removed {
+        block.retired.insert(0, RetiredSecretStatus {
+            key_id: secret.key_id.to_string(),
+            display_name: secret.display_name.clone(),
+            retired_at: rfc3339(now),
+        });
+    }
+    block.retired.truncate(UNMANAGED_LISTED);
 }
 
 /// Records that `key_id` passed verification in this reconcile, and sets the Verified
@@ -253,6 +293,7 @@ mod tests {
             key_id: Uuid::nil(),
             expires: Some(now() + Duration::days(expires_in_days)),
             renew_at: now() + Duration::days(expires_in_days - 60),
+            retirement: None,
         }
     }
 
