@@ -100,7 +100,7 @@ fn retirement(retirement: &Retirement, planned: bool) -> String {
     let (held, waiting): (Vec<_>, Vec<_>) = retirement.kept.iter().partition(|(_, hold)| hold.is_some());
     if !waiting.is_empty() {
         let waiting = list(waiting.iter().map(|(s, _)| s.describe()).collect());
-        let verb = if planned { "would be retired" } else { "retired" };
+        let verb = if planned { "would be retired" } else { "to be retired" };
         text.push_str(&format!("; unmanaged {waiting} {verb} from {} (retireUnmanaged)", day(&Some(retirement.from))));
     }
     for (secret, hold) in held {
