@@ -93,7 +93,15 @@ pub fn render(object: &ClientSecretRotation, events: Result<Vec<Event>, String>,
         }
     }
     for key_id in &status.pending_revocation {
-        let _ = writeln!(out, "  old      keyId {key_id}  still live, awaiting revocation");
+        // Written by controllers since oldSecrets; older ones recorded the keyIds alone.
+        let expires = status
+            .old_secrets
+            .iter()
+            .find(|old| &old.key_id == key_id)
+            .and_then(|old| parse_time(&old.expires))
+            .map(|at| format!("expires {} ({}), ", time(at), relative(at, now)))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  old      keyId {key_id}  {expires}still live, awaiting revocation");
     }
     if let Some(unmanaged) = &status.unmanaged {
         let from = parse_time(&unmanaged.retire_from).map(|at| format!("{} ({})", time(at), relative(at, now)));

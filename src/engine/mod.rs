@@ -107,6 +107,8 @@ pub enum Outcome {
         held: Option<RevocationHold>,
         /// `retireUnmanaged`, once every older secret of ours is gone.
         retirement: Option<Retirement>,
+        /// When each of `pending` expires, as Graph listed it.
+        pending_expires: std::collections::BTreeMap<Uuid, DateTime<Utc>>,
     },
 }
 
@@ -245,7 +247,11 @@ impl Engine {
         let retire = plan.retire.clone();
         let object_id = observation.app.object_id;
         let stored = observation.stored.iter().map(|s| s.as_ref().map(|s| (s.key_id, s.value.clone()))).collect::<Vec<_>>();
+        let listed = observation.app.password_credentials.clone();
         let mut outcome = self.execute(rotation, observation, plan, reverify, revocation).await?;
+        if let Outcome::Settled { pending, pending_expires, .. } = &mut outcome {
+            *pending_expires = listed.iter().filter(|c| pending.contains(&c.key_id)).filter_map(|c| Some((c.key_id, c.end?))).collect();
+        }
         let (Some(retire), Some(key_id)) = (retire, settled_key(&outcome)) else { return Ok(outcome) };
         let value = stored.iter().flatten().find(|(held, _)| *held == Some(key_id)).map(|(_, value)| value.clone());
         let value = value.expect("the plan retires only around a keyId every store holds");
@@ -338,6 +344,7 @@ impl Engine {
                         revoke_at: Some(revoke_at),
                         held: None,
                         retirement: None,
+                        pending_expires: Default::default(),
                     });
                 }
                 // Asked before re-verifying: a hold can last hours, and each look would
@@ -354,6 +361,7 @@ impl Engine {
                         revoke_at: Some(hold.recheck_at),
                         held: Some(hold),
                         retirement: None,
+                        pending_expires: Default::default(),
                     });
                 }
                 let value = value_held(&observation.stored, key_id)
@@ -457,20 +465,20 @@ impl Engine {
         }
         let revoke_at = (!pending.is_empty()).then_some(revoke_at);
         if due.is_empty() {
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None, retirement: None });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None, retirement: None, pending_expires: Default::default() });
         }
         let hold = if at_once { None } else { self.revocation_hold(rotation, key_id, &due).await? };
         if let Some(hold) = hold {
             let pending = [due, pending].concat();
             let revoke_at = Some(hold.recheck_at);
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold), retirement: None });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold), retirement: None, pending_expires: Default::default() });
         }
         self.confirm_stores_hold(rotation, key_id).await?;
         for old_key in &due {
             rotation.directory.remove_password(object_id, *old_key).await?;
             self.emit(rotation, Event::Revoked { key_id: *old_key });
         }
-        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None, retirement: None })
+        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None, retirement: None, pending_expires: Default::default() })
     }
 
     /// `retireUnmanaged`: once `retirement.from` has passed, asks the revocation gate about

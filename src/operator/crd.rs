@@ -422,6 +422,10 @@ pub struct ClientSecretRotationStatus {
     /// Older secrets of ours awaiting revocation, and from when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_revocation: Vec<String>,
+    /// The same older secrets with their expiry (up to 8), for `entra-rotator status`.
+    // Written as [] when empty: status is merge-patched, and an absent field stays.
+    #[serde(default)]
+    pub old_secrets: Vec<OldSecretStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -449,6 +453,16 @@ pub struct ClientSecretRotationStatus {
     /// `retireUnmanaged`: the application's password credentials no rotation minted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmanaged: Option<UnmanagedStatus>,
+}
+
+/// An older secret of ours, still live.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OldSecretStatus {
+    pub key_id: String,
+    /// When it expires (RFC 3339), as Graph lists it.
+    #[serde(default)]
+    pub expires: Option<String>,
 }
 
 /// What `retireUnmanaged` found and did (keyIds and displayNames, never values).

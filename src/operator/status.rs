@@ -108,6 +108,7 @@ pub fn after_outcome(
             status.not_after = expires.map(rfc3339);
             status.renewal_time = Some(rfc3339(*renew_at));
             status.pending_revocation.clear();
+            status.old_secrets.clear();
             status.revoke_after = None;
             set(&mut status, READY, true, UP_TO_DATE, format!("keyId {key_id} is stored and live; next rotation {}", rfc3339(*renew_at)));
             set(&mut status, ROTATING, false, IDLE, "no rotation in progress".into());
@@ -115,7 +116,7 @@ pub fn after_outcome(
         Outcome::InFlight { key_id, stale_at } => {
             set(&mut status, ROTATING, true, IN_FLIGHT, format!("keyId {key_id} was minted and is not stored yet; cleaned up after {} if it stays unstored", rfc3339(*stale_at)));
         }
-        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, retirement, .. } => {
+        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, retirement, pending_expires, .. } => {
             record_retirement(&mut status, retirement.as_ref(), false, now);
             status.current_key_id = Some(key_id.to_string());
             status.not_after = expires.map(rfc3339);
@@ -124,6 +125,11 @@ pub fn after_outcome(
                 status.last_rotation_time = Some(rfc3339(now));
             }
             status.pending_revocation = pending.iter().map(|id| id.to_string()).collect();
+            status.old_secrets = pending
+                .iter()
+                .take(OLD_LISTED)
+                .map(|id| super::crd::OldSecretStatus { key_id: id.to_string(), expires: pending_expires.get(id).copied().map(rfc3339) })
+                .collect();
             status.revoke_after = revoke_at.map(rfc3339);
             let message = if *minted { format!("rotated to keyId {key_id}") } else { format!("keyId {key_id} is stored everywhere") };
             set(&mut status, READY, true, if *minted { ROTATED } else { UP_TO_DATE }, message);
@@ -138,6 +144,10 @@ pub fn after_outcome(
     update_expiry(&mut status, generation, now, alert_thresholds);
     status
 }
+
+/// At most this many older secrets of ours are listed with their expiry (normally one or
+/// two are live: the grace period keeps only the newest older one).
+const OLD_LISTED: usize = 8;
 
 /// At most this many unmanaged secrets, and retired ones, are listed in status.
 const UNMANAGED_LISTED: usize = 20;
