@@ -205,7 +205,7 @@ fn next_step(object: &ClientSecretRotation, status: &ClientSecretRotationStatus,
     }
     if let Some(consumers) = status.consumers.as_ref().filter(|c| c.waiting_since.is_some()) {
         return format!(
-            "revoke {} once every consumer holds keyId {} (looks again every 30s); waiting since {}, consumerWaitTimeout {}{}",
+            "revoke {} once every consumer holds keyId {} (the controller looks again when a pod of the namespace changes, and every 30s by default: --consumer-recheck); waiting since {}, consumerWaitTimeout {}{}",
             status.pending_revocation.join(", "),
             consumers.key_id,
             consumers.waiting_since.as_deref().unwrap_or_default(),
