@@ -335,7 +335,9 @@ pub async fn record(
                 announce.timed_out = Some(hold.message.clone());
             }
         }
-        None if report.released_as_stuck => {
+        // Only a run that revoked something says so; retireUnmanaged asks the same gate
+        // once nothing of ours is pending, and its removals have their own Events.
+        None if report.released_as_stuck && matches!(outcome, Outcome::Settled { revoked, .. } if !revoked.is_empty()) => {
             let message = format!(
                 "revoked the old secret after waiting since {} although consumers may still use it (revokeWhenConsumersStuck): {}",
                 report.waiting_since.map(time).unwrap_or_default(),
