@@ -311,6 +311,7 @@ impl Assembly {
             renew_before: config.renew_before().chrono(),
             revoke_grace: config.revoke_grace_period.chrono(),
             orphan_grace: config.orphan_grace_period.chrono(),
+            retire_unmanaged_after: config.retire_unmanaged.as_ref().map(|retire| retire.after.chrono()),
         },
         directory: directory.clone(),
         stores,

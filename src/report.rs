@@ -2,7 +2,7 @@
 //! operator writes into status and Events, so both faces say the same thing. Below both
 //! faces; imports only the engine.
 
-use crate::engine::policy::Decision;
+use crate::engine::policy::{Decision, Retirement};
 use crate::engine::{EngineError, Outcome};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -39,9 +39,10 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
                 }
                 Decision::UpToDate { key_id, expires, renew_at } if clean.is_empty() => {
                     return format!(
-                        "{name}: nothing to do until {}: keyId {key_id} expires {}",
+                        "{name}: nothing to do until {}: keyId {key_id} expires {}{}",
                         day(&Some(*renew_at)),
-                        day(expires)
+                        day(expires),
+                        plan.retire.as_ref().map(|r| retirement(r, true)).unwrap_or_default()
                     );
                 }
                 Decision::UpToDate { key_id, expires, renew_at } => format!(
@@ -50,18 +51,20 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
                     day(expires)
                 ),
             };
-            format!("would {clean}{action}")
+            let retire = plan.retire.as_ref().map(|r| retirement(r, true)).unwrap_or_default();
+            format!("would {clean}{action}{retire}")
         }
-        Outcome::UpToDate { key_id, expires, renew_at } => format!(
-            "up to date: keyId {key_id} expires {}; next rotation {}",
+        Outcome::UpToDate { key_id, expires, renew_at, retirement: retired } => format!(
+            "up to date: keyId {key_id} expires {}; next rotation {}{}",
             day(expires),
-            day(&Some(*renew_at))
+            day(&Some(*renew_at)),
+            retired.as_ref().map(|r| retirement(r, false)).unwrap_or_default()
         ),
         Outcome::InFlight { key_id, stale_at } => format!(
             "waiting: keyId {key_id} was minted by another run moments ago; it is cleaned up after {} if still unstored",
             day(&Some(*stale_at))
         ),
-        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at, held, .. } => {
+        Outcome::Settled { key_id, minted, expires, revoked, pending, revoke_at, held, retirement: retired, .. } => {
             let mut line = if *minted {
                 format!("rotated: new keyId {key_id} verified and stored, expires {}", day(expires))
             } else {
@@ -75,10 +78,37 @@ pub fn outcome_line(name: &str, outcome: &Outcome) -> String {
                 None if !pending.is_empty() => line.push_str(&format!("; {} revoked from {}", ids(pending), day(revoke_at))),
                 None => {}
             }
+            if let Some(retired) = retired {
+                line.push_str(&retirement(retired, false));
+            }
             line
         }
     };
     format!("{name}: {what}")
+}
+
+/// What `retireUnmanaged` did (or, `planned`, would do) with the secrets no rotation minted:
+/// `; retired …; kept …` (keyIds and displayNames only).
+fn retirement(retirement: &Retirement, planned: bool) -> String {
+    let list = |secrets: Vec<String>| secrets.join(", ");
+    let mut text = String::new();
+    if !retirement.removed.is_empty() {
+        let verb = if planned { "would retire" } else { "retired" };
+        let removed = list(retirement.removed.iter().map(|s| s.describe()).collect());
+        text.push_str(&format!("; {verb} unmanaged {removed} (retireUnmanaged)"));
+    }
+    let (held, waiting): (Vec<_>, Vec<_>) = retirement.kept.iter().partition(|(_, hold)| hold.is_some());
+    if !waiting.is_empty() {
+        let waiting = list(waiting.iter().map(|(s, _)| s.describe()).collect());
+        let verb = if planned { "would be retired" } else { "to be retired" };
+        text.push_str(&format!("; unmanaged {waiting} {verb} from {} (retireUnmanaged)", day(&Some(retirement.from))));
+    }
+    for (secret, hold) in held {
+        if let Some(hold) = hold {
+            text.push_str(&format!("; unmanaged {} kept live ({}): {}", secret.describe(), hold.reason, hold.message));
+        }
+    }
+    text
 }
 
 pub fn error_line(name: &str, error: &EngineError) -> String {

@@ -272,3 +272,67 @@ async fn a_plain_volume_consumer_is_revoked_after_its_sync_delay_and_a_sub_path_
     let message = w.condition("Revoked").2;
     assert!(message.contains("1 consumer(s) may still use the old secret: pod copier (subPath)"), "{message}");
 }
+
+mod watched {
+    //! The controller watches the pods (by metadata) of namespaces where a revocation waits
+    //! for consumers: a pod replacement wakes the waiting rotation at once. The test runs
+    //! the controller with `--consumer-recheck 1h` and `--drift-interval 7d`, so within the
+    //! test's life nothing but a pod change can make it look again.
+
+    use super::*;
+    use entra_rotator_standins::kubernetes::routes;
+    use std::process::Stdio;
+
+    /// Polls `done` (every 100 ms, for at most a minute: far less than the hour the
+    /// controller would otherwise wait).
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..600 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{what}: not within a minute");
+    }
+
+    #[tokio::test]
+    async fn a_pod_replacement_wakes_the_waiting_rotation_without_waiting_for_a_recheck() {
+        let w = world(json!({ "rollout": [ { "kind": "Deployment", "name": "dify-api" } ] })).await;
+        w.scenario.kubernetes.create_workload_with(NAMESPACE, WorkloadKind::Deployment, "dify-api", &[("app", "dify")], env_reader(), 1).unwrap();
+        w.pass().await;
+        // Roll-outs get stuck from now on: a rotation leaves the old secret held for the pod.
+        w.scenario.kubernetes.hold_rollouts(true);
+        let line = w.rotate_next_pass().await;
+        assert!(line.contains("kept live (ConsumersOnOldSecret)"), "{line}");
+        let current = w.status()["currentKeyId"].as_str().unwrap().to_string();
+        assert_eq!(w.ours().len(), 2, "the old secret is live while its pod runs");
+
+        let held_before = w.warnings("ConsumersOnOldSecret");
+        let args = [
+            "controller", "--namespace", NAMESPACE, "--lease-namespace", NAMESPACE, "--identity", "replica-a", "--health-addr", "127.0.0.1:0",
+            "--consumer-recheck", "1h", "--drift-interval", "7d", "--azure-config", w.settings.to_str().unwrap(),
+        ];
+        let _controller = Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
+            .args(args)
+            .env("KUBECONFIG", w.scenario.kubeconfig_path())
+            .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Its first look holds again (the roll-out is still stuck), and it watches the pods:
+        // a watch replays every change after the listing it started from.
+        let faults = w.scenario.kubernetes.faults();
+        until("the controller's first look, held", || w.warnings("ConsumersOnOldSecret") > held_before).await;
+        until("the pod watch", || faults.count(routes::PODS.watch) > 0).await;
+        assert_eq!(w.ours().len(), 2);
+
+        // The roll-out finishes: the pod is replaced, and that alone wakes the rotation.
+        w.scenario.kubernetes.complete_rollout(NAMESPACE, WorkloadKind::Deployment, "dify-api");
+        until("the old secret revoked once its pod was replaced", || w.ours() == [current.clone()]).await;
+        until("Revoked=True", || w.condition("Revoked").0 == "True").await;
+        assert_eq!(w.condition("Revoked").1, "ConsumersOnNewSecret");
+    }
+}

@@ -242,3 +242,21 @@ fn the_mail_quota_is_set_by_preset_or_figures() {
     let backwards = admission(with(example(), "/spec/verification/smtp/quota", json!({ "perMinute": 20, "perHour": 2 }))).unwrap().to_rotation_config().unwrap_err();
     assert!(backwards.join("; ").contains("quota: perMinute 20 and perHour 2 must be"), "{backwards:?}");
 }
+
+/// `retireUnmanaged.after`: CEL keeps it within 1h and the lifetime; the conversion also
+/// refuses a wait the current secret never reaches (it is renewed `renewBefore` early and
+/// the count starts again), naming the field and the bound.
+#[test]
+fn retire_unmanaged_after_is_bounded_at_admission_and_in_the_conversion() {
+    let after = |text: &str| with(example(), "/spec/retireUnmanaged", json!({ "after": text }));
+    // The example: lifetime 4320h, renewBefore 1440h.
+    let config = admission(after("168h")).unwrap().to_rotation_config().unwrap();
+    assert_eq!(config.retire_unmanaged.map(|r| r.after.0.as_secs()), Some(7 * 86_400));
+    admission(after("2879h")).unwrap().to_rotation_config().unwrap();
+    for past in ["59m", "4320h"] {
+        let refused = admission(after(past)).expect_err(&format!("after {past} was admitted"));
+        assert!(refused.contains("retireUnmanaged.after must be at least 1h and shorter than lifetime"), "{past}: {refused}");
+    }
+    let problems = admission(after("2880h")).unwrap().to_rotation_config().unwrap_err().join("; ");
+    assert!(problems.contains("spec.retireUnmanaged.after: 120d must be at least 1h and shorter than lifetime minus renewBefore (120d)"), "{problems}");
+}

@@ -287,6 +287,7 @@ fn every_duration_of_a_rotation_object_is_refused_or_computable() {
                         key_id: uuid::Uuid::nil(),
                         expires: Some(now + chrono::Duration::days(700)),
                         renew_at: now + chrono::Duration::days(600),
+                        retirement: None,
                     };
                     let after = status::after_outcome(&Default::default(), &outcome, None, now, &thresholds);
                     // The wake-up for the next alert lies between now and the expiry.

@@ -62,7 +62,10 @@ async fn status_tells_the_whole_story_of_a_rotation_waiting_for_its_consumers() 
     assert!(revoked.contains(" False ") && revoked.contains(" ConsumersOnOldSecret ") && revoked.contains(&pod), "{shown}");
     let current = line_with("current  keyId");
     assert!(current.contains(&new) && current.contains("expires 20") && current.contains("(in 179d), verified"), "{current}");
-    assert!(line_with("old      keyId").contains(&format!("{old}  still live, awaiting revocation")), "{shown}");
+    let old_expires = scenario.target_now().passwords.iter().find(|p| p.key_id.to_string() == old).unwrap().end;
+    let old_expires = old_expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let old_line = line_with("old      keyId");
+    assert!(old_line.contains(&format!("{old}  expires {old_expires} (in 179d), still live, awaiting revocation")), "{old_line}");
     assert!(line_with("Consumers (should hold keyId").contains(&new), "{shown}");
     let consumer = line_with(&format!("  pod {pod} "));
     assert!(consumer.contains("env") && consumer.contains("MAY HOLD AN OLD VALUE"), "{consumer}");

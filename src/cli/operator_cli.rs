@@ -31,6 +31,11 @@ pub struct ControllerArgs {
     /// duration (15s); at most 1d.
     #[arg(long, default_value = "1m", value_parser = parse_orphan_grace)]
     orphan_grace_period: Duration,
+    /// How soon a revocation that waits for consumers is looked at again when no pod
+    /// changes (the controller watches the pods of such namespaces and looks at once when
+    /// one does); 10s to 1h.
+    #[arg(long, default_value = "30s", value_parser = parse_consumer_recheck)]
+    consumer_recheck: Duration,
     /// Namespace of the leader-election Lease (default: the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
@@ -84,6 +89,11 @@ fn parse_orphan_grace(text: &str) -> Result<Duration, String> {
     parse_within(text, "--orphan-grace-period", HumanDuration::seconds(1), HumanDuration::days(1))
 }
 
+/// Bounded: a hold is looked at again at least hourly, and not more often than every 10s.
+fn parse_consumer_recheck(text: &str) -> Result<Duration, String> {
+    parse_within(text, "--consumer-recheck", HumanDuration::seconds(10), HumanDuration::seconds(3600))
+}
+
 fn parse_within(text: &str, flag: &str, min: HumanDuration, max: HumanDuration) -> Result<Duration, String> {
     let duration = HumanDuration::parse(text)?;
     let mut problems = Vec::new();
@@ -107,7 +117,7 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let timings = Timings { drift_interval: args.drift_interval, orphan_grace: args.orphan_grace_period };
+    let timings = Timings { drift_interval: args.drift_interval, orphan_grace: args.orphan_grace_period, consumer_recheck: args.consumer_recheck };
     let scope = scope(args.namespace.as_deref(), args.relays);
     let ctx = match context(&settings, &args.identity, timings, scope).await {
         Ok(ctx) => Arc::new(ctx),
@@ -139,7 +149,11 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
 pub async fn pass_context(namespace: Option<&str>, azure_config: Option<&Path>, relays: RelayArgs) -> Result<(ServiceSettings, Context), ExitCode> {
     let settings = load_settings(azure_config)?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "entra-rotator-run".into());
-    let timings = Timings { drift_interval: Duration::from_secs(3600), orphan_grace: DEFAULT_ORPHAN_GRACE };
+    let timings = Timings {
+        drift_interval: Duration::from_secs(3600),
+        orphan_grace: DEFAULT_ORPHAN_GRACE,
+        consumer_recheck: crate::operator::consumers::RECHECK.to_std().unwrap_or_default(),
+    };
     match context(&settings, &instance, timings, scope(namespace, relays)).await {
         Ok(ctx) => Ok((settings, ctx)),
         Err(error) => {

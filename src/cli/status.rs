@@ -93,7 +93,30 @@ pub fn render(object: &ClientSecretRotation, events: Result<Vec<Event>, String>,
         }
     }
     for key_id in &status.pending_revocation {
-        let _ = writeln!(out, "  old      keyId {key_id}  still live, awaiting revocation");
+        // Written by controllers since oldSecrets; older ones recorded the keyIds alone.
+        let expires = status
+            .old_secrets
+            .iter()
+            .find(|old| &old.key_id == key_id)
+            .and_then(|old| parse_time(&old.expires))
+            .map(|at| format!("expires {} ({}), ", time(at), relative(at, now)))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  old      keyId {key_id}  {expires}still live, awaiting revocation");
+    }
+    if let Some(unmanaged) = &status.unmanaged {
+        let from = parse_time(&unmanaged.retire_from).map(|at| format!("{} ({})", time(at), relative(at, now)));
+        for secret in &unmanaged.secrets {
+            let expires = parse_time(&secret.expires).map(|at| format!("expires {}", time(at))).unwrap_or_else(|| "expiry unknown".into());
+            let fate = match (&secret.held_by, &from) {
+                (Some(held), _) => format!("kept live: {held}"),
+                (None, Some(from)) => format!("retired from {from} (retireUnmanaged)"),
+                (None, None) => "not retired".into(),
+            };
+            let _ = writeln!(out, "  unmanaged keyId {} {}  {expires}, {fate}", secret.key_id, display(&secret.display_name));
+        }
+        for secret in &unmanaged.retired {
+            let _ = writeln!(out, "  retired  keyId {} {}  removed {} (retireUnmanaged)", secret.key_id, display(&secret.display_name), secret.retired_at);
+        }
     }
     if let Some(request) = &status.rotate_request {
         let _ = writeln!(
@@ -151,6 +174,11 @@ pub fn render(object: &ClientSecretRotation, events: Result<Vec<Event>, String>,
     out
 }
 
+/// A displayName as a person reads it: quoted, as it may hold anything.
+fn display(name: &Option<String>) -> String {
+    name.as_deref().map(|name| format!("{:?}", crate::operator::status::one_line(name))).unwrap_or_else(|| "(no displayName)".into())
+}
+
 fn event_time(event: &Event) -> Option<DateTime<Utc>> {
     let micro = event.series.as_ref().map(|s| &s.last_observed_time.0).or(event.event_time.as_ref().map(|t| &t.0))?;
     DateTime::from_timestamp(micro.as_second(), 0)
@@ -177,7 +205,7 @@ fn next_step(object: &ClientSecretRotation, status: &ClientSecretRotationStatus,
     }
     if let Some(consumers) = status.consumers.as_ref().filter(|c| c.waiting_since.is_some()) {
         return format!(
-            "revoke {} once every consumer holds keyId {} (looks again every 30s); waiting since {}, consumerWaitTimeout {}{}",
+            "revoke {} once every consumer holds keyId {} (the controller looks again when a pod of the namespace changes, and every 30s by default: --consumer-recheck); waiting since {}, consumerWaitTimeout {}{}",
             status.pending_revocation.join(", "),
             consumers.key_id,
             consumers.waiting_since.as_deref().unwrap_or_default(),

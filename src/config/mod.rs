@@ -200,12 +200,27 @@ pub struct RotationConfig {
     /// (needs AuditLog.Read.All and an Entra ID P1/P2 licence). Off when unset.
     #[serde(default)]
     pub require_unused_for: Option<HumanDuration>,
+    /// Migration from hand-made secrets: remove the application's password credentials no
+    /// rotation minted once the current secret has been in place `after`. Off when unset.
+    #[serde(default)]
+    pub retire_unmanaged: Option<RetireUnmanagedConfig>,
     pub targets: Vec<TargetConfig>,
     pub verification: VerificationConfig,
     /// The name of an entry of `identities:` to sign in as; default `azure.credential`.
     #[serde(default)]
     pub identity: Option<String>,
 }
+
+/// `retireUnmanaged: {after: 7d}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetireUnmanagedConfig {
+    /// How long the current secret of ours must have been in place first.
+    pub after: HumanDuration,
+}
+
+/// The shortest `retireUnmanaged.after`: consumers need time to switch to our secret.
+pub const MIN_RETIRE_AFTER: HumanDuration = HumanDuration::seconds(3600);
 
 fn default_lifetime() -> HumanDuration {
     HumanDuration::days(180)
@@ -597,6 +612,17 @@ impl RotationConfig {
                 "{at}.requireUnusedFor: {window} must be between {MIN_UNUSED_FOR} (the sign-in log shows sign-ins minutes late) and the lifetime {}",
                 self.lifetime
             ));
+        }
+        if let Some(retire) = &self.retire_unmanaged {
+            // It counts from the current secret's start; once that secret is renewed, the
+            // count starts again, so a longer wait would never end.
+            let longest = HumanDuration(self.lifetime.0.saturating_sub(self.renew_before().0));
+            if retire.after < MIN_RETIRE_AFTER || retire.after >= longest {
+                problems.push(format!(
+                    "{at}.retireUnmanaged.after: {} must be at least {MIN_RETIRE_AFTER} and shorter than lifetime minus renewBefore ({longest}): it counts from when the current secret was minted, and starts again when it is renewed",
+                    retire.after
+                ));
+            }
         }
         if self.targets.is_empty() {
             problems.push(format!("{at}.targets: name at least one store (keyVault or kubernetesSecret)"));

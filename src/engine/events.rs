@@ -24,6 +24,10 @@ pub enum Event {
     /// Revocation was due and is held back because consumers may still use `key_ids`.
     RevocationHeld { key_ids: Vec<Uuid>, message: String },
     Revoked { key_id: Uuid },
+    /// `retireUnmanaged` removed a password credential no rotation minted.
+    Retired { key_id: Uuid, display_name: Option<String> },
+    /// `retireUnmanaged` was due for `key_id`, and a check keeps it live.
+    RetirementHeld { key_id: Uuid, message: String },
 }
 
 impl fmt::Display for Event {
@@ -78,6 +82,14 @@ impl fmt::Display for Event {
                 write!(f, "old keyId(s) {} stay live: {message}", join(key_ids))
             }
             Event::Revoked { key_id } => write!(f, "revoked old keyId {key_id}"),
+            Event::Retired { key_id, display_name } => write!(
+                f,
+                "retired unmanaged keyId {key_id} ({}): not minted by entra-rotator, removed by retireUnmanaged",
+                display_name.as_deref().map(|name| format!("{name:?}")).unwrap_or_else(|| "no displayName".into())
+            ),
+            Event::RetirementHeld { key_id, message } => {
+                write!(f, "unmanaged keyId {key_id} stays live (retireUnmanaged): {message}")
+            }
         }
     }
 }

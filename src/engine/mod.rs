@@ -16,7 +16,7 @@ pub mod reasons;
 use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore, StoredSecret};
 use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
-use policy::{Decision, Observed, Plan, Timing};
+use policy::{Decision, Observed, Plan, Retirement, Timing};
 use ports::{
     Clock, Directory, GraphError, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, StoreErrorKind,
     Verifier, VerifyError,
@@ -87,8 +87,8 @@ pub enum Reverify {
 pub enum Outcome {
     /// Dry run: this is what would happen.
     Planned(Plan),
-    /// Nothing was due.
-    UpToDate { key_id: Uuid, expires: Option<DateTime<Utc>>, renew_at: DateTime<Utc> },
+    /// Nothing was due (but `retireUnmanaged`, which `retirement` reports).
+    UpToDate { key_id: Uuid, expires: Option<DateTime<Utc>>, renew_at: DateTime<Utc>, retirement: Option<Retirement> },
     /// Another runner is mid-rotation; nothing was done.
     InFlight { key_id: Uuid, stale_at: DateTime<Utc> },
     /// The current secret is stored everywhere and verified; `revoked` were removed and
@@ -105,6 +105,10 @@ pub enum Outcome {
         /// Set when revocation was due but the gate kept `pending` live; `revoke_at` is
         /// then when to ask again.
         held: Option<RevocationHold>,
+        /// `retireUnmanaged`, once every older secret of ours is gone.
+        retirement: Option<Retirement>,
+        /// When each of `pending` expires, as Graph listed it.
+        pending_expires: std::collections::BTreeMap<Uuid, DateTime<Utc>>,
     },
 }
 
@@ -233,9 +237,30 @@ impl Engine {
             credentials: observation.app.password_credentials.len(),
         });
         if options.dry_run {
+            let mut plan = plan;
+            if let (Some(retirement), Some(key_id)) = (plan.retire.as_mut(), current.map(|c| c.key_id)) {
+                // Only asks (the sign-in log, the pods); removes nothing.
+                self.sort_retirement(rotation, key_id, retirement).await;
+            }
             return Ok(Outcome::Planned(plan));
         }
-        self.execute(rotation, observation, plan, reverify, revocation).await
+        let retire = plan.retire.clone();
+        let object_id = observation.app.object_id;
+        let stored = observation.stored.iter().map(|s| s.as_ref().map(|s| (s.key_id, s.value.clone()))).collect::<Vec<_>>();
+        let listed = observation.app.password_credentials.clone();
+        let mut outcome = self.execute(rotation, observation, plan, reverify, revocation).await?;
+        if let Outcome::Settled { pending, pending_expires, .. } = &mut outcome {
+            *pending_expires = listed.iter().filter(|c| pending.contains(&c.key_id)).filter_map(|c| Some((c.key_id, c.end?))).collect();
+        }
+        let (Some(retire), Some(key_id)) = (retire, settled_key(&outcome)) else { return Ok(outcome) };
+        let value = stored.iter().flatten().find(|(held, _)| *held == Some(key_id)).map(|(_, value)| value.clone());
+        let value = value.expect("the plan retires only around a keyId every store holds");
+        let retired = self.retire(rotation, object_id, key_id, &value, retire).await?;
+        match &mut outcome {
+            Outcome::UpToDate { retirement, .. } | Outcome::Settled { retirement, .. } => *retirement = Some(retired),
+            Outcome::Planned(_) | Outcome::InFlight { .. } => {}
+        }
+        Ok(outcome)
     }
 
     /// Reads Graph, then (unless another rotation claims the application) every store,
@@ -275,7 +300,7 @@ impl Engine {
                         .expect("the plan is up to date only when every store holds the keyId");
                     self.verify(rotation, key_id, &value, Proof::Recheck).await?;
                 }
-                Ok(Outcome::UpToDate { key_id, expires, renew_at })
+                Ok(Outcome::UpToDate { key_id, expires, renew_at, retirement: None })
             }
             Decision::InFlight { key_id, stale_at } => {
                 self.emit(rotation, Event::Decided {
@@ -318,6 +343,8 @@ impl Engine {
                         pending: old,
                         revoke_at: Some(revoke_at),
                         held: None,
+                        retirement: None,
+                        pending_expires: Default::default(),
                     });
                 }
                 // Asked before re-verifying: a hold can last hours, and each look would
@@ -333,6 +360,8 @@ impl Engine {
                         pending: old,
                         revoke_at: Some(hold.recheck_at),
                         held: Some(hold),
+                        retirement: None,
+                        pending_expires: Default::default(),
                     });
                 }
                 let value = value_held(&observation.stored, key_id)
@@ -436,20 +465,69 @@ impl Engine {
         }
         let revoke_at = (!pending.is_empty()).then_some(revoke_at);
         if due.is_empty() {
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None, retirement: None, pending_expires: Default::default() });
         }
         let hold = if at_once { None } else { self.revocation_hold(rotation, key_id, &due).await? };
         if let Some(hold) = hold {
             let pending = [due, pending].concat();
             let revoke_at = Some(hold.recheck_at);
-            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold) });
+            return Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: Vec::new(), pending, revoke_at, held: Some(hold), retirement: None, pending_expires: Default::default() });
         }
         self.confirm_stores_hold(rotation, key_id).await?;
         for old_key in &due {
             rotation.directory.remove_password(object_id, *old_key).await?;
             self.emit(rotation, Event::Revoked { key_id: *old_key });
         }
-        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None })
+        Ok(Outcome::Settled { key_id, minted, expires, renew_at, revoked: due, pending, revoke_at, held: None, retirement: None, pending_expires: Default::default() })
+    }
+
+    /// `retireUnmanaged`: once `retirement.from` has passed, asks the revocation gate about
+    /// each unmanaged secret (the sign-in log: has it signed in within the window; the
+    /// consumers in the cluster: are they all on `key_id`), re-checks that `key_id` still
+    /// authenticates and that every store still holds it, then removes those nobody holds.
+    async fn retire(
+        &self,
+        rotation: &Rotation,
+        object_id: Uuid,
+        key_id: Uuid,
+        value: &SecretString,
+        mut retirement: Retirement,
+    ) -> Result<Retirement, EngineError> {
+        self.sort_retirement(rotation, key_id, &mut retirement).await;
+        if retirement.removed.is_empty() {
+            return Ok(retirement);
+        }
+        self.verify(rotation, key_id, value, Proof::Recheck).await?;
+        self.confirm_stores_hold(rotation, key_id).await?;
+        let due = std::mem::take(&mut retirement.removed);
+        for secret in due {
+            rotation.directory.remove_password(object_id, secret.key_id).await?;
+            self.emit(rotation, Event::Retired { key_id: secret.key_id, display_name: secret.display_name.clone() });
+            retirement.removed.push(secret);
+        }
+        Ok(retirement)
+    }
+
+    /// Moves the unmanaged secrets that may go now from `kept` to `removed`; those held keep
+    /// the gate's reason. Asks nothing before `from`, and changes nothing.
+    async fn sort_retirement(&self, rotation: &Rotation, key_id: Uuid, retirement: &mut Retirement) {
+        if self.clock.now() < retirement.from {
+            return;
+        }
+        for (secret, held) in std::mem::take(&mut retirement.kept) {
+            // One keyId at a time: the sign-in log holds the one that signs in, not all.
+            let hold = match &rotation.revocation_gate {
+                Some(gate) => gate.hold(key_id, &[secret.key_id]).await,
+                None => held,
+            };
+            match hold {
+                Some(hold) => {
+                    self.emit(rotation, Event::RetirementHeld { key_id: secret.key_id, message: hold.message.clone() });
+                    retirement.kept.push((secret, Some(hold)));
+                }
+                None => retirement.removed.push(secret),
+            }
+        }
     }
 
     /// Asks the gate whether `old` may go now that consumers should use `key_id`. The
@@ -580,6 +658,16 @@ fn revocations(rotation: &Rotation, app: &Application, current: Uuid, grace_over
     older.sort_by_key(|c| c.start);
     let kept = if grace_over { None } else { older.pop() };
     (older.iter().map(|c| c.key_id).collect(), kept.map(|c| c.key_id).into_iter().collect())
+}
+
+/// The keyId a run left settled with no older secret of ours pending: the moment
+/// `retireUnmanaged` may look at the others.
+fn settled_key(outcome: &Outcome) -> Option<Uuid> {
+    match outcome {
+        Outcome::UpToDate { key_id, .. } => Some(*key_id),
+        Outcome::Settled { key_id, pending, held: None, .. } if pending.is_empty() => Some(*key_id),
+        Outcome::Settled { .. } | Outcome::Planned(_) | Outcome::InFlight { .. } => None,
+    }
 }
 
 fn credential_renewal(rotation: &Rotation, app: &Application, key_id: Uuid) -> Option<DateTime<Utc>> {

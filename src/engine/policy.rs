@@ -3,8 +3,9 @@
 //! Pure functions only: no I/O, no clock. "Should we mint a new secret?" is an ordered
 //! list of named checks ([`RENEWAL_CHECKS`]); the first that fires gives the reason.
 
+use super::ports::RevocationHold;
 use super::reasons;
-use crate::domain::{Application, PasswordCredential, StoredSecret};
+use crate::domain::{Application, PasswordCredential, StoredSecret, MARKER_PREFIX};
 use chrono::{DateTime, Duration, Utc};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use uuid::Uuid;
@@ -21,6 +22,9 @@ pub struct Timing {
     /// A secret we minted but no store holds is left alone this long: another runner may be
     /// about to store it. After that its value is lost for good and it is removed.
     pub orphan_grace: Duration,
+    /// `retireUnmanaged.after`: remove the application's password credentials that no
+    /// rotation minted once the current secret has been in place this long. Off when `None`.
+    pub retire_unmanaged_after: Option<Duration>,
 }
 
 /// What the stores hold, per store, in configuration order (metadata only).
@@ -80,6 +84,60 @@ pub struct Plan {
     /// Secrets we minted whose value reached no store and never will: remove them first.
     pub remove_orphans: Vec<Uuid>,
     pub decision: Decision,
+    /// `retireUnmanaged`: set when it is on, the current secret is stored everywhere and
+    /// the application has password credentials no rotation minted.
+    pub retire: Option<Retirement>,
+}
+
+/// A password credential of the application that carries no `entra-rotator:` marker: made
+/// by hand, by Terraform, in the portal. Never ours, never another rotation's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unmanaged {
+    pub key_id: Uuid,
+    pub display_name: Option<String>,
+    pub expires: Option<DateTime<Utc>>,
+}
+
+impl Unmanaged {
+    /// `keyId K ("name")`, for reports and events (names and keyIds only).
+    pub fn describe(&self) -> String {
+        match &self.display_name {
+            Some(name) => format!("keyId {} ({name:?})", self.key_id),
+            None => format!("keyId {} (no displayName)", self.key_id),
+        }
+    }
+}
+
+/// What `retireUnmanaged` does with the unmanaged password credentials of the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retirement {
+    /// From when they may go: `after` past the start of the current secret of ours.
+    pub from: DateTime<Utc>,
+    /// Removed by this run (in a dry run: would be removed).
+    pub removed: Vec<Unmanaged>,
+    /// Still on the application: not due yet, or held (the sign-in log shows it in use, a
+    /// consumer in the cluster is not on the current secret).
+    pub kept: Vec<(Unmanaged, Option<RevocationHold>)>,
+}
+
+/// The unmanaged password credentials `retireUnmanaged` would remove around `current`.
+/// Certificates (`keyCredentials`) are not password credentials and never appear here.
+pub fn retirement(observed: &Observed, current: &PasswordCredential) -> Option<Retirement> {
+    let after = observed.timing.retire_unmanaged_after?;
+    let unmanaged: Vec<Unmanaged> = observed
+        .app
+        .password_credentials
+        .iter()
+        .filter(|c| c.key_id != current.key_id)
+        .filter(|c| !c.display_name.as_deref().is_some_and(|name| name.starts_with(MARKER_PREFIX)))
+        .map(|c| Unmanaged { key_id: c.key_id, display_name: c.display_name.clone(), expires: c.end })
+        .collect();
+    if unmanaged.is_empty() {
+        return None;
+    }
+    // Graph always reports startDateTime; without it the secret's age is unknown: not yet.
+    let from = current.start.map_or(DateTime::<Utc>::MAX_UTC, |start| start + after);
+    Some(Retirement { from, removed: Vec::new(), kept: unmanaged.into_iter().map(|u| (u, None)).collect() })
 }
 
 /// The input of the renewal checks: the newest live credential all stores agree on.
@@ -207,12 +265,13 @@ pub fn plan(observed: &Observed) -> Plan {
         return Plan {
             remove_orphans,
             decision: Decision::InFlight { key_id: in_flight.key_id, stale_at },
+            retire: None,
         };
     }
 
     let input = RenewalInput { observed, current, stored_but_not_live };
     if let Some(trigger) = RENEWAL_CHECKS.iter().find_map(|check| check(&input)) {
-        return Plan { remove_orphans, decision: Decision::Rotate(trigger) };
+        return Plan { remove_orphans, decision: Decision::Rotate(trigger), retire: None };
     }
     let current = current.expect("the renewal checks fire when no secret is stored");
 
@@ -227,9 +286,11 @@ pub fn plan(observed: &Observed) -> Plan {
         return Plan {
             remove_orphans,
             decision: Decision::CompleteStores { key_id: current.key_id, missing },
+            retire: None,
         };
     }
 
+    let retire = retirement(observed, current);
     let old: Vec<Uuid> = ours
         .iter()
         .filter(|c| c.key_id != current.key_id && !remove_orphans.contains(&c.key_id))
@@ -240,6 +301,7 @@ pub fn plan(observed: &Observed) -> Plan {
         return Plan {
             remove_orphans,
             decision: Decision::RevokeOld { key_id: current.key_id, old, revoke_at },
+            retire,
         };
     }
 
@@ -247,6 +309,7 @@ pub fn plan(observed: &Observed) -> Plan {
     Plan {
         remove_orphans,
         decision: Decision::UpToDate { key_id: current.key_id, expires: current.end, renew_at },
+        retire,
     }
 }
 

@@ -239,6 +239,7 @@ fn world(revoke_grace: chrono::Duration) -> World {
             renew_before: Days::days(60),
             revoke_grace,
             orphan_grace: Days::minutes(10),
+            retire_unmanaged_after: None,
         },
         directory: directory.clone(),
         stores: vec![vault.clone(), secret.clone()],
@@ -800,4 +801,45 @@ async fn a_compromised_rotation_revokes_every_other_secret_at_once_without_askin
     assert!(!w.directory.has(first) && !w.directory.has(second) && w.directory.has(third));
     assert_eq!(*gate.asked.lock().unwrap(), asked, "the consumer wait is skipped");
     assert_eq!(w.vault.key_id(), Some(third));
+}
+
+/// `retireUnmanaged`: a hand-made secret goes once the current secret of ours has been in
+/// place for `after`, never before, and never while a gate holds it; a secret marked by
+/// another rotation (expired, so it claims nothing) is never touched; a dry run removes
+/// nothing and says what it would.
+#[tokio::test]
+async fn retire_unmanaged_removes_only_unmarked_secrets_after_the_window_and_while_no_gate_holds() {
+    let mut w = world(Days::zero());
+    w.rotation.timing.retire_unmanaged_after = Some(Days::days(7));
+    let gate = Arc::new(FakeGate::default());
+    w.rotation.revocation_gate = Some(gate.clone());
+    let now = w.clock.now();
+    let by_hand = w.directory.add_existing("created by hand", now - Days::days(90), now + Days::days(30));
+    let theirs = w.directory.add_existing("entra-rotator:another", now - Days::days(90), now - Days::days(1));
+    let ours = w.settled().await;
+
+    let Outcome::UpToDate { retirement: Some(waiting), .. } = w.run().await.unwrap() else { panic!() };
+    assert!(waiting.removed.is_empty(), "{waiting:?}");
+    assert_eq!(waiting.kept.iter().map(|(s, _)| s.key_id).collect::<Vec<_>>(), [by_hand]);
+    assert_eq!(Some(waiting.from), w.directory.credentials().iter().find(|c| c.key_id == ours).and_then(|c| c.start).map(|s| s + Days::days(7)));
+
+    w.clock.advance(Days::days(7));
+    *gate.holding.lock().unwrap() = true;
+    let Outcome::UpToDate { retirement: Some(held), .. } = w.run().await.unwrap() else { panic!() };
+    assert!(held.removed.is_empty() && held.kept[0].1.is_some(), "{held:?}");
+    assert!(w.directory.has(by_hand));
+
+    *gate.holding.lock().unwrap() = false;
+    let Outcome::Planned(plan) = w.engine.run(&w.rotation, RunOptions { force: false, dry_run: true }).await.unwrap() else { panic!() };
+    assert_eq!(plan.retire.map(|r| r.removed.iter().map(|s| s.key_id).collect::<Vec<_>>()), Some(vec![by_hand]));
+    assert!(w.directory.has(by_hand), "a dry run removes nothing");
+
+    let attempts = *w.verifier.attempts.lock().unwrap();
+    let Outcome::UpToDate { retirement: Some(done), .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(done.removed.iter().map(|s| s.key_id).collect::<Vec<_>>(), [by_hand]);
+    assert!(!w.directory.has(by_hand) && w.directory.has(theirs) && w.directory.has(ours));
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1, "the current secret is re-checked first");
+    assert!(w.sink.events().iter().any(|(_, e)| matches!(e, Event::Retired { key_id, .. } if *key_id == by_hand)));
+
+    let Outcome::UpToDate { retirement: None, .. } = w.run().await.unwrap() else { panic!("nothing unmanaged is left") };
 }

@@ -37,8 +37,10 @@ pub const CONSUMERS_ON_OLD_SECRET: &str = "ConsumersOnOldSecret";
 /// The hold's reason: the rotator could not find out who reads the Secret.
 pub const CONSUMER_CHECK_FAILED: &str = "ConsumerCheckFailed";
 
-/// How often a hold is looked at again: pod replacements are not watched.
-const RECHECK: Duration = Duration::seconds(30);
+/// How often a hold is looked at again by default. The controller also watches the pods
+/// and wakes a waiting rotation when one changes; this catches what no pod change shows (a
+/// workload's status catching up after its last pod), and is the CronJob mode's only look.
+pub const RECHECK: Duration = Duration::seconds(30);
 /// At most this many consumers are named in messages and status.
 const NAMED: usize = 20;
 
@@ -131,6 +133,8 @@ pub struct ConsumerGate {
     clock: Arc<dyn Clock>,
     /// The wait recorded in status: since when revocation has waited, for which keyId.
     waiting: Option<(Uuid, DateTime<Utc>)>,
+    /// How soon a hold is looked at again.
+    recheck: Duration,
     report: Mutex<Option<ConsumerReport>>,
 }
 
@@ -147,7 +151,14 @@ impl ConsumerGate {
     ) -> Self {
         let has_rollout = !workloads.is_empty();
         let rollout = WorkloadRollout::new(client.clone(), namespace.clone(), workloads);
-        Self { client, namespace, secrets, rollout, has_rollout, rules, clock, waiting, report: Mutex::new(None) }
+        Self { client, namespace, secrets, rollout, has_rollout, rules, clock, waiting, recheck: RECHECK, report: Mutex::new(None) }
+    }
+
+    /// Looks at a hold again after `recheck` instead of [`RECHECK`] (the controller's
+    /// `--consumer-recheck`, as it watches the pods).
+    pub fn with_recheck(mut self, recheck: Duration) -> Self {
+        self.recheck = recheck;
+        self
     }
 
     /// What the last look found, if this gate looked.
@@ -234,7 +245,7 @@ impl RevocationGate for ConsumerGate {
 
 impl ConsumerGate {
     fn hold_for(&self, report: &ConsumerReport, on_old: &[String], since: DateTime<Utc>, now: DateTime<Utc>) -> RevocationHold {
-        let mut recheck = now + RECHECK;
+        let mut recheck = now + self.recheck;
         if !report.timed_out {
             recheck = recheck.min(since + self.rules.wait_timeout);
         }
@@ -324,7 +335,9 @@ pub async fn record(
                 announce.timed_out = Some(hold.message.clone());
             }
         }
-        None if report.released_as_stuck => {
+        // Only a run that revoked something says so; retireUnmanaged asks the same gate
+        // once nothing of ours is pending, and its removals have their own Events.
+        None if report.released_as_stuck && matches!(outcome, Outcome::Settled { revoked, .. } if !revoked.is_empty()) => {
             let message = format!(
                 "revoked the old secret after waiting since {} although consumers may still use it (revokeWhenConsumersStuck): {}",
                 report.waiting_since.map(time).unwrap_or_default(),

@@ -1,14 +1,17 @@
 //! `entra-rotator controller`: watches ClientSecretRotations (and the Secrets it writes),
 //! reconciles each when it changes or when it is due, while holding a Lease so that only
-//! one replica ever rotates.
+//! one replica ever rotates. Pods are watched by metadata too: a change to a pod in a
+//! namespace where a rotation waits for its consumers wakes that rotation, so a replaced
+//! pod releases the old secret without waiting for the next look.
 
 use super::crd::ClientSecretRotation;
 use super::reconcile::{reconcile_isolated, BackgroundRuns, Context, ReconcileError};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -96,11 +99,21 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(generation_or_rotate_request, Default::default());
+    let pods: Api<PartialObjectMeta<Pod>> = match &settings.namespace {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
     let lookup = reader.clone();
+    let waiting = reader.clone();
     let background = Arc::new(BackgroundRuns::default());
     let runs = background.clone();
     Controller::for_stream(rotation_stream, reader)
         .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup, &secret))
+        .watches_stream(pod_changes(pods), move |pod: PartialObjectMeta<Pod>| rotations_waiting_in(&waiting, &pod))
+        // No debounce: a namespace whose pods change more often than its period would
+        // postpone the waiting rotation's reconcile for good. The scheduler already runs at
+        // most one reconcile per object and folds the triggers that arrive meanwhile into
+        // one more.
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency.max(1)))
         .shutdown_on_signal()
         .run(
@@ -139,6 +152,38 @@ fn secret_changes(secrets: Api<Secret>) -> impl futures::Stream<Item = Result<Se
             Err(error) => Some(Err(error)),
         })
     })
+}
+
+/// Pods as they change, by metadata only (no spec, no status: the consumer check lists the
+/// pods it needs when it runs). Not the initial listing: every rotation is reconciled at
+/// start anyway.
+fn pod_changes(
+    pods: Api<PartialObjectMeta<Pod>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static {
+    watcher(pods, watcher::Config::default()).default_backoff().filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => Some(Ok(pod)),
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone) => None,
+            Err(error) => Some(Err(error)),
+        })
+    })
+}
+
+/// The rotations of `pod`'s namespace whose revocation waits for their consumers
+/// (`status.consumers.waitingSince`): a pod created, ready or gone may be what releases it.
+/// Other rotations are not woken by pods.
+fn rotations_waiting_in(
+    store: &kube::runtime::reflector::Store<ClientSecretRotation>,
+    pod: &PartialObjectMeta<Pod>,
+) -> Vec<ObjectRef<ClientSecretRotation>> {
+    let namespace = pod.metadata.namespace.as_deref();
+    store
+        .state()
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == namespace)
+        .filter(|r| r.status.as_ref().and_then(|s| s.consumers.as_ref()).is_some_and(|c| c.waiting_since.is_some()))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
 }
 
 /// The rotations that write `secret` (same namespace, a `secret` target with its name),

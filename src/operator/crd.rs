@@ -47,7 +47,8 @@ const GUID_PATTERN: &str = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
     validation = Rule::new("duration(self.lifetime) <= duration('17520h')").message("lifetime must be at most 17520h (730 days): Entra client secrets live at most 2 years"),
     validation = Rule::new("duration(self.lifetime) >= duration('1h')").message("lifetime must be at least 1h"),
     validation = Rule::new("duration(self.revokeGracePeriod) <= duration(self.lifetime)").message("revokeGracePeriod must be at most the lifetime: the old secret has expired by then anyway"),
-    validation = Rule::new("self.alertThresholds.all(t, duration(t) <= duration('17520h'))").message("each alertThresholds entry must be at most 17520h (730 days), the longest a client secret lives")
+    validation = Rule::new("self.alertThresholds.all(t, duration(t) <= duration('17520h'))").message("each alertThresholds entry must be at most 17520h (730 days), the longest a client secret lives"),
+    validation = Rule::new("!has(self.retireUnmanaged) || (duration(self.retireUnmanaged.after) >= duration('1h') && duration(self.retireUnmanaged.after) < duration(self.lifetime))").message("retireUnmanaged.after must be at least 1h and shorter than lifetime: it counts from when the current secret was minted")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClientSecretRotationSpec {
@@ -103,6 +104,13 @@ pub struct ClientSecretRotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub require_unused_for: Option<String>,
+    /// Migration from hand-made secrets (opt-in): remove the application's password
+    /// credentials that no rotation minted once the current secret of ours has been
+    /// verified, stored and in place for `after` (and, with requireUnusedFor, once each has
+    /// not signed in for that window; with a Secret target, once every pod reading it is on
+    /// the current secret). Certificates and other rotations' secrets are never touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_unmanaged: Option<RetireUnmanaged>,
     /// Stop rotating; status and alerts continue.
     #[serde(default)]
     pub suspend: bool,
@@ -135,6 +143,16 @@ fn default_consumer_wait_timeout() -> String {
 
 fn default_alert_thresholds() -> Vec<String> {
     ["720h", "336h", "168h", "24h"].map(String::from).to_vec()
+}
+
+/// `retireUnmanaged`: see [`ClientSecretRotationSpec::retire_unmanaged`].
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetireUnmanaged {
+    /// How long the current secret of ours must have been in place (Go duration, at least
+    /// 1h, shorter than lifetime), e.g. 168h.
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
+    pub after: String,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -404,6 +422,10 @@ pub struct ClientSecretRotationStatus {
     /// Older secrets of ours awaiting revocation, and from when.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_revocation: Vec<String>,
+    /// The same older secrets with their expiry (up to 8), for `entra-rotator status`.
+    // Written as [] when empty: status is merge-patched, and an absent field stays.
+    #[serde(default)]
+    pub old_secrets: Vec<OldSecretStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,6 +450,59 @@ pub struct ClientSecretRotationStatus {
     /// The last `entra-rotator.io/rotate-requested-at` annotation seen, and what became of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_request: Option<RotateRequestStatus>,
+    /// `retireUnmanaged`: the application's password credentials no rotation minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmanaged: Option<UnmanagedStatus>,
+}
+
+/// An older secret of ours, still live.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OldSecretStatus {
+    pub key_id: String,
+    /// When it expires (RFC 3339), as Graph lists it.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// What `retireUnmanaged` found and did (keyIds and displayNames, never values).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmanagedStatus {
+    /// From when they are removed (RFC 3339): `after` past the start of the current secret.
+    // Written as null when unset: status is merge-patched, and an absent field stays.
+    #[serde(default)]
+    pub retire_from: Option<String>,
+    /// Up to 20 still on the application, with what holds each past `retireFrom`.
+    #[serde(default)]
+    pub secrets: Vec<UnmanagedSecretStatus>,
+    /// The last 20 removed, newest first.
+    #[serde(default)]
+    pub retired: Vec<RetiredSecretStatus>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmanagedSecretStatus {
+    pub key_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// When it expires (RFC 3339).
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// Why it stays although due, e.g. `OldSecretStillSignsIn: …`.
+    #[serde(default)]
+    pub held_by: Option<String>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredSecretStatus {
+    pub key_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// When it was removed (RFC 3339).
+    pub retired_at: String,
 }
 
 /// A rotation asked for with the `entra-rotator.io/rotate-requested-at` annotation
@@ -619,6 +694,9 @@ impl ClientSecretRotation {
             // The controller overrides it with --orphan-grace-period.
             orphan_grace_period: HumanDuration(DEFAULT_ORPHAN_GRACE),
             require_unused_for: spec.require_unused_for.as_ref().map(|window| duration("requireUnusedFor", window, &mut problems)),
+            retire_unmanaged: spec.retire_unmanaged.as_ref().map(|retire| crate::config::RetireUnmanagedConfig {
+                after: duration("retireUnmanaged.after", &retire.after, &mut problems),
+            }),
             targets,
             verification,
             // spec.identityRef is resolved by the reconcile, against the cluster.

@@ -31,6 +31,8 @@ use std::time::Duration;
 pub struct Timings {
     pub drift_interval: Duration,
     pub orphan_grace: Duration,
+    /// How soon a revocation held for consumers is looked at again without a pod change.
+    pub consumer_recheck: Duration,
 }
 
 /// Who may rotate what without a RotationPolicy: the controller's and the pass's settings.
@@ -64,6 +66,7 @@ pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timing
         clock: Arc::new(SystemClock),
         drift_interval: timings.drift_interval,
         orphan_grace: timings.orphan_grace,
+        consumer_recheck: chrono::Duration::from_std(timings.consumer_recheck).unwrap_or(consumers::RECHECK),
         metrics,
         notifier,
         authorization,

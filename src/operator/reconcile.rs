@@ -34,6 +34,8 @@ pub struct Context {
     pub drift_interval: Duration,
     /// How long a secret minted but not yet stored is left to the run that minted it.
     pub orphan_grace: Duration,
+    /// How soon a revocation held for consumers is looked at again without a pod change.
+    pub consumer_recheck: chrono::Duration,
     pub metrics: Arc<Metrics>,
     /// `None` when no notification channel is configured.
     pub notifier: Option<Notifier>,
@@ -243,7 +245,7 @@ pub async fn reconcile(
         None => match start(object, ctx, &previous, &thresholds, now, background, request).await? {
             Started::Done(sink, result, gates) => {
                 publish_events(ctx, object, &sink.events()).await;
-                (sink, result, object.metadata.generation, gates)
+                (sink, *result, object.metadata.generation, gates)
             }
             Started::Returned(reconciled) => return Ok(reconciled),
         },
@@ -316,7 +318,8 @@ pub async fn reconcile(
 /// What [`start`] did: ran the engine to the end, or answered without it (suspended,
 /// invalid spec, or the run went to the background).
 enum Started {
-    Done(Arc<RecordingSink>, EngineResult, Gatekeepers),
+    // Boxed: an outcome is a few hundred bytes, a refusal a few dozen.
+    Done(Arc<RecordingSink>, Box<EngineResult>, Gatekeepers),
     Returned(Reconciled),
 }
 
@@ -361,7 +364,7 @@ async fn start(
             rules,
             ctx.clock.clone(),
             consumers::recorded_wait(previous),
-        ))),
+        ).with_recheck(ctx.consumer_recheck))),
         _ => None,
     };
     let gates = Gatekeepers { consumers: consumer_gate, sign_in };
@@ -384,10 +387,10 @@ async fn start(
         }
     });
     let Some(runs) = background else {
-        return Ok(Started::Done(sink, joined(handle.await, &name)?, gates));
+        return Ok(Started::Done(sink, Box::new(joined(handle.await, &name)?), gates));
     };
     match tokio::time::timeout(ENGINE_SLICE, &mut handle).await {
-        Ok(result) => Ok(Started::Done(sink, joined(result, &name)?, gates)),
+        Ok(result) => Ok(Started::Done(sink, Box::new(joined(result, &name)?), gates)),
         Err(_) => {
             let events = sink.events();
             publish_events(ctx, object, &events).await;
@@ -609,12 +612,24 @@ async fn deliver(ctx: &Context, notification: &Notification) -> Result<(), crate
 
 /// When the engine itself needs to act again.
 fn due_time(outcome: &Outcome) -> Option<DateTime<Utc>> {
-    match outcome {
+    let due = match outcome {
         Outcome::Planned(_) => None,
         Outcome::UpToDate { renew_at, .. } => Some(*renew_at),
         Outcome::InFlight { stale_at, .. } => Some(*stale_at),
         Outcome::Settled { revoke_at: Some(at), .. } => Some(*at),
         Outcome::Settled { renew_at, .. } => *renew_at,
+    };
+    let retirement = match outcome {
+        Outcome::UpToDate { retirement: Some(retirement), .. } | Outcome::Settled { retirement: Some(retirement), .. } => Some(retirement),
+        _ => None,
+    };
+    // retireUnmanaged: when the unmanaged secrets fall due, or when a hold is looked at again.
+    let retire = retirement.and_then(|r| {
+        r.kept.iter().map(|(_, hold)| hold.as_ref().map_or(r.from, |hold| hold.recheck_at)).min()
+    });
+    match (due, retire) {
+        (Some(due), Some(retire)) => Some(due.min(retire)),
+        (due, retire) => due.or(retire),
     }
 }
 
@@ -740,6 +755,8 @@ fn event_kind(event: &EngineEvent) -> Option<(EventType, &'static str)> {
         EngineEvent::RevocationScheduled { .. } => (EventType::Normal, "RevocationScheduled"),
         EngineEvent::RevocationHeld { .. } => (EventType::Warning, super::consumers::CONSUMERS_ON_OLD_SECRET),
         EngineEvent::Revoked { .. } => (EventType::Normal, "Revoked"),
+        EngineEvent::Retired { .. } => (EventType::Normal, "RetiredUnmanaged"),
+        EngineEvent::RetirementHeld { .. } => (EventType::Normal, "RetirementHeld"),
     })
 }
 

@@ -126,7 +126,7 @@ mod tests {
     }
 
     fn settled(key_id: Uuid) -> Outcome {
-        Outcome::Settled { key_id, minted: true, expires: None, renew_at: None, revoked: vec![], pending: vec![], revoke_at: None, held: None }
+        Outcome::Settled { key_id, minted: true, expires: None, renew_at: None, revoked: vec![], pending: vec![], revoke_at: None, held: None, retirement: None, pending_expires: Default::default() }
     }
 
     #[test]

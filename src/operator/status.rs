@@ -102,11 +102,13 @@ pub fn after_outcome(
     };
     match outcome {
         Outcome::Planned(_) => {}
-        Outcome::UpToDate { key_id, expires, renew_at } => {
+        Outcome::UpToDate { key_id, expires, renew_at, retirement } => {
+            record_retirement(&mut status, retirement.as_ref(), true, now);
             status.current_key_id = Some(key_id.to_string());
             status.not_after = expires.map(rfc3339);
             status.renewal_time = Some(rfc3339(*renew_at));
             status.pending_revocation.clear();
+            status.old_secrets.clear();
             status.revoke_after = None;
             set(&mut status, READY, true, UP_TO_DATE, format!("keyId {key_id} is stored and live; next rotation {}", rfc3339(*renew_at)));
             set(&mut status, ROTATING, false, IDLE, "no rotation in progress".into());
@@ -114,7 +116,8 @@ pub fn after_outcome(
         Outcome::InFlight { key_id, stale_at } => {
             set(&mut status, ROTATING, true, IN_FLIGHT, format!("keyId {key_id} was minted and is not stored yet; cleaned up after {} if it stays unstored", rfc3339(*stale_at)));
         }
-        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, .. } => {
+        Outcome::Settled { key_id, minted, expires, renew_at, pending, revoke_at, retirement, pending_expires, .. } => {
+            record_retirement(&mut status, retirement.as_ref(), false, now);
             status.current_key_id = Some(key_id.to_string());
             status.not_after = expires.map(rfc3339);
             status.renewal_time = renew_at.map(rfc3339);
@@ -122,6 +125,11 @@ pub fn after_outcome(
                 status.last_rotation_time = Some(rfc3339(now));
             }
             status.pending_revocation = pending.iter().map(|id| id.to_string()).collect();
+            status.old_secrets = pending
+                .iter()
+                .take(OLD_LISTED)
+                .map(|id| super::crd::OldSecretStatus { key_id: id.to_string(), expires: pending_expires.get(id).copied().map(rfc3339) })
+                .collect();
             status.revoke_after = revoke_at.map(rfc3339);
             let message = if *minted { format!("rotated to keyId {key_id}") } else { format!("keyId {key_id} is stored everywhere") };
             set(&mut status, READY, true, if *minted { ROTATED } else { UP_TO_DATE }, message);
@@ -135,6 +143,48 @@ pub fn after_outcome(
     set(&mut status, DEGRADED, false, HEALTHY, "the last reconcile succeeded".into());
     update_expiry(&mut status, generation, now, alert_thresholds);
     status
+}
+
+/// At most this many older secrets of ours are listed with their expiry (normally one or
+/// two are live: the grace period keeps only the newest older one).
+const OLD_LISTED: usize = 8;
+
+/// At most this many unmanaged secrets, and retired ones, are listed in status.
+const UNMANAGED_LISTED: usize = 20;
+
+/// Writes what `retireUnmanaged` found into `status.unmanaged`: the secrets still on the
+/// application (`looked`: an up-to-date run, which looks whenever the option is on, found
+/// none when `retirement` is `None`) and, newest first, those it removed.
+fn record_retirement(status: &mut ClientSecretRotationStatus, retirement: Option<&crate::engine::policy::Retirement>, looked: bool, now: DateTime<Utc>) {
+    use super::crd::{RetiredSecretStatus, UnmanagedSecretStatus};
+    let Some(retirement) = retirement else {
+        if let Some(block) = status.unmanaged.as_mut().filter(|_| looked) {
+            block.secrets.clear();
+            block.retire_from = None;
+        }
+        return;
+    };
+    let block = status.unmanaged.get_or_insert_with(Default::default);
+    block.retire_from = Some(rfc3339(retirement.from));
+    block.secrets = retirement
+        .kept
+        .iter()
+        .take(UNMANAGED_LISTED)
+        .map(|(secret, hold)| UnmanagedSecretStatus {
+            key_id: secret.key_id.to_string(),
+            display_name: secret.display_name.clone(),
+            expires: secret.expires.map(rfc3339),
+            held_by: hold.as_ref().map(|hold| format!("{}: {}", hold.reason, one_line(&hold.message))),
+        })
+        .collect();
+    for secret in &retirement.removed {
+        block.retired.insert(0, RetiredSecretStatus {
+            key_id: secret.key_id.to_string(),
+            display_name: secret.display_name.clone(),
+            retired_at: rfc3339(now),
+        });
+    }
+    block.retired.truncate(UNMANAGED_LISTED);
 }
 
 /// Records that `key_id` passed verification in this reconcile, and sets the Verified
@@ -253,6 +303,7 @@ mod tests {
             key_id: Uuid::nil(),
             expires: Some(now() + Duration::days(expires_in_days)),
             renew_at: now() + Duration::days(expires_in_days - 60),
+            retirement: None,
         }
     }
 

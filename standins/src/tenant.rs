@@ -205,6 +205,14 @@ impl Tenant {
         Some(stored.clone())
     }
 
+    /// Moves a password credential's `startDateTime` `by` into the past, as if it had been
+    /// minted that much earlier (for tests of a wait counted from it, without waiting).
+    pub fn backdate_password(&self, object_id: Uuid, key_id: Uuid, by: chrono::Duration) -> bool {
+        let mut state = self.state();
+        let password = state.apps.get_mut(&object_id).and_then(|app| app.passwords.iter_mut().find(|p| p.key_id == key_id));
+        password.map(|p| p.start -= by).is_some()
+    }
+
     /// Removes a password credential; `false` when the app or the keyId is unknown.
     pub fn remove_password(&self, object_id: Uuid, key_id: Uuid) -> bool {
         let mut state = self.state();

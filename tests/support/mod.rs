@@ -745,6 +745,7 @@ pub fn in_process_rotation_and_adapters(
             renew_before: rotation.renew_before().chrono(),
             revoke_grace: chrono::Duration::zero(),
             orphan_grace: chrono::Duration::zero(),
+            retire_unmanaged_after: None,
         },
         directory,
         stores,
