@@ -98,6 +98,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     last_success: Family<RotationLabels, Gauge>,
     consumers_on_old: Family<RotationLabels, Gauge>,
+    leader: Gauge,
     verification_attempts: Histogram,
     requests: Family<RequestLabels, Counter>,
     throttled: Family<OperationLabels, Counter>,
@@ -129,6 +130,12 @@ impl Metrics {
             "Pods and roll-outs that may still use an older secret, keeping it from being revoked",
             consumers_on_old.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "entra_rotator_leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         let verification_attempts = Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0]);
         registry.register(
             "entra_rotator_verification_attempts",
@@ -143,7 +150,7 @@ impl Metrics {
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         registry.register("entra_rotator_api_request_duration_seconds", "Latency of Graph and Key Vault requests", latency.clone());
-        Self { registry, expiry, reconciles, last_success, consumers_on_old, verification_attempts, requests, throttled, latency }
+        Self { registry, expiry, reconciles, last_success, consumers_on_old, leader, verification_attempts, requests, throttled, latency }
     }
 
     /// The text exposition for `/metrics`.
@@ -173,6 +180,11 @@ impl Metrics {
     /// How many consumers keep the rotation's older secret from being revoked.
     pub fn set_consumers_on_old_secret(&self, rotation: &str, count: u32) {
         self.consumers_on_old.get_or_create(&RotationLabels { rotation: rotation.into() }).set(i64::from(count));
+    }
+
+    /// Whether this replica holds the leader Lease.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn count_reconcile(&self, result: &str, reason: &str) {
@@ -216,6 +228,9 @@ mod tests {
         metrics.observe("graph", "addPassword", Some(200), Duration::from_millis(20));
         metrics.count_reconcile("rotated", "CredentialNearingExpiry");
         let text = metrics.encode();
+        assert!(text.lines().any(|l| l == "entra_rotator_leader 0"), "a standby says so from the start:\n{text}");
+        metrics.set_leader(true);
+        assert!(metrics.encode().lines().any(|l| l == "entra_rotator_leader 1"));
         assert!(text.contains(r#"entra_rotator_credential_expiry_timestamp_seconds{rotation="dify/smtp",app_id="a",key_id="k2"}"#), "{text}");
         assert!(!text.contains(r#"key_id="k1""#), "the replaced keyId's series is dropped:\n{text}");
         let left = text.lines().find(|l| l.starts_with("entra_rotator_credential_seconds_left{")).unwrap();
