@@ -1494,7 +1494,7 @@ const GRAFANA_VARIABLES: &[&str] = &["__rate_interval", "__interval", "__range"]
 /// The dashboard JSON of the ConfigMap a `helm template` with `sets` renders, and the
 /// ConfigMap itself.
 fn rendered_dashboard(helm: &Path, sets: &[&'static str]) -> (Value, serde_json::Value) {
-    let rendered = render(&helm, Scenario::new("controller, dashboard", Mode::Controller).sets(sets));
+    let rendered = render(helm, Scenario::new("controller, dashboard", Mode::Controller).sets(sets));
     let maps: Vec<&Value> = rendered.kind("ConfigMap").into_iter().filter(|m| !m["data"]["entra-rotator.json"].is_null()).collect();
     assert_eq!(maps.len(), 1, "one dashboard ConfigMap for --set {sets:?}");
     let text = maps[0]["data"]["entra-rotator.json"].as_str().expect("the dashboard as text");
