@@ -137,6 +137,7 @@ mod tests {
                 kind: None,
                 usage: None,
             }],
+            owners: Vec::new(),
         };
         let mut classifier = Classifier::new(now, now + Duration::days(30), false);
 

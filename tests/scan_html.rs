@@ -95,6 +95,15 @@ fn seed(scenario: &Scenario) {
     );
     let hostile = scenario.tenant.register_app(HOSTILE);
     password(scenario, hostile.object_id, "<b>bold</b> & \"quoted\"", 190);
+    scenario
+        .graph
+        .add_user_owner(hostile.object_id, "mallory@contoso.example");
+    scenario
+        .graph
+        .add_user_owner(hostile.object_id, "<i>eve</i>@contoso.example");
+    scenario
+        .graph
+        .add_user_owner(billing.object_id, "billing-team@contoso.example");
 }
 
 fn json_rows(output: &Output) -> Vec<Value> {
@@ -242,7 +251,7 @@ async fn the_page_shows_in_chromium_what_the_json_says() {
     let page = dir.join("scan-report.html");
     let html = scan(
         &scenario,
-        &["--format", "html", "--output", page.to_str().unwrap()],
+        &["--format", "html", "--owners", "--output", page.to_str().unwrap()],
     )
     .await;
     assert!(html.status.success(), "{}", all(&html));
@@ -251,7 +260,7 @@ async fn the_page_shows_in_chromium_what_the_json_says() {
         "{}",
         all(&html)
     );
-    let json = scan(&scenario, &["--format", "json"]).await;
+    let json = scan(&scenario, &["--format", "json", "--owners"]).await;
     assert!(json.status.success(), "{}", all(&json));
     let rows = json_rows(&json);
     let expected = expected_summary(&rows);
@@ -315,6 +324,21 @@ async fn the_page_shows_in_chromium_what_the_json_says() {
     assert_eq!(shown[4], sample["appId"].as_str().unwrap());
     assert_eq!(shown[5], sample["credentialType"].as_str().unwrap());
     assert_eq!(shown[7], "<b>bold</b> & \"quoted\"");
+    let owners: Vec<&str> = sample["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        owners,
+        ["mallory@contoso.example", "<i>eve</i>@contoso.example"]
+    );
+    assert_eq!(
+        shown[9],
+        owners.join(", "),
+        "the owners as the JSON lists them"
+    );
     let managed = rows
         .iter()
         .find(|r| r["managedBy"] == "dify/dify-smtp")
@@ -515,5 +539,64 @@ async fn output_names_a_file_for_every_format() {
             .count(entra_rotator_standins::graph::ROUTE_LIST_APPLICATIONS),
         listed,
         "Graph was not asked"
+    );
+}
+
+/// `--owners` lists each application's owners (`$expand=owners`) in JSON and CSV, and
+/// pages by 100 as Graph does when expanding; without it nothing changes.
+#[tokio::test]
+async fn owners_are_listed_when_asked() {
+    use entra_rotator_standins::graph::ROUTE_LIST_APPLICATIONS;
+    let scenario = Scenario::start().await.unwrap();
+    let app = scenario.tenant.register_app("Dify mail (prod)");
+    password(&scenario, app.object_id, "smtp relay", 40);
+    scenario
+        .graph
+        .add_user_owner(app.object_id, "alice@contoso.example");
+    let rotator = scenario
+        .tenant
+        .apps()
+        .into_iter()
+        .find(|a| a.display_name == "entra-rotator")
+        .unwrap();
+    scenario.graph.add_owner(app.object_id, rotator.app_id);
+    for index in 0..150 {
+        scenario.tenant.register_app(&format!("unowned-{index:03}"));
+    }
+
+    let before = scenario.graph.faults().count(ROUTE_LIST_APPLICATIONS);
+    let json = scan(&scenario, &["--format", "json", "--owners"]).await;
+    assert!(json.status.success(), "{}", all(&json));
+    assert_eq!(
+        scenario.graph.faults().count(ROUTE_LIST_APPLICATIONS) - before,
+        2,
+        "153 applications, 100 a page with owners expanded"
+    );
+    let rows = json_rows(&json);
+    let row = rows
+        .iter()
+        .find(|r| r["appId"] == app.app_id.to_string())
+        .unwrap();
+    assert_eq!(
+        row["owners"],
+        serde_json::json!(["alice@contoso.example", "entra-rotator (service principal)"])
+    );
+
+    let csv = scan(&scenario, &["--format", "csv", "--owners"]).await;
+    let text = String::from_utf8(csv.stdout).unwrap();
+    assert!(
+        text.starts_with("appDisplayName,")
+            && text.lines().next().unwrap().ends_with(",status,owners"),
+        "{text}"
+    );
+    assert!(
+        text.contains(",alice@contoso.example; entra-rotator (service principal)\r\n"),
+        "{text}"
+    );
+
+    let plain = scan(&scenario, &["--format", "json"]).await;
+    assert!(
+        json_rows(&plain).iter().all(|r| r.get("owners").is_none()),
+        "no owners unless asked"
     );
 }

@@ -83,6 +83,12 @@ pub(crate) struct ScanArgs {
     /// Application.ReadWrite.OwnedBy lets it rotate).
     #[arg(long)]
     owned: bool,
+    /// Also list each application's owners (json, csv and html): users by
+    /// userPrincipalName, service principals by name; at most 20 per application, as
+    /// Graph expands them, 100 applications per request. Users' names need
+    /// User.ReadBasic.All besides; without it Graph gives their object ids.
+    #[arg(long)]
+    owners: bool,
     /// What to write (default: table).
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -190,7 +196,7 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
         },
         None => Box::new(std::io::stdout()),
     };
-    let mut report = Report::new(format, out, now, horizon, args.ignore_expired);
+    let mut report = Report::new(format, out, now, horizon, args.ignore_expired, args.owners);
     let contains = args.contains.as_deref().map(str::to_lowercase);
     let prefix_after_listing = match &scope {
         ListScope::OwnedBy { .. } => args.filter.as_deref().map(str::to_lowercase),
@@ -206,7 +212,11 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
 
     let progress = Progress::new();
     let outcome = async {
-        let mut pages = client.list_applications(&scope, args.page_size)?;
+        let mut pages = if args.owners {
+            client.list_applications_with_owners(&scope, args.page_size)?
+        } else {
+            client.list_applications(&scope, args.page_size)?
+        };
         report.begin(&scope_in_words(&args))?;
         while let Some(page) = pages.next_page().await? {
             for app in page.iter().filter(|a| wanted(a)) {
@@ -428,6 +438,8 @@ struct Report {
     classifier: Classifier,
     /// The page's counters, for `--format html`.
     html: Option<HtmlReport>,
+    /// `--owners`: an owners field or column.
+    owners: bool,
     /// Rows written so far (the JSON array needs to know the first).
     written: u64,
     scanned: u64,
@@ -440,12 +452,14 @@ impl Report {
         now: DateTime<Utc>,
         horizon: DateTime<Utc>,
         ignore_expired: bool,
+        owners: bool,
     ) -> Self {
         Self {
             format,
             out: std::io::BufWriter::new(out),
             classifier: Classifier::new(now, horizon, ignore_expired),
-            html: (format == Format::Html).then(|| HtmlReport::new(now)),
+            html: (format == Format::Html).then(|| HtmlReport::new(now, owners)),
+            owners,
             written: 0,
             scanned: 0,
         }
@@ -465,6 +479,7 @@ impl Report {
                 writeln!(self.out, "{}  NAME", header.join("  "))
             }
             Format::Json => write!(self.out, "["),
+            Format::Csv if self.owners => write!(self.out, "{CSV_HEADER},owners\r\n"),
             Format::Csv => write!(self.out, "{CSV_HEADER}\r\n"),
         }
     }
@@ -475,8 +490,8 @@ impl Report {
             let first = self.written == 1;
             match self.format {
                 Format::Table => write_table_row(&mut self.out, &row)?,
-                Format::Json => write_json_row(&mut self.out, &row, first)?,
-                Format::Csv => write_csv_row(&mut self.out, &row)?,
+                Format::Json => write_json_row(&mut self.out, &row, first, self.owners)?,
+                Format::Csv => write_csv_row(&mut self.out, &row, self.owners)?,
                 Format::Html => {
                     if let Some(html) = &mut self.html {
                         html.row(&mut self.out, &row)?;
@@ -547,8 +562,8 @@ fn write_table_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
     )
 }
 
-fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool) -> std::io::Result<()> {
-    let value = serde_json::json!({
+fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool, owners: bool) -> std::io::Result<()> {
+    let mut value = serde_json::json!({
         "appDisplayName": row.app.display_name,
         "appId": row.app.app_id,
         "objectId": row.app.object_id,
@@ -561,11 +576,14 @@ fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool) -> std::io::
         "status": row.status.name(),
         "managedBy": row.managed_by,
     });
+    if owners {
+        value["owners"] = serde_json::json!(row.app.owners);
+    }
     write!(out, "{}\n  {value}", if first { "" } else { "," })
 }
 
-fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
-    let fields = [
+fn write_csv_row(out: &mut impl Write, row: &Row<'_>, owners: bool) -> std::io::Result<()> {
+    let mut fields = vec![
         spreadsheet_text(&row.app.display_name),
         row.app.app_id.to_string(),
         row.app.object_id.to_string(),
@@ -577,6 +595,9 @@ fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
         row.days_left.map(|d| d.to_string()).unwrap_or_default(),
         row.status.name().to_string(),
     ];
+    if owners {
+        fields.push(spreadsheet_text(&row.app.owners.join("; ")));
+    }
     let quoted: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
     write!(out, "{}\r\n", quoted.join(","))
 }

@@ -84,10 +84,12 @@ pub struct HtmlReport {
     beyond_timeline: u64,
     /// Lets the page's own script run and no other (see the module comment).
     nonce: String,
+    /// `scan --owners`: an Owners column.
+    owners: bool,
 }
 
 impl HtmlReport {
-    pub fn new(now: DateTime<Utc>) -> Self {
+    pub fn new(now: DateTime<Utc>, owners: bool) -> Self {
         Self {
             now,
             counts: [0; 5],
@@ -95,6 +97,7 @@ impl HtmlReport {
             months: [0; TIMELINE_MONTHS],
             beyond_timeline: 0,
             nonce: uuid::Uuid::new_v4().simple().to_string(),
+            owners,
         }
     }
 
@@ -114,7 +117,8 @@ impl HtmlReport {
             nonce = self.nonce,
             scope = escape(scope),
         )?;
-        for (heading, kind) in COLUMNS {
+        let owners = self.owners.then_some(("Owners", "text"));
+        for (heading, kind) in COLUMNS.into_iter().chain(owners) {
             write!(
                 out,
                 "<th data-type={kind}><button type=button>{heading}</button></th>"
@@ -147,7 +151,7 @@ impl HtmlReport {
             || "never".to_string(),
             |e| e.format("%Y-%m-%d %H:%M").to_string(),
         );
-        writeln!(
+        write!(
             out,
             "<tr{class}><td>{days}<td>{expires}<td>{status}<td>{app}<td>{app_id}<td>{kind}<td>{key_id}<td>{name}<td>{managed}",
             class = bucket.row_class(),
@@ -161,7 +165,12 @@ impl HtmlReport {
                 .managed_by
                 .map(|rotation| format!("&#10003; {}", escape(rotation)))
                 .unwrap_or_default(),
-        )
+        )?;
+        if self.owners {
+            let owners: Vec<String> = row.app.owners.iter().map(|o| escape(o)).collect();
+            write!(out, "<td>{}", owners.join(", "))?;
+        }
+        writeln!(out)
     }
 
     /// The summary and the timeline (shown above the table), the sorting script and the
@@ -310,11 +319,11 @@ h1{font-size:22px;margin:20px 0 4px}h2{font-size:17px;margin:20px 0 8px}header p
 svg{max-width:1040px;display:block}svg .x rect{fill:#c62828}svg .m rect{fill:#1f6feb}svg .l rect{fill:#8c959f}\
 svg text{font-size:10px;text-anchor:middle;fill:#1b1f24}svg .v{font-weight:600}svg .axis{stroke:#8c959f}\
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{border-bottom:1px solid #d8dee4;padding:4px 8px;text-align:left;vertical-align:top}\
-td:nth-child(5),td:nth-child(7){font-family:ui-monospace,monospace;font-size:12px}td:first-child{text-align:right;font-weight:600}td:nth-child(2){white-space:nowrap}\
+td:nth-child(5),td:nth-child(7){font-family:ui-monospace,monospace;font-size:12px}td:first-child{text-align:right;font-weight:600}td{overflow-wrap:anywhere}td:nth-child(2),td:nth-child(3),td:nth-child(6){white-space:nowrap}\
 th{position:sticky;top:0;background:#f6f8fa}th button{all:unset;cursor:pointer;font-weight:600}\
 th[aria-sort=ascending] button::after{content:' \\25B2'}th[aria-sort=descending] button::after{content:' \\25BC'}\
 tr.x td:first-child{color:#fff;background:#c62828}tr.s td:first-child{background:#ffd8b5}tr.q td:first-child{background:#fff1a8}\
-td:last-child{color:#1a7f37;font-weight:600}\
+td:nth-child(9){color:#1a7f37;font-weight:600}\
 ";
 
 /// Sorts the table by a column (stable; numbers as numbers, `-` last), and by days left
