@@ -251,7 +251,13 @@ async fn the_page_shows_in_chromium_what_the_json_says() {
     let page = dir.join("scan-report.html");
     let html = scan(
         &scenario,
-        &["--format", "html", "--owners", "--output", page.to_str().unwrap()],
+        &[
+            "--format",
+            "html",
+            "--owners",
+            "--output",
+            page.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(html.status.success(), "{}", all(&html));
@@ -598,5 +604,57 @@ async fn owners_are_listed_when_asked() {
     assert!(
         json_rows(&plain).iter().all(|r| r.get("owners").is_none()),
         "no owners unless asked"
+    );
+}
+
+/// A scan Graph stops midway still leaves a whole page, which says at the top that it is
+/// incomplete and why; `--owners` with the table is refused with what to add.
+#[tokio::test]
+async fn an_unfinished_scan_says_so_on_the_page() {
+    use entra_rotator_standins::faults::Fault;
+    use entra_rotator_standins::graph::ROUTE_LIST_APPLICATIONS;
+    let scenario = Scenario::start().await.unwrap();
+    seed(&scenario);
+    scenario
+        .graph
+        .faults()
+        .push(ROUTE_LIST_APPLICATIONS, Fault::delay(Duration::ZERO));
+    scenario
+        .graph
+        .faults()
+        .push(ROUTE_LIST_APPLICATIONS, Fault::throttle(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    let output = scan(
+        &scenario,
+        &[
+            "--format",
+            "html",
+            "--page-size",
+            "5",
+            "--output",
+            page.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3), "{}", all(&output));
+    let text = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        text.contains(
+            "<p class=incomplete role=alert>Incomplete: the scan stopped after 5 applications: "
+        ),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("</html>"), "a whole page");
+    assert_eq!(count(&text, "applications"), 5);
+
+    let table = scan(&scenario, &["--owners"]).await;
+    assert_eq!(table.status.code(), Some(2), "{}", all(&table));
+    assert!(
+        all(&table).contains(
+            "--owners: the table has no column for owners; add --format json, csv or html"
+        ),
+        "{}",
+        all(&table)
     );
 }

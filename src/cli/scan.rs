@@ -136,11 +136,12 @@ fn destination(args: &ScanArgs) -> (Format, Option<PathBuf>) {
 /// Which applications were listed, in words, for the page's heading.
 fn scope_in_words(args: &ScanArgs) -> String {
     let mut scope = if args.owned { "Applications the rotator owns".to_string() } else { "All applications".to_string() };
-    if let Some(prefix) = args.filter.as_deref().filter(|p| !p.is_empty()) {
+    let prefix = args.filter.as_deref().filter(|p| !p.is_empty());
+    if let Some(prefix) = prefix {
         scope.push_str(&format!(" whose name starts with \"{prefix}\""));
     }
     if let Some(text) = &args.contains {
-        scope.push_str(&format!("{} whose name contains \"{text}\"", if args.filter.is_some() { " and" } else { "" }));
+        scope.push_str(&format!("{} whose name contains \"{text}\"", if prefix.is_some() { " and" } else { "" }));
     }
     if args.ignore_expired {
         scope.push_str(", expired credentials left out");
@@ -186,6 +187,10 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
         .unwrap_or(HumanDuration::days(DEFAULT_WARN_WITHIN_DAYS));
     let horizon = now.checked_add_signed(warn_within.chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC);
     let (format, file) = destination(&args);
+    if args.owners && format == Format::Table {
+        eprintln!("error: --owners: the table has no column for owners; add --format json, csv or html");
+        return ExitCode::from(EXIT_INVALID_INPUT);
+    }
     let out: Box<dyn Write> = match &file {
         Some(path) => match std::fs::File::create(path) {
             Ok(file) => Box::new(file),
@@ -440,6 +445,8 @@ struct Report {
     html: Option<HtmlReport>,
     /// `--owners`: an owners field or column.
     owners: bool,
+    /// Whether the output's beginning is written (a page is closed only then).
+    begun: bool,
     /// Rows written so far (the JSON array needs to know the first).
     written: u64,
     scanned: u64,
@@ -460,12 +467,14 @@ impl Report {
             classifier: Classifier::new(now, horizon, ignore_expired),
             html: (format == Format::Html).then(|| HtmlReport::new(now, owners)),
             owners,
+            begun: false,
             written: 0,
             scanned: 0,
         }
     }
 
     fn begin(&mut self, scope: &str) -> std::io::Result<()> {
+        self.begun = true;
         match self.format {
             Format::Html => match &self.html {
                 Some(html) => html.begin(&mut self.out, scope),
@@ -518,7 +527,7 @@ impl Report {
 
     /// Closes the page with what stopped the scan; other formats stay as far as they got.
     fn end_incomplete(&mut self, reason: &str) -> std::io::Result<()> {
-        if let Some(html) = &self.html {
+        if let Some(html) = self.html.as_ref().filter(|_| self.begun) {
             html.end(&mut self.out, self.scanned, Some(reason))?;
         }
         self.out.flush()
