@@ -100,6 +100,7 @@ pub struct Metrics {
     consumers_on_old: Family<RotationLabels, Gauge>,
     leader: Gauge,
     verification_attempts: Histogram,
+    verification_duration: Histogram,
     requests: Family<RequestLabels, Counter>,
     throttled: Family<OperationLabels, Counter>,
     latency: Family<OperationLabels, Histogram>,
@@ -142,6 +143,13 @@ impl Metrics {
             "SMTP attempts until a new secret was accepted or verification gave up",
             verification_attempts.clone(),
         );
+        // Entra replication: seconds to minutes; the default retryBudget is 5 minutes.
+        let verification_duration = Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+        registry.register(
+            "entra_rotator_verification_duration_seconds",
+            "Time from the first SMTP attempt until the relay accepted a secret",
+            verification_duration.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("entra_rotator_api_requests", "Requests to Microsoft Graph and Key Vault by operation and HTTP status", requests.clone());
         let throttled = Family::<OperationLabels, Counter>::default();
@@ -150,7 +158,7 @@ impl Metrics {
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         registry.register("entra_rotator_api_request_duration_seconds", "Latency of Graph and Key Vault requests", latency.clone());
-        Self { registry, expiry, reconciles, last_success, consumers_on_old, leader, verification_attempts, requests, throttled, latency }
+        Self { registry, expiry, reconciles, last_success, consumers_on_old, leader, verification_attempts, verification_duration, requests, throttled, latency }
     }
 
     /// The text exposition for `/metrics`.
@@ -197,6 +205,11 @@ impl Metrics {
 
     pub fn observe_verification(&self, attempts: u32) {
         self.verification_attempts.observe(f64::from(attempts));
+    }
+
+    /// How long a secret took to be accepted (Entra's replication, mostly).
+    pub fn observe_verification_duration(&self, took: Duration) {
+        self.verification_duration.observe(took.as_secs_f64());
     }
 }
 
