@@ -1715,6 +1715,7 @@ fn exported_series() -> std::collections::BTreeMap<String, BTreeSet<String>> {
     metrics.set_last_success("dify/dify-smtp", chrono::Utc::now());
     metrics.set_consumers_on_old_secret("dify/dify-smtp", 1);
     metrics.observe_verification(2);
+    metrics.observe_verification_duration(std::time::Duration::from_secs(40));
     metrics.set_leader(true);
     metrics.observe("graph", "addPassword", Some(429), std::time::Duration::from_millis(5));
     let mut series: std::collections::BTreeMap<String, BTreeSet<String>> = std::collections::BTreeMap::new();
@@ -1869,7 +1870,7 @@ fn the_dashboard_uses_metrics_and_labels_the_controller_exports() {
     }
     assert!(problems.is_empty(), "align charts/entra-rotator/{DASHBOARD_FILE} with src/metrics.rs:\n{}", problems.join("\n"));
     // Every family the controller exports has a place on the dashboard.
-    for family in ["entra_rotator_credential_seconds_left", "entra_rotator_reconciles_total", "entra_rotator_verification_attempts_bucket", "entra_rotator_api_requests_total", "entra_rotator_api_throttled_total", "entra_rotator_api_request_duration_seconds_bucket", "entra_rotator_consumers_on_old_secret", "entra_rotator_last_successful_rotation_timestamp_seconds", "entra_rotator_leader", "up"] {
+    for family in ["entra_rotator_credential_seconds_left", "entra_rotator_reconciles_total", "entra_rotator_verification_attempts_bucket", "entra_rotator_verification_duration_seconds_bucket", "entra_rotator_api_requests_total", "entra_rotator_api_throttled_total", "entra_rotator_api_request_duration_seconds_bucket", "entra_rotator_consumers_on_old_secret", "entra_rotator_last_successful_rotation_timestamp_seconds", "entra_rotator_leader", "up"] {
         assert!(used.contains(family), "no panel shows {family}: {used:?}");
     }
 
