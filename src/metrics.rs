@@ -98,7 +98,9 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     last_success: Family<RotationLabels, Gauge>,
     consumers_on_old: Family<RotationLabels, Gauge>,
+    leader: Gauge,
     verification_attempts: Histogram,
+    verification_duration: Histogram,
     requests: Family<RequestLabels, Counter>,
     throttled: Family<OperationLabels, Counter>,
     latency: Family<OperationLabels, Histogram>,
@@ -129,11 +131,24 @@ impl Metrics {
             "Pods and roll-outs that may still use an older secret, keeping it from being revoked",
             consumers_on_old.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "entra_rotator_leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         let verification_attempts = Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0]);
         registry.register(
             "entra_rotator_verification_attempts",
             "SMTP attempts until a new secret was accepted or verification gave up",
             verification_attempts.clone(),
+        );
+        // Entra replication: seconds to minutes; the default retryBudget is 5 minutes.
+        let verification_duration = Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+        registry.register(
+            "entra_rotator_verification_duration_seconds",
+            "Time from the first SMTP attempt until the relay accepted a secret",
+            verification_duration.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("entra_rotator_api_requests", "Requests to Microsoft Graph and Key Vault by operation and HTTP status", requests.clone());
@@ -143,7 +158,7 @@ impl Metrics {
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         registry.register("entra_rotator_api_request_duration_seconds", "Latency of Graph and Key Vault requests", latency.clone());
-        Self { registry, expiry, reconciles, last_success, consumers_on_old, verification_attempts, requests, throttled, latency }
+        Self { registry, expiry, reconciles, last_success, consumers_on_old, leader, verification_attempts, verification_duration, requests, throttled, latency }
     }
 
     /// The text exposition for `/metrics`.
@@ -175,6 +190,11 @@ impl Metrics {
         self.consumers_on_old.get_or_create(&RotationLabels { rotation: rotation.into() }).set(i64::from(count));
     }
 
+    /// Whether this replica holds the leader Lease.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     pub fn count_reconcile(&self, result: &str, reason: &str) {
         self.reconciles.get_or_create(&ResultLabels { result: result.into(), reason: reason.into() }).inc();
     }
@@ -185,6 +205,11 @@ impl Metrics {
 
     pub fn observe_verification(&self, attempts: u32) {
         self.verification_attempts.observe(f64::from(attempts));
+    }
+
+    /// How long a secret took to be accepted (Entra's replication, mostly).
+    pub fn observe_verification_duration(&self, took: Duration) {
+        self.verification_duration.observe(took.as_secs_f64());
     }
 }
 
@@ -216,6 +241,9 @@ mod tests {
         metrics.observe("graph", "addPassword", Some(200), Duration::from_millis(20));
         metrics.count_reconcile("rotated", "CredentialNearingExpiry");
         let text = metrics.encode();
+        assert!(text.lines().any(|l| l == "entra_rotator_leader 0"), "a standby says so from the start:\n{text}");
+        metrics.set_leader(true);
+        assert!(metrics.encode().lines().any(|l| l == "entra_rotator_leader 1"));
         assert!(text.contains(r#"entra_rotator_credential_expiry_timestamp_seconds{rotation="dify/smtp",app_id="a",key_id="k2"}"#), "{text}");
         assert!(!text.contains(r#"key_id="k1""#), "the replaced keyId's series is dropped:\n{text}");
         let left = text.lines().find(|l| l.starts_with("entra_rotator_credential_seconds_left{")).unwrap();

@@ -4,8 +4,10 @@
 //!
 //! Imports the domain and the Graph adapter's listing types; never the CLI or the operator.
 
+pub mod html;
+
 use crate::adapters::graph::{KeyCredential, ListedApplication};
-use crate::domain::PasswordCredential;
+use crate::domain::{MARKER_PREFIX, PasswordCredential};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -42,6 +44,8 @@ pub struct Row<'a> {
     /// Whole days, toward zero: 8.9 days left is 8, expired 3.1 days ago is -3.
     pub days_left: Option<i64>,
     pub status: Status,
+    /// The rotation that minted this secret: its `displayName` carries our marker.
+    pub managed_by: Option<&'a str>,
 }
 
 /// Classifies credentials as of `now` against `horizon`, and counts what it saw.
@@ -83,7 +87,11 @@ impl Classifier {
             Status::Ok | Status::NoExpiry => {}
         }
         let days_left = end.map(|end| (end - self.now).num_days());
-        Some(Row { app, kind, key_id, name, start, end, days_left, status })
+        let managed_by = match kind {
+            "password" => name.and_then(|n| n.strip_prefix(MARKER_PREFIX)),
+            _ => None,
+        };
+        Some(Row { app, kind, key_id, name, start, end, days_left, status, managed_by })
     }
 }
 
@@ -119,6 +127,7 @@ mod tests {
                 password(Some(now + Duration::hours(215))),
                 password(Some(now + Duration::days(90))),
                 password(None),
+                PasswordCredential { display_name: Some("entra-rotator:dify/dify-smtp".into()), ..password(Some(now + Duration::days(200))) },
             ],
             key_credentials: vec![KeyCredential {
                 key_id: Uuid::new_v4(),
@@ -128,6 +137,7 @@ mod tests {
                 kind: None,
                 usage: None,
             }],
+            owners: Vec::new(),
         };
         let mut classifier = Classifier::new(now, now + Duration::days(30), false);
 
@@ -141,13 +151,16 @@ mod tests {
                 ("password", Status::Expiring, Some(8)),
                 ("password", Status::Ok, Some(90)),
                 ("password", Status::NoExpiry, None),
+                ("password", Status::Ok, Some(200)),
                 ("certificate", Status::Expiring, Some(3)),
             ]
         );
+        let managed: Vec<_> = rows.iter().map(|r| r.managed_by).collect();
+        assert_eq!(managed, [None, None, None, None, Some("dify/dify-smtp"), None], "only our marker counts");
         assert_eq!((classifier.expired, classifier.expiring), (1, 2));
 
         let mut ignoring = Classifier::new(now, now + Duration::days(30), true);
-        assert_eq!(ignoring.rows(&app).len(), 4, "the expired one is left out");
+        assert_eq!(ignoring.rows(&app).len(), 5, "the expired one is left out");
         assert_eq!(ignoring.expired, 0);
     }
 }

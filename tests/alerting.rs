@@ -155,6 +155,8 @@ async fn controller_exposes_expiry_and_request_metrics() {
     assert!(text.contains("entra_rotator_reconciles_total{result=\"rotated\",reason=\"StoredSecretMissing\"} 1"), "{text}");
     assert!(text.contains("entra_rotator_api_requests_total{service=\"graph\",operation=\"addPassword\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("entra_rotator_verification_attempts_count 1"), "{text}");
+    assert!(text.contains("entra_rotator_verification_duration_seconds_count 1"), "{text}");
+    assert!(text.lines().any(|l| l == "entra_rotator_leader 1"), "the replica that reconciled leads: {text}");
     for value in scenario.tenant.minted_values() {
         assert!(!text.contains(&value), "a secret value reached the metrics");
     }

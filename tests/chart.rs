@@ -110,6 +110,9 @@ impl Scenario {
             self.sets.push("metrics.serviceMonitor.enabled=true");
         }
         self.sets.push("metrics.prometheusRule.enabled=true");
+        if self.mode == Mode::Controller {
+            self.sets.push("dashboards.enabled=true");
+        }
         self.sets
             .push("tls.extraRootCertificatesConfigMap=corporate-proxy-ca");
         self.monitoring = true;
@@ -258,9 +261,11 @@ impl Rendered {
     }
 
     fn settings(&self) -> ServiceSettings {
-        let text = self.one("ConfigMap")["data"]["azure.yaml"]
-            .as_str()
-            .expect("azure.yaml in the ConfigMap");
+        let text = self
+            .kind("ConfigMap")
+            .into_iter()
+            .find_map(|m| m["data"]["azure.yaml"].as_str())
+            .expect("azure.yaml in a ConfigMap");
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), text).unwrap();
         ServiceSettings::load(Some(file.path())).unwrap_or_else(|e| {
@@ -1141,6 +1146,7 @@ fn missing_or_conflicting_values_are_refused_with_what_to_set() {
             ],
             "no /metrics endpoint in cronjob mode",
         ),
+        (&[IDENTITY, "mode=cronjob", "dashboards.enabled=true"], "dashboards.enabled: the dashboard shows the controller's /metrics"),
         (&[IDENTITY, "azure.graphUrl=http://graph.local"], "graphUrl"),
     ];
     for (sets, expected) in cases {
@@ -1473,4 +1479,404 @@ fn allowed_relays_reach_the_binary() {
     }
     let defaults = render(&helm, Scenario::new("defaults", Mode::Controller)).args();
     assert!(!defaults.iter().any(|a| a.starts_with("--allow-smtp-host")), "only Microsoft's relays by default: {defaults:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Grafana dashboard (dashboards.enabled)
+// ---------------------------------------------------------------------------------------------
+
+const DASHBOARD_FILE: &str = "dashboards/entra-rotator.json";
+/// Labels Prometheus puts on every series it scrapes through the ServiceMonitor.
+const TARGET_LABELS: &[&str] = &["job", "instance", "namespace", "pod", "service", "container", "endpoint"];
+/// Grafana's own variables, usable in any query.
+const GRAFANA_VARIABLES: &[&str] = &["__rate_interval", "__interval", "__range"];
+
+/// The dashboard JSON of the ConfigMap a `helm template` with `sets` renders, and the
+/// ConfigMap itself.
+fn rendered_dashboard(helm: &Path, sets: &[&'static str]) -> (Value, serde_json::Value) {
+    let rendered = render(helm, Scenario::new("controller, dashboard", Mode::Controller).sets(sets));
+    let maps: Vec<&Value> = rendered.kind("ConfigMap").into_iter().filter(|m| !m["data"]["entra-rotator.json"].is_null()).collect();
+    assert_eq!(maps.len(), 1, "one dashboard ConfigMap for --set {sets:?}");
+    let text = maps[0]["data"]["entra-rotator.json"].as_str().expect("the dashboard as text");
+    let dashboard = serde_json::from_str(text).unwrap_or_else(|e| panic!("the rendered dashboard is not JSON: {e}"));
+    (maps[0].clone(), dashboard)
+}
+
+fn dashboard_file() -> serde_json::Value {
+    let text = std::fs::read_to_string(chart().join(DASHBOARD_FILE)).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("charts/entra-rotator/{DASHBOARD_FILE} is not JSON: {e}"))
+}
+
+#[test]
+fn the_dashboard_configmap_is_rendered_only_when_enabled_with_the_sidecars_label() {
+    let Some(helm) = helm() else { return };
+    let off = render(&helm, Scenario::new("controller, defaults", Mode::Controller));
+    assert!(
+        off.kind("ConfigMap").iter().all(|m| m["data"]["entra-rotator.json"].is_null()),
+        "no dashboard unless dashboards.enabled"
+    );
+
+    let (map, dashboard) = rendered_dashboard(&helm, &["dashboards.enabled=true"]);
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"].as_str(), Some("1"), "the label kube-prometheus-stack's sidecar looks for");
+    assert_eq!(map["metadata"]["namespace"].as_str(), Some(NAMESPACE));
+    assert_eq!(dashboard, dashboard_file(), "with the default expiryWarningDays the ConfigMap holds the file as it is");
+
+    let (map, dashboard) = rendered_dashboard(
+        &helm,
+        &[
+            "dashboards.enabled=true",
+            "dashboards.label=team_dashboard",
+            "dashboards.labelValue=entra",
+            "dashboards.namespace=monitoring",
+            "dashboards.annotations.grafana_folder=Security",
+            "metrics.prometheusRule.expiryWarningDays=30",
+        ],
+    );
+    assert_eq!(map["metadata"]["labels"]["team_dashboard"].as_str(), Some("entra"));
+    assert!(map["metadata"]["labels"]["grafana_dashboard"].is_null());
+    assert_eq!(map["metadata"]["namespace"].as_str(), Some("monitoring"));
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"].as_str(), Some("Security"));
+    let days = days_panels(&dashboard);
+    assert!(days.len() >= 2, "the soonest expiry and the days left per rotation are shown in days");
+    for panel in days {
+        assert_eq!(
+            threshold_steps(panel),
+            [("red".to_string(), None), ("orange".to_string(), Some(0.0)), ("green".to_string(), Some(30.0))],
+            "{}: coloured like the expiry alert (orange within expiryWarningDays)",
+            panel["title"]
+        );
+    }
+}
+
+/// Panels that show days left (the ones coloured like the expiry alert).
+fn days_panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    grafana_panels(dashboard).into_iter().filter(|p| p["fieldConfig"]["defaults"]["unit"] == "suffix: days").collect()
+}
+
+fn threshold_steps(panel: &serde_json::Value) -> Vec<(String, Option<f64>)> {
+    panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .map(|steps| steps.iter().map(|s| (s["color"].as_str().unwrap_or_default().to_string(), s["value"].as_f64())).collect())
+        .unwrap_or_default()
+}
+
+/// Every panel, rows' nested panels included (rows themselves too).
+fn grafana_panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut panels = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        panels.push(panel);
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    panels
+}
+
+/// The fields Grafana's dashboard schema requires and constrains (the classic model,
+/// grafana/grafana kinds/dashboard/dashboard_kind.cue: schemaVersion uint16; #Panel
+/// type non-empty; #GridPos h > 0, 0 < w <= 24, 0 <= x < 24; #RowPanel id, collapsed,
+/// panels; #FieldConfigSource defaults + overrides; #ThresholdsConfig mode + steps sorted,
+/// the first at -Infinity (null); #VariableModel type + name; #AnnotationQuery name,
+/// datasource, enable, iconColor), and what an importable dashboard needs besides: no
+/// datasource uid of somebody's Grafana, only the `${datasource}` variable.
+#[test]
+fn the_dashboard_is_a_valid_grafana_dashboard_model() {
+    let dashboard = dashboard_file();
+    let problems = grafana_model_problems(&dashboard);
+    assert!(problems.is_empty(), "charts/entra-rotator/{DASHBOARD_FILE} would not import into Grafana as it should:\n{}", problems.join("\n"));
+
+    // The check finds what it looks for.
+    let mut broken = dashboard.clone();
+    broken["panels"][1]["gridPos"]["w"] = 25.into();
+    broken["panels"][1]["datasource"]["uid"] = "P1809F7CD0C75ACF3".into();
+    broken["panels"][1]["targets"][0]["expr"] = "up{job=~\"$cluster\"}".into();
+    broken["schemaVersion"] = "39".into();
+    let found = grafana_model_problems(&broken).join("\n");
+    for expected in ["gridPos", "datasource", "$cluster", "schemaVersion"] {
+        assert!(found.contains(expected), "a broken {expected} is found:\n{found}");
+    }
+}
+
+fn grafana_model_problems(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, problem: String| {
+        if !ok {
+            problems.push(problem);
+        }
+    };
+    check(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()), "title: a non-empty string".into());
+    check(dashboard["uid"].as_str().is_some_and(|u| (8..=40).contains(&u.len())), "uid: 8 to 40 characters".into());
+    // 36 is the kind's first version; 42 the newest Grafana writes.
+    check(dashboard["schemaVersion"].as_u64().is_some_and(|v| (36..=42).contains(&v)), format!("schemaVersion: an integer 36..=42, not {}", dashboard["schemaVersion"]));
+    check(dashboard["editable"].is_boolean(), "editable: a boolean".into());
+    check(dashboard["graphTooltip"].as_u64().is_some_and(|v| v <= 2), "graphTooltip: 0, 1 or 2".into());
+    check(dashboard["time"]["from"].is_string() && dashboard["time"]["to"].is_string(), "time: from and to".into());
+    for annotation in dashboard["annotations"]["list"].as_array().into_iter().flatten() {
+        let ok = annotation["name"].is_string() && annotation["datasource"].is_object() && annotation["enable"].is_boolean() && annotation["iconColor"].is_string();
+        check(ok, format!("annotations: name, datasource, enable, iconColor in {annotation}"));
+    }
+
+    let variables = dashboard["templating"]["list"].as_array().cloned().unwrap_or_default();
+    let mut defined: BTreeSet<String> = GRAFANA_VARIABLES.iter().map(|v| v.to_string()).collect();
+    const TYPES: &[&str] = &["query", "adhoc", "constant", "datasource", "interval", "textbox", "custom", "system"];
+    for variable in &variables {
+        let name = variable["name"].as_str().unwrap_or_default();
+        check(!name.is_empty() && variable["type"].as_str().is_some_and(|t| TYPES.contains(&t)), format!("templating: a name and a known type in {variable}"));
+        check(variable["hide"].as_u64().is_some_and(|h| h <= 2), format!("templating {name}: hide 0, 1 or 2"));
+        defined.insert(name.to_string());
+    }
+    check(
+        variables.iter().any(|v| v["type"] == "datasource" && v["name"] == "datasource" && v["query"] == "prometheus"),
+        "templating: a datasource variable of type prometheus named datasource".into(),
+    );
+
+    let mut ids = BTreeSet::new();
+    let mut cells: Vec<(String, u64, u64, u64, u64)> = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or("?").to_string();
+        let kind = panel["type"].as_str().unwrap_or_default();
+        check(!kind.is_empty(), format!("{title}: type must not be empty"));
+        check(panel["id"].as_u64().is_some_and(|id| ids.insert(id)), format!("{title}: a unique id"));
+        let grid = &panel["gridPos"];
+        let (h, w, x, y) = (grid["h"].as_u64(), grid["w"].as_u64(), grid["x"].as_u64(), grid["y"].as_u64());
+        let placed = matches!((h, w, x, y), (Some(h), Some(w), Some(x), Some(_)) if h > 0 && (1..=24).contains(&w) && x < 24 && x + w <= 24);
+        check(placed, format!("{title}: gridPos needs h > 0, 0 < w <= 24, 0 <= x < 24, x + w <= 24: {grid}"));
+        if let (true, Some(h), Some(w), Some(x), Some(y)) = (placed, h, w, x, y) {
+            for (other, ox, oy, ow, oh) in &cells {
+                let overlap = x < ox + ow && *ox < x + w && y < oy + oh && *oy < y + h;
+                check(!overlap, format!("{title}: gridPos overlaps {other}"));
+            }
+            cells.push((title.clone(), x, y, w, h));
+        }
+        if kind == "row" {
+            check(panel["collapsed"].is_boolean() && panel["panels"].is_array(), format!("{title}: a row needs collapsed and panels"));
+            continue;
+        }
+        check(datasource_is_the_variable(&panel["datasource"]), format!("{title}: datasource must be {{\"type\": \"prometheus\", \"uid\": \"${{datasource}}\"}}, not {}", panel["datasource"]));
+        check(panel["options"].is_object(), format!("{title}: options must be an object"));
+        let field_config = &panel["fieldConfig"];
+        check(field_config["defaults"].is_object() && field_config["overrides"].is_array(), format!("{title}: fieldConfig needs defaults and overrides"));
+        let thresholds = &field_config["defaults"]["thresholds"];
+        if !thresholds.is_null() {
+            let steps = threshold_steps(panel);
+            let sorted = steps.windows(2).all(|pair| pair[0].1.unwrap_or(f64::NEG_INFINITY) < pair[1].1.unwrap_or(f64::NEG_INFINITY));
+            let ok = ["absolute", "percentage"].contains(&thresholds["mode"].as_str().unwrap_or_default()) && steps.first().is_some_and(|s| s.1.is_none()) && sorted;
+            check(ok, format!("{title}: thresholds need a mode and steps sorted by value, the first null: {thresholds}"));
+        }
+        for transformation in panel["transformations"].as_array().into_iter().flatten() {
+            check(transformation["id"].is_string(), format!("{title}: a transformation without id"));
+        }
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        check(!targets.is_empty(), format!("{title}: no targets"));
+        let mut ref_ids = BTreeSet::new();
+        for target in &targets {
+            check(target["refId"].as_str().is_some_and(|r| ref_ids.insert(r.to_string())), format!("{title}: each target needs its own refId"));
+            check(datasource_is_the_variable(&target["datasource"]), format!("{title}: a target's datasource must be the ${{datasource}} variable"));
+            let expr = target["expr"].as_str().unwrap_or_default();
+            check(!expr.trim().is_empty(), format!("{title}: a target without expr"));
+            for used in dollar_variables(expr) {
+                check(defined.contains(&used), format!("{title}: ${used} is not a dashboard variable"));
+            }
+        }
+    }
+    for variable in &variables {
+        if variable["type"] == "query" {
+            check(datasource_is_the_variable(&variable["datasource"]), format!("templating {}: datasource must be the ${{datasource}} variable", variable["name"]));
+        }
+    }
+    problems
+}
+
+fn datasource_is_the_variable(datasource: &serde_json::Value) -> bool {
+    datasource["type"] == "prometheus" && datasource["uid"] == "${datasource}"
+}
+
+/// `$name` and `${name}` in a query.
+fn dollar_variables(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (start, _) in text.match_indices('$') {
+        let rest = text[start + 1..].trim_start_matches('{');
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            found.insert(name);
+        }
+    }
+    found
+}
+
+/// What `/metrics` exports, read from the exposition itself: each series name (with its
+/// `_total`, `_bucket`, `_sum`, `_count` suffix) and the label names it carries. Every
+/// family is given a value through the same calls the controller makes.
+fn exported_series() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    use entra_rotator::adapters::http::ApiObserver;
+    use entra_rotator::metrics::{CredentialLabels, Metrics};
+    let metrics = Metrics::new();
+    let labels = CredentialLabels { rotation: "dify/dify-smtp".into(), app_id: "a".into(), key_id: "k".into() };
+    metrics.set_credential(labels, chrono::Utc::now());
+    metrics.count_reconcile("failed", "Graph");
+    metrics.set_last_success("dify/dify-smtp", chrono::Utc::now());
+    metrics.set_consumers_on_old_secret("dify/dify-smtp", 1);
+    metrics.observe_verification(2);
+    metrics.observe_verification_duration(std::time::Duration::from_secs(40));
+    metrics.set_leader(true);
+    metrics.observe("graph", "addPassword", Some(429), std::time::Duration::from_millis(5));
+    let mut series: std::collections::BTreeMap<String, BTreeSet<String>> = std::collections::BTreeMap::new();
+    for line in metrics.encode().lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect();
+        let names = series.entry(name.clone()).or_default();
+        if let Some(labels) = line[name.len()..].strip_prefix('{').and_then(|l| l.split_once('}')).map(|(l, _)| l) {
+            names.extend(labels.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, _)| k.to_string()));
+        }
+    }
+    series
+}
+
+/// One PromQL expression's metric selectors (name and matcher labels), grouping labels
+/// (`by`, `without`, `on`, `ignoring`, `group_left`, `group_right`) and label names of
+/// `label_values(selector, label)`. Not a full parser: what the dashboard's queries use.
+#[derive(Default, Debug)]
+struct PromQl {
+    selectors: Vec<(String, BTreeSet<String>)>,
+    grouping: BTreeSet<String>,
+}
+
+fn parse_promql(expr: &str) -> PromQl {
+    const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const OPERATORS: &[&str] = &["and", "or", "unless", "bool", "offset"];
+    // Written `sum by (l) (…)` as often as `sum(…)`.
+    const AGGREGATIONS: &[&str] = &["sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values"];
+    let mut parsed = PromQl::default();
+    let text: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    let skip_string = |i: &mut usize| {
+        let quote = text[*i];
+        *i += 1;
+        while *i < text.len() && text[*i] != quote {
+            *i += if text[*i] == '\\' { 2 } else { 1 };
+        }
+        *i += 1;
+    };
+    while i < text.len() {
+        let c = text[i];
+        if c == '"' || c == '\'' {
+            skip_string(&mut i);
+        } else if c == '[' {
+            while i < text.len() && text[i] != ']' {
+                i += 1;
+            }
+        } else if c == '$' {
+            i += 1;
+            while i < text.len() && (text[i].is_ascii_alphanumeric() || "_{}".contains(text[i])) {
+                i += 1;
+            }
+            continue;
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < text.len() && (text[i].is_ascii_alphanumeric() || text[i] == '_' || text[i] == ':') {
+                i += 1;
+            }
+            let word: String = text[start..i].iter().collect();
+            while i < text.len() && text[i] == ' ' {
+                i += 1;
+            }
+            let next = text.get(i).copied();
+            if GROUPING.contains(&word.as_str()) {
+                if next == Some('(') {
+                    let close = text[i..].iter().position(|c| *c == ')').map_or(text.len(), |p| i + p);
+                    let labels: String = text[i + 1..close].iter().collect();
+                    parsed.grouping.extend(labels.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
+                    i = close;
+                }
+                continue;
+            }
+            if next == Some('(') || OPERATORS.contains(&word.as_str()) || AGGREGATIONS.contains(&word.as_str()) {
+                continue;
+            }
+            let mut labels = BTreeSet::new();
+            if next == Some('{') {
+                i += 1;
+                while i < text.len() && text[i] != '}' {
+                    if text[i] == '"' || text[i] == '\'' {
+                        skip_string(&mut i);
+                        continue;
+                    }
+                    if text[i].is_ascii_alphabetic() || text[i] == '_' {
+                        let start = i;
+                        while i < text.len() && (text[i].is_ascii_alphanumeric() || text[i] == '_') {
+                            i += 1;
+                        }
+                        labels.insert(text[start..i].iter().collect());
+                        continue;
+                    }
+                    i += 1;
+                }
+            }
+            parsed.selectors.push((word, labels));
+            continue;
+        }
+        i += 1;
+    }
+    parsed
+}
+
+#[test]
+fn the_dashboard_uses_metrics_and_labels_the_controller_exports() {
+    let dashboard = dashboard_file();
+    let exported = exported_series();
+    assert!(exported.contains_key("entra_rotator_leader"), "{exported:?}");
+    let target_labels: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
+    let mut queries: Vec<(String, String, Vec<String>)> = Vec::new();
+    for panel in grafana_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let legend = target["legendFormat"].as_str().unwrap_or_default();
+            let legend_labels = legend.split("{{").skip(1).filter_map(|part| part.split_once("}}")).map(|(l, _)| l.trim().to_string()).collect();
+            queries.push((panel["title"].as_str().unwrap_or("?").to_string(), target["expr"].as_str().unwrap_or_default().to_string(), legend_labels));
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            // label_values(selector, label): the label is read from the selector's series.
+            let inner = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')).expect("label_values(selector, label)");
+            let (selector, label) = inner.rsplit_once(',').unwrap();
+            queries.push((format!("variable {}", variable["name"]), selector.to_string(), vec![label.trim().to_string()]));
+        }
+    }
+    let mut used = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (title, expr, legend_labels) in &queries {
+        let parsed = parse_promql(expr);
+        if parsed.selectors.is_empty() {
+            problems.push(format!("{title}: no metric in {expr}"));
+        }
+        let mut available = target_labels.clone();
+        for (name, labels) in &parsed.selectors {
+            used.insert(name.clone());
+            // `up` is Prometheus's own series per target: only target labels.
+            let known = if name == "up" { Some(&target_labels) } else { exported.get(name) };
+            let Some(known) = known else {
+                problems.push(format!("{title}: {name} is not a series /metrics exports (src/metrics.rs): {expr}"));
+                continue;
+            };
+            available.extend(known.iter().cloned());
+            for label in labels.iter().filter(|l| !known.contains(*l) && !target_labels.contains(*l)) {
+                problems.push(format!("{title}: {name} has no label {label}: {expr}"));
+            }
+        }
+        for label in parsed.grouping.iter().filter(|l| !available.contains(*l)) {
+            problems.push(format!("{title}: grouping by {label}, which none of its series carries: {expr}"));
+        }
+        let shown = if parsed.grouping.is_empty() { &available } else { &parsed.grouping };
+        for label in legend_labels.iter().filter(|l| !shown.contains(*l)) {
+            problems.push(format!("{title}: {{{{{label}}}}} is not a label of the result of {expr}"));
+        }
+    }
+    assert!(problems.is_empty(), "align charts/entra-rotator/{DASHBOARD_FILE} with src/metrics.rs:\n{}", problems.join("\n"));
+    // Every family the controller exports has a place on the dashboard.
+    for family in ["entra_rotator_credential_seconds_left", "entra_rotator_reconciles_total", "entra_rotator_verification_attempts_bucket", "entra_rotator_verification_duration_seconds_bucket", "entra_rotator_api_requests_total", "entra_rotator_api_throttled_total", "entra_rotator_api_request_duration_seconds_bucket", "entra_rotator_consumers_on_old_secret", "entra_rotator_last_successful_rotation_timestamp_seconds", "entra_rotator_leader", "up"] {
+        assert!(used.contains(family), "no panel shows {family}: {used:?}");
+    }
+
+    // The check finds what it looks for.
+    let wrong = parse_promql(r#"sum by (tenant) (rate(entra_rotator_api_requests_total{service="graph", region="x"}[5m]))"#);
+    assert_eq!(wrong.selectors, vec![("entra_rotator_api_requests_total".to_string(), ["region", "service"].map(String::from).into())]);
+    assert_eq!(wrong.grouping, ["tenant".to_string()].into());
+    assert!(!exported["entra_rotator_api_requests_total"].contains("region"));
 }

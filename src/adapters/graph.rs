@@ -692,6 +692,9 @@ fn is_unknown_key_id(error: &GraphError) -> bool {
 const SELECT_LISTING: &str = "id,appId,displayName,passwordCredentials,keyCredentials";
 /// Graph's largest page for directory objects.
 pub const MAX_PAGE_SIZE: u16 = 999;
+/// Graph's largest page when a relationship is expanded (`$expand` on directory objects,
+/// Microsoft Graph known limitations); each expands at most 20 objects.
+pub const MAX_EXPANDED_PAGE_SIZE: u16 = 100;
 
 /// Which applications to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -727,6 +730,10 @@ pub struct ListedApplication {
     pub display_name: String,
     pub password_credentials: Vec<PasswordCredential>,
     pub key_credentials: Vec<KeyCredential>,
+    /// Who owns it, when listed with [`GraphClient::list_applications_with_owners`]: a
+    /// user's userPrincipalName, a service principal's displayName; an object id alone
+    /// where Graph withheld the rest (no permission to read users).
+    pub owners: Vec<String>,
 }
 
 /// A listing in progress: one Graph page per [`next_page`](Self::next_page), following
@@ -755,6 +762,32 @@ struct ListedApplicationJson {
     password_credentials: Vec<PasswordCredentialJson>,
     #[serde(default)]
     key_credentials: Vec<KeyCredentialJson>,
+    #[serde(default)]
+    owners: Vec<OwnerJson>,
+}
+
+/// An owner as `$expand=owners` returns it: a user, a service principal, or (without the
+/// permission to read that type) only its type and id.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OwnerJson {
+    #[serde(rename = "@odata.type")]
+    kind: Option<String>,
+    id: Option<String>,
+    display_name: Option<String>,
+    user_principal_name: Option<String>,
+}
+
+impl OwnerJson {
+    fn into_name(self) -> String {
+        let kind = self.kind.as_deref().and_then(|k| k.strip_prefix("#microsoft.graph.")).unwrap_or("owner");
+        match (kind, self.user_principal_name, self.display_name) {
+            ("user", Some(principal), _) => principal,
+            ("servicePrincipal", _, Some(name)) => format!("{name} (service principal)"),
+            (_, _, Some(name)) => name,
+            (kind, _, None) => format!("{kind} {}", self.id.unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -792,6 +825,7 @@ impl From<ListedApplicationJson> for ListedApplication {
                     usage: c.usage,
                 })
                 .collect(),
+            owners: json.owners.into_iter().map(OwnerJson::into_name).collect(),
         }
     }
 }
@@ -805,6 +839,21 @@ impl GraphClient {
         scope: &ListScope,
         page_size: u16,
     ) -> Result<ApplicationPages<'_>, GraphError> {
+        self.listing(scope, page_size, false)
+    }
+
+    /// Like [`list_applications`](Self::list_applications), each application with its
+    /// owners (`$expand=owners`; Graph then pages at most [`MAX_EXPANDED_PAGE_SIZE`] and
+    /// expands at most 20 owners each). Users' names need `User.ReadBasic.All` besides.
+    pub fn list_applications_with_owners(
+        &self,
+        scope: &ListScope,
+        page_size: u16,
+    ) -> Result<ApplicationPages<'_>, GraphError> {
+        self.listing(scope, page_size.min(MAX_EXPANDED_PAGE_SIZE), true)
+    }
+
+    fn listing(&self, scope: &ListScope, page_size: u16, owners: bool) -> Result<ApplicationPages<'_>, GraphError> {
         let top = page_size.clamp(1, MAX_PAGE_SIZE).to_string();
         let (operation, path, filter) = match scope {
             ListScope::Tenant { name_prefix } => (
@@ -828,6 +877,9 @@ impl GraphClient {
             let mut query = url.query_pairs_mut();
             query.append_pair("$select", SELECT_LISTING);
             query.append_pair("$top", &top);
+            if owners {
+                query.append_pair("$expand", "owners");
+            }
             if let Some(filter) = &filter {
                 query.append_pair("$filter", filter);
             }

@@ -1,10 +1,11 @@
 //! `entra-rotator scan`: every password and certificate credential of the tenant's app
 //! registrations (or of those matching a name, or owned by the rotator) with its expiry and
-//! days left, as a table, JSON or CSV, and an exit code for pipelines.
+//! days left, as a table, JSON, CSV or an HTML page, and an exit code for pipelines.
 //!
-//! The command-line face of [`crate::scan`]: flags, sign-in, and the three output formats.
-//! Rows are written as Graph's pages arrive (one page in memory however large the tenant),
-//! so the table has fixed column widths and the JSON array is closed only at the end.
+//! The command-line face of [`crate::scan`]: flags, sign-in, and the output formats (the
+//! page is [`crate::scan::html`]'s). Rows are written as Graph's pages arrive (one page in
+//! memory however large the tenant), so the table has fixed column widths, the JSON array
+//! is closed only at the end, and the page's summary is written after its rows.
 
 use super::EXIT_INVALID_INPUT;
 use crate::adapters::graph::{
@@ -15,6 +16,7 @@ use crate::adapters::identity::{RotatorCredential, rotator_credential};
 use crate::assembly::{load_trust, resolve_credential};
 use crate::config::duration::HumanDuration;
 use crate::config::{AzureSettings, CredentialConfig, TlsSettings};
+use crate::scan::html::HtmlReport;
 use crate::scan::{Classifier, Row};
 use crate::engine::ports::GraphError;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -81,8 +83,20 @@ pub(crate) struct ScanArgs {
     /// Application.ReadWrite.OwnedBy lets it rotate).
     #[arg(long)]
     owned: bool,
-    #[arg(long, short, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    /// Also list each application's owners (json, csv and html): users by
+    /// userPrincipalName, service principals by name; at most 20 per application, as
+    /// Graph expands them, 100 applications per request. Users' names need
+    /// User.ReadBasic.All besides; without it Graph gives their object ids.
+    #[arg(long)]
+    owners: bool,
+    /// What to write (default: table).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Write to this file instead of standard output. `--output json` (and csv, table,
+    /// html), the earlier spelling of `--format`, still chooses the format; a file named
+    /// like a format is written as `./json`.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<String>,
     /// Exit with code 1 when any credential expires within this window, e.g. 30d
     /// (already expired ones count, unless --ignore-expired).
     /// At most 36500d (100 years).
@@ -104,6 +118,35 @@ enum Format {
     Json,
     /// RFC 4180 CSV with a header line.
     Csv,
+    /// One self-contained HTML page: summary, expiries by month, a sortable table.
+    Html,
+}
+
+/// The format and the file (`None`: standard output) the flags ask for.
+fn destination(args: &ScanArgs) -> (Format, Option<PathBuf>) {
+    match (&args.format, &args.output) {
+        (None, Some(output)) => match Format::from_str(output, false) {
+            Ok(format) => (format, None),
+            Err(_) => (Format::Table, Some(PathBuf::from(output))),
+        },
+        (format, output) => (format.unwrap_or(Format::Table), output.as_ref().map(PathBuf::from)),
+    }
+}
+
+/// Which applications were listed, in words, for the page's heading.
+fn scope_in_words(args: &ScanArgs) -> String {
+    let mut scope = if args.owned { "Applications the rotator owns".to_string() } else { "All applications".to_string() };
+    let prefix = args.filter.as_deref().filter(|p| !p.is_empty());
+    if let Some(prefix) = prefix {
+        scope.push_str(&format!(" whose name starts with \"{prefix}\""));
+    }
+    if let Some(text) = &args.contains {
+        scope.push_str(&format!("{} whose name contains \"{text}\"", if prefix.is_some() { " and" } else { "" }));
+    }
+    if args.ignore_expired {
+        scope.push_str(", expired credentials left out");
+    }
+    scope
 }
 
 /// The sections of a `run` configuration file that `scan` reads; the rest is ignored, so
@@ -143,7 +186,22 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
         .fail_within
         .unwrap_or(HumanDuration::days(DEFAULT_WARN_WITHIN_DAYS));
     let horizon = now.checked_add_signed(warn_within.chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let mut report = Report::new(args.output, now, horizon, args.ignore_expired);
+    let (format, file) = destination(&args);
+    if args.owners && format == Format::Table {
+        eprintln!("error: --owners: the table has no column for owners; add --format json, csv or html");
+        return ExitCode::from(EXIT_INVALID_INPUT);
+    }
+    let out: Box<dyn Write> = match &file {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Box::new(file),
+            Err(error) => {
+                eprintln!("error: cannot write the scan to {}: {error}. Check that its folder exists and is writable", path.display());
+                return ExitCode::from(EXIT_INVALID_INPUT);
+            }
+        },
+        None => Box::new(std::io::stdout()),
+    };
+    let mut report = Report::new(format, out, now, horizon, args.ignore_expired, args.owners);
     let contains = args.contains.as_deref().map(str::to_lowercase);
     let prefix_after_listing = match &scope {
         ListScope::OwnedBy { .. } => args.filter.as_deref().map(str::to_lowercase),
@@ -159,8 +217,12 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
 
     let progress = Progress::new();
     let outcome = async {
-        let mut pages = client.list_applications(&scope, args.page_size)?;
-        report.begin()?;
+        let mut pages = if args.owners {
+            client.list_applications_with_owners(&scope, args.page_size)?
+        } else {
+            client.list_applications(&scope, args.page_size)?
+        };
+        report.begin(&scope_in_words(&args))?;
         while let Some(page) = pages.next_page().await? {
             for app in page.iter().filter(|a| wanted(a)) {
                 report.application(app)?;
@@ -174,9 +236,17 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
     }
     .await;
     progress.clear();
+    if let Err(ScanError::Graph(error)) = &outcome {
+        // The page says so itself, above everything it lists.
+        let reason = format!("the scan stopped after {} applications: {error}", report.scanned);
+        if let Err(error) = report.end_incomplete(&reason) {
+            eprintln!("error: cannot write the scan output: {error}");
+        }
+    }
+    let written_to = file.map(|path| format!(" (written to {})", path.display())).unwrap_or_default();
     match outcome {
         Ok(()) => {
-            eprintln!("{}", report.summary(warn_within));
+            eprintln!("{}{written_to}", report.summary(warn_within));
             // Expired credentials expire "within" any window.
             if args.fail_within.is_some() && report.classifier.expired + report.classifier.expiring > 0 {
                 ExitCode::from(EXIT_EXPIRING)
@@ -194,7 +264,7 @@ pub(crate) async fn run(args: ScanArgs) -> ExitCode {
         Err(ScanError::Graph(error)) => {
             let (code, advice) = graph_failure(&error);
             eprintln!(
-                "error: the scan stopped after {} applications: {error}\n{advice}",
+                "error: the scan stopped after {} applications: {error}{written_to}\n{advice}",
                 report.scanned
             );
             ExitCode::from(code)
@@ -369,8 +439,14 @@ const TABLE_COLUMNS: [(&str, usize); 7] = [
 /// Writes rows in the chosen format and counts what it saw.
 struct Report {
     format: Format,
-    out: std::io::BufWriter<std::io::Stdout>,
+    out: std::io::BufWriter<Box<dyn Write>>,
     classifier: Classifier,
+    /// The page's counters, for `--format html`.
+    html: Option<HtmlReport>,
+    /// `--owners`: an owners field or column.
+    owners: bool,
+    /// Whether the output's beginning is written (a page is closed only then).
+    begun: bool,
     /// Rows written so far (the JSON array needs to know the first).
     written: u64,
     scanned: u64,
@@ -379,21 +455,31 @@ struct Report {
 impl Report {
     fn new(
         format: Format,
+        out: Box<dyn Write>,
         now: DateTime<Utc>,
         horizon: DateTime<Utc>,
         ignore_expired: bool,
+        owners: bool,
     ) -> Self {
         Self {
             format,
-            out: std::io::BufWriter::new(std::io::stdout()),
+            out: std::io::BufWriter::new(out),
             classifier: Classifier::new(now, horizon, ignore_expired),
+            html: (format == Format::Html).then(|| HtmlReport::new(now, owners)),
+            owners,
+            begun: false,
             written: 0,
             scanned: 0,
         }
     }
 
-    fn begin(&mut self) -> std::io::Result<()> {
+    fn begin(&mut self, scope: &str) -> std::io::Result<()> {
+        self.begun = true;
         match self.format {
+            Format::Html => match &self.html {
+                Some(html) => html.begin(&mut self.out, scope),
+                None => Ok(()),
+            },
             Format::Table => {
                 let header: Vec<String> = TABLE_COLUMNS
                     .iter()
@@ -402,6 +488,7 @@ impl Report {
                 writeln!(self.out, "{}  NAME", header.join("  "))
             }
             Format::Json => write!(self.out, "["),
+            Format::Csv if self.owners => write!(self.out, "{CSV_HEADER},owners\r\n"),
             Format::Csv => write!(self.out, "{CSV_HEADER}\r\n"),
         }
     }
@@ -412,8 +499,13 @@ impl Report {
             let first = self.written == 1;
             match self.format {
                 Format::Table => write_table_row(&mut self.out, &row)?,
-                Format::Json => write_json_row(&mut self.out, &row, first)?,
-                Format::Csv => write_csv_row(&mut self.out, &row)?,
+                Format::Json => write_json_row(&mut self.out, &row, first, self.owners)?,
+                Format::Csv => write_csv_row(&mut self.out, &row, self.owners)?,
+                Format::Html => {
+                    if let Some(html) = &mut self.html {
+                        html.row(&mut self.out, &row)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -424,8 +516,19 @@ impl Report {
     }
 
     fn end(&mut self) -> std::io::Result<()> {
+        if let Some(html) = &self.html {
+            html.end(&mut self.out, self.scanned, None)?;
+        }
         if self.format == Format::Json {
             writeln!(self.out, "{}]", if self.written == 0 { "" } else { "\n" })?;
+        }
+        self.out.flush()
+    }
+
+    /// Closes the page with what stopped the scan; other formats stay as far as they got.
+    fn end_incomplete(&mut self, reason: &str) -> std::io::Result<()> {
+        if let Some(html) = self.html.as_ref().filter(|_| self.begun) {
+            html.end(&mut self.out, self.scanned, Some(reason))?;
         }
         self.out.flush()
     }
@@ -468,8 +571,8 @@ fn write_table_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
     )
 }
 
-fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool) -> std::io::Result<()> {
-    let value = serde_json::json!({
+fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool, owners: bool) -> std::io::Result<()> {
+    let mut value = serde_json::json!({
         "appDisplayName": row.app.display_name,
         "appId": row.app.app_id,
         "objectId": row.app.object_id,
@@ -480,12 +583,16 @@ fn write_json_row(out: &mut impl Write, row: &Row<'_>, first: bool) -> std::io::
         "endDateTime": row.end.map(timestamp),
         "daysLeft": row.days_left,
         "status": row.status.name(),
+        "managedBy": row.managed_by,
     });
+    if owners {
+        value["owners"] = serde_json::json!(row.app.owners);
+    }
     write!(out, "{}\n  {value}", if first { "" } else { "," })
 }
 
-fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
-    let fields = [
+fn write_csv_row(out: &mut impl Write, row: &Row<'_>, owners: bool) -> std::io::Result<()> {
+    let mut fields = vec![
         spreadsheet_text(&row.app.display_name),
         row.app.app_id.to_string(),
         row.app.object_id.to_string(),
@@ -497,6 +604,9 @@ fn write_csv_row(out: &mut impl Write, row: &Row<'_>) -> std::io::Result<()> {
         row.days_left.map(|d| d.to_string()).unwrap_or_default(),
         row.status.name().to_string(),
     ];
+    if owners {
+        fields.push(spreadsheet_text(&row.app.owners.join("; ")));
+    }
     let quoted: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
     write!(out, "{}\r\n", quoted.join(","))
 }

@@ -17,7 +17,8 @@ pub enum Event {
     Minted { key_id: Uuid, expires: Option<DateTime<Utc>> },
     Stored { key_id: Uuid, store: String },
     VerificationAttemptFailed { attempt: u32, retry_in: Option<std::time::Duration>, message: String },
-    Verified { key_id: Uuid, attempts: u32, via: String },
+    /// `took`: from the first attempt until the relay accepted the secret.
+    Verified { key_id: Uuid, attempts: u32, via: String, took: std::time::Duration },
     VerificationSkipped { key_id: Uuid },
     RolledOut { key_id: Uuid, workloads: Vec<String> },
     RevocationScheduled { key_ids: Vec<Uuid>, at: DateTime<Utc> },
@@ -63,7 +64,7 @@ impl fmt::Display for Event {
                 Some(wait) => write!(f, "verification attempt {attempt} failed, retrying in {wait:.1?}: {message}"),
                 None => write!(f, "verification attempt {attempt} failed: {message}"),
             },
-            Event::Verified { key_id, attempts, via } => {
+            Event::Verified { key_id, attempts, via, .. } => {
                 write!(f, "verified keyId {key_id} through {via} after {attempts} attempt(s)")
             }
             Event::VerificationSkipped { key_id } => {

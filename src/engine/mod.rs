@@ -589,7 +589,8 @@ impl Engine {
                         Proof::NewSecret => verifier.describe(),
                         Proof::Recheck => format!("{} (re-check that it still authenticates)", verifier.describe()),
                     };
-                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via });
+                    let took = (self.clock.now() - started).to_std().unwrap_or_default();
+                    self.emit(rotation, Event::Verified { key_id, attempts: attempt, via, took });
                     return Ok(());
                 }
                 Err(error) => error,
@@ -614,6 +615,7 @@ impl Engine {
                     key_id,
                     attempts: attempt,
                     via: format!("{} (AUTH accepted; the rest was deferred by the relay's rate or quota limit)", verifier.describe()),
+                    took: elapsed,
                 });
                 return Ok(());
             }

@@ -460,8 +460,12 @@ async fn verification_retries_through_propagation_delay() {
     w.settled().await;
     assert_eq!(*w.verifier.attempts.lock().unwrap(), 4);
     assert!(w.clock.now() > start, "waited between attempts");
-    let verified = w.sink.events().into_iter().any(|(_, e)| matches!(e, Event::Verified { attempts: 4, .. }));
-    assert!(verified);
+    let took = w.sink.events().into_iter().find_map(|(_, e)| match e {
+        Event::Verified { attempts: 4, took, .. } => Some(took),
+        _ => None,
+    });
+    let waited = (w.clock.now() - start).to_std().unwrap();
+    assert!(took.is_some_and(|took| took > std::time::Duration::ZERO && took <= waited), "the time the retries took, on the injected clock: {took:?} of {waited:?}");
 }
 
 /// Issue 19 item 2: a relay that took the new secret and then only asked us to wait (its

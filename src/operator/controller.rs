@@ -61,6 +61,8 @@ pub async fn run(ctx: Arc<Context>, settings: ControllerSettings) -> anyhow::Res
         }
     }
     tracing::info!(identity = %settings.identity, "became the leader; reconciling");
+    // Never set back: on losing the Lease the process exits, /metrics with it.
+    ctx.metrics.set_leader(true);
 
     let result = tokio::select! {
         () = run_controller(ctx, &settings) => Ok(()),

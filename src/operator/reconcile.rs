@@ -490,8 +490,9 @@ fn record_metrics(
         ctx.metrics.set_last_success(&rotation, now);
     }
     for (_, event) in events {
-        if let EngineEvent::Verified { attempts, .. } = event {
+        if let EngineEvent::Verified { attempts, took, .. } = event {
             ctx.metrics.observe_verification(*attempts);
+            ctx.metrics.observe_verification_duration(*took);
         }
     }
     if let Err(EngineError::Verification { attempts, .. }) = result {

@@ -209,6 +209,12 @@ impl GraphStandin {
         self.listing.add_owner(object_id, owner_client_id);
     }
 
+    /// Makes the user `user_principal_name` an owner of the application with this object
+    /// id (listed with `$expand=owners`).
+    pub fn add_user_owner(&self, object_id: Uuid, user_principal_name: &str) {
+        self.listing.add_user_owner(object_id, user_principal_name);
+    }
+
     /// Takes the service principal of `owner_client_id` off the application's owners.
     pub fn remove_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
         self.listing.remove_owner(object_id, owner_client_id);
@@ -1282,7 +1288,14 @@ mod listing {
         certificates: HashMap<Uuid, Vec<Certificate>>,
         /// Application object id → client ids of the service principals owning it.
         owners: HashMap<Uuid, Vec<Uuid>>,
+        /// Application object id → its owners that are users (object id, userPrincipalName).
+        user_owners: HashMap<Uuid, Vec<(Uuid, String)>>,
     }
+
+    /// Graph expands at most this many objects of a relationship.
+    const MAX_EXPANDED: usize = 20;
+    /// Graph's largest page when a relationship is expanded.
+    const MAX_EXPANDED_PAGE_SIZE: usize = 100;
 
     #[derive(Clone)]
     struct Certificate {
@@ -1325,6 +1338,26 @@ mod listing {
                 .entry(object_id)
                 .or_default()
                 .push(owner_client_id);
+        }
+
+        pub(super) fn add_user_owner(&self, object_id: Uuid, user_principal_name: &str) {
+            let user = (Uuid::new_v4(), user_principal_name.to_string());
+            self.state().user_owners.entry(object_id).or_default().push(user);
+        }
+
+        /// `$expand=owners`: users first, then service principals (the stand-in keeps no
+        /// object ids of its own for those), at most [`MAX_EXPANDED`].
+        fn owners_json(&self, tenant: &crate::tenant::Tenant, object_id: Uuid) -> Vec<Value> {
+            let state = self.state();
+            let users = state.user_owners.get(&object_id).into_iter().flatten().map(|(id, principal)| {
+                let name = principal.split('@').next().unwrap_or_default();
+                json!({ "@odata.type": "#microsoft.graph.user", "id": id, "displayName": name, "userPrincipalName": principal, "mail": principal })
+            });
+            let principals = state.owners.get(&object_id).into_iter().flatten().map(|client_id| {
+                let name = tenant.app_by_client_id(*client_id).map(|a| a.display_name);
+                json!({ "@odata.type": "#microsoft.graph.servicePrincipal", "appId": client_id, "displayName": name })
+            });
+            users.chain(principals).take(MAX_EXPANDED).collect()
         }
 
         pub(super) fn remove_owner(&self, object_id: Uuid, owner_client_id: Uuid) {
@@ -1455,10 +1488,20 @@ mod listing {
             Ok(select) => select,
             Err(response) => return response,
         };
+        let expand_owners = match query.get("$expand").map(String::as_str) {
+            None => false,
+            Some("owners") => true,
+            Some(other) => {
+                let message = format!("Could not find a property named '{other}' on type 'microsoft.graph.application'.");
+                return graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", &message, ids);
+            }
+        };
         let top = match query.get("$top").map(|t| parse_top(t, ids)).transpose() {
             Ok(top) => top.unwrap_or(DEFAULT_PAGE_SIZE),
             Err(response) => return response,
         };
+        // Graph pages expanded listings at most 100 whatever $top says.
+        let top = if expand_owners { top.min(MAX_EXPANDED_PAGE_SIZE) } else { top };
         let after = match query
             .get("$skiptoken")
             .map(|t| decode_skiptoken(t, ids))
@@ -1474,7 +1517,13 @@ mod listing {
 
         let value: Vec<Value> = apps
             .iter()
-            .map(|app| application_json(state, app, select.as_deref(), typed))
+            .map(|app| {
+                let mut json = application_json(state, app, select.as_deref(), typed);
+                if expand_owners {
+                    json["owners"] = Value::Array(state.listing.owners_json(&state.tenant, app.object_id));
+                }
+                json
+            })
             .collect();
         let fields = select
             .as_ref()

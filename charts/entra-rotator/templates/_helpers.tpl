@@ -71,6 +71,9 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- if and (eq .Values.mode "cronjob") .Values.metrics.serviceMonitor.enabled }}
 {{- fail "metrics.serviceMonitor.enabled: there is no /metrics endpoint in cronjob mode (each pass exits); use mode=controller, or disable the ServiceMonitor" }}
 {{- end }}
+{{- if and (eq .Values.mode "cronjob") .Values.dashboards.enabled }}
+{{- fail "dashboards.enabled: the dashboard shows the controller's /metrics, and cronjob mode has none (each pass exits); use mode=controller, or disable the dashboard (the PrometheusRule alerts on failed passes)" }}
+{{- end }}
 {{- end }}
 
 {{/* The file passed as --azure-config: how to reach and sign in to Azure. */}}
