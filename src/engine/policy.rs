@@ -4,7 +4,8 @@
 //! list of named checks ([`RENEWAL_CHECKS`]); the first that fires gives the reason.
 
 use super::reasons;
-use crate::domain::{Application, PasswordCredential, StoredSecret};
+use super::ports::Held;
+use crate::domain::{Application, PasswordCredential};
 use chrono::{DateTime, Duration, Utc};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use uuid::Uuid;
@@ -251,6 +252,6 @@ pub fn plan(observed: &Observed) -> Plan {
 }
 
 /// The metadata [`plan`] looks at for one store's content.
-pub fn stored_key(stored: &Option<StoredSecret>) -> Option<Option<Uuid>> {
-    stored.as_ref().map(|s| s.key_id)
+pub fn stored_key(stored: &Option<Held>) -> Option<Option<Uuid>> {
+    stored.as_ref().map(|held| held.labels().key_id)
 }
