@@ -353,3 +353,70 @@ async fn a_vault_that_may_not_be_listed_is_read_one_secret_at_a_time() {
         "the log says why and what saves the requests: {text}"
     );
 }
+
+/// After a start every object is due at once: the controller reads their drift checks in
+/// one batch and one listing before its first pass, and each object's reconcile answers
+/// from them (it finds each rotation up to date, as the metrics say, without another read).
+#[tokio::test]
+async fn the_controllers_first_pass_after_a_start_is_checked_in_batches() {
+    let world = settled().await;
+    let scenario = &world.scenario;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_entra-rotator"));
+    command
+        .args([
+            "controller",
+            "--namespace",
+            NAMESPACE,
+            "--lease-namespace",
+            NAMESPACE,
+            "--identity",
+            "replica-a",
+        ])
+        .args(["--health-addr", &format!("127.0.0.1:{port}")])
+        .args(["--azure-config", scenario.config_path.to_str().unwrap()])
+        .env("KUBECONFIG", scenario.kubeconfig_path())
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("ENTRA_ROTATOR_ALLOW_SMTP_HOSTS", "localhost")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let _controller = command.spawn().unwrap();
+    let reconciled = r#"entra_rotator_reconciles_total{result="up_to_date",reason="UpToDate"} 3"#;
+    let mut metrics = String::new();
+    for _ in 0..600 {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            metrics = response.text().await.unwrap_or_default();
+            if metrics.contains(reconciled) {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains(reconciled),
+        "three up-to-date reconciles: {metrics}"
+    );
+    let seen: Vec<u64> = world
+        .apps
+        .iter()
+        .map(|app| {
+            scenario
+                .graph
+                .faults()
+                .count(&application_read_route(app.object_id))
+        })
+        .collect();
+    assert_eq!(seen, [1, 1, 1], "each application read once");
+    assert_eq!(
+        counts(&world),
+        (1, 3, 1, 0),
+        "(batches, application reads inside them, vault listings, vault GETs)"
+    );
+    assert_eq!(scenario.graph.faults().count(ROUTE_ADD_PASSWORD), 0);
+}

@@ -38,6 +38,16 @@ pub struct Wanted {
     pub vault_secrets: BTreeMap<String, Vec<String>>,
 }
 
+impl Wanted {
+    /// Adds what `more` names (another page of objects).
+    pub fn merge(&mut self, more: Wanted) {
+        self.applications.extend(more.applications);
+        for (vault_url, names) in more.vault_secrets {
+            self.vault_secrets.entry(vault_url).or_default().extend(names);
+        }
+    }
+}
+
 /// The answers of one pass's batched reads, each handed out once.
 pub struct DriftBatch {
     taken: Instant,

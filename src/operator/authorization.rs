@@ -377,8 +377,8 @@ pub async fn authorize(client: &kube::Client, authorization: &Authorization, rot
 /// checks: the policies listed once and each namespace's labels read once, instead of once
 /// per rotation. A rotation this cannot decide (the cluster refused a read) counts as not
 /// allowed here; its own reconcile decides it again and says why.
-pub async fn authorized_together(client: &kube::Client, authorization: &Authorization, rotations: &[ClientSecretRotation]) -> Vec<bool> {
-    let asks: Vec<Asks<'_>> = rotations.iter().map(Asks::of).collect();
+pub async fn authorized_together(client: &kube::Client, authorization: &Authorization, rotations: &[&ClientSecretRotation]) -> Vec<bool> {
+    let asks: Vec<Asks<'_>> = rotations.iter().map(|rotation| Asks::of(rotation)).collect();
     if !asks.iter().any(|asks| authorization.needs_policies(asks)) {
         return vec![true; rotations.len()];
     }

@@ -8,7 +8,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
+use crate::adapters::drift_batch::Wanted;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -86,6 +87,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
     };
+    let rotations_for_batch = rotations.clone();
     // Reconcile on spec changes and rotate requests only: our own status writes must not
     // trigger a reconcile, or every reconcile would cost Graph and Key Vault reads twice.
     let (reader, writer) = kube::runtime::reflector::store();
@@ -96,6 +98,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(generation_or_rotate_request, Default::default());
+    batch_first_pass(&ctx, &rotations_for_batch).await;
     let lookup = reader.clone();
     let background = Arc::new(BackgroundRuns::default());
     let runs = background.clone();
@@ -122,6 +125,43 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .for_each(|_| futures::future::ready(()))
         .await;
     background.wait_all().await;
+}
+
+/// Objects listed per page while gathering the first pass's drift checks.
+const FIRST_PASS_PAGE: u32 = 500;
+
+/// After a start (or a change of leader) every object is due at once: their drift checks
+/// are read in batches first (a paged list of the objects, then Graph's `$batch` and the
+/// vaults' listings; see `adapters::drift_batch`), and the first pass's reconciles take
+/// their first reads from that batch. Objects that come later, and reads after the
+/// batch's freshness, go one by one as before. A failure to list only costs the batching.
+async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotation>) {
+    let mut wanted = Wanted::default();
+    let mut params = ListParams::default().limit(FIRST_PASS_PAGE);
+    loop {
+        let page = match rotations.list(&params).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, "could not list the ClientSecretRotations to batch their first drift checks; each reads for itself");
+                return;
+            }
+        };
+        wanted.merge(super::pass::drift_checks(ctx, &page.items.iter().collect::<Vec<_>>()).await);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    if wanted.applications.len() < 2 {
+        return;
+    }
+    ctx.assembly.begin_drift_batch(&wanted).await;
+    let ctx = ctx.clone();
+    // What the first pass did not take is of no use later (too old): let it go.
+    tokio::spawn(async move {
+        tokio::time::sleep(crate::adapters::drift_batch::FRESH_FOR).await;
+        ctx.assembly.end_drift_batch();
+    });
 }
 
 /// Our Secrets as they change. A deletion is marked with a deletion timestamp (the watch

@@ -27,7 +27,7 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
     let mut objects = api.list(&ListParams::default()).await?.items;
     objects.sort_by_key(|o| o.rotation_name());
     let names: Vec<String> = objects.iter().map(ClientSecretRotation::rotation_name).collect();
-    let wanted = drift_checks(ctx, &objects).await;
+    let wanted = drift_checks(ctx, &objects.iter().collect::<Vec<_>>()).await;
     // One object reads as it always did; together they read in batches.
     let batched = wanted.applications.len() > 1;
     if batched {
@@ -44,7 +44,7 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
 /// Key Vault targets of every object that will reach Graph as the rotator's own identity
 /// (not suspended, no identityRef, allowed by policy), so nothing is read for an object
 /// that may not read it.
-pub async fn drift_checks(ctx: &Context, objects: &[ClientSecretRotation]) -> Wanted {
+pub async fn drift_checks(ctx: &Context, objects: &[&ClientSecretRotation]) -> Wanted {
     let allowed = super::authorization::authorized_together(&ctx.client, &ctx.authorization, objects).await;
     let mut wanted = Wanted::default();
     for (object, allowed) in objects.iter().zip(allowed) {
