@@ -34,6 +34,8 @@ pub struct ControllerSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once.
     pub concurrency: u16,
+    /// Read the first pass's drift checks in batches.
+    pub batch_drift_checks: bool,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (then returns an error so the
@@ -97,7 +99,9 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(generation_or_rotate_request, Default::default());
-    batch_first_pass(&ctx, &rotations_for_batch).await;
+    if settings.batch_drift_checks {
+        batch_first_pass(&ctx, &rotations_for_batch).await;
+    }
     let lookup = reader.clone();
     let background = Arc::new(BackgroundRuns::default());
     let runs = background.clone();
@@ -145,10 +149,15 @@ async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotati
                 return;
             }
         };
+        let next = page.metadata.continue_.filter(|token| !token.is_empty());
+        // One object alone reads as it always did (not even the policies twice).
+        if next.is_none() && wanted.applications.is_empty() && page.items.len() < 2 {
+            return;
+        }
         wanted.merge(super::pass::drift_checks(ctx, &page.items.iter().collect::<Vec<_>>()).await);
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => break,
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
         }
     }
     if wanted.applications.len() < 2 {

@@ -27,10 +27,11 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
     let mut objects = api.list(&ListParams::default()).await?.items;
     objects.sort_by_key(|o| o.rotation_name());
     let names: Vec<String> = objects.iter().map(ClientSecretRotation::rotation_name).collect();
-    let wanted = drift_checks(ctx, &objects.iter().collect::<Vec<_>>()).await;
-    // One object reads as it always did; together they read in batches.
-    let batched = wanted.applications.len() > 1;
+    // One object reads as it always did (not even the policies are read for it twice);
+    // together they read in batches.
+    let batched = objects.len() > 1;
     if batched {
+        let wanted = drift_checks(ctx, &objects.iter().collect::<Vec<_>>()).await;
         ctx.assembly.begin_drift_batch(&wanted).await;
     }
     let results = reconcile_each(&objects, concurrency, |object| reconcile_isolated(object, ctx, None)).await;
