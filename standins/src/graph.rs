@@ -23,8 +23,9 @@
 //! `method`, a `url` relative to the version, optional `headers` and `body`; answered 200
 //! with `responses` carrying each request's `id`, `status`, `headers` and `body`, in
 //! another order than asked, so clients must correlate by `id`). Each request of a batch
-//! goes through its own route, with its own count, faults and throttling; a fault queued
-//! under [`application_read_route`] answers for one application only.
+//! goes through `batchRequest` (counted, faulted), then its own route, with its own count,
+//! faults and throttling; a fault queued under [`application_read_route`] answers for one
+//! application only.
 //! Listings also carry the certificate credentials (`keyCredentials`) added with
 //! [`GraphStandin::add_certificate`].
 //!
@@ -83,6 +84,9 @@ pub const ROUTE_LIST_OWNED_APPLICATIONS: &str = "listOwnedApplications";
 pub const ROUTE_SIGN_INS: &str = "signIns";
 /// `POST /v1.0/$batch` (the batch itself; its requests count under their own routes).
 pub const ROUTE_BATCH: &str = "batch";
+/// Each request inside a batch, counted (and faulted) before its own route: HTTP requests
+/// to Graph are all counts but these, less as many again for the routes they went on to.
+pub const ROUTE_BATCH_REQUEST: &str = "batchRequest";
 
 /// The fault route of reads of one application (after [`ROUTE_GET_APPLICATION`] has
 /// counted and faulted the request): a fault queued here answers for that application
@@ -1962,7 +1966,7 @@ mod batch {
         // Run in order, answered in reverse: Graph may answer in any order, and a client
         // that pairs answers with requests by position instead of by id is caught here.
         for item in items {
-            responses.push(run(&state, &headers, item).await);
+            responses.push(run(&state, &ids, &headers, item).await);
         }
         responses.reverse();
         Json(json!({ "responses": responses })).into_response()
@@ -2013,7 +2017,10 @@ mod batch {
     }
 
     /// Sends one request of the batch through the router, with the batch's own bearer token.
-    async fn run(state: &AppState, outer: &HeaderMap, item: Item) -> Value {
+    async fn run(state: &AppState, ids: &RequestContext, outer: &HeaderMap, item: Item) -> Value {
+        if let Some(fault) = intercept(state, ROUTE_BATCH_REQUEST, ids).await {
+            return answer_of(item.id, fault).await;
+        }
         let path = format!("/v1.0/{}", item.url.trim_start_matches('/'));
         let mut request = axum::http::Request::builder().method(item.method).uri(path);
         for name in [header::AUTHORIZATION, header::HOST] {
@@ -2035,6 +2042,11 @@ mod batch {
             },
             Err(e) => return json!({ "id": item.id, "status": 400, "body": { "error": { "code": "BadRequest", "message": format!("Invalid request: {e}") } } }),
         };
+        answer_of(item.id, response).await
+    }
+
+    /// One entry of `responses`: the request's id with the status, headers and body it got.
+    async fn answer_of(id: String, response: Response) -> Value {
         let status = response.status().as_u16();
         let headers: Map<String, Value> = response
             .headers()
@@ -2043,7 +2055,7 @@ mod batch {
             .filter_map(|(name, value)| Some((name.as_str().to_string(), Value::String(value.to_str().ok()?.to_string()))))
             .collect();
         let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap_or_default();
-        let mut answer = json!({ "id": item.id, "status": status, "headers": headers });
+        let mut answer = json!({ "id": id, "status": status, "headers": headers });
         if !bytes.is_empty() {
             answer["body"] = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         }
