@@ -55,10 +55,12 @@ impl Counts {
     }
 
     /// HTTP requests to Graph, tokens excluded: each request inside a `$batch` is counted
-    /// under `batchRequest` and again under its own route, and is no HTTP request.
+    /// under `batchRequest` and again under its own route, and is no HTTP request; the
+    /// per-application read counts (`getApplication <object id>`) repeat `getApplication`.
     pub fn graph_http(&self) -> u64 {
-        use entra_rotator_standins::graph::{ROUTE_BATCH_REQUEST, ROUTE_TOKEN};
-        let all: u64 = self.graph.values().sum();
+        use entra_rotator_standins::graph::{ROUTE_BATCH_REQUEST, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
+        let per_application = format!("{ROUTE_GET_APPLICATION} ");
+        let all: u64 = self.graph.iter().filter(|(route, _)| !route.starts_with(&per_application)).map(|(_, n)| n).sum();
         all - self.graph(ROUTE_TOKEN) - 2 * self.graph(ROUTE_BATCH_REQUEST)
     }
 
