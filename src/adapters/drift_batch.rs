@@ -43,7 +43,10 @@ impl Wanted {
     pub fn merge(&mut self, more: Wanted) {
         self.applications.extend(more.applications);
         for (vault_url, names) in more.vault_secrets {
-            self.vault_secrets.entry(vault_url).or_default().extend(names);
+            self.vault_secrets
+                .entry(vault_url)
+                .or_default()
+                .extend(names);
         }
     }
 }
