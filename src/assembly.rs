@@ -2,6 +2,7 @@
 //! Shared by `entra-rotator run`, the demo, the controller and the CronJob pass, so every
 //! surface talks to Azure and Kubernetes the same way.
 
+use crate::adapters::drift_batch::{BatchedDirectory, BatchedStore, DriftBatch, Wanted};
 use crate::adapters::graph::{GraphClient, GraphConfig, SignInGate};
 use crate::adapters::http::{azure_client_options, http_client, ApiObserver, ObservingPolicy, TlsTrust};
 use crate::adapters::identity::{rotator_credential, RotatorCredential};
@@ -39,6 +40,9 @@ pub struct Assembly {
     /// The clients of each other identity (a RotatorIdentity or ClusterRotatorIdentity), by
     /// its name, with the version they were built from: rebuilt when it changes.
     identities: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<SignedIn>)>>,
+    /// The batched drift checks of the pass in progress, if any: rotations signed in as the
+    /// rotator's own identity built meanwhile answer their first reads from it.
+    drift_batch: std::sync::Mutex<Option<Arc<DriftBatch>>>,
 }
 
 /// Graph and Key Vault clients signed in as one identity. Each identity has its own Key
@@ -92,7 +96,20 @@ impl Assembly {
             private_vault_hosts: azure.key_vault.private_hosts.clone(),
         };
         let own = sign_in(&endpoints, "azure.credential", &resolve_credential(&azure.credential)?, &http, observer.as_ref())?;
-        Ok(Self { own, http, trust, kube, observer, endpoints, identities: Default::default() })
+        Ok(Self { own, http, trust, kube, observer, endpoints, identities: Default::default(), drift_batch: Default::default() })
+    }
+
+    /// Reads what `wanted` names in batches, as the rotator's own identity, for the
+    /// rotations built until [`end_drift_batch`](Self::end_drift_batch).
+    pub async fn begin_drift_batch(&self, wanted: &Wanted) {
+        let own = &self.own;
+        let batch = DriftBatch::take(&own.graph, &own.vaults, own.credential.clone(), || self.key_vault_options(), wanted).await;
+        *self.drift_batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(batch));
+    }
+
+    /// Rotations built from now on read for themselves again.
+    pub fn end_drift_batch(&self) {
+        self.drift_batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     }
 
     /// The clients of `identity`, built once per version of it.
@@ -169,6 +186,11 @@ impl Assembly {
         identity: Option<SignInAs<'_>>,
     ) -> Result<Rotation, AssemblyError> {
         let other = identity.map(|identity| self.signed_in(&identity)).transpose()?;
+        // The batch was read as the rotator's own identity: it answers only for that one.
+        let batch = match other {
+            None => self.drift_batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            Some(_) => None,
+        };
         let signed_in = other.as_deref().unwrap_or(&self.own);
         let (directory, credential, trust) = (&signed_in.directory, &signed_in.credential, &self.trust);
         let kube_client = self.kube.as_ref();
@@ -195,12 +217,14 @@ impl Assembly {
                     vault.vault_url.as_str(),
                     vault.secret_name.clone(),
                 );
-                Arc::new(
-                    signed_in
-                        .vaults
-                        .store(settings, credential.clone(), || self.key_vault_options())
-                        .map_err(|e| assembly_error(&config.name, e))?,
-                )
+                let store = signed_in
+                    .vaults
+                    .store(settings, credential.clone(), || self.key_vault_options())
+                    .map_err(|e| assembly_error(&config.name, e))?;
+                match &batch {
+                    Some(batch) => Arc::new(BatchedStore { inner: store, batch: batch.clone() }) as Arc<dyn SecretStore>,
+                    None => Arc::new(store),
+                }
             }
             TargetConfig::KubernetesSecret(secret) => {
                 let client = kube_client.ok_or_else(|| AssemblyError("no Kubernetes client".into()))?;
@@ -313,7 +337,10 @@ impl Assembly {
             orphan_grace: config.orphan_grace_period.chrono(),
             retire_unmanaged_after: config.retire_unmanaged.as_ref().map(|retire| retire.after.chrono()),
         },
-        directory: directory.clone(),
+        directory: match batch {
+            Some(batch) => Arc::new(BatchedDirectory { inner: directory.clone(), batch }),
+            None => directory.clone(),
+        },
         stores,
         verifier,
         rollout,

@@ -26,7 +26,7 @@ pub fn marker_for(rotation: &str) -> String {
 }
 
 /// Which Entra application a rotation is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AppRef {
     pub tenant_id: Uuid,
     /// The application (client) id, `appId` in Graph.
@@ -95,6 +95,22 @@ pub struct StoredSecret {
     /// The rotation that wrote it, as recorded next to the value (absent before 0.2).
     pub rotation: Option<String>,
     /// The application (client id) recorded next to the value.
+    pub app_id: Option<Uuid>,
+}
+
+impl StoredSecret {
+    /// What is recorded next to the value.
+    pub fn labels(&self) -> StoredLabels {
+        StoredLabels { key_id: self.key_id, rotation: self.rotation.clone(), app_id: self.app_id }
+    }
+}
+
+/// What is recorded next to a stored value (Key Vault tags, Secret annotations), without
+/// the value: all that deciding needs, and all a listing of a vault returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLabels {
+    pub key_id: Option<Uuid>,
+    pub rotation: Option<String>,
     pub app_id: Option<Uuid>,
 }
 

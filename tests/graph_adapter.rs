@@ -892,3 +892,50 @@ async fn a_remove_password_before_replication_is_graphs_400_although_the_credent
     .await;
     assert_eq!(status, 204);
 }
+
+/// Many applications through `$batch`: 20 a batch, answers in the order asked whatever
+/// order Graph answers in, each equal to a plain read; an unknown application fails alone.
+#[tokio::test]
+async fn many_applications_are_read_twenty_a_batch_each_as_a_plain_read_would() {
+    use entra_rotator_standins::graph::ROUTE_BATCH;
+    let env = env().await;
+    let graph = client(&env);
+    let mut apps: Vec<AppRef> = (0..24)
+        .map(|i| {
+            let app = env.tenant.register_app(&format!("mail-{i}"));
+            AppRef { tenant_id: env.tenant.tenant_id, client_id: app.app_id, object_id: (i % 2 == 0).then_some(app.object_id) }
+        })
+        .collect();
+    apps.insert(3, AppRef { tenant_id: env.tenant.tenant_id, client_id: Uuid::new_v4(), object_id: Some(Uuid::new_v4()) });
+    apps.push(target_ref(&env, true));
+    let read = graph.applications(&apps).await;
+    assert_eq!(env.graph.faults().count(ROUTE_BATCH), 2, "26 reads: a batch of 20 and one of 6");
+    assert_eq!(env.graph.faults().count(ROUTE_GET_APPLICATION), 26);
+    for (app, result) in apps.iter().zip(&read) {
+        match result {
+            Ok(found) => assert_eq!(found.app_id, app.client_id, "answers in the order asked"),
+            Err(error) => {
+                assert_eq!(app, &apps[3], "only the unknown application fails: {error}");
+                assert!(matches!(error, GraphError::Api { status: 404, .. }), "{error}");
+                assert!(error.to_string().contains(&app.client_id.to_string()), "names it: {error}");
+            }
+        }
+    }
+    assert!(read[3].is_err());
+    let target = read.last().unwrap().as_ref().unwrap();
+    assert_eq!(target, &graph.application(&target_ref(&env, true)).await.unwrap(), "the same as a plain read");
+}
+
+/// A batch Graph (or a proxy before it) refuses whole is read one application at a time.
+#[tokio::test]
+async fn a_batch_refused_whole_is_read_one_application_at_a_time() {
+    use entra_rotator_standins::graph::ROUTE_BATCH;
+    let env = env().await;
+    let graph = client(&env);
+    env.graph.faults().push(ROUTE_BATCH, Fault::status(400));
+    let apps = vec![target_ref(&env, true), target_ref(&env, false)];
+    let read = graph.applications(&apps).await;
+    assert!(read.iter().all(Result::is_ok), "{read:?}");
+    assert_eq!(env.graph.faults().count(ROUTE_BATCH), 1);
+    assert_eq!(env.graph.faults().count(ROUTE_GET_APPLICATION), 2, "then two plain reads");
+}

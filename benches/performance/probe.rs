@@ -54,6 +54,21 @@ impl Counts {
         self.vault.get(route).copied().unwrap_or(0)
     }
 
+    /// HTTP requests to Graph, tokens excluded: each request inside a `$batch` is counted
+    /// under `batchRequest` and again under its own route, and is no HTTP request; the
+    /// per-application read counts (`getApplication <object id>`) repeat `getApplication`.
+    pub fn graph_http(&self) -> u64 {
+        use entra_rotator_standins::graph::{ROUTE_BATCH_REQUEST, ROUTE_GET_APPLICATION, ROUTE_TOKEN};
+        let per_application = format!("{ROUTE_GET_APPLICATION} ");
+        let all: u64 = self.graph.iter().filter(|(route, _)| !route.starts_with(&per_application)).map(|(_, n)| n).sum();
+        all - self.graph(ROUTE_TOKEN) - 2 * self.graph(ROUTE_BATCH_REQUEST)
+    }
+
+    /// HTTP requests to Key Vault, the authentication challenges included.
+    pub fn vault_http(&self) -> u64 {
+        self.vault.values().sum()
+    }
+
     /// Kubernetes requests, leader-election Lease traffic excluded (it does not depend on
     /// the number of rotations and is reported on its own).
     pub fn kubernetes_without_leases(&self) -> u64 {
@@ -241,6 +256,16 @@ impl Controller {
         self.child.id().expect("the controller is running")
     }
 
+    /// Reconciles finished so far, whatever their result (`entra_rotator_reconciles_total`).
+    pub async fn reconciles(&self) -> u64 {
+        get(self.health_port, "/metrics")
+            .await
+            .lines()
+            .filter(|line| line.starts_with("entra_rotator_reconciles_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Waits for `/readyz` to answer 200; returns the time since the process was spawned.
     pub async fn ready(&self) -> Duration {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -256,17 +281,22 @@ impl Controller {
 }
 
 async fn readyz(port: u16) -> bool {
+    get(port, "/readyz").await.starts_with("HTTP/1.1 200")
+}
+
+/// The whole answer (status line, headers, body) to `GET path`; empty when unreachable.
+async fn get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
+        return String::new();
     };
-    let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
+        return String::new();
     }
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
-    answer.starts_with(b"HTTP/1.1 200")
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 fn free_port() -> u16 {

@@ -14,7 +14,9 @@
 //! pauses every call of the client until then, so the write budget is not hammered while
 //! it is exhausted and is shared across applications in arrival order.
 
+mod batch;
 mod sign_ins;
+pub use batch::MAX_BATCH;
 pub use sign_ins::{SignInGate, SignInScan, OLD_SECRET_SIGNS_IN, SIGN_IN_LOG_UNREADABLE};
 
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};
@@ -129,6 +131,8 @@ pub struct GraphClient {
     observer: Option<Arc<dyn ApiObserver>>,
     /// Bounds the calls in flight; fair (FIFO) admission.
     in_flight: tokio::sync::Semaphore,
+    /// The bound itself, for how many batches to prepare at once.
+    max_concurrent_requests: usize,
     /// No attempt starts before this instant (set by a 429 with `Retry-After`).
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -181,6 +185,7 @@ impl GraphClient {
             retry: config.retry,
             observer: None,
             in_flight: tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             paused_until: std::sync::Mutex::new(None),
         })
     }
@@ -188,6 +193,7 @@ impl GraphClient {
     /// Allows at most `limit` (at least 1) Graph calls in flight at once, retries included.
     pub fn with_max_concurrent_requests(mut self, limit: usize) -> Self {
         self.in_flight = tokio::sync::Semaphore::new(limit.max(1));
+        self.max_concurrent_requests = limit.max(1);
         self
     }
 
@@ -603,11 +609,7 @@ impl PasswordCredentialJson {
 impl Directory for GraphClient {
     async fn application(&self, app: &AppRef) -> Result<Application, GraphError> {
         let operation = format!("reading {app}");
-        let path = match app.object_id {
-            Some(object_id) => format!("applications/{object_id}"),
-            None => format!("applications(appId='{}')", app.client_id),
-        };
-        let mut url = self.url(&path, &operation)?;
+        let mut url = self.url(&application_path(app), &operation)?;
         url.set_query(Some(SELECT_APPLICATION));
         let call = Call {
             operation: &operation,
@@ -676,6 +678,14 @@ impl Directory for GraphClient {
             }
             Err(error) => Err(error),
         }
+    }
+}
+
+/// Where Graph has the application: by object id, or by the `appId` alternate key.
+fn application_path(app: &AppRef) -> String {
+    match app.object_id {
+        Some(object_id) => format!("applications/{object_id}"),
+        None => format!("applications(appId='{}')", app.client_id),
     }
 }
 

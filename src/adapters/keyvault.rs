@@ -14,7 +14,7 @@
 //! ([`KeyVaultClients`]): otherwise every store built afresh (each reconcile builds its
 //! stores) would pay an unauthenticated round trip first.
 
-use crate::domain::{ExposeSecret, SecretString, SecretToStore, StoredSecret};
+use crate::domain::{ExposeSecret, SecretString, SecretToStore, StoredLabels, StoredSecret};
 use super::error_chain::find_cause;
 use super::network::NetworkFailure;
 use crate::engine::ports::{SecretStore, StoreError, StoreErrorKind};
@@ -185,6 +185,12 @@ pub fn validate_secret_name(name: &str) -> Result<(), KeyVaultSetupError> {
     }
 }
 
+/// A vault URL as stores and listings name the vault (no trailing slash); `None` when it
+/// is not usable.
+pub fn normalized_vault_url(raw: &str) -> Option<String> {
+    validate_vault_url(raw).ok()
+}
+
 fn validate_vault_url(raw: &str) -> Result<String, KeyVaultSetupError> {
     let invalid = |detail: &str| KeyVaultSetupError::InvalidVaultUrl {
         url: raw.to_string(),
@@ -268,6 +274,111 @@ impl KeyVaultClients {
     }
 }
 
+/// What a listing of a vault says of one secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// The latest version is enabled and carries these labels (tags).
+    Labels(StoredLabels),
+    /// The latest version is disabled: only a read says what that means for the rotation.
+    Disabled,
+}
+
+/// A vault refused or failed a listing; reading each secret on its own still may work.
+#[derive(Debug, thiserror::Error)]
+#[error("Key Vault {vault_url} did not list its secrets ({detail}); its secrets are read one at a time instead. {advice}")]
+pub struct ListingFailed {
+    pub vault_url: String,
+    pub detail: String,
+    pub advice: &'static str,
+}
+
+/// The most secrets a page of Key Vault's listing holds.
+pub const LIST_PAGE_SIZE: i32 = 25;
+
+impl KeyVaultClients {
+    /// The secrets of the vault at `vault_url` with the tags of their latest version
+    /// (`GET /secrets`, [`LIST_PAGE_SIZE`] per page, following `nextLink`; a listing never
+    /// carries values), reading at most `max_pages` pages: a listing that would cost more
+    /// requests than the reads it replaces stops there and says it is incomplete. On the
+    /// vault's shared client (created as [`store`](Self::store) does).
+    pub async fn list(
+        &self,
+        vault_url: &str,
+        max_pages: usize,
+        credential: Arc<dyn TokenCredential>,
+        client_options: impl FnOnce() -> ClientOptions,
+    ) -> Result<Listing, ListingFailed> {
+        use futures::TryStreamExt;
+        let failed = |detail: String, advice| ListingFailed { vault_url: vault_url.to_string(), detail, advice };
+        let setup = |e: KeyVaultSetupError| failed(e.to_string(), "");
+        let vault_url = validate_vault_url(vault_url).map_err(setup)?;
+        let client = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            match clients.get(&vault_url) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = secret_client(&vault_url, &self.trust, credential, client_options()).map_err(setup)?;
+                    clients.insert(vault_url.clone(), client.clone());
+                    client
+                }
+            }
+        };
+        let refused = |e: azure_core::Error| {
+            let forbidden = matches!(e.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 403);
+            let advice = if forbidden {
+                "To save those requests, let the rotator list secrets: with Azure RBAC \"Key Vault Secrets User\" or \"Officer\" (secrets/readMetadata), with access policies the secret permission list"
+            } else {
+                ""
+            };
+            failed(error_chain(&e), advice)
+        };
+        let options = azure_security_keyvault_secrets::models::SecretClientListSecretPropertiesOptions {
+            maxresults: Some(LIST_PAGE_SIZE),
+            ..Default::default()
+        };
+        let mut pages = client.list_secret_properties(Some(options)).map_err(refused)?.into_pages();
+        let mut listing = Listing { secrets: HashMap::new(), complete: false };
+        for _ in 0..max_pages {
+            let Some(page) = pages.try_next().await.map_err(refused)? else {
+                listing.complete = true;
+                break;
+            };
+            let page = page.into_model().map_err(refused)?;
+            for properties in page.value {
+                let Some(name) = properties.id.as_deref().and_then(|id| id.trim_end_matches('/').rsplit('/').next()) else {
+                    continue;
+                };
+                let enabled = properties.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+                let entry = if enabled { Listed::Labels(labels_from(properties.tags.as_ref())) } else { Listed::Disabled };
+                listing.secrets.insert(name.to_string(), entry);
+            }
+            if page.next_link.is_none() {
+                listing.complete = true;
+                break;
+            }
+        }
+        Ok(listing)
+    }
+}
+
+/// What a listing found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub secrets: HashMap<String, Listed>,
+    /// Every page was read: a name not listed has no (undeleted) secret.
+    pub complete: bool,
+}
+
+/// The labels we write as tags, read back.
+fn labels_from(tags: Option<&HashMap<String, String>>) -> StoredLabels {
+    let tag = |name: &str| tags.and_then(|tags| tags.get(name));
+    StoredLabels {
+        key_id: tag(TAG_KEY_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
+        rotation: tag(TAG_ROTATION).cloned(),
+        app_id: tag(TAG_APP_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
+    }
+}
+
 /// One Key Vault secret as a [`SecretStore`].
 pub struct KeyVaultStore {
     client: Arc<SecretClient>,
@@ -285,6 +396,15 @@ impl fmt::Debug for KeyVaultStore {
 }
 
 impl KeyVaultStore {
+    /// The vault's URL as the store uses it (no trailing slash).
+    pub fn vault_url(&self) -> &str {
+        &self.vault_url
+    }
+
+    pub fn secret_name(&self) -> &str {
+        &self.secret_name
+    }
+
     /// `credential` is the rotator's own identity; `client_options` come from
     /// [`crate::adapters::http::azure_client_options`] so extra trusted roots apply
     /// (adjust `client_options.retry` to change the SDK's retries).
@@ -545,13 +665,8 @@ fn to_offset(time: Option<DateTime<Utc>>) -> Option<OffsetDateTime> {
 /// What a stored secret says about itself: its value and the tags we wrote with it.
 pub(crate) fn stored_secret_from(secret: azure_security_keyvault_secrets::models::Secret) -> Result<StoredSecret, &'static str> {
     let value = secret.value.ok_or("the vault returned the secret without a value")?;
-    let tag = |name: &str| secret.tags.as_ref().and_then(|tags| tags.get(name));
-    Ok(StoredSecret {
-        key_id: tag(TAG_KEY_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
-        rotation: tag(TAG_ROTATION).cloned(),
-        app_id: tag(TAG_APP_ID).and_then(|raw| Uuid::parse_str(raw).ok()),
-        value: SecretString::from(value),
-    })
+    let StoredLabels { key_id, rotation, app_id } = labels_from(secret.tags.as_ref());
+    Ok(StoredSecret { key_id, rotation, app_id, value: SecretString::from(value) })
 }
 
 fn tags_for(secret: &SecretToStore<'_>) -> HashMap<String, String> {

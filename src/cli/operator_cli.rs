@@ -56,6 +56,11 @@ pub struct ControllerArgs {
     /// azure.maxConcurrentGraphRequests.
     #[arg(long, default_value_t = super::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
+    /// Read the drift checks of the first pass after a start in batches (Graph `$batch`, Key
+    /// Vault listings); `false` reads each object's when its reconcile comes, as before
+    /// (for comparing, or behind a proxy that mishandles `$batch`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    batch_drift_checks: bool,
     #[command(flatten)]
     relays: RelayArgs,
 }
@@ -134,6 +139,7 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,
         concurrency: args.concurrency,
+        batch_drift_checks: args.batch_drift_checks,
     };
     match controller::run(ctx, controller_settings).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,12 +13,12 @@ pub mod policy;
 pub mod ports;
 pub mod reasons;
 
-use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore, StoredSecret};
+use crate::domain::{marker_for, AppRef, Application, SecretString, SecretToStore};
 use chrono::{DateTime, Utc};
 use events::{Event, EventSink};
 use policy::{Decision, Observed, Plan, Retirement, Timing};
 use ports::{
-    Clock, Directory, GraphError, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, StoreErrorKind,
+    Clock, Directory, GraphError, Held, RevocationGate, RevocationHold, Rollout, RolloutError, SecretStore, StoreError, StoreErrorKind,
     Verifier, VerifyError,
 };
 use std::sync::Arc;
@@ -170,10 +170,11 @@ pub struct Engine {
     events: Arc<dyn EventSink>,
 }
 
-/// What one store held when observed (value included, to resume or re-verify).
+/// What each store held when observed: the value too where reading gave it (to resume
+/// or re-verify), else the labels only, and the value is read when needed.
 struct Observation {
     app: Application,
-    stored: Vec<Option<StoredSecret>>,
+    stored: Vec<Option<Held>>,
 }
 
 impl Engine {
@@ -218,7 +219,7 @@ impl Engine {
         replace: Option<Uuid>,
         revocation: Revocation,
     ) -> Result<Outcome, EngineError> {
-        let observation = self.observe(rotation).await?;
+        let mut observation = self.observe(rotation).await?;
         let keys: Vec<_> = observation.stored.iter().map(policy::stored_key).collect();
         let now = self.clock.now();
         let current = policy::current_credential(&rotation.name, &observation.app, &keys);
@@ -246,16 +247,13 @@ impl Engine {
         }
         let retire = plan.retire.clone();
         let object_id = observation.app.object_id;
-        let stored = observation.stored.iter().map(|s| s.as_ref().map(|s| (s.key_id, s.value.clone()))).collect::<Vec<_>>();
         let listed = observation.app.password_credentials.clone();
-        let mut outcome = self.execute(rotation, observation, plan, reverify, revocation).await?;
+        let mut outcome = self.execute(rotation, &mut observation, plan, reverify, revocation).await?;
         if let Outcome::Settled { pending, pending_expires, .. } = &mut outcome {
             *pending_expires = listed.iter().filter(|c| pending.contains(&c.key_id)).filter_map(|c| Some((c.key_id, c.end?))).collect();
         }
         let (Some(retire), Some(key_id)) = (retire, settled_key(&outcome)) else { return Ok(outcome) };
-        let value = stored.iter().flatten().find(|(held, _)| *held == Some(key_id)).map(|(_, value)| value.clone());
-        let value = value.expect("the plan retires only around a keyId every store holds");
-        let retired = self.retire(rotation, object_id, key_id, &value, retire).await?;
+        let retired = self.retire(rotation, object_id, key_id, &observation.stored, retire).await?;
         match &mut outcome {
             Outcome::UpToDate { retirement, .. } | Outcome::Settled { retirement, .. } => *retirement = Some(retired),
             Outcome::Planned(_) | Outcome::InFlight { .. } => {}
@@ -270,9 +268,9 @@ impl Engine {
         ownership::check_application(&rotation.name, rotation.app.client_id, &app, self.clock.now())?;
         let mut stored = Vec::with_capacity(rotation.stores.len());
         for store in &rotation.stores {
-            let held = store.read().await?;
+            let held = store.observe().await?;
             if let Some(held) = &held {
-                ownership::check_store(&rotation.name, &app, &store.describe(), held)?;
+                ownership::check_store(&rotation.name, &app, &store.describe(), &held.labels())?;
             }
             stored.push(held);
         }
@@ -282,7 +280,7 @@ impl Engine {
     async fn execute(
         &self,
         rotation: &Rotation,
-        mut observation: Observation,
+        observation: &mut Observation,
         plan: Plan,
         reverify: Reverify,
         revocation: Revocation,
@@ -296,8 +294,7 @@ impl Engine {
         match plan.decision {
             Decision::UpToDate { key_id, expires, renew_at } => {
                 if matches!(reverify, Reverify::UnlessVerified(verified) if verified != Some(key_id)) {
-                    let value = value_held(&observation.stored, key_id)
-                        .expect("the plan is up to date only when every store holds the keyId");
+                    let value = self.value_held(rotation, &observation.stored, key_id).await?;
                     self.verify(rotation, key_id, &value, Proof::Recheck).await?;
                 }
                 Ok(Outcome::UpToDate { key_id, expires, renew_at, retirement: None })
@@ -318,8 +315,7 @@ impl Engine {
                     reason: reasons::STORES_OUT_OF_SYNC,
                     message: format!("keyId {key_id} is missing from {} store(s); completing", missing.len()),
                 });
-                let value = value_held(&observation.stored, key_id)
-                    .expect("the plan only completes a keyId some store holds");
+                let value = self.value_held(rotation, &observation.stored, key_id).await?;
                 let credential = observation.app.credential(key_id).cloned();
                 let (start, end) = credential.map(|c| (c.start, c.end)).unwrap_or_default();
                 for index in missing {
@@ -364,8 +360,7 @@ impl Engine {
                         pending_expires: Default::default(),
                     });
                 }
-                let value = value_held(&observation.stored, key_id)
-                    .expect("the plan only revokes around a keyId every store holds");
+                let value = self.value_held(rotation, &observation.stored, key_id).await?;
                 self.settle(rotation, object_id, key_id, &value, false, start, end, &observation.app, revocation).await
             }
         }
@@ -490,14 +485,17 @@ impl Engine {
         rotation: &Rotation,
         object_id: Uuid,
         key_id: Uuid,
-        value: &SecretString,
+        stored: &[Option<Held>],
         mut retirement: Retirement,
     ) -> Result<Retirement, EngineError> {
         self.sort_retirement(rotation, key_id, &mut retirement).await;
         if retirement.removed.is_empty() {
             return Ok(retirement);
         }
-        self.verify(rotation, key_id, value, Proof::Recheck).await?;
+        // Read only now: the plan retires only around a keyId every store holds, and a
+        // store observed by its labels gives the value on a read.
+        let value = self.value_held(rotation, stored, key_id).await?;
+        self.verify(rotation, key_id, &value, Proof::Recheck).await?;
         self.confirm_stores_hold(rotation, key_id).await?;
         let due = std::mem::take(&mut retirement.removed);
         for secret in due {
@@ -547,6 +545,32 @@ impl Engine {
             self.emit(rotation, Event::RevocationHeld { key_ids: old.to_vec(), message: hold.message.clone() });
         }
         Ok(hold)
+    }
+
+    /// The value of `key_id`, which the plan says some store holds: from a store read
+    /// whole, else read now from the first store whose labels name it (observed from a
+    /// listing, which carries no values). A store that holds something else by now is a
+    /// change the next run starts from.
+    async fn value_held(&self, rotation: &Rotation, stored: &[Option<Held>], key_id: Uuid) -> Result<SecretString, EngineError> {
+        let read_whole = stored.iter().flatten().find_map(|held| match held {
+            Held::Secret(secret) if secret.key_id == Some(key_id) => Some(secret.value.clone()),
+            _ => None,
+        });
+        if let Some(value) = read_whole {
+            return Ok(value);
+        }
+        let labelled = rotation.stores.iter().zip(stored).find(|(_, held)| held.as_ref().is_some_and(|h| h.labels().key_id == Some(key_id)));
+        let Some((store, _)) = labelled else {
+            unreachable!("the plan only uses a keyId some store holds");
+        };
+        match store.read().await? {
+            Some(secret) if secret.key_id == Some(key_id) => Ok(secret.value),
+            other => Err(EngineError::StoreChanged {
+                store: store.describe(),
+                key_id,
+                found: other.and_then(|s| s.key_id).map(|id| format!("keyId {id}")).unwrap_or_else(|| "no secret of ours".into()),
+            }),
+        }
     }
 
     /// Re-reads every store right before revoking: if anything changed the stored keyId
@@ -675,15 +699,6 @@ fn settled_key(outcome: &Outcome) -> Option<Uuid> {
 fn credential_renewal(rotation: &Rotation, app: &Application, key_id: Uuid) -> Option<DateTime<Utc>> {
     let credential = app.credential(key_id)?;
     policy::renewal_of(&rotation.name, app.app_id, &rotation.timing.renew_before, credential)
-}
-
-/// The value a store holds for `key_id`, if any.
-fn value_held(stored: &[Option<StoredSecret>], key_id: Uuid) -> Option<SecretString> {
-    stored
-        .iter()
-        .flatten()
-        .find(|s| s.key_id == Some(key_id))
-        .map(|s| s.value.clone())
 }
 
 /// ±20 % jitter so many rotations retrying together spread out.

@@ -6,7 +6,7 @@
 //! secrets carry; a store by the rotation (and application) its tags or annotations name.
 //! Pure functions only, like [`super::policy`].
 
-use crate::domain::{Application, MARKER_PREFIX, StoredSecret};
+use crate::domain::{Application, MARKER_PREFIX, StoredLabels};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ pub fn check_application(rotation: &str, client_id: Uuid, app: &Application, now
 
 /// A store whose tags name another rotation or application, or whose keyId is another
 /// rotation's secret, is not this rotation's to touch. `described` names the store.
-pub fn check_store(rotation: &str, app: &Application, described: &str, stored: &StoredSecret) -> Result<(), Claim> {
+pub fn check_store(rotation: &str, app: &Application, described: &str, stored: &StoredLabels) -> Result<(), Claim> {
     let claim = |owner: String| Err(Claim::Store { store: described.to_string(), owner });
     if let Some(owner) = stored.rotation.as_deref().filter(|owner| *owner != rotation) {
         return claim(format!("rotation {owner:?}"));
@@ -67,7 +67,7 @@ pub fn check_store(rotation: &str, app: &Application, described: &str, stored: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PasswordCredential, SecretString};
+    use crate::domain::{PasswordCredential, SecretString, StoredSecret};
     use chrono::Duration;
 
     fn credential(marker: Option<&str>, end: DateTime<Utc>) -> PasswordCredential {
@@ -122,7 +122,7 @@ mod tests {
             stored(Some(theirs.key_id), None, None),
         ];
         for case in refused {
-            assert!(check_store("team-b/mail", &app, "vault", &case).is_err(), "{case:?}");
+            assert!(check_store("team-b/mail", &app, "vault", &case.labels()).is_err(), "{case:?}");
         }
         let allowed = [
             stored(Some(ours.key_id), Some("team-b/mail"), Some(app.app_id)),
@@ -130,7 +130,7 @@ mod tests {
             stored(None, None, None),
         ];
         for case in allowed {
-            assert!(check_store("team-b/mail", &app, "vault", &case).is_ok(), "{case:?}");
+            assert!(check_store("team-b/mail", &app, "vault", &case.labels()).is_ok(), "{case:?}");
         }
     }
 }

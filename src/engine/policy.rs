@@ -5,7 +5,8 @@
 
 use super::ports::RevocationHold;
 use super::reasons;
-use crate::domain::{Application, PasswordCredential, StoredSecret, MARKER_PREFIX};
+use super::ports::Held;
+use crate::domain::{Application, PasswordCredential, MARKER_PREFIX};
 use chrono::{DateTime, Duration, Utc};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use uuid::Uuid;
@@ -314,6 +315,6 @@ pub fn plan(observed: &Observed) -> Plan {
 }
 
 /// The metadata [`plan`] looks at for one store's content.
-pub fn stored_key(stored: &Option<StoredSecret>) -> Option<Option<Uuid>> {
-    stored.as_ref().map(|s| s.key_id)
+pub fn stored_key(stored: &Option<Held>) -> Option<Option<Uuid>> {
+    stored.as_ref().map(|held| held.labels().key_id)
 }

@@ -4,7 +4,7 @@
 //! in-memory fakes. Each error type says what failed, on which object, and whether
 //! trying again later can help ([`is_transient`](GraphError::is_transient)).
 
-use crate::domain::{AppRef, Application, MintedSecret, SecretString, SecretToStore, StoredSecret};
+use crate::domain::{AppRef, Application, MintedSecret, SecretString, SecretToStore, StoredLabels, StoredSecret};
 use async_trait::async_trait;
 use std::sync::Arc;
 use chrono::{DateTime, Utc};
@@ -34,8 +34,32 @@ pub trait SecretStore: Send + Sync {
     fn describe(&self) -> String;
     /// The current value and the keyId recorded with it; `None` when nothing is stored.
     async fn read(&self) -> Result<Option<StoredSecret>, StoreError>;
+    /// What the store holds, for deciding: the whole secret by default. A store answered
+    /// from a listing of its vault (drift checks in batches) knows only the labels; the
+    /// engine then reads the value if, and only if, the plan needs it.
+    async fn observe(&self) -> Result<Option<Held>, StoreError> {
+        Ok(self.read().await?.map(Held::Secret))
+    }
     /// Writes the value durably; returns only once the store has accepted it.
     async fn write(&self, secret: &SecretToStore<'_>) -> Result<(), StoreError>;
+}
+
+/// What observing a store found.
+#[derive(Debug)]
+pub enum Held {
+    /// Read whole, value included.
+    Secret(StoredSecret),
+    /// Only what is recorded next to the value (a vault listing carries no values).
+    Labels(StoredLabels),
+}
+
+impl Held {
+    pub fn labels(&self) -> StoredLabels {
+        match self {
+            Held::Secret(secret) => secret.labels(),
+            Held::Labels(labels) => labels.clone(),
+        }
+    }
 }
 
 /// Proves a secret works by using it the way consumers do (one attempt).

@@ -2,7 +2,7 @@
 
 use super::ports::*;
 use super::*;
-use crate::domain::{ExposeSecret, MintedSecret, PasswordCredential};
+use crate::domain::{ExposeSecret, MintedSecret, PasswordCredential, StoredLabels, StoredSecret};
 use async_trait::async_trait;
 use chrono::Duration as Days;
 use events::RecordingSink;
@@ -113,6 +113,12 @@ struct FakeStore {
     /// What somebody puts into the store right after our next write (a person, another
     /// runner): the engine's re-read before revoking must see it.
     changed_after_write: Mutex<Option<(Uuid, String)>>,
+    /// Observed by its labels only, as from a listing of its vault (no value).
+    labels_only: Mutex<bool>,
+    /// What somebody puts into the store right after it was observed.
+    changed_after_observe: Mutex<Option<(Uuid, String)>>,
+    /// Reads of the value so far.
+    reads: Mutex<u32>,
 }
 
 impl FakeStore {
@@ -135,7 +141,20 @@ impl SecretStore for FakeStore {
     fn describe(&self) -> String {
         self.name.clone()
     }
+    async fn observe(&self) -> Result<Option<Held>, StoreError> {
+        let labels = self.held.lock().unwrap().as_ref().map(|(key_id, _)| StoredLabels { key_id: *key_id, rotation: None, app_id: None });
+        let labels_only = *self.labels_only.lock().unwrap();
+        let held = match labels_only {
+            true => labels.map(Held::Labels),
+            false => self.read().await?.map(Held::Secret),
+        };
+        if let Some((key_id, value)) = self.changed_after_observe.lock().unwrap().take() {
+            self.put(key_id, &value);
+        }
+        Ok(held)
+    }
     async fn read(&self) -> Result<Option<StoredSecret>, StoreError> {
+        *self.reads.lock().unwrap() += 1;
         Ok(self.held.lock().unwrap().as_ref().map(|(key_id, value)| StoredSecret {
             key_id: *key_id,
             value: SecretString::from(value.clone()),
@@ -846,4 +865,44 @@ async fn retire_unmanaged_removes_only_unmarked_secrets_after_the_window_and_whi
     assert!(w.sink.events().iter().any(|(_, e)| matches!(e, Event::Retired { key_id, .. } if *key_id == by_hand)));
 
     let Outcome::UpToDate { retirement: None, .. } = w.run().await.unwrap() else { panic!("nothing unmanaged is left") };
+}
+
+/// Stores observed by their labels only (a vault's listing, for drift checks in batches):
+/// a run with nothing to do reads no value; a run that must prove the stored secret again
+/// reads it from one store, once.
+#[tokio::test]
+async fn a_store_observed_by_its_labels_is_read_only_when_its_value_is_needed() {
+    let w = world(Days::zero());
+    let key_id = w.settled().await;
+    for store in [&w.vault, &w.secret] {
+        *store.labels_only.lock().unwrap() = true;
+        *store.reads.lock().unwrap() = 0;
+    }
+    let outcome = w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(Some(key_id))).await.unwrap();
+    assert!(matches!(outcome, Outcome::UpToDate { key_id: k, .. } if k == key_id), "{outcome:?}");
+    assert_eq!((*w.vault.reads.lock().unwrap(), *w.secret.reads.lock().unwrap()), (0, 0), "nothing to do, no value read");
+
+    let proofs = *w.verifier.attempts.lock().unwrap();
+    w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(None)).await.unwrap();
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), proofs + 1, "the stored secret is proven again");
+    assert_eq!((*w.vault.reads.lock().unwrap(), *w.secret.reads.lock().unwrap()), (1, 0), "with the value of one store");
+}
+
+/// The value is read after the decision: a store that holds another keyId by then stops
+/// the run, naming it, before anything is proven or changed.
+#[tokio::test]
+async fn a_store_changed_between_its_labels_and_its_value_stops_the_run() {
+    let w = world(Days::zero());
+    let key_id = w.settled().await;
+    for store in [&w.vault, &w.secret] {
+        *store.labels_only.lock().unwrap() = true;
+    }
+    let other = Uuid::new_v4();
+    *w.vault.changed_after_observe.lock().unwrap() = Some((other, "put there by hand".into()));
+    let proofs = *w.verifier.attempts.lock().unwrap();
+    let error = w.engine.run_with(&w.rotation, RunOptions::default(), Reverify::UnlessVerified(None)).await.unwrap_err();
+    assert!(matches!(&error, EngineError::StoreChanged { store, key_id: k, .. } if store == "Key Vault kv/smtp" && *k == key_id), "{error}");
+    assert!(error.to_string().contains(&format!("holds keyId {other}")), "{error}");
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), proofs, "nothing proven");
+    assert_eq!(w.directory.credentials().len(), 1, "nothing minted or revoked");
 }

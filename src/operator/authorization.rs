@@ -373,6 +373,40 @@ pub async fn authorize(client: &kube::Client, authorization: &Authorization, rot
     authorization.decide_asks(&asks, &policies, &labels)
 }
 
+/// Which of `rotations` [`authorize`] allows, decided together for a pass's batched drift
+/// checks: the policies listed once and each namespace's labels read once, instead of once
+/// per rotation. A rotation this cannot decide (the cluster refused a read) counts as not
+/// allowed here; its own reconcile decides it again and says why.
+pub async fn authorized_together(client: &kube::Client, authorization: &Authorization, rotations: &[&ClientSecretRotation]) -> Vec<bool> {
+    let asks: Vec<Asks<'_>> = rotations.iter().map(|rotation| Asks::of(rotation)).collect();
+    if !asks.iter().any(|asks| authorization.needs_policies(asks)) {
+        return vec![true; rotations.len()];
+    }
+    let policies = match Api::<RotationPolicy>::all(client.clone()).list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(_) => return asks.iter().map(|asks| !authorization.needs_policies(asks)).collect(),
+    };
+    let mut labels: BTreeMap<&str, Option<BTreeMap<String, String>>> = BTreeMap::new();
+    let mut allowed = Vec::with_capacity(asks.len());
+    for asks in &asks {
+        if !authorization.needs_policies(asks) {
+            allowed.push(true);
+            continue;
+        }
+        if !labels.contains_key(asks.namespace) {
+            let read = if policies.iter().any(RotationPolicy::has_selector) {
+                Api::<Namespace>::all(client.clone()).get(asks.namespace).await.ok().map(|n| n.metadata.labels.unwrap_or_default())
+            } else {
+                Some(BTreeMap::new())
+            };
+            labels.insert(asks.namespace, read);
+        }
+        allowed.push(labels[asks.namespace].as_ref().is_some_and(|labels| authorization.decide_asks(asks, &policies, labels).is_ok()));
+    }
+    allowed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

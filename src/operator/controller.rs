@@ -10,7 +10,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
+use crate::adapters::drift_batch::Wanted;
+use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -36,6 +37,8 @@ pub struct ControllerSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once.
     pub concurrency: u16,
+    /// Read the first pass's drift checks in batches.
+    pub batch_drift_checks: bool,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (then returns an error so the
@@ -91,16 +94,19 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
     };
+    let rotations_for_batch = rotations.clone();
     // Reconcile on spec changes and rotate requests only: our own status writes must not
     // trigger a reconcile, or every reconcile would cost Graph and Key Vault reads twice.
     let (reader, writer) = kube::runtime::reflector::store();
     let rotation_stream = watcher(rotations, watcher::Config::default())
         .default_backoff()
-        // Nothing reads managedFields; dropping them keeps the cache small (docs/performance.md).
-        .modify(|rotation| kube::ResourceExt::managed_fields_mut(rotation).clear())
+        .modify(keep_what_reconcile_reads)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(generation_or_rotate_request, Default::default());
+    if settings.batch_drift_checks {
+        batch_first_pass(&ctx, &rotations_for_batch).await;
+    }
     let pods: Api<PartialObjectMeta<Pod>> = match &settings.namespace {
         Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
         None => Api::all(ctx.client.clone()),
@@ -137,6 +143,72 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .for_each(|_| futures::future::ready(()))
         .await;
     background.wait_all().await;
+}
+
+/// Objects listed per page while gathering the first pass's drift checks.
+const FIRST_PASS_PAGE: u32 = 500;
+
+/// After a start (or a change of leader) every object is due at once: their drift checks
+/// are read in batches first (a paged list of the objects, then Graph's `$batch` and the
+/// vaults' listings; see `adapters::drift_batch`), and the first pass's reconciles take
+/// their first reads from that batch. Objects that come later, and reads after the
+/// batch's freshness, go one by one as before. A failure to list only costs the batching.
+async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotation>) {
+    let mut wanted = Wanted::default();
+    let mut params = ListParams::default().limit(FIRST_PASS_PAGE);
+    loop {
+        let page = match rotations.list(&params).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, "could not list the ClientSecretRotations to batch their first drift checks; each reads for itself");
+                return;
+            }
+        };
+        let next = page.metadata.continue_.filter(|token| !token.is_empty());
+        // One object alone reads as it always did (not even the policies twice).
+        if next.is_none() && wanted.applications.is_empty() && page.items.len() < 2 {
+            return;
+        }
+        wanted.merge(super::pass::drift_checks(ctx, &page.items.iter().collect::<Vec<_>>()).await);
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    if wanted.applications.len() < 2 {
+        return;
+    }
+    ctx.assembly.begin_drift_batch(&wanted).await;
+    let ctx = ctx.clone();
+    // What the first pass did not take is of no use later (too old): let it go.
+    tokio::spawn(async move {
+        tokio::time::sleep(crate::adapters::drift_batch::FRESH_FOR).await;
+        ctx.assembly.end_drift_batch();
+    });
+}
+
+/// Cuts a cached ClientSecretRotation down to what deciding and scheduling read: the spec,
+/// name, namespace, uid, resourceVersion and generation, the two rotate-request
+/// annotations, and of the status only `currentKeyId` (the Secret mapper compares it) and
+/// `consumers.waitingSince` (the pod mapper wakes only waiting rotations). The
+/// reconcile reads the status afresh before it writes, so the rest (conditions, the pods,
+/// history), managedFields, labels, other annotations (`kubectl.kubernetes.io/last-applied-
+/// configuration` repeats the whole spec) and owner references are dropped before they are
+/// stored (docs/performance.md).
+fn keep_what_reconcile_reads(rotation: &mut ClientSecretRotation) {
+    let meta = &mut rotation.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|name, _| name == super::rotate_request::ROTATE_REQUESTED_AT || name == super::rotate_request::ROTATE_COMPROMISED);
+    }
+    if let Some(status) = rotation.status.as_mut() {
+        // `consumers.waitingSince` too: the pod mapper wakes only the rotations that wait.
+        let consumers = status.consumers.take().map(|c| super::crd::ConsumersStatus { waiting_since: c.waiting_since, ..Default::default() });
+        *status = super::crd::ClientSecretRotationStatus { current_key_id: status.current_key_id.take(), consumers, ..Default::default() };
+    }
 }
 
 /// Our Secrets as they change. A deletion is marked with a deletion timestamp (the watch
@@ -256,4 +328,60 @@ fn generation_or_rotate_request(rotation: &ClientSecretRotation) -> Option<u64> 
     rotation.metadata.generation.hash(&mut hasher);
     kube::ResourceExt::annotations(rotation).get(super::rotate_request::ROTATE_REQUESTED_AT).hash(&mut hasher);
     Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cached(value: serde_json::Value) -> ClientSecretRotation {
+        let mut rotation: ClientSecretRotation = serde_json::from_value(value).unwrap();
+        keep_what_reconcile_reads(&mut rotation);
+        rotation
+    }
+
+    /// The cache keeps what the reconcile, the predicate and the Secret mapper read, and
+    /// nothing else.
+    #[test]
+    fn the_cache_keeps_only_what_reconcile_and_scheduling_read() {
+        let spec = json!({
+            "application": { "tenantId": "11111111-1111-1111-1111-111111111111", "clientId": "22222222-2222-2222-2222-222222222222" },
+            "lifetime": "4320h",
+            "targets": [ { "secret": { "name": "dify-smtp", "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
+            "verification": { "disabled": true }
+        });
+        let full = json!({
+            "apiVersion": "entra-rotator.io/v1alpha1", "kind": "ClientSecretRotation",
+            "metadata": {
+                "name": "dify-smtp", "namespace": "dify", "uid": "u-1", "resourceVersion": "7", "generation": 3,
+                "labels": { "team": "mail" },
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": spec.to_string(),
+                    "entra-rotator.io/rotate-requested-at": "2026-12-01T00:00:00Z",
+                    "entra-rotator.io/rotate-compromised": "true"
+                },
+                "managedFields": [ { "manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": { "f:spec": {} } } ]
+            },
+            "spec": spec,
+            "status": {
+                "currentKeyId": "33333333-3333-3333-3333-333333333333",
+                "verifiedKeyId": "33333333-3333-3333-3333-333333333333",
+                "conditions": [ { "type": "Ready", "status": "True", "reason": "UpToDate", "message": "m", "lastTransitionTime": "2026-12-01T00:00:00Z" } ]
+            }
+        });
+        let lean = cached(full.clone());
+        let original: ClientSecretRotation = serde_json::from_value(full).unwrap();
+        assert_eq!(lean.spec, original.spec);
+        assert_eq!((&lean.metadata.name, &lean.metadata.namespace, &lean.metadata.uid), (&original.metadata.name, &original.metadata.namespace, &original.metadata.uid));
+        assert_eq!((&lean.metadata.resource_version, lean.metadata.generation), (&original.metadata.resource_version, original.metadata.generation));
+        let kept: Vec<&String> = lean.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(kept, ["entra-rotator.io/rotate-compromised", "entra-rotator.io/rotate-requested-at"]);
+        assert!(lean.metadata.managed_fields.is_none() && lean.metadata.labels.is_none());
+        let status = lean.status.clone().unwrap();
+        assert_eq!(status.current_key_id.as_deref(), Some("33333333-3333-3333-3333-333333333333"));
+        assert_eq!(status, crate::operator::crd::ClientSecretRotationStatus { current_key_id: status.current_key_id.clone(), ..Default::default() });
+        // The same answers from the lean object as from the whole one.
+        assert_eq!(generation_or_rotate_request(&lean), generation_or_rotate_request(&original));
+    }
 }

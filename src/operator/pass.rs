@@ -3,6 +3,9 @@
 
 use super::crd::ClientSecretRotation;
 use super::reconcile::{reconcile_isolated, Context, ReconcileError, Reconciled};
+use crate::adapters::drift_batch::Wanted;
+use crate::adapters::keyvault::normalized_vault_url;
+use crate::domain::AppRef;
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
 use std::future::Future;
@@ -24,8 +27,51 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
     let mut objects = api.list(&ListParams::default()).await?.items;
     objects.sort_by_key(|o| o.rotation_name());
     let names: Vec<String> = objects.iter().map(ClientSecretRotation::rotation_name).collect();
+    // One object reads as it always did (not even the policies are read for it twice);
+    // together they read in batches.
+    let batched = objects.len() > 1;
+    if batched {
+        let wanted = drift_checks(ctx, &objects.iter().collect::<Vec<_>>()).await;
+        ctx.assembly.begin_drift_batch(&wanted).await;
+    }
     let results = reconcile_each(&objects, concurrency, |object| reconcile_isolated(object, ctx, None)).await;
+    if batched {
+        ctx.assembly.end_drift_batch();
+    }
     Ok(report(&names, results))
+}
+
+/// What the pass's drift checks read, for reading it in batches: the application and the
+/// Key Vault targets of every object that will reach Graph as the rotator's own identity
+/// (not suspended, no identityRef, allowed by policy), so nothing is read for an object
+/// that may not read it.
+pub async fn drift_checks(ctx: &Context, objects: &[&ClientSecretRotation]) -> Wanted {
+    let allowed = super::authorization::authorized_together(&ctx.client, &ctx.authorization, objects).await;
+    let mut wanted = Wanted::default();
+    for (object, allowed) in objects.iter().zip(allowed) {
+        let spec = &object.spec;
+        if !allowed || spec.suspend || spec.identity_ref.is_some() {
+            continue;
+        }
+        let guid = |text: &str| uuid::Uuid::parse_str(text).ok();
+        let (Some(tenant_id), Some(client_id)) = (guid(&spec.application.tenant_id), guid(&spec.application.client_id)) else {
+            continue;
+        };
+        let object_id = match spec.application.object_id.as_deref() {
+            Some(text) => match guid(text) {
+                Some(id) => Some(id),
+                None => continue,
+            },
+            None => None,
+        };
+        wanted.applications.push(AppRef { tenant_id, client_id, object_id });
+        for vault in spec.targets.iter().filter_map(|target| target.key_vault.as_ref()) {
+            if let Some(url) = normalized_vault_url(&vault.vault_url) {
+                wanted.vault_secrets.entry(url).or_default().push(vault.secret_name.clone());
+            }
+        }
+    }
+    wanted
 }
 
 /// Runs `reconcile_one` for every object, `concurrency` at a time, results in order.

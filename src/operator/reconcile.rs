@@ -735,7 +735,8 @@ async fn write_status(
     let api: Api<ClientSecretRotation> =
         Api::namespaced(ctx.client.clone(), object.metadata.namespace.as_deref().unwrap_or_default());
     let name = object.metadata.name.clone().unwrap_or_default();
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": next })))
+    // Only what changed: the first pass writes every object's status.
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status::merge_patch(previous, next) })))
         .await
         .map(|_| ())
         .map_err(|source| ReconcileError::Status { object: object.rotation_name(), source })

@@ -284,11 +284,70 @@ pub fn backoff(failed_attempts: u32) -> std::time::Duration {
     std::time::Duration::from_secs(30 * 2u64.pow(exponent)).min(std::time::Duration::from_secs(3600))
 }
 
+/// The JSON merge patch (RFC 7396) of the status from `previous` (as last read) to
+/// `next`: the fields that changed, `null` for those gone, nothing else; an array
+/// (conditions) is sent whole when any of it changed, as merge patches replace arrays.
+/// The first pass writes 10,000 statuses, most of whose fields a reconcile leaves alone.
+/// Written here because kube and json-patch (already locked) make RFC 6902 patches only.
+pub fn merge_patch(previous: &ClientSecretRotationStatus, next: &ClientSecretRotationStatus) -> serde_json::Value {
+    let as_json = |status| serde_json::to_value(status).unwrap_or_default();
+    diff(&as_json(previous), &as_json(next)).unwrap_or_else(|| serde_json::json!({}))
+}
+
+/// What turns `from` into `to`, or `None` when they are equal.
+fn diff(from: &serde_json::Value, to: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match (from, to) {
+        (Value::Object(from), Value::Object(to)) => {
+            let mut patch = serde_json::Map::new();
+            for (name, value) in to {
+                let changed = match from.get(name) {
+                    Some(old) => diff(old, value),
+                    None => Some(value.clone()),
+                };
+                if let Some(changed) = changed {
+                    patch.insert(name.clone(), changed);
+                }
+            }
+            for name in from.keys().filter(|name| !to.contains_key(*name)) {
+                patch.insert(name.clone(), Value::Null);
+            }
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        _ if from == to => None,
+        _ => Some(to.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::ports::GraphError;
     use uuid::Uuid;
+
+    /// Only what changed goes to the API server: a changed field, a removed one as null,
+    /// the conditions whole when one of them changed, and nothing at all for no change.
+    #[test]
+    fn the_status_patch_holds_only_what_changed() {
+        let mut previous = ClientSecretRotationStatus {
+            current_key_id: Some("k-1".into()),
+            last_error: Some("a refusal".into()),
+            not_after: Some("2027-05-30T00:00:00Z".into()),
+            ..Default::default()
+        };
+        set_condition(&mut previous, conditions::READY, false, "GraphFailed", "a refusal".into(), Some(1), now());
+        assert_eq!(merge_patch(&previous, &previous), serde_json::json!({}));
+
+        let mut next = previous.clone();
+        next.last_error = None;
+        next.failed_attempts = 0;
+        next.current_key_id = Some("k-2".into());
+        set_condition(&mut next, conditions::READY, true, "Rotated", "rotated".into(), Some(1), now());
+        let patch = merge_patch(&previous, &next);
+        let conditions = serde_json::to_value(&next.conditions).unwrap();
+        assert_eq!(patch, serde_json::json!({ "currentKeyId": "k-2", "lastError": null, "conditions": conditions }));
+        assert!(patch.get("notAfter").is_none(), "an unchanged field is not sent");
+    }
 
     fn now() -> DateTime<Utc> {
         "2026-11-23T12:00:00Z".parse().unwrap()

@@ -17,7 +17,15 @@
 //! `removePassword`, `listApplications` (`GET /v1.0/applications` with `$top`, `$filter` on
 //! `startswith(displayName,…)` or `appId eq '…'` and `@odata.nextLink` paging by opaque
 //! `$skiptoken`) and
-//! `listOwnedApplications` (`GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`).
+//! `listOwnedApplications` (`GET /v1.0/servicePrincipals(appId='…')/ownedObjects/microsoft.graph.application`),
+//! and `batch` (`POST /v1.0/$batch`, JSON batching as Microsoft Learn's "Combine multiple
+//! HTTP requests using JSON batching" describes it: at most 20 requests, each with `id`,
+//! `method`, a `url` relative to the version, optional `headers` and `body`; answered 200
+//! with `responses` carrying each request's `id`, `status`, `headers` and `body`, in
+//! another order than asked, so clients must correlate by `id`). Each request of a batch
+//! goes through `batchRequest` (counted, faulted), then its own route, with its own count,
+//! faults and throttling; a fault queued under [`application_read_route`] answers for one
+//! application only.
 //! Listings also carry the certificate credentials (`keyCredentials`) added with
 //! [`GraphStandin::add_certificate`].
 //!
@@ -74,6 +82,18 @@ pub const ROUTE_LIST_APPLICATIONS: &str = "listApplications";
 pub const ROUTE_LIST_OWNED_APPLICATIONS: &str = "listOwnedApplications";
 /// `GET /beta/auditLogs/signIns`.
 pub const ROUTE_SIGN_INS: &str = "signIns";
+/// `POST /v1.0/$batch` (the batch itself; its requests count under their own routes).
+pub const ROUTE_BATCH: &str = "batch";
+/// Each request inside a batch, counted (and faulted) before its own route: HTTP requests
+/// to Graph are all counts but these, less as many again for the routes they went on to.
+pub const ROUTE_BATCH_REQUEST: &str = "batchRequest";
+
+/// The fault route of reads of one application (after [`ROUTE_GET_APPLICATION`] has
+/// counted and faulted the request): a fault queued here answers for that application
+/// only, e.g. one item of a `$batch` throttled with `Retry-After`.
+pub fn application_read_route(object_id: Uuid) -> String {
+    format!("{ROUTE_GET_APPLICATION} {object_id}")
+}
 
 /// Graph's own application id; tokens for `{it}/.default` are Graph tokens too.
 const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
@@ -275,6 +295,7 @@ fn router(state: AppState) -> Router {
             post(remove_password),
         )
         .route("/beta/auditLogs/signIns", get(sign_in_log::list))
+        .route("/v1.0/$batch", post(batch::batch))
         .route("/v1.0/applications", get(listing::list_applications))
         .route(
             "/v1.0/{key}/ownedObjects/microsoft.graph.application",
@@ -868,6 +889,9 @@ async fn read_application(
         Ok(select) => select,
         Err(response) => return response,
     };
+    if let Some(fault) = intercept(&call.state, &application_read_route(call.object_id), &call.ids).await {
+        return fault;
+    }
     let Some(app) = call.state.tenant.app(call.object_id) else {
         return graph_error(
             StatusCode::NOT_FOUND,
@@ -1943,5 +1967,147 @@ mod sign_in_log {
             body["@odata.nextLink"] = json!(format!("{}/beta/auditLogs/signIns?{encoded}", ids.base));
         }
         Json(body).into_response()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON batching: `POST /v1.0/$batch`
+// ---------------------------------------------------------------------------------------------
+
+mod batch {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// Graph's limit on the requests of one batch.
+    pub(super) const MAX_REQUESTS: usize = 20;
+
+    #[derive(Deserialize)]
+    struct BatchBody {
+        requests: Option<Vec<Value>>,
+    }
+
+    /// One request of the batch, checked.
+    struct Item {
+        id: String,
+        method: axum::http::Method,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<Value>,
+    }
+
+    pub(super) async fn batch(
+        State(state): State<AppState>,
+        Extension(ids): Extension<RequestContext>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        if let Some(fault) = intercept(&state, ROUTE_BATCH, &ids).await {
+            return fault;
+        }
+        if let Err(refusal) = check_bearer(&state, &headers, &ids) {
+            return refusal;
+        }
+        let items = match parse(&body, &ids) {
+            Ok(items) => items,
+            Err(refusal) => return refusal,
+        };
+        let mut responses = Vec::with_capacity(items.len());
+        // Run in order, answered in reverse: Graph may answer in any order, and a client
+        // that pairs answers with requests by position instead of by id is caught here.
+        for item in items {
+            responses.push(run(&state, &ids, &headers, item).await);
+        }
+        responses.reverse();
+        Json(json!({ "responses": responses })).into_response()
+    }
+
+    fn parse(body: &[u8], ids: &RequestContext) -> Result<Vec<Item>, Response> {
+        let invalid = |message: &str| graph_error(StatusCode::BAD_REQUEST, "BadRequest", message, ids);
+        let parsed: BatchBody = serde_json::from_slice(body).map_err(|e| invalid(&format!("Invalid batch payload: {e}")))?;
+        let requests = parsed.requests.ok_or_else(|| invalid("Invalid batch payload: the 'requests' property is missing."))?;
+        if requests.is_empty() {
+            return Err(invalid("Invalid batch payload: the batch holds no request."));
+        }
+        if requests.len() > MAX_REQUESTS {
+            return Err(invalid(&format!(
+                "Invalid batch payload: the number of batch requests ({}) exceeds the limit of {MAX_REQUESTS}.",
+                requests.len()
+            )));
+        }
+        let mut items = Vec::with_capacity(requests.len());
+        let mut seen = std::collections::HashSet::new();
+        for request in requests {
+            let text = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_string);
+            let (Some(id), Some(method), Some(url)) = (text("id"), text("method"), text("url")) else {
+                return Err(invalid("Invalid batch payload: every request needs an id, a method and a url."));
+            };
+            // Ids are not case-sensitive and must be unique in the batch.
+            if !seen.insert(id.to_lowercase()) {
+                return Err(invalid(&format!("Invalid batch payload: the request id '{id}' is not unique in the batch.")));
+            }
+            let method = axum::http::Method::from_bytes(method.to_uppercase().as_bytes())
+                .map_err(|_| invalid(&format!("Invalid batch payload: '{method}' is not an HTTP method.")))?;
+            if url.contains("://") || url.trim_start_matches('/').starts_with("$batch") {
+                return Err(invalid(&format!("Invalid batch payload: the url '{url}' must be relative to the version and not a batch.")));
+            }
+            let headers: Vec<(String, String)> = request
+                .get("headers")
+                .and_then(Value::as_object)
+                .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .unwrap_or_default();
+            let body = request.get("body").cloned();
+            let typed = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+            if body.is_some() && !typed {
+                return Err(invalid(&format!("Invalid batch payload: request '{id}' has a body but no Content-Type header.")));
+            }
+            items.push(Item { id, method, url, headers, body });
+        }
+        Ok(items)
+    }
+
+    /// Sends one request of the batch through the router, with the batch's own bearer token.
+    async fn run(state: &AppState, ids: &RequestContext, outer: &HeaderMap, item: Item) -> Value {
+        if let Some(fault) = intercept(state, ROUTE_BATCH_REQUEST, ids).await {
+            return answer_of(item.id, fault).await;
+        }
+        let path = format!("/v1.0/{}", item.url.trim_start_matches('/'));
+        let mut request = axum::http::Request::builder().method(item.method).uri(path);
+        for name in [header::AUTHORIZATION, header::HOST] {
+            if let Some(value) = outer.get(&name) {
+                request = request.header(name, value);
+            }
+        }
+        if let Some(value) = outer.get("client-request-id") {
+            request = request.header("client-request-id", value);
+        }
+        for (name, value) in &item.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let body = item.body.map(|b| axum::body::Body::from(b.to_string())).unwrap_or_else(axum::body::Body::empty);
+        let response = match request.body(body) {
+            Ok(request) => match router(state.clone()).oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            Err(e) => return json!({ "id": item.id, "status": 400, "body": { "error": { "code": "BadRequest", "message": format!("Invalid request: {e}") } } }),
+        };
+        answer_of(item.id, response).await
+    }
+
+    /// One entry of `responses`: the request's id with the status, headers and body it got.
+    async fn answer_of(id: String, response: Response) -> Value {
+        let status = response.status().as_u16();
+        let headers: Map<String, Value> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != header::CONTENT_LENGTH)
+            .filter_map(|(name, value)| Some((name.as_str().to_string(), Value::String(value.to_str().ok()?.to_string()))))
+            .collect();
+        let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap_or_default();
+        let mut answer = json!({ "id": id, "status": status, "headers": headers });
+        if !bytes.is_empty() {
+            answer["body"] = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        answer
     }
 }

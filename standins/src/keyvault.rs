@@ -90,6 +90,9 @@ pub enum Access {
     ReadOnly,
     /// No role on the vault: every data operation is refused.
     None,
+    /// An access policy granting every secret permission but `list`: reads and writes of
+    /// a named secret work, `GET /secrets` is refused.
+    NoList,
 }
 
 /// One version of a secret as the vault holds it.
@@ -349,7 +352,7 @@ fn router(shared: Shared) -> Router {
 }
 
 /// The data action each operation needs, as Azure RBAC names it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Action {
     Get,
     Set,
@@ -422,7 +425,11 @@ async fn admit(
         Access::Full => true,
         Access::ReadOnly => action.is_read(),
         Access::None => false,
+        Access::NoList => action != Action::List,
     };
+    if !allowed && access == Access::NoList {
+        return Err(forbidden_by_policy(shared, caller).into());
+    }
     if !allowed {
         return Err(forbidden(shared, caller, action, name).into());
     }
@@ -496,6 +503,15 @@ fn forbidden(shared: &Shared, caller: Uuid, action: Action, name: &str) -> Respo
         &message,
         Some("ForbiddenByRbac"),
     )
+}
+
+/// An access policy's refusal of `list`, in Key Vault's words.
+fn forbidden_by_policy(shared: &Shared, caller: Uuid) -> Response {
+    let tenant = shared.tenant.tenant_id;
+    let message = format!(
+        "The user, group or application 'appid={caller};iss=https://sts.windows.net/{tenant}/' does not have secrets list permission on key vault 'standin;location=local'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287"
+    );
+    kv_error(StatusCode::FORBIDDEN, "Forbidden", &message, Some("AccessDenied"))
 }
 
 fn check_api_version(params: &HashMap<String, String>) -> Result<(), Refusal> {
