@@ -82,11 +82,13 @@ impl World {
         stdout
     }
 
-    /// Makes the current secret due at once for one pass, as if it neared expiry.
+    /// Asks for a rotation (the rotate-requested-at annotation), which the next pass carries
+    /// out. Not a renewBefore close to the lifetime: whether that is due depends on the
+    /// application's renewal jitter, drawn from its id.
     async fn rotate_next_pass(&self) -> String {
-        self.scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": "4319h" })).unwrap();
+        let requested = chrono::Utc::now().to_rfc3339();
+        self.scenario.kubernetes.annotate_rotation(NAMESPACE, NAME, entra_rotator::operator::rotate_request::ROTATE_REQUESTED_AT, &requested).unwrap();
         let line = self.pass().await;
-        self.scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": null })).unwrap();
         assert!(line.contains("rotated: new keyId"), "{line}");
         line
     }

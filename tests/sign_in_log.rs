@@ -225,8 +225,9 @@ mod operator {
         let spec = scenario.rotation_spec("app-smtp", json!({ "lifetime": "4320h", "revokeGracePeriod": "0s", "requireUnusedFor": "1h" }));
         scenario.kubernetes.create_rotation(NAMESPACE, NAME, spec).unwrap();
         pass(&scenario).await;
-        // Due again at once: the next pass rotates and revokes the first secret.
-        scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": "4319h" })).unwrap();
+        // A rotation asked for (the annotation): the next pass rotates and revokes the first secret.
+        let requested = chrono::Utc::now().to_rfc3339();
+        scenario.kubernetes.annotate_rotation(NAMESPACE, NAME, entra_rotator::operator::rotate_request::ROTATE_REQUESTED_AT, &requested).unwrap();
         pass(&scenario).await;
 
         let status = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"].clone();

@@ -44,10 +44,10 @@ async fn status_tells_the_whole_story_of_a_rotation_waiting_for_its_consumers() 
 
     pass(&scenario).await;
     let old = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"]["currentKeyId"].as_str().unwrap().to_string();
-    // Due at once for one pass (as if near expiry): a new secret, the old one held for the pod.
-    scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": "4319h" })).unwrap();
+    // A rotation asked for (the annotation): a new secret, the old one held for the pod.
+    let requested = chrono::Utc::now().to_rfc3339();
+    scenario.kubernetes.annotate_rotation(NAMESPACE, NAME, entra_rotator::operator::rotate_request::ROTATE_REQUESTED_AT, &requested).unwrap();
     pass(&scenario).await;
-    scenario.kubernetes.patch_rotation_spec(NAMESPACE, NAME, json!({ "renewBefore": null })).unwrap();
     let new = scenario.kubernetes.rotation(NAMESPACE, NAME).unwrap()["status"]["currentKeyId"].as_str().unwrap().to_string();
     assert_ne!(old, new);
     let pod = scenario.kubernetes.pods(NAMESPACE)[0]["metadata"]["name"].as_str().unwrap().to_string();

@@ -162,6 +162,13 @@ impl KubernetesStandin {
         )
     }
 
+    /// Sets one annotation of the rotation, as `kubectl annotate --overwrite` does (metadata
+    /// only: the generation stays).
+    pub fn annotate_rotation(&self, namespace: &str, name: &str, key: &str, value: &str) -> Result<Value, ApiError> {
+        let patch = json!({ "metadata": { "annotations": { key: value } } });
+        self.seed(Kind::Rotation, namespace, name, Target::Main, Write::MergePatch(patch))
+    }
+
     /// JSON-merge-patches the rotation's `status`, as a previous leader would have left it.
     pub fn patch_rotation_status(
         &self,
