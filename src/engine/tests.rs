@@ -871,6 +871,33 @@ async fn retire_unmanaged_removes_only_unmarked_secrets_after_the_window_and_whi
     let Outcome::UpToDate { retirement: None, .. } = w.run().await.unwrap() else { panic!("nothing unmanaged is left") };
 }
 
+/// `retireUnmanaged` around stores observed by their labels (a drift check in batches): the
+/// value for the re-check before removing is read then, and a run with nothing left to
+/// retire reads no value at all.
+#[tokio::test]
+async fn retire_unmanaged_reads_the_value_of_a_store_observed_by_its_labels_only_when_something_goes() {
+    let mut w = world(Days::zero());
+    w.rotation.timing.retire_unmanaged_after = Some(Days::days(7));
+    let now = w.clock.now();
+    let by_hand = w.directory.add_existing("created by hand", now - Days::days(90), now + Days::days(30));
+    let ours = w.settled().await;
+    w.clock.advance(Days::days(7));
+    for store in [&w.vault, &w.secret] {
+        *store.labels_only.lock().unwrap() = true;
+    }
+    let attempts = *w.verifier.attempts.lock().unwrap();
+
+    let Outcome::UpToDate { retirement: Some(done), .. } = w.run().await.unwrap() else { panic!() };
+    assert_eq!(done.removed.iter().map(|s| s.key_id).collect::<Vec<_>>(), [by_hand]);
+    assert!(!w.directory.has(by_hand) && w.directory.has(ours));
+    assert_eq!(*w.verifier.attempts.lock().unwrap(), attempts + 1, "re-checked with the value read from a store");
+
+    let reads = |w: &World| (*w.vault.reads.lock().unwrap(), *w.secret.reads.lock().unwrap());
+    let before = reads(&w);
+    let Outcome::UpToDate { retirement: None, .. } = w.run().await.unwrap() else { panic!("nothing unmanaged is left") };
+    assert_eq!(reads(&w), before, "nothing to retire, no value read");
+}
+
 /// Stores observed by their labels only (a vault's listing, for drift checks in batches):
 /// a run with nothing to do reads no value; a run that must prove the stored secret again
 /// reads it from one store, once.
