@@ -9,6 +9,10 @@
 //! from `ENTRA_ROTATOR_KUBERNETES_VALIDATE` or `PATH`. Without them each test prints a skip
 //! notice, except under CI, where a missing tool fails the test.
 
+#[path = "support/tool.rs"]
+mod tool;
+
+use tool::tool;
 use entra_rotator::config::{CredentialConfig, ServiceSettings};
 use entra_rotator::operator::crd::ClientSecretRotation;
 use serde::Deserialize;
@@ -161,30 +165,12 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// A tool from an environment variable or `PATH`; `None` (after a notice) when absent
-/// outside CI.
-fn tool(variable: &str, name: &str, version_arg: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(variable)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(name));
-    let runs = Command::new(&path)
-        .arg(version_arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if runs {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{name} not found at {}: .ci/run installs it and sets {variable}; without it the chart is unchecked",
-        path.display()
-    );
-    eprintln!("skipped: {name} not found; run `bash .ci/run` or set {variable}=/path/to/{name}");
-    None
-}
+
+/// What goes untested without helm or kubernetes-validate.
+const CHART_UNCHECKED: &str = "the chart is unchecked";
 
 fn helm() -> Option<PathBuf> {
-    tool("ENTRA_ROTATOR_HELM", "helm", "version")
+    tool("ENTRA_ROTATOR_HELM", "helm", &["version"], CHART_UNCHECKED)
 }
 
 fn run(command: &mut Command) -> std::process::Output {
@@ -354,7 +340,8 @@ fn every_rendered_object_is_valid_for_kubernetes() {
     let Some(validator) = tool(
         "ENTRA_ROTATOR_KUBERNETES_VALIDATE",
         "kubernetes-validate",
-        "--version",
+        &["--version"],
+        CHART_UNCHECKED,
     ) else {
         return;
     };

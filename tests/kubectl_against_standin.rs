@@ -5,6 +5,10 @@
 //! kubectl comes from `ENTRA_ROTATOR_KUBECTL` (set by .ci/run) or `PATH`. Without it each
 //! test prints a skip notice, except under CI, where a missing kubectl fails the test.
 
+#[path = "support/tool.rs"]
+mod tool;
+
+use tool::tool;
 use base64::Engine as _;
 use entra_rotator_standins::kubernetes::KubernetesStandin;
 use entra_rotator_standins::tls::TestPki;
@@ -14,27 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 
-/// A tool from an environment variable or `PATH`; `None` (after a notice) when absent
-/// outside CI.
-fn tool(variable: &str, name: &str, version_args: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os(variable)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(name));
-    let runs = Command::new(&path)
-        .args(version_args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if runs {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{name} not found at {}: .ci/run installs it and sets {variable}; without it the stand-in is unchecked against it",
-        path.display()
-    );
-    eprintln!("skipped: {name} not found; run `bash .ci/run` or set {variable}=/path/to/{name}");
-    None
-}
 
 /// The stand-in, a kubeconfig pointing at it, and kubectl.
 struct Cluster {
@@ -43,8 +26,11 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
+/// What goes untested without kubectl or helm.
+const STANDIN_UNCHECKED: &str = "the stand-in is unchecked against it";
+
 fn helm() -> Option<PathBuf> {
-    tool("ENTRA_ROTATOR_HELM", "helm", &["version"])
+    tool("ENTRA_ROTATOR_HELM", "helm", &["version"], STANDIN_UNCHECKED)
 }
 
 /// What one kubectl call printed.
@@ -77,7 +63,7 @@ impl Run {
 }
 
 async fn cluster() -> Option<Cluster> {
-    let kubectl = tool("ENTRA_ROTATOR_KUBECTL", "kubectl", &["version", "--client"])?;
+    let kubectl = tool("ENTRA_ROTATOR_KUBECTL", "kubectl", &["version", "--client"], STANDIN_UNCHECKED)?;
     let pki = TestPki::generate().unwrap();
     let standin = KubernetesStandin::start(&pki).await.unwrap();
     standin.create_namespace("dify");

@@ -7,6 +7,10 @@
 //! Chromium comes from `ENTRA_ROTATOR_CHROMIUM` (set by .ci/run) or `chromium` on `PATH`.
 //! Without it the browser test prints a skip notice, except under CI, where it fails.
 
+#[path = "support/tool.rs"]
+mod tool;
+
+use tool::tool;
 use chrono::{Duration as ChronoDuration, Utc};
 use entra_rotator_standins::scenario::Scenario;
 use serde_json::Value;
@@ -187,25 +191,7 @@ fn cell_text(html: &str) -> String {
 }
 
 fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("ENTRA_ROTATOR_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("chromium"));
-    let runs = std::process::Command::new(&path)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if runs {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "chromium not found at {}: .ci/run installs Debian's chromium and sets ENTRA_ROTATOR_CHROMIUM; without it the page is untested in a browser",
-        path.display()
-    );
-    eprintln!(
-        "skipped: chromium not found; run `bash .ci/run` or set ENTRA_ROTATOR_CHROMIUM=/path/to/chromium"
-    );
-    None
+    tool("ENTRA_ROTATOR_CHROMIUM", "chromium", &["--version"], "the page is untested in a browser")
 }
 
 /// Runs headless Chromium on `page` with `extra` flags, from a fresh profile, with
