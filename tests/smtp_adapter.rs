@@ -437,3 +437,24 @@ async fn the_verifier_never_shows_the_secret() {
         assert!(!format!("{message:?}").contains(&f.secret));
     }
 }
+
+/// Rotations verify one after another through the same relay (10,000 new objects prove
+/// 10,000 stored secrets in a controller's first pass): verifiers built apart from each
+/// other share the process's TLS client, so each session after the first resumes its TLS
+/// session instead of a full handshake with certificate checks (docs/performance.md).
+#[tokio::test]
+async fn verifications_after_the_first_resume_their_tls_session() {
+    let f = Fixture::start().await;
+    for _ in 0..3 {
+        let verifier = f.verifier(|settings| {
+            settings.mode = entra_rotator::adapters::smtp::ProofMode::Handshake;
+        });
+        f.verify_with(&verifier, &f.secret).await.unwrap();
+    }
+    assert_eq!(f.relay.sessions(), 3);
+    assert_eq!(
+        f.relay.resumed_tls_sessions(),
+        2,
+        "the second and third sessions resume the first one's TLS session"
+    );
+}

@@ -48,6 +48,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// sees the count).
 const DATA_SESSION: &str = "data session";
 const HANDSHAKE: &str = "handshake";
+const RESUMED: &str = "resumed TLS session";
 /// Count keys of messages refused by the quota, and of sessions over the connection limit.
 const QUOTA_REFUSED: &str = "quota refused";
 const SESSION_REFUSED: &str = "session refused";
@@ -280,6 +281,12 @@ impl Shared {
         *locked(&self.counts).entry(key.to_string()).or_default() += 1;
     }
 
+    fn count_resumption<S>(&self, tls: &tokio_rustls::server::TlsStream<S>) {
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.count(RESUMED);
+        }
+    }
+
     /// Whether one more message fits the quota now; if so it is counted.
     fn take_quota(&self) -> bool {
         let Some(quota) = self.settings.quota else {
@@ -411,6 +418,11 @@ impl SmtpRelayStandin {
         self.count(HANDSHAKE)
     }
 
+    /// TLS handshakes that resumed an earlier session instead of a full handshake.
+    pub fn resumed_tls_sessions(&self) -> u64 {
+        self.count(RESUMED)
+    }
+
     /// Messages refused because the quota was spent.
     pub fn quota_refusals(&self) -> u64 {
         self.count(QUOTA_REFUSED)
@@ -464,6 +476,7 @@ async fn serve_connection(
     let outcome = if implicit_tls {
         match shared.acceptor.accept(tcp).await {
             Ok(tls) => {
+                shared.count_resumption(&tls);
                 session.tls = true;
                 session.run(tls).await.map(|_| ())
             }
@@ -548,6 +561,7 @@ impl Session {
                 return Ok(());
             }
             let tls = self.shared.acceptor.accept(reader.into_inner()).await?;
+            self.shared.count_resumption(&tls);
             // RFC 3207: the client must forget everything and start over with EHLO.
             self.tls = true;
             self.greeted = false;
