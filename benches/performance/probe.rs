@@ -11,6 +11,21 @@ use tokio::process::{Child, Command};
 /// The path of the real binary (built with the bench profile, i.e. release).
 pub const BINARY: &str = env!("CARGO_BIN_EXE_entra-rotator");
 
+/// `program`, or `program` run by the command in `PERF_CONTROLLER_WRAPPER` when it is set
+/// (e.g. `heaptrack -o /tmp/controller`, for a heap profile of each controller the bench
+/// starts; the CPU and RSS figures of such a run are the wrapper's, not the controller's).
+fn wrapped(program: &str) -> Command {
+    match std::env::var("PERF_CONTROLLER_WRAPPER").ok().filter(|w| !w.trim().is_empty()) {
+        Some(wrapper) => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().unwrap_or_default());
+            command.args(words).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Requests seen by every stand-in of a scenario, per route.
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
@@ -219,7 +234,7 @@ impl Controller {
         let log = tempfile::NamedTempFile::new().expect("a temporary file");
         let stderr = log.reopen().expect("the log file reopens");
         let started = Instant::now();
-        let child = Command::new(BINARY)
+        let child = wrapped(BINARY)
             .args([
                 "controller",
                 "--namespace",
