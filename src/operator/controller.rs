@@ -5,7 +5,8 @@
 //! pod releases the old secret without waiting for the next look.
 
 use super::crd::ClientSecretRotation;
-use super::reconcile::{reconcile_isolated, BackgroundRuns, Context, ReconcileError};
+use super::reconcile::{reconcile_isolated, BackgroundRuns, Context, Read, ReconcileError, Reconciled};
+use super::watched::WatchedRotations;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -86,38 +87,30 @@ async fn leadership_lost(leader: &mut tokio::sync::watch::Receiver<bool>) -> any
 }
 
 async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
-    let rotations: Api<ClientSecretRotation> = match &settings.namespace {
-        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-        None => Api::all(ctx.client.clone()),
-    };
-    let secrets: Api<Secret> = match &settings.namespace {
-        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-        None => Api::all(ctx.client.clone()),
-    };
-    let rotations_for_batch = rotations.clone();
+    let namespace = settings.namespace.as_deref();
+    let rotations: Api<PartialObjectMeta<ClientSecretRotation>> = scoped(&ctx.client, namespace);
+    let secrets: Api<Secret> = scoped(&ctx.client, namespace);
+    let rotations_for_batch: Api<ClientSecretRotation> = scoped(&ctx.client, namespace);
+    // Cached by metadata only: each reconcile reads the whole object (see `reconcile_cached`).
     // Reconcile on spec changes and rotate requests only: our own status writes must not
     // trigger a reconcile, or every reconcile would cost Graph and Key Vault reads twice.
     let (reader, writer) = kube::runtime::reflector::store();
     let rotation_stream = watcher(rotations, watcher::Config::default())
         .default_backoff()
-        .modify(keep_what_reconcile_reads)
+        .modify(keep_what_scheduling_reads)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(generation_or_rotate_request, Default::default());
     if settings.batch_drift_checks {
         batch_first_pass(&ctx, &rotations_for_batch).await;
     }
-    let pods: Api<PartialObjectMeta<Pod>> = match &settings.namespace {
-        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
-        None => Api::all(ctx.client.clone()),
-    };
-    let lookup = reader.clone();
-    let waiting = reader.clone();
+    let pods: Api<PartialObjectMeta<Pod>> = scoped(&ctx.client, namespace);
+    let (lookup, waiting) = (ctx.clone(), ctx.clone());
     let background = Arc::new(BackgroundRuns::default());
     let runs = background.clone();
     Controller::for_stream(rotation_stream, reader)
-        .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup, &secret))
-        .watches_stream(pod_changes(pods), move |pod: PartialObjectMeta<Pod>| rotations_waiting_in(&waiting, &pod))
+        .watches_stream(secret_changes(secrets), move |secret: Secret| rotations_writing(&lookup.watched, &secret))
+        .watches_stream(pod_changes(pods), move |pod: PartialObjectMeta<Pod>| rotations_waiting_in(&waiting.watched, &pod))
         // No debounce: a namespace whose pods change more often than its period would
         // postpone the waiting rotation's reconcile for good. The scheduler already runs at
         // most one reconcile per object and folds the triggers that arrive meanwhile into
@@ -128,14 +121,14 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
             move |object, ctx: Arc<Context>| {
                 let background = runs.clone();
                 async move {
-                    // A panic fails this object only; the long waits do not hold the worker.
-                    let reconciled = reconcile_isolated(&object, &ctx, Some(&background)).await?;
+                    let reconciled = reconcile_cached(&object, &ctx, &background).await?;
                     tracing::info!(requeue_in = ?reconciled.requeue_after, "{}", reconciled.summary);
                     Ok::<_, ReconcileError>(Action::requeue(reconciled.requeue_after))
                 }
             },
             |object, error, _ctx| {
-                tracing::warn!(rotation = %object.rotation_name(), %error, "reconcile failed; retrying in 30s");
+                let rotation = format!("{}/{}", object.metadata.namespace.as_deref().unwrap_or_default(), object.metadata.name.as_deref().unwrap_or_default());
+                tracing::warn!(%rotation, %error, "reconcile failed; retrying in 30s");
                 Action::requeue(Duration::from_secs(30))
             },
             ctx,
@@ -143,6 +136,18 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .for_each(|_| futures::future::ready(()))
         .await;
     background.wait_all().await;
+}
+
+/// `K`s of one namespace, or of all when `None`.
+fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Objects listed per page while gathering the first pass's drift checks.
@@ -187,15 +192,35 @@ async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotati
     });
 }
 
-/// Cuts a cached ClientSecretRotation down to what deciding and scheduling read: the spec,
-/// name, namespace, uid, resourceVersion and generation, the two rotate-request
-/// annotations, and of the status only `currentKeyId` (the Secret mapper compares it) and
-/// `consumers.waitingSince` (the pod mapper wakes only waiting rotations). The
-/// reconcile reads the status afresh before it writes, so the rest (conditions, the pods,
-/// history), managedFields, labels, other annotations (`kubectl.kubernetes.io/last-applied-
-/// configuration` repeats the whole spec) and owner references are dropped before they are
-/// stored (docs/performance.md).
-fn keep_what_reconcile_reads(rotation: &mut ClientSecretRotation) {
+/// Reconciles the rotation `cached` names, read whole first: the cache holds its metadata
+/// only, and the read is also the guard against a stale status (the cache may predate our
+/// last status write, which writing from it would undo). A panic fails this object only;
+/// the long waits do not hold the worker.
+async fn reconcile_cached(
+    cached: &PartialObjectMeta<ClientSecretRotation>,
+    ctx: &Context,
+    background: &BackgroundRuns,
+) -> Result<Reconciled, ReconcileError> {
+    let (namespace, name) = (cached.metadata.namespace.clone().unwrap_or_default(), cached.metadata.name.clone().unwrap_or_default());
+    let api: Api<ClientSecretRotation> = Api::namespaced(ctx.client.clone(), &namespace);
+    let object = match api.get_status(&name).await {
+        Ok(object) => object,
+        Err(kube::Error::Api(refusal)) if refusal.code == 404 => {
+            ctx.watched.forget(&namespace, &name);
+            return Ok(Reconciled { summary: format!("{namespace}/{name}: deleted"), failed: false, requeue_after: ctx.drift_interval });
+        }
+        Err(source) => return Err(ReconcileError::Status { object: format!("{namespace}/{name}"), source }),
+    };
+    ctx.watched.record(&object, &object.status.clone().unwrap_or_default());
+    reconcile_isolated(&object, Read::JustNow, ctx, Some(background)).await
+}
+
+/// Cuts a cached ClientSecretRotation's metadata down to what scheduling reads: name,
+/// namespace, uid, resourceVersion, generation and the two rotate-request annotations.
+/// Labels, other annotations (`kubectl.kubernetes.io/last-applied-configuration` repeats
+/// the whole spec), managedFields and owner references are dropped before they are stored
+/// (docs/performance.md).
+fn keep_what_scheduling_reads(rotation: &mut PartialObjectMeta<ClientSecretRotation>) {
     let meta = &mut rotation.metadata;
     meta.managed_fields = None;
     meta.labels = None;
@@ -203,11 +228,6 @@ fn keep_what_reconcile_reads(rotation: &mut ClientSecretRotation) {
     meta.finalizers = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|name, _| name == super::rotate_request::ROTATE_REQUESTED_AT || name == super::rotate_request::ROTATE_COMPROMISED);
-    }
-    if let Some(status) = rotation.status.as_mut() {
-        // `consumers.waitingSince` too: the pod mapper wakes only the rotations that wait.
-        let consumers = status.consumers.take().map(|c| super::crd::ConsumersStatus { waiting_since: c.waiting_since, ..Default::default() });
-        *status = super::crd::ClientSecretRotationStatus { current_key_id: status.current_key_id.take(), consumers, ..Default::default() };
     }
 }
 
@@ -246,37 +266,22 @@ fn pod_changes(
 /// The rotations of `pod`'s namespace whose revocation waits for their consumers
 /// (`status.consumers.waitingSince`): a pod created, ready or gone may be what releases it.
 /// Other rotations are not woken by pods.
-fn rotations_waiting_in(
-    store: &kube::runtime::reflector::Store<ClientSecretRotation>,
-    pod: &PartialObjectMeta<Pod>,
-) -> Vec<ObjectRef<ClientSecretRotation>> {
-    let namespace = pod.metadata.namespace.as_deref();
-    store
-        .state()
-        .iter()
-        .filter(|r| r.metadata.namespace.as_deref() == namespace)
-        .filter(|r| r.status.as_ref().and_then(|s| s.consumers.as_ref()).is_some_and(|c| c.waiting_since.is_some()))
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
+fn rotations_waiting_in(watched: &WatchedRotations, pod: &PartialObjectMeta<Pod>) -> Vec<ObjectRef<PartialObjectMeta<ClientSecretRotation>>> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    watched.waiting_in(namespace).into_iter().map(|name| ObjectRef::new(&name).within(namespace)).collect()
 }
 
 /// The rotations that write `secret` (same namespace, a `secret` target with its name),
 /// unless the Secret holds exactly the keyId the rotation's status expects: our own
 /// writes must not cost a reconcile (and Graph and Key Vault reads) each.
-fn rotations_writing(
-    store: &kube::runtime::reflector::Store<ClientSecretRotation>,
-    secret: &Secret,
-) -> Vec<ObjectRef<ClientSecretRotation>> {
-    let (namespace, name) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref());
-    let deleted = secret.metadata.deletion_timestamp.is_some();
+fn rotations_writing(watched: &WatchedRotations, secret: &Secret) -> Vec<ObjectRef<PartialObjectMeta<ClientSecretRotation>>> {
+    let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+    let Some(name) = secret.metadata.name.as_deref() else { return Vec::new() };
     let held = secret.metadata.annotations.as_ref().and_then(|a| a.get("entra-rotator.io/key-id"));
-    store
-        .state()
-        .iter()
-        .filter(|r| r.metadata.namespace.as_deref() == namespace)
-        .filter(|r| r.spec.targets.iter().any(|t| t.secret.as_ref().map(|s| s.name.as_str()) == name))
-        .filter(|r| deleted || held.is_none() || held != r.status.as_ref().and_then(|s| s.current_key_id.as_ref()))
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
+    watched
+        .writing(namespace, name, held, secret.metadata.deletion_timestamp.is_some())
+        .into_iter()
+        .map(|rotation| ObjectRef::new(&rotation).within(namespace))
         .collect()
 }
 
@@ -322,7 +327,7 @@ async fn serve(addr: SocketAddr, app: axum::Router) {
 
 /// Changes when the spec does (`metadata.generation`) or a rotation is requested (the
 /// annotation `entra-rotator.io/rotate-requested-at`, which leaves the generation alone).
-fn generation_or_rotate_request(rotation: &ClientSecretRotation) -> Option<u64> {
+fn generation_or_rotate_request(rotation: &PartialObjectMeta<ClientSecretRotation>) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     rotation.metadata.generation.hash(&mut hasher);
@@ -335,52 +340,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn cached(value: serde_json::Value) -> ClientSecretRotation {
-        let mut rotation: ClientSecretRotation = serde_json::from_value(value).unwrap();
-        keep_what_reconcile_reads(&mut rotation);
-        rotation
-    }
-
-    /// The cache keeps what the reconcile, the predicate and the Secret mapper read, and
-    /// nothing else.
+    /// The cache keeps what scheduling and the predicate read of the metadata, and nothing
+    /// else (a metadata watch brings neither spec nor status).
     #[test]
-    fn the_cache_keeps_only_what_reconcile_and_scheduling_read() {
-        let spec = json!({
-            "application": { "tenantId": "11111111-1111-1111-1111-111111111111", "clientId": "22222222-2222-2222-2222-222222222222" },
-            "lifetime": "4320h",
-            "targets": [ { "secret": { "name": "dify-smtp", "keys": { "SMTP_PASSWORD": "{{secret}}" } } } ],
-            "verification": { "disabled": true }
-        });
+    fn the_cache_keeps_only_what_scheduling_reads() {
         let full = json!({
-            "apiVersion": "entra-rotator.io/v1alpha1", "kind": "ClientSecretRotation",
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
             "metadata": {
                 "name": "dify-smtp", "namespace": "dify", "uid": "u-1", "resourceVersion": "7", "generation": 3,
                 "labels": { "team": "mail" },
                 "annotations": {
-                    "kubectl.kubernetes.io/last-applied-configuration": spec.to_string(),
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
                     "entra-rotator.io/rotate-requested-at": "2026-12-01T00:00:00Z",
                     "entra-rotator.io/rotate-compromised": "true"
                 },
                 "managedFields": [ { "manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": { "f:spec": {} } } ]
-            },
-            "spec": spec,
-            "status": {
-                "currentKeyId": "33333333-3333-3333-3333-333333333333",
-                "verifiedKeyId": "33333333-3333-3333-3333-333333333333",
-                "conditions": [ { "type": "Ready", "status": "True", "reason": "UpToDate", "message": "m", "lastTransitionTime": "2026-12-01T00:00:00Z" } ]
             }
         });
-        let lean = cached(full.clone());
-        let original: ClientSecretRotation = serde_json::from_value(full).unwrap();
-        assert_eq!(lean.spec, original.spec);
+        let original: PartialObjectMeta<ClientSecretRotation> = serde_json::from_value(full).unwrap();
+        let mut lean = original.clone();
+        keep_what_scheduling_reads(&mut lean);
         assert_eq!((&lean.metadata.name, &lean.metadata.namespace, &lean.metadata.uid), (&original.metadata.name, &original.metadata.namespace, &original.metadata.uid));
         assert_eq!((&lean.metadata.resource_version, lean.metadata.generation), (&original.metadata.resource_version, original.metadata.generation));
         let kept: Vec<&String> = lean.metadata.annotations.as_ref().unwrap().keys().collect();
         assert_eq!(kept, ["entra-rotator.io/rotate-compromised", "entra-rotator.io/rotate-requested-at"]);
         assert!(lean.metadata.managed_fields.is_none() && lean.metadata.labels.is_none());
-        let status = lean.status.clone().unwrap();
-        assert_eq!(status.current_key_id.as_deref(), Some("33333333-3333-3333-3333-333333333333"));
-        assert_eq!(status, crate::operator::crd::ClientSecretRotationStatus { current_key_id: status.current_key_id.clone(), ..Default::default() });
         // The same answers from the lean object as from the whole one.
         assert_eq!(generation_or_rotate_request(&lean), generation_or_rotate_request(&original));
     }

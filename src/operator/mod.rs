@@ -15,6 +15,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod rotate_request;
 pub mod status;
+pub mod watched;
 
 use crate::alerting::Notifier;
 use crate::assembly::Assembly;
@@ -70,5 +71,6 @@ pub async fn context(settings: &ServiceSettings, instance: &str, timings: Timing
         metrics,
         notifier,
         authorization,
+        watched: Default::default(),
     })
 }

@@ -2,7 +2,7 @@
 //! with the same engine and status handling as the controller, then exit.
 
 use super::crd::ClientSecretRotation;
-use super::reconcile::{reconcile_isolated, Context, ReconcileError, Reconciled};
+use super::reconcile::{reconcile_isolated, Context, Read, ReconcileError, Reconciled};
 use crate::adapters::drift_batch::Wanted;
 use crate::adapters::keyvault::normalized_vault_url;
 use crate::domain::AppRef;
@@ -34,7 +34,7 @@ pub async fn run_pass(ctx: &Context, namespace: Option<&str>, concurrency: usize
         let wanted = drift_checks(ctx, &objects.iter().collect::<Vec<_>>()).await;
         ctx.assembly.begin_drift_batch(&wanted).await;
     }
-    let results = reconcile_each(&objects, concurrency, |object| reconcile_isolated(object, ctx, None)).await;
+    let results = reconcile_each(&objects, concurrency, |object| reconcile_isolated(object, Read::Earlier, ctx, None)).await;
     if batched {
         ctx.assembly.end_drift_batch();
     }

@@ -41,6 +41,8 @@ pub struct Context {
     pub notifier: Option<Notifier>,
     /// Who may rotate what without a RotationPolicy.
     pub authorization: super::authorization::Authorization,
+    /// What the controller's mappers know of each rotation (its cache holds metadata only).
+    pub watched: super::watched::WatchedRotations,
 }
 
 /// The result of one reconcile, for logs, the CronJob pass and the requeue.
@@ -170,14 +172,25 @@ pub async fn isolate<F: std::future::Future>(future: F) -> Result<F::Output, Pan
     std::panic::AssertUnwindSafe(future).catch_unwind().await.map_err(|_| Panicked)
 }
 
+/// When `object` was read, which decides whether its status can be started from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Just now, for this reconcile: its status is the latest.
+    JustNow,
+    /// Earlier (a listing): this process may have written its status since, and writing
+    /// from an older one would undo that, so the status is read again.
+    Earlier,
+}
+
 /// [`reconcile`], with a panic turned into a failure of this object: its status says so
 /// (Ready False, reason InternalError), and the other objects go on.
 pub async fn reconcile_isolated(
     object: &ClientSecretRotation,
+    read: Read,
     ctx: &Context,
     background: Option<&BackgroundRuns>,
 ) -> Result<Reconciled, ReconcileError> {
-    match isolate(reconcile(object, ctx, background)).await {
+    match isolate(reconcile(object, read, ctx, background)).await {
         Ok(result) => result,
         Err(Panicked) => {
             record_internal_error(ctx, object).await;
@@ -205,6 +218,7 @@ async fn record_internal_error(ctx: &Context, object: &ClientSecretRotation) {
 /// CronJob pass), the reconcile waits for the run.
 pub async fn reconcile(
     object: &ClientSecretRotation,
+    read: Read,
     ctx: &Context,
     background: Option<&BackgroundRuns>,
 ) -> Result<Reconciled, ReconcileError> {
@@ -221,9 +235,10 @@ pub async fn reconcile(
         Some(Resumed::Nothing) | None => None,
     };
     let now = ctx.clock.now();
-    // The cached object may predate our last status write (a Secret event can trigger a
-    // reconcile before the watch delivers it); writing from it would undo that status.
-    let previous = fresh_status(ctx, object).await?;
+    let previous = match read {
+        Read::JustNow => object.status.clone().unwrap_or_default(),
+        Read::Earlier => fresh_status(ctx, object).await?,
+    };
     // A rotate request is recorded before anything is minted for it (see rotate_request).
     let mut accepted = previous.clone();
     let request = rotate_request::accept(object, &mut accepted);
@@ -738,8 +753,9 @@ async fn write_status(
     // Only what changed: the first pass writes every object's status.
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status::merge_patch(previous, next) })))
         .await
-        .map(|_| ())
-        .map_err(|source| ReconcileError::Status { object: object.rotation_name(), source })
+        .map_err(|source| ReconcileError::Status { object: object.rotation_name(), source })?;
+    ctx.watched.record(object, next);
+    Ok(())
 }
 
 /// The Event reason for each engine step, and whether it is a warning.
