@@ -3,7 +3,8 @@
 //! credentials in a mirror fed by `applications/delta` rounds, and each drift check takes
 //! its first look at Graph from it. Nine checks of three applications cost one delta
 //! request and no GET; a secret removed in the portal after the mirror was filled is
-//! noticed (the application is rotated again); an expired delta token starts a new round;
+//! noticed (the application is rotated again), and so is a secret added by hand (listed as
+//! unmanaged); an expired delta token starts a new round;
 //! delta refused (403) falls back to `$batch` and one GET per check, with the same
 //! decisions, and says once which permission is missing.
 
@@ -41,6 +42,11 @@ fn spec(scenario: &Scenario, app: &StandinApp, secret: &str) -> Value {
 
 /// Three rotations, rotated once by a CronJob pass; request counts reset after it.
 async fn settled() -> World {
+    settled_with(json!({})).await
+}
+
+/// Like [`settled`], each spec with the fields of `extra` besides.
+async fn settled_with(extra: Value) -> World {
     let scenario = Scenario::start().await.unwrap();
     let mut apps = vec![scenario.target.clone()];
     for i in 1..3 {
@@ -50,7 +56,11 @@ async fn settled() -> World {
     }
     for (i, app) in apps.iter().enumerate() {
         let name = format!("mail-{i}");
-        scenario.kubernetes.create_rotation(NAMESPACE, &name, spec(&scenario, app, &name)).unwrap();
+        let mut spec = spec(&scenario, app, &name);
+        for (field, value) in extra.as_object().unwrap() {
+            spec[field] = value.clone();
+        }
+        scenario.kubernetes.create_rotation(NAMESPACE, &name, spec).unwrap();
     }
     let output = Command::new(env!("CARGO_BIN_EXE_entra-rotator"))
         .args(["run", "--namespace", NAMESPACE, "--azure-config", scenario.config_path.to_str().unwrap()])
@@ -175,4 +185,32 @@ async fn delta_refused_falls_back_to_batches_and_reads_and_says_which_permission
     assert_eq!(count(&world, ROUTE_ADD_PASSWORD), 0, "the same decisions: up to date");
     let log = std::fs::read_to_string(&world.log).unwrap();
     assert_eq!(log.matches("Application.ReadWrite.OwnedBy").count(), 1, "said once: {log}");
+}
+
+#[tokio::test]
+async fn a_secret_added_by_hand_after_the_mirror_was_filled_is_noticed() {
+    let world = settled_with(json!({ "retireUnmanaged": { "after": "1h" } })).await;
+    let _controller = controller(&world, "1s");
+    up_to_date(&world, 3).await;
+    let now = chrono::Utc::now();
+    let by_hand = world
+        .scenario
+        .tenant
+        .add_replicated_password(world.apps[1].object_id, Some("created by hand".into()), now, now + chrono::Duration::days(30))
+        .unwrap()
+        .key_id
+        .to_string();
+    let listed = |world: &World| {
+        let status = world.scenario.kubernetes.rotation(NAMESPACE, "mail-1").unwrap()["status"].clone();
+        let secrets = status["unmanaged"]["secrets"].as_array().cloned().unwrap_or_default();
+        secrets.iter().any(|s| s["keyId"] == by_hand.as_str())
+    };
+    for _ in 0..1200 {
+        if listed(&world) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed(&world), "the secret added by hand is listed as unmanaged in mail-1's status");
+    assert_eq!(count(&world, ROUTE_GET_APPLICATION), 0, "noticed through a delta round, without a GET");
 }
