@@ -49,6 +49,9 @@ struct RoundState {
     next: Option<DeltaLink>,
     /// When the last round that finished had started.
     started: Option<Instant>,
+    /// When a round last failed for now: checks read Graph themselves for a refresh
+    /// period rather than each trying a round of their own.
+    failed: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -118,6 +121,9 @@ impl DeltaMirror {
         if round.started.is_some_and(|started| started.elapsed() < self.refresh) {
             return true;
         }
+        if round.failed.is_some_and(|failed| failed.elapsed() < self.refresh) {
+            return false;
+        }
         let started = Instant::now();
         let mut first = round.next.is_none();
         let mut result = self.graph.applications_delta(round.next.as_ref()).await;
@@ -134,8 +140,9 @@ impl DeltaMirror {
                 true
             }
             Err(DeltaError::Failed { error, .. }) if error.is_transient() => {
-                // This check reads Graph itself; the next one tries delta again.
-                tracing::info!(%error, "applications/delta failed for now; this drift check reads the application itself");
+                // The checks read Graph themselves for now; a later one tries delta again.
+                tracing::info!(%error, "applications/delta failed for now; drift checks read their applications themselves meanwhile");
+                round.failed = Some(Instant::now());
                 false
             }
             Err(error) => {
@@ -181,10 +188,10 @@ pub struct MirroredDirectory {
 #[async_trait]
 impl Directory for MirroredDirectory {
     async fn application(&self, app: &AppRef) -> Result<Application, GraphError> {
-        if !self.first_read_done.swap(true, Ordering::SeqCst) {
-            if let Some(known) = self.mirror.application(app).await {
-                return Ok(known);
-            }
+        if !self.first_read_done.swap(true, Ordering::SeqCst)
+            && let Some(known) = self.mirror.application(app).await
+        {
+            return Ok(known);
         }
         self.inner.application(app).await
     }
