@@ -2,6 +2,7 @@
 //! Shared by `entra-rotator run`, the demo, the controller and the CronJob pass, so every
 //! surface talks to Azure and Kubernetes the same way.
 
+use crate::adapters::delta_mirror::{DeltaMirror, MirroredDirectory};
 use crate::adapters::drift_batch::{BatchedDirectory, BatchedStore, DriftBatch, Wanted};
 use crate::adapters::graph::{GraphClient, GraphConfig, SignInGate};
 use crate::adapters::http::{azure_client_options, http_client, ApiObserver, ObservingPolicy, TlsTrust};
@@ -43,6 +44,9 @@ pub struct Assembly {
     /// The batched drift checks of the pass in progress, if any: rotations signed in as the
     /// rotator's own identity built meanwhile answer their first reads from it.
     drift_batch: std::sync::Mutex<Option<Arc<DriftBatch>>>,
+    /// The controller's mirror of its applications' credentials, kept by delta rounds:
+    /// rotations signed in as the rotator's own identity take their first read from it.
+    delta_mirror: std::sync::Mutex<Option<Arc<DeltaMirror>>>,
 }
 
 /// Graph and Key Vault clients signed in as one identity. Each identity has its own Key
@@ -96,7 +100,7 @@ impl Assembly {
             private_vault_hosts: azure.key_vault.private_hosts.clone(),
         };
         let own = sign_in(&endpoints, "azure.credential", &resolve_credential(&azure.credential)?, &http, observer.as_ref())?;
-        Ok(Self { own, http, trust, kube, observer, endpoints, identities: Default::default(), drift_batch: Default::default() })
+        Ok(Self { own, http, trust, kube, observer, endpoints, identities: Default::default(), drift_batch: Default::default(), delta_mirror: Default::default() })
     }
 
     /// Reads what `wanted` names in batches, as the rotator's own identity, for the
@@ -105,6 +109,20 @@ impl Assembly {
         let own = &self.own;
         let batch = DriftBatch::take(&own.graph, &own.vaults, own.credential.clone(), || self.key_vault_options(), wanted).await;
         *self.drift_batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(batch));
+    }
+
+    /// Keeps the credentials of `applications` (read as the rotator's own identity) in a
+    /// mirror fed by Graph's delta query, from its first round now; rotations built from
+    /// now on take their first read from it, after a delta round when it is older than
+    /// `refresh` (at most `FRESH_FOR`). `false` when delta cannot
+    /// be used (logged): they read Graph as before.
+    pub async fn start_delta_mirror(&self, applications: &[AppRef], refresh: Duration) -> bool {
+        let mirror = Arc::new(DeltaMirror::new(self.own.graph.clone(), applications, refresh));
+        if !mirror.fill().await {
+            return false;
+        }
+        *self.delta_mirror.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mirror);
+        true
     }
 
     /// Rotations built from now on read for themselves again.
@@ -187,9 +205,12 @@ impl Assembly {
     ) -> Result<Rotation, AssemblyError> {
         let other = identity.map(|identity| self.signed_in(&identity)).transpose()?;
         // The batch was read as the rotator's own identity: it answers only for that one.
-        let batch = match other {
-            None => self.drift_batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-            Some(_) => None,
+        let (batch, mirror) = match other {
+            None => (
+                self.drift_batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+                self.delta_mirror.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            ),
+            Some(_) => (None, None),
         };
         let signed_in = other.as_deref().unwrap_or(&self.own);
         let (directory, credential, trust) = (&signed_in.directory, &signed_in.credential, &self.trust);
@@ -337,9 +358,16 @@ impl Assembly {
             orphan_grace: config.orphan_grace_period.chrono(),
             retire_unmanaged_after: config.retire_unmanaged.as_ref().map(|retire| retire.after.chrono()),
         },
-        directory: match batch {
-            Some(batch) => Arc::new(BatchedDirectory { inner: directory.clone(), batch }),
-            None => directory.clone(),
+        directory: {
+            let directory: Arc<dyn Directory> = match batch {
+                Some(batch) => Arc::new(BatchedDirectory { inner: directory.clone(), batch }),
+                None => directory.clone(),
+            };
+            match mirror {
+                // Outermost, so that it alone decides which read is the first.
+                Some(mirror) => Arc::new(MirroredDirectory { inner: directory, mirror, first_read_done: Default::default() }),
+                None => directory,
+            }
         },
         stores,
         verifier,

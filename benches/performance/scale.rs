@@ -3,12 +3,15 @@
 //! restart, a new leader), reconcile all of them again with nothing to write: one reading
 //! each drift check on its own (`--batch-drift-checks=false`), one in batches. Reported: the
 //! CPU time, wall time and Graph, Key Vault and Kubernetes requests of each full pass, and
-//! the resident memory with every object cached.
+//! the resident memory with every object cached. Then the steady state: the Graph requests
+//! of every object's next drift check (a controller with `--drift-interval 10s`), through
+//! Graph's applications/delta (`--delta-refresh 1s`: at most a round a second, against the
+//! default 5m's twelve an hour) and with one GET each (`--batch-drift-checks=false`).
 
 use crate::Row;
 use crate::probe::{self, Controller, Counts};
 use entra_rotator::domain::marker_for;
-use entra_rotator_standins::graph::{ROUTE_BATCH, ROUTE_BATCH_REQUEST, ROUTE_GET_APPLICATION};
+use entra_rotator_standins::graph::{ROUTE_APPLICATIONS_DELTA, ROUTE_BATCH, ROUTE_BATCH_REQUEST, ROUTE_GET_APPLICATION};
 use entra_rotator_standins::keyvault::routes as vault;
 use entra_rotator_standins::kubernetes::routes;
 use entra_rotator_standins::scenario::{ACS_RESOURCE, Scenario};
@@ -107,6 +110,24 @@ async fn measure_pass(scenario: &Scenario, count: usize, args: &[&str]) -> Pass 
     Pass { ready, cpu, wall, cost, rss_kib, peak_kib }
 }
 
+/// The Graph requests of every object's next drift check after a controller's first pass:
+/// counted from when it has reconciled `count` objects until it has reconciled twice that.
+async fn measure_steady(scenario: &Scenario, count: usize, args: &[&str]) -> Counts {
+    let controller = Controller::spawn(scenario, NAMESPACE, "bench-steady", &[&["--drift-interval", "10s"], args].concat());
+    controller.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while controller.reconciles().await < count as u64 {
+        assert!(Instant::now() < deadline, "timed out waiting for the first pass");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = Counts::of(scenario);
+    while controller.reconciles().await < 2 * count as u64 {
+        assert!(Instant::now() < deadline, "timed out waiting for the drift checks after the first pass");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Counts::of(scenario).since(&before)
+}
+
 /// The 1,000 and 10,000 rows (scaled by `PERF_SCALE`).
 pub async fn rows() -> Vec<Row> {
     let mut rows = Vec::new();
@@ -127,14 +148,17 @@ async fn at_scale(count: usize) -> Vec<Row> {
     let first = measure_pass(&scenario, count, &[]).await;
     let one_by_one = measure_pass(&scenario, count, &["--batch-drift-checks=false"]).await;
     let batched = measure_pass(&scenario, count, &[]).await;
+    let steady_delta = measure_steady(&scenario, count, &["--delta-refresh", "1s"]).await;
+    let steady_gets = measure_steady(&scenario, count, &["--batch-drift-checks=false"]).await;
     let per_object = |d: Duration| d.as_secs_f64() * 1e6 / count as f64;
     let mib = |kib: u64| kib as f64 / 1024.0;
     let requests = |pass: &Pass| {
         format!(
-            "Graph {} + Key Vault {} = {} requests (Graph: $batch {}, getApplication outside a batch {}; KV: GET {}, list {}); K8s (without Leases) {}",
+            "Graph {} + Key Vault {} = {} requests (Graph: applications/delta {}, $batch {}, getApplication outside a batch {}; KV: GET {}, list {}); K8s (without Leases) {}",
             pass.cost.graph_http(),
             pass.cost.vault_http(),
             pass.cost.graph_http() + pass.cost.vault_http(),
+            pass.cost.graph(ROUTE_APPLICATIONS_DELTA),
             pass.cost.graph(ROUTE_BATCH),
             pass.cost.graph(ROUTE_GET_APPLICATION) - pass.cost.graph(ROUTE_BATCH_REQUEST),
             pass.cost.vault(vault::GET_SECRET),
@@ -169,6 +193,21 @@ async fn at_scale(count: usize) -> Vec<Row> {
             cpu(&batched),
             "10,000: ≤ 1.0 s CPU, ≤ 1,200 Graph + Key Vault requests",
             &requests(&batched),
+        ),
+        Row::new(
+            &format!("Scale: steady drift checks, each of {count} objects checked once more after the first pass"),
+            format!(
+                "Graph {} requests through delta ({} applications/delta pages, {} getApplication)",
+                steady_delta.graph_http(),
+                steady_delta.graph(ROUTE_APPLICATIONS_DELTA),
+                steady_delta.graph(ROUTE_GET_APPLICATION),
+            ),
+            "",
+            &format!(
+                "--drift-interval 10s, --delta-refresh 1s (a round at most each second; the default 5m makes at most 12 rounds an hour); one GET each (--batch-drift-checks=false): Graph {} requests ({} getApplication)",
+                steady_gets.graph_http(),
+                steady_gets.graph(ROUTE_GET_APPLICATION),
+            ),
         ),
         Row::new(
             &format!("Footprint: controller RSS with {count} ClientSecretRotations cached"),

@@ -15,8 +15,10 @@
 //! it is exhausted and is shared across applications in arrival order.
 
 mod batch;
+mod delta;
 mod sign_ins;
 pub use batch::MAX_BATCH;
+pub use delta::{DeltaError, DeltaLink, DeltaRound};
 pub use sign_ins::{SignInGate, SignInScan, OLD_SECRET_SIGNS_IN, SIGN_IN_LOG_UNREADABLE};
 
 use super::http::{ApiObserver, BodyError, read_body, read_secret_body};

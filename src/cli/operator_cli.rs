@@ -61,6 +61,12 @@ pub struct ControllerArgs {
     /// (for comparing, or behind a proxy that mishandles `$batch`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     batch_drift_checks: bool,
+    /// With batched drift checks, the controller keeps its applications' credentials in
+    /// step through Graph's delta query; a drift check that finds them older than this
+    /// asks Graph for the changes first. Shorter notices out-of-band changes sooner and
+    /// costs more delta requests; 1s to 5m.
+    #[arg(long, default_value = "5m", value_parser = parse_delta_refresh)]
+    delta_refresh: Duration,
     #[command(flatten)]
     relays: RelayArgs,
 }
@@ -87,6 +93,11 @@ fn scope(namespace: Option<&str>, relays: RelayArgs) -> Scope {
 /// (`300000y`) panics the controller.
 fn parse_drift_interval(text: &str) -> Result<Duration, String> {
     parse_within(text, "--drift-interval", HumanDuration::seconds(10), HumanDuration::days(7))
+}
+
+/// Bounded by how old an answer a drift check may decide from (`FRESH_FOR`).
+fn parse_delta_refresh(text: &str) -> Result<Duration, String> {
+    parse_within(text, "--delta-refresh", HumanDuration::seconds(1), HumanDuration::seconds(300))
 }
 
 /// Bounded: it is added to dates; a lost secret should not wait longer than a day.
@@ -140,6 +151,7 @@ pub async fn run_controller(args: ControllerArgs) -> ExitCode {
         metrics_addr: args.metrics_addr,
         concurrency: args.concurrency,
         batch_drift_checks: args.batch_drift_checks,
+        delta_refresh: args.delta_refresh,
     };
     match controller::run(ctx, controller_settings).await {
         Ok(()) => ExitCode::SUCCESS,

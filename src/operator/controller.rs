@@ -38,8 +38,10 @@ pub struct ControllerSettings {
     pub metrics_addr: Option<SocketAddr>,
     /// Reconciles in progress at once.
     pub concurrency: u16,
-    /// Read the first pass's drift checks in batches.
+    /// Read the first pass's drift checks in batches, and the later ones through delta.
     pub batch_drift_checks: bool,
+    /// How old the delta mirror may be when a drift check reads it.
+    pub delta_refresh: Duration,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (then returns an error so the
@@ -102,7 +104,7 @@ async fn run_controller(ctx: Arc<Context>, settings: &ControllerSettings) {
         .applied_objects()
         .predicate_filter(generation_or_rotate_request, Default::default());
     if settings.batch_drift_checks {
-        batch_first_pass(&ctx, &rotations_for_batch).await;
+        batch_first_pass(&ctx, &rotations_for_batch, settings.delta_refresh).await;
     }
     let pods: Api<PartialObjectMeta<Pod>> = scoped(&ctx.client, namespace);
     let (lookup, waiting) = (ctx.clone(), ctx.clone());
@@ -158,7 +160,7 @@ const FIRST_PASS_PAGE: u32 = 500;
 /// vaults' listings; see `adapters::drift_batch`), and the first pass's reconciles take
 /// their first reads from that batch. Objects that come later, and reads after the
 /// batch's freshness, go one by one as before. A failure to list only costs the batching.
-async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotation>) {
+async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotation>, delta_refresh: Duration) {
     let mut wanted = Wanted::default();
     let mut params = ListParams::default().limit(FIRST_PASS_PAGE);
     loop {
@@ -182,6 +184,11 @@ async fn batch_first_pass(ctx: &Arc<Context>, rotations: &Api<ClientSecretRotati
     }
     if wanted.applications.len() < 2 {
         return;
+    }
+    // The steady drift checks go through applications/delta; its first round answers the
+    // first pass's Graph reads too, so the batch reads only the vaults.
+    if ctx.assembly.start_delta_mirror(&wanted.applications, delta_refresh).await {
+        wanted.applications.clear();
     }
     ctx.assembly.begin_drift_batch(&wanted).await;
     let ctx = ctx.clone();

@@ -26,6 +26,8 @@
 //! goes through `batchRequest` (counted, faulted), then its own route, with its own count,
 //! faults and throttling; a fault queued under [`application_read_route`] answers for one
 //! application only.
+//! `applicationsDelta` (`GET /v1.0/applications/delta`, also `/applications/microsoft.graph.delta`)
+//! serves Graph's change tracking (see `delta`).
 //! Listings also carry the certificate credentials (`keyCredentials`) added with
 //! [`GraphStandin::add_certificate`].
 //!
@@ -87,6 +89,8 @@ pub const ROUTE_BATCH: &str = "batch";
 /// Each request inside a batch, counted (and faulted) before its own route: HTTP requests
 /// to Graph are all counts but these, less as many again for the routes they went on to.
 pub const ROUTE_BATCH_REQUEST: &str = "batchRequest";
+/// `GET /v1.0/applications/delta` (or `/applications/microsoft.graph.delta`), each page.
+pub const ROUTE_APPLICATIONS_DELTA: &str = "applicationsDelta";
 
 /// The fault route of reads of one application (after [`ROUTE_GET_APPLICATION`] has
 /// counted and faulted the request): a fault queued here answers for that application
@@ -132,6 +136,8 @@ struct AppState {
 #[derive(Default)]
 struct DirectorySettings {
     require_ownership: bool,
+    /// Applications per page of a delta round (Graph chooses its own; tests set it).
+    delta_page_size: Option<usize>,
     replication_delay: Duration,
     audit_log: AuditLogAccess,
 }
@@ -273,6 +279,17 @@ impl GraphStandin {
         self.budget.throttled()
     }
 
+    /// Serves `applications/delta` rounds `per_page` applications a page (at least 1).
+    pub fn set_delta_page_size(&self, per_page: usize) {
+        crate::lock(&self.directory).delta_page_size = Some(per_page.max(1));
+    }
+
+    /// Forgets every delta and skip token issued so far: a round continued from one is
+    /// refused as Graph refuses an expired token (400 `syncStateNotFound`).
+    pub fn expire_delta_tokens(&self) {
+        self.tenant.changes().epoch += 1;
+    }
+
     fn base_url(&self) -> Url {
         let text = format!("https://{}", self.address);
         Url::parse(&text)
@@ -297,6 +314,8 @@ fn router(state: AppState) -> Router {
         .route("/beta/auditLogs/signIns", get(sign_in_log::list))
         .route("/v1.0/$batch", post(batch::batch))
         .route("/v1.0/applications", get(listing::list_applications))
+        .route("/v1.0/applications/delta", get(delta::applications_delta))
+        .route("/v1.0/applications/microsoft.graph.delta", get(delta::applications_delta))
         .route(
             "/v1.0/{key}/ownedObjects/microsoft.graph.application",
             get(listing::list_owned_applications),
@@ -1284,6 +1303,9 @@ fn transient_aad_error(status: StatusCode, ids: &RequestContext) -> Value {
     }
 }
 
+/// `GET /v1.0/applications/delta`: change tracking with delta and skip tokens.
+mod delta;
+
 // ---------------------------------------------------------------------------------------------
 // Listings: the applications collection and a service principal's owned applications
 // ---------------------------------------------------------------------------------------------
@@ -1568,7 +1590,7 @@ mod listing {
         Json(Value::Object(body)).into_response()
     }
 
-    fn application_json(
+    pub(super) fn application_json(
         state: &AppState,
         app: &StandinApp,
         select: Option<&[String]>,

@@ -68,6 +68,30 @@ struct State {
     /// Application permissions granted with admin consent: (client id, resource) → roles,
     /// e.g. `SMTP.SendAsApp` on `https://outlook.office365.com`.
     app_roles: HashMap<(Uuid, String), Vec<String>>,
+    /// Change tracking for `applications/delta`: a counter bumped by every change of an
+    /// application, and the count at each application's last change.
+    changes: Changes,
+}
+
+/// When each application last changed or was deleted, counted in changes to the tenant.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Changes so far; a delta token records how many it has seen.
+    pub count: u64,
+    /// Object id → the change count at its last change (creation included).
+    pub changed: HashMap<Uuid, u64>,
+    /// Object id → the change count at its deletion, and Graph's `@removed` reason:
+    /// `changed` (soft-deleted, restorable) or `deleted` (permanently).
+    pub deleted: HashMap<Uuid, (u64, &'static str)>,
+    /// Tokens carry the epoch they were issued in; expiring them all starts a new one.
+    pub epoch: u64,
+}
+
+impl Changes {
+    fn touch(&mut self, object_id: Uuid) {
+        self.count += 1;
+        self.changed.insert(object_id, self.count);
+    }
 }
 
 /// One service-principal sign-in with a client secret, as the sign-in log records it: the
@@ -92,6 +116,21 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
     /// The application permissions (`roles` claim) consented for the scope's resource.
     pub roles: Vec<String>,
+}
+
+struct ChangesGuard<'a>(MutexGuard<'a, State>);
+
+impl std::ops::Deref for ChangesGuard<'_> {
+    type Target = Changes;
+    fn deref(&self) -> &Changes {
+        &self.0.changes
+    }
+}
+
+impl std::ops::DerefMut for ChangesGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Changes {
+        &mut self.0.changes
+    }
 }
 
 /// Exchange Online's resource (scope `https://outlook.office365.com/.default`): its tokens
@@ -134,8 +173,31 @@ impl Tenant {
             display_name: display_name.to_string(),
             passwords: Vec::new(),
         };
-        self.state().apps.insert(app.object_id, app.clone());
+        let mut state = self.state();
+        state.apps.insert(app.object_id, app.clone());
+        state.changes.touch(app.object_id);
         app
+    }
+
+    /// Deletes an application: as the portal's Delete does (soft-deleted, restorable for
+    /// 30 days; delta reports it removed with reason `changed`), or `permanently` (reason
+    /// `deleted`). `false` when no application has that object id.
+    pub fn delete_app(&self, object_id: Uuid, permanently: bool) -> bool {
+        let mut state = self.state();
+        if state.apps.remove(&object_id).is_none() {
+            return false;
+        }
+        state.changes.count += 1;
+        let count = state.changes.count;
+        state.changes.changed.remove(&object_id);
+        let reason = if permanently { "deleted" } else { "changed" };
+        state.changes.deleted.insert(object_id, (count, reason));
+        true
+    }
+
+    /// The change tracking of `applications/delta`, to read or to change.
+    pub fn changes(&self) -> impl std::ops::DerefMut<Target = Changes> + '_ {
+        ChangesGuard(self.state())
     }
 
     /// A snapshot of the application with this object id.
@@ -178,6 +240,7 @@ impl Tenant {
         let app = state.apps.get_mut(&object_id)?;
         app.passwords.push(password.clone());
         state.minted_values.push(password.secret_text.clone());
+        state.changes.touch(object_id);
         Some(password)
     }
 
@@ -210,7 +273,11 @@ impl Tenant {
     pub fn backdate_password(&self, object_id: Uuid, key_id: Uuid, by: chrono::Duration) -> bool {
         let mut state = self.state();
         let password = state.apps.get_mut(&object_id).and_then(|app| app.passwords.iter_mut().find(|p| p.key_id == key_id));
-        password.map(|p| p.start -= by).is_some()
+        let found = password.map(|p| p.start -= by).is_some();
+        if found {
+            state.changes.touch(object_id);
+        }
+        found
     }
 
     /// Removes a password credential; `false` when the app or the keyId is unknown.
@@ -219,7 +286,11 @@ impl Tenant {
         let Some(app) = state.apps.get_mut(&object_id) else { return false };
         let before = app.passwords.len();
         app.passwords.retain(|p| p.key_id != key_id);
-        app.passwords.len() != before
+        let removed = app.passwords.len() != before;
+        if removed {
+            state.changes.touch(object_id);
+        }
+        removed
     }
 
     /// Every secret value minted so far, including revoked ones.
